@@ -1,0 +1,50 @@
+# Exosphere developer commands. `make run` and `make test` bootstrap .venv on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install proto proto-check format lint typecheck test check run bench bench-peers clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv with the package and dev tools
+
+proto: $(STAMP) ## regenerate exosphere/v1 from protos/
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m grpc_tools.protoc -I protos --python_out=. --grpc_python_out=. \
+	    --mypy_out=. --mypy_grpc_out=. protos/exosphere/v1/*.proto
+	touch exosphere/v1/__init__.py
+
+proto-check: proto ## fails when the committed generated code drifts from protos/
+	test -z "$$(git status --porcelain -- exosphere/v1)"
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format exosphere server tests examples benchmarks exospherehost
+	$(VENV)/bin/ruff check --fix exosphere server tests examples benchmarks exospherehost
+
+lint: $(STAMP) ## ruff
+	$(VENV)/bin/ruff check exosphere server tests examples benchmarks exospherehost
+
+typecheck: $(STAMP) ## mypy --strict on exosphere/ and server/
+	$(VENV)/bin/mypy
+
+test: $(STAMP) ## the whole suite
+	$(PY) -m pytest
+
+check: lint typecheck proto-check test
+
+run: $(STAMP) ## scheduler + example runtime + example graph, prints the run
+	$(PY) examples/run_demo.py
+
+bench: $(STAMP) ## benchmarks against a real scheduler process
+	$(PY) -m benchmarks
+
+bench-peers: $(STAMP) ## the same workloads on Celery, Dask and Temporal
+	$(PY) -m benchmarks --peers
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,64 @@
+"""Exosphere: write nodes, host them in runtimes, wire them into graphs, and run them durably.
+
+The public names match the exospherehost SDK, so code written for it runs unchanged.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from exosphere.client import StateManager
+from exosphere.errors import (
+    ExosphereError,
+    GraphNotFoundError,
+    GraphValidationError,
+    NodeValidationError,
+    RunNotFoundError,
+    StateNotFoundError,
+)
+from exosphere.models import (
+    CronTrigger,
+    GraphModel,
+    GraphNodeModel,
+    RetryPolicyModel,
+    RetryStrategyEnum,
+    RunModel,
+    RunStatus,
+    StateModel,
+    StateStatus,
+    StoreConfigModel,
+    TriggerResponse,
+    UnitesModel,
+    UnitesStrategyEnum,
+)
+from exosphere.node import BaseNode
+from exosphere.runtime import Runtime
+from exosphere.signals import PruneSignal, ReQueueAfterSignal
+
+__all__ = [
+    "BaseNode",
+    "CronTrigger",
+    "ExosphereError",
+    "GraphModel",
+    "GraphNodeModel",
+    "GraphNotFoundError",
+    "GraphValidationError",
+    "NodeValidationError",
+    "PruneSignal",
+    "ReQueueAfterSignal",
+    "RetryPolicyModel",
+    "RetryStrategyEnum",
+    "RunModel",
+    "RunNotFoundError",
+    "RunStatus",
+    "Runtime",
+    "StateManager",
+    "StateModel",
+    "StateNotFoundError",
+    "StateStatus",
+    "StoreConfigModel",
+    "TriggerResponse",
+    "UnitesModel",
+    "UnitesStrategyEnum",
+    "__version__",
+]

@@ -1,0 +1,80 @@
+"""grpc.aio channels, auth metadata, backoff, and translation of gRPC errors into Exosphere errors."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import grpc
+
+from exosphere.config import ClientConfig
+from exosphere.errors import ExosphereError, error_class
+
+__all__ = ["Backoff", "MAX_MESSAGE_BYTES", "metadata", "open_channel", "translate_errors"]
+
+# Large fan-outs travel in big messages; the scheduler sets the same limit.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+_CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+
+
+def open_channel(config: ClientConfig) -> grpc.aio.Channel:
+    """A channel to the scheduler; TLS when a CA file is configured."""
+    if config.tls_ca_file:
+        credentials = grpc.ssl_channel_credentials(root_certificates=Path(config.tls_ca_file).read_bytes())
+        return grpc.aio.secure_channel(config.address, credentials, options=_CHANNEL_OPTIONS)
+    return grpc.aio.insecure_channel(config.address, options=_CHANNEL_OPTIONS)
+
+
+def metadata(config: ClientConfig) -> tuple[tuple[str, str], ...]:
+    """Call metadata carrying the API key, if any."""
+    return (("x-api-key", config.api_key),) if config.api_key else ()
+
+
+def to_exosphere_error(exc: grpc.aio.AioRpcError) -> ExosphereError:
+    """The Exosphere error a failed RPC stands for."""
+    name = None
+    for key, value in exc.trailing_metadata() or ():
+        if key == "exosphere-error":
+            name = value if isinstance(value, str) else value.decode()
+    code = exc.code()
+    cls = error_class(name, code)
+    message = exc.details() or code.name
+    if code == grpc.StatusCode.UNAVAILABLE and name is None:
+        message = f"scheduler unavailable: {message}"
+    return cls(message)
+
+
+@asynccontextmanager
+async def translate_errors() -> AsyncIterator[None]:
+    """Turn ``AioRpcError`` into the matching :class:`ExosphereError` subclass."""
+    try:
+        yield
+    except grpc.aio.AioRpcError as exc:
+        raise to_exosphere_error(exc) from exc
+
+
+class Backoff:
+    """Capped exponential backoff with full jitter, for reconnects."""
+
+    def __init__(self, *, initial_s: float = 0.1, maximum_s: float = 10.0) -> None:
+        self._initial_s = initial_s
+        self._maximum_s = maximum_s
+        self._attempt = 0
+
+    def reset(self) -> None:
+        self._attempt = 0
+
+    def next_delay_s(self) -> float:
+        cap = min(self._maximum_s, self._initial_s * (2**self._attempt))
+        self._attempt += 1
+        return random.uniform(cap / 2, cap)

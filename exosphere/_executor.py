@@ -1,0 +1,106 @@
+"""Runs one Execute item through a node class and turns what happens into a Result message."""
+
+from __future__ import annotations
+
+import json
+import traceback
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from exosphere.node import BaseNode
+from exosphere.signals import PruneSignal, ReQueueAfterSignal
+from exosphere.v1 import common_pb2, runtime_pb2
+
+__all__ = ["execute_item"]
+
+# A node that prints or returns megabytes fails only its own state: results above this are refused here.
+MAX_RESULT_BYTES = 16 * 1024 * 1024
+
+
+def _plain(mapping: Any) -> dict[str, str]:
+    return {k: mapping[k] for k in mapping}
+
+
+def _errored(result: runtime_pb2.Result, exc_type: str, message: str, tb: str = "") -> runtime_pb2.Result:
+    result.errored.CopyFrom(common_pb2.StateError(message=message, type=exc_type, traceback=tb))
+    return result
+
+
+def _outputs_list(node_cls: type[BaseNode], returned: Any) -> list[dict[str, str]]:
+    """Normalise what execute returned into a list of output maps, or raise TypeError naming the problem."""
+    name = node_cls.__name__
+    items: list[Any]
+    if returned is None:
+        items = []
+    elif isinstance(returned, list | tuple):
+        items = list(returned)
+    else:
+        items = [returned]
+    outputs: list[dict[str, str]] = []
+    for index, item in enumerate(items):
+        if isinstance(item, node_cls.Outputs):
+            model: BaseModel = item
+        elif isinstance(item, dict):
+            try:
+                model = node_cls.Outputs.model_validate(item)
+            except ValidationError as exc:
+                raise TypeError(f"{name}.execute returned invalid outputs at index {index}: {exc}") from None
+        else:
+            where = f" at index {index}" if isinstance(returned, list | tuple) else ""
+            raise TypeError(
+                f"{name}.execute returned {type(item).__name__}{where}; expected {name}.Outputs, "
+                "a list of them, or None"
+            )
+        dumped = model.model_dump()
+        for key, value in dumped.items():
+            if not isinstance(value, str):
+                raise TypeError(f"{name}.Outputs field '{key}' must be a str, got {type(value).__name__}")
+        outputs.append(dumped)
+    return outputs
+
+
+async def execute_item(node_cls: type[BaseNode], item: runtime_pb2.Execute) -> runtime_pb2.Result:
+    """Execute one state. Never raises except ``CancelledError``: every failure becomes an errored result."""
+    result = runtime_pb2.Result(state_id=item.state_id, attempt=item.attempt, dispatch_id=item.dispatch_id)
+    node = node_cls()
+    try:
+        node.inputs = node_cls.Inputs.model_validate(_plain(item.inputs))
+        node.secrets = node_cls.Secrets.model_validate(_plain(item.secrets))
+    except ValidationError as exc:
+        return _errored(result, "InputValidationError", f"{node_cls.__name__} got invalid inputs or secrets: {exc}")
+    store_before = _plain(item.store)
+    node.store = dict(store_before)
+    try:
+        returned = await node.execute()
+        outputs = _outputs_list(node_cls, returned)
+    except PruneSignal as signal:
+        try:
+            data_json = json.dumps(signal.data, default=str)
+        except (TypeError, ValueError) as exc:
+            return _errored(result, "TypeError", f"PruneSignal data is not JSON-serialisable: {exc}")
+        result.pruned.data_json = data_json
+        return result
+    except ReQueueAfterSignal as signal:
+        result.requeue_after.delay_ms = max(1, int(signal.delay.total_seconds() * 1000))
+        return result
+    except Exception as exc:  # a node failing is a result, not a crash of the runtime
+        return _errored(result, type(exc).__name__, str(exc) or repr(exc), traceback.format_exc(limit=20))
+    executed = result.executed
+    size = 0
+    for fields in outputs:
+        for value in fields.values():
+            size += len(value)
+        executed.outputs.add().fields.update(fields)
+    if size > MAX_RESULT_BYTES:
+        result.ClearField("executed")
+        return _errored(
+            result, "ResultTooLargeError", f"{node_cls.__name__} returned {size} bytes of outputs; limit {MAX_RESULT_BYTES}"
+        )
+    for key, value in node.store.items():
+        if store_before.get(key) != value:
+            if not isinstance(key, str) or not isinstance(value, str):
+                result.ClearField("executed")
+                return _errored(result, "TypeError", f"store keys and values must be str, got {key!r}: {value!r}")
+            result.store_writes[key] = value
+    return result

@@ -1,0 +1,172 @@
+"""SDK models to and from scheduler protos (client side)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from exosphere.models import (
+    CronTrigger,
+    GraphModel,
+    GraphNodeModel,
+    RetryPolicyModel,
+    RetryStrategyEnum,
+    RunModel,
+    RunStatus,
+    StateModel,
+    StateStatus,
+    StoreConfigModel,
+    UnitesModel,
+    UnitesStrategyEnum,
+)
+from exosphere.v1 import common_pb2, scheduler_pb2
+
+__all__ = ["graph_from_pb", "graph_to_pb", "run_from_pb", "state_from_pb"]
+
+
+def _ts(ms: int) -> datetime | None:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC) if ms else None
+
+
+def retry_policy_to_pb(policy: RetryPolicyModel) -> scheduler_pb2.RetryPolicy:
+    return scheduler_pb2.RetryPolicy(
+        max_retries=policy.max_retries,
+        strategy=scheduler_pb2.RetryStrategy.Value(f"RETRY_STRATEGY_{policy.strategy.value}"),
+        backoff_factor_ms=policy.backoff_factor,
+        exponent=policy.exponent,
+        max_delay_ms=policy.max_delay or 0,
+    )
+
+
+def retry_policy_from_pb(policy: scheduler_pb2.RetryPolicy) -> RetryPolicyModel:
+    strategy = scheduler_pb2.RetryStrategy.Name(policy.strategy).removeprefix("RETRY_STRATEGY_")
+    return RetryPolicyModel(
+        max_retries=policy.max_retries,
+        strategy=RetryStrategyEnum(strategy) if strategy != "UNSPECIFIED" else RetryStrategyEnum.EXPONENTIAL,
+        backoff_factor=policy.backoff_factor_ms,
+        exponent=policy.exponent or 2,
+        max_delay=policy.max_delay_ms or None,
+    )
+
+
+def graph_node_to_pb(node: GraphNodeModel) -> scheduler_pb2.GraphNode:
+    message = scheduler_pb2.GraphNode(
+        node_name=node.node_name,
+        namespace=node.namespace,
+        identifier=node.identifier,
+        inputs=node.inputs,
+        next_nodes=node.next_nodes or [],
+        timeout_ms=node.timeout_ms or 0,
+    )
+    if node.unites is not None:
+        message.unites.identifier = node.unites.identifier
+        message.unites.strategy = scheduler_pb2.UnitesStrategy.Value(f"UNITES_STRATEGY_{node.unites.strategy.value}")
+    if node.retry_policy is not None:
+        message.retry_policy.CopyFrom(retry_policy_to_pb(node.retry_policy))
+    return message
+
+
+def graph_to_pb(
+    namespace: str,
+    name: str,
+    nodes: list[GraphNodeModel],
+    retry_policy: RetryPolicyModel | None,
+    store_config: StoreConfigModel | None,
+    triggers: list[CronTrigger] | None,
+) -> scheduler_pb2.Graph:
+    graph = scheduler_pb2.Graph(namespace=namespace, name=name, nodes=[graph_node_to_pb(n) for n in nodes])
+    if retry_policy is not None:
+        graph.retry_policy.CopyFrom(retry_policy_to_pb(retry_policy))
+    if store_config is not None:
+        graph.store_config.required_keys.extend(store_config.required_keys)
+        graph.store_config.default_values.update(store_config.default_values)
+    for trigger in triggers or []:
+        graph.triggers.add(
+            expression=trigger.expression, timezone=trigger.timezone, inputs=trigger.inputs, store=trigger.store
+        )
+    return graph
+
+
+def graph_from_pb(graph: scheduler_pb2.Graph) -> GraphModel:
+    nodes = []
+    for node in graph.nodes:
+        unites = None
+        if node.HasField("unites"):
+            strategy = scheduler_pb2.UnitesStrategy.Name(node.unites.strategy).removeprefix("UNITES_STRATEGY_")
+            unites = UnitesModel(
+                identifier=node.unites.identifier,
+                strategy=UnitesStrategyEnum(strategy) if strategy != "UNSPECIFIED" else UnitesStrategyEnum.ALL_SUCCESS,
+            )
+        nodes.append(
+            GraphNodeModel(
+                node_name=node.node_name,
+                namespace=node.namespace or graph.namespace,
+                identifier=node.identifier,
+                inputs=dict(node.inputs),
+                next_nodes=list(node.next_nodes),
+                unites=unites,
+                retry_policy=retry_policy_from_pb(node.retry_policy) if node.HasField("retry_policy") else None,
+                timeout_ms=node.timeout_ms or None,
+            )
+        )
+    return GraphModel(
+        namespace=graph.namespace,
+        name=graph.name,
+        nodes=nodes,
+        retry_policy=retry_policy_from_pb(graph.retry_policy) if graph.HasField("retry_policy") else None,
+        store_config=StoreConfigModel(
+            required_keys=list(graph.store_config.required_keys),
+            default_values=dict(graph.store_config.default_values),
+        )
+        if graph.HasField("store_config")
+        else None,
+        triggers=[
+            CronTrigger(expression=t.expression, timezone=t.timezone or "UTC", inputs=dict(t.inputs), store=dict(t.store))
+            for t in graph.triggers
+        ],
+        secret_names=list(graph.secret_names),
+        version=graph.version,
+        updated_at=_ts(graph.updated_at_unix_ms),
+    )
+
+
+def _outputs(outputs: Any) -> list[dict[str, str]]:
+    return [dict(o.fields) for o in outputs]
+
+
+def state_from_pb(state: scheduler_pb2.State) -> StateModel:
+    error = None
+    if state.HasField("error"):
+        error = {"message": state.error.message, "type": state.error.type, "traceback": state.error.traceback}
+    return StateModel(
+        state_id=state.state_id,
+        run_id=state.run_id,
+        identifier=state.identifier,
+        node_name=state.node_name,
+        status=StateStatus(common_pb2.StateStatus.Name(state.status).removeprefix("STATE_STATUS_")),
+        inputs=dict(state.inputs),
+        outputs=_outputs(state.outputs),
+        error=error,
+        attempt=state.attempt,
+        parent_id=state.parent_id or None,
+        created_at=_ts(state.created_at_unix_ms),
+        updated_at=_ts(state.updated_at_unix_ms),
+        run_at=_ts(state.run_at_unix_ms),
+        pruned_data=json.loads(state.pruned_data_json) if state.pruned_data_json else None,
+    )
+
+
+def run_from_pb(run: scheduler_pb2.Run, states: Any = ()) -> RunModel:
+    return RunModel(
+        run_id=run.run_id,
+        namespace=run.namespace,
+        graph_name=run.graph_name,
+        status=RunStatus(common_pb2.RunStatus.Name(run.status).removeprefix("RUN_STATUS_")),
+        created_at=_ts(run.created_at_unix_ms),
+        updated_at=_ts(run.updated_at_unix_ms),
+        state_counts=dict(run.state_counts),
+        store=dict(run.store),
+        graph_version=run.graph_version,
+        states=[state_from_pb(s) for s in states],
+    )

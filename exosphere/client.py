@@ -1,0 +1,261 @@
+"""StateManager: manage graphs and runs of one namespace from Python."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import timedelta
+from types import TracebackType
+from typing import Any, Self
+
+from exosphere._channel import metadata, open_channel, translate_errors
+from exosphere._wire import graph_from_pb, graph_to_pb, run_from_pb, state_from_pb
+from exosphere.config import ClientConfig
+from exosphere.errors import ExosphereTimeoutError, InvalidArgumentError
+from exosphere.models import (
+    CronTrigger,
+    GraphModel,
+    GraphNodeModel,
+    RetryPolicyModel,
+    RunModel,
+    RunStatus,
+    StateModel,
+    StoreConfigModel,
+    TriggerResponse,
+)
+from exosphere.v1 import scheduler_pb2 as pb
+from exosphere.v1 import scheduler_pb2_grpc
+
+__all__ = ["StateManager"]
+
+# Deadline of one unary call.
+CALL_TIMEOUT_S = 30.0
+
+
+def _model(cls: Any, value: Any) -> Any:
+    if value is None or isinstance(value, cls):
+        return value
+    return cls.model_validate(value)
+
+
+class StateManager:
+    """Client of the scheduler for one namespace.
+
+    The address and API key come from the arguments, else ``EXOSPHERE_SCHEDULER_ADDRESS`` and ``EXOSPHERE_API_KEY``.
+    Use it as an async context manager, or call ``close()``.
+    """
+
+    def __init__(
+        self,
+        namespace: str,
+        address: str | None = None,
+        key: str | None = None,
+        *,
+        tls_ca_file: str | None = None,
+    ) -> None:
+        if not isinstance(namespace, str) or not namespace.strip():
+            raise InvalidArgumentError("namespace must be a non-empty string")
+        self.namespace = namespace.strip()
+        self._config = ClientConfig.resolve(address=address, api_key=key, tls_ca_file=tls_ca_file)
+        self._metadata = metadata(self._config)
+        self._channel: Any = None
+        self._stub: Any = None
+
+    def _api(self) -> scheduler_pb2_grpc.SchedulerServiceAsyncStub:
+        # The channel must be created inside the running loop, so it is made on first use.
+        if self._stub is None:
+            self._channel = open_channel(self._config)
+            self._stub = scheduler_pb2_grpc.SchedulerServiceStub(self._channel)
+        return self._stub  # type: ignore[no-any-return]
+
+    async def close(self) -> None:
+        """Close the channel. Idempotent."""
+        if self._channel is not None:
+            channel, self._channel, self._stub = self._channel, None, None
+            await channel.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------------ graphs
+
+    async def upsert_graph(
+        self,
+        graph_name: str,
+        graph_nodes: Sequence[GraphNodeModel | Mapping[str, Any]],
+        secrets: Mapping[str, str] | None = None,
+        retry_policy: RetryPolicyModel | Mapping[str, Any] | None = None,
+        store_config: StoreConfigModel | Mapping[str, Any] | None = None,
+        triggers: Sequence[CronTrigger | Mapping[str, Any]] | None = None,
+    ) -> GraphModel:
+        """Create or replace a graph template; raises ``GraphValidationError`` listing every problem."""
+        graph = graph_to_pb(
+            self.namespace,
+            graph_name,
+            [_model(GraphNodeModel, n) for n in graph_nodes],
+            _model(RetryPolicyModel, retry_policy),
+            _model(StoreConfigModel, store_config),
+            [_model(CronTrigger, t) for t in triggers or []],
+        )
+        async with translate_errors():
+            response = await self._api().UpsertGraph(
+                pb.UpsertGraphRequest(graph=graph, secrets=dict(secrets or {})),
+                metadata=self._metadata,
+                timeout=CALL_TIMEOUT_S,
+            )
+        return graph_from_pb(response.graph)
+
+    async def get_graph(self, graph_name: str) -> GraphModel:
+        """Read a graph template (secret names only, never values)."""
+        async with translate_errors():
+            response = await self._api().GetGraph(
+                pb.GetGraphRequest(namespace=self.namespace, name=graph_name),
+                metadata=self._metadata,
+                timeout=CALL_TIMEOUT_S,
+            )
+        return graph_from_pb(response.graph)
+
+    async def list_graphs(self) -> list[GraphModel]:
+        """Every graph template of the namespace."""
+        async with translate_errors():
+            response = await self._api().ListGraphs(
+                pb.ListGraphsRequest(namespace=self.namespace), metadata=self._metadata, timeout=CALL_TIMEOUT_S
+            )
+        return [graph_from_pb(g) for g in response.graphs]
+
+    async def delete_graph(self, graph_name: str, *, force: bool = False) -> None:
+        """Delete a graph template; refused while it has pending runs unless ``force`` (which cancels them)."""
+        async with translate_errors():
+            await self._api().DeleteGraph(
+                pb.DeleteGraphRequest(namespace=self.namespace, name=graph_name, force=force),
+                metadata=self._metadata,
+                timeout=CALL_TIMEOUT_S,
+            )
+
+    # ------------------------------------------------------------------ runs
+
+    async def trigger(
+        self,
+        graph_name: str,
+        inputs: Mapping[str, str] | None = None,
+        store: Mapping[str, str] | None = None,
+        start_delay: int | timedelta = 0,
+    ) -> TriggerResponse:
+        """Start a run. ``start_delay`` is in milliseconds (or a ``timedelta``)."""
+        delay_ms = int(start_delay.total_seconds() * 1000) if isinstance(start_delay, timedelta) else int(start_delay)
+        if delay_ms < 0:
+            raise InvalidArgumentError(f"start_delay must be >= 0, got {start_delay}")
+        request = pb.TriggerGraphRequest(
+            namespace=self.namespace,
+            graph_name=graph_name,
+            inputs=dict(inputs or {}),
+            store=dict(store or {}),
+            start_delay_ms=delay_ms,
+        )
+        async with translate_errors():
+            response = await self._api().TriggerGraph(request, metadata=self._metadata, timeout=CALL_TIMEOUT_S)
+        return TriggerResponse(run_id=response.run_id)
+
+    async def trigger_many(
+        self, graph_name: str, runs: Sequence[Mapping[str, Mapping[str, str]]]
+    ) -> list[TriggerResponse]:
+        """Start several runs in one call; each item may have ``inputs`` and ``store``. All or none start."""
+        request = pb.TriggerGraphsRequest(
+            triggers=[
+                pb.TriggerGraphRequest(
+                    namespace=self.namespace,
+                    graph_name=graph_name,
+                    inputs=dict(r.get("inputs", {})),
+                    store=dict(r.get("store", {})),
+                )
+                for r in runs
+            ]
+        )
+        async with translate_errors():
+            response = await self._api().TriggerGraphs(request, metadata=self._metadata, timeout=CALL_TIMEOUT_S)
+        return [TriggerResponse(run_id=run_id) for run_id in response.run_ids]
+
+    async def get_run(self, run_id: str) -> RunModel:
+        """A run with all its states (read page by page for very large runs)."""
+        states: list[Any] = []
+        token = ""
+        async with translate_errors():
+            while True:
+                response = await self._api().GetRun(
+                    pb.GetRunRequest(run_id=run_id, page_size=10_000, page_token=token),
+                    metadata=self._metadata,
+                    timeout=CALL_TIMEOUT_S,
+                )
+                states.extend(response.states)
+                token = response.next_page_token
+                if not token:
+                    break
+        return run_from_pb(response.run, states)
+
+    async def list_runs(
+        self, graph_name: str | None = None, *, page_size: int = 50, page_token: str = ""
+    ) -> tuple[list[RunModel], str]:
+        """Runs of the namespace (or of one graph), newest first, with counts by status; returns the next token."""
+        async with translate_errors():
+            response = await self._api().ListRuns(
+                pb.ListRunsRequest(
+                    namespace=self.namespace, graph_name=graph_name or "", page_size=page_size, page_token=page_token
+                ),
+                metadata=self._metadata,
+                timeout=CALL_TIMEOUT_S,
+            )
+        return [run_from_pb(r) for r in response.runs], response.next_page_token
+
+    async def watch(self, run_id: str) -> AsyncIterator[tuple[RunModel, list[StateModel]]]:
+        """Yield ``(run, changed_states)`` as the run progresses; ends once the run is no longer pending."""
+        call = self._api().WatchRun(pb.WatchRunRequest(run_id=run_id), metadata=self._metadata)
+        try:
+            async with translate_errors():
+                async for event in call:
+                    yield run_from_pb(event.run), [state_from_pb(s) for s in event.states]
+        finally:
+            call.cancel()
+
+    async def wait(self, run_id: str, timeout: float | timedelta | None = None) -> RunModel:
+        """Wait until the run is no longer PENDING and return it with its states. Follows the watch stream."""
+        timeout_s = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
+        try:
+            async with asyncio.timeout(timeout_s):
+                async for run, _ in self.watch(run_id):
+                    if run.status is not RunStatus.PENDING:
+                        break
+        except TimeoutError:
+            raise ExosphereTimeoutError(f"run {run_id} still pending after {timeout_s}s") from None
+        return await self.get_run(run_id)
+
+    async def cancel_run(self, run_id: str) -> RunModel:
+        """Cancel a run: pending states become CANCELLED, running ones are cancelled on their runtime."""
+        async with translate_errors():
+            response = await self._api().CancelRun(
+                pb.CancelRunRequest(run_id=run_id), metadata=self._metadata, timeout=CALL_TIMEOUT_S
+            )
+        return run_from_pb(response.run)
+
+    async def retry_state(self, state_id: str, request_id: str | None = None) -> str:
+        """Retry a failed state once per ``request_id``; returns the new attempt's state id."""
+        async with translate_errors():
+            response = await self._api().RetryState(
+                pb.RetryStateRequest(state_id=state_id, request_id=request_id or str(uuid.uuid4())),
+                metadata=self._metadata,
+                timeout=CALL_TIMEOUT_S,
+            )
+        return response.state_id
+
+    async def list_nodes(self) -> list[str]:
+        """Names of the nodes registered in the namespace."""
+        async with translate_errors():
+            response = await self._api().ListNodes(
+                pb.ListNodesRequest(namespace=self.namespace), metadata=self._metadata, timeout=CALL_TIMEOUT_S
+            )
+        return [n.name for n in response.nodes]

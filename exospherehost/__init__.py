@@ -1,0 +1,6 @@
+"""Compatibility alias: code written for the exospherehost SDK imports from here and runs on Exosphere."""
+
+from __future__ import annotations
+
+from exosphere import *  # noqa: F403
+from exosphere import __all__, __version__  # noqa: F401

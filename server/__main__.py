@@ -1,0 +1,91 @@
+"""``exosphere-server`` / ``python -m server``: the scheduler process."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+from exosphere.errors import ExosphereError
+from server.app import App
+from server.config import ServerConfig
+
+logger = logging.getLogger("server")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="exosphere-server", description="The Exosphere scheduler.")
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1, env EXOSPHERE_HOST)")
+    p.add_argument("--port", type=int, help="port (default 50051, 0 picks a free one; env EXOSPHERE_PORT)")
+    p.add_argument("--db", help="SQLite database file (default ./exosphere.db, env EXOSPHERE_DB)")
+    p.add_argument("--api-key", help="API key for every namespace (env EXOSPHERE_API_KEY)")
+    p.add_argument("--api-keys-file", help="YAML/JSON file of namespace-scoped keys (env EXOSPHERE_API_KEYS_FILE)")
+    p.add_argument("--tls-cert", help="PEM certificate chain (env EXOSPHERE_TLS_CERT)")
+    p.add_argument("--tls-key", help="PEM private key (env EXOSPHERE_TLS_KEY)")
+    p.add_argument("--insecure", action="store_true", help="allow a non-loopback address without API keys")
+    p.add_argument("--lease", help="runtime lease, e.g. PT5S (env EXOSPHERE_LEASE)")
+    p.add_argument("--heartbeat-interval", help="runtime heartbeat interval, e.g. PT1S")
+    p.add_argument("--default-timeout", help="state timeout when neither node nor graph sets one, e.g. PT30M")
+    p.add_argument("--log-level", default=os.environ.get("EXOSPHERE_LOG_LEVEL", "INFO"))
+    return p
+
+
+async def _serve(config: ServerConfig) -> None:
+    app = App(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await app.start()
+    # A line scripts can wait for; the log line says the same for humans.
+    print(f"exosphere-server listening on {config.host}:{app.port}", flush=True)  # noqa: T201
+    try:
+        await stop.wait()
+        logger.info("stopping")
+    finally:
+        await app.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        config = ServerConfig.from_env(
+            host=args.host,
+            port=args.port,
+            db=args.db,
+            api_key=args.api_key,
+            api_keys_file=args.api_keys_file,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            insecure=args.insecure or None,
+            lease=args.lease,
+            heartbeat_interval=args.heartbeat_interval,
+            default_timeout=args.default_timeout,
+        )
+    except ValueError as exc:
+        print(f"exosphere-server: invalid configuration: {exc}", file=sys.stderr)  # noqa: T201
+        sys.exit(2)
+    loop_factory = None
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    try:
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(_serve(config))
+    except (ExosphereError, OSError) as exc:
+        print(f"exosphere-server: {exc}", file=sys.stderr)  # noqa: T201
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""SchedulerService: decode, make one engine call, encode, map errors."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from exosphere.errors import InvalidArgumentError
+
+from exosphere.v1 import scheduler_pb2 as pb
+from exosphere.v1 import scheduler_pb2_grpc
+from server.auth import Authenticator
+from server.engine import Engine
+from server.errors import status_from_errors
+from server.models import RunRow
+from server.wire import graph_spec_from_pb, graph_to_pb, run_to_pb, schema_to_pb, states_to_pb
+
+__all__ = ["SchedulerApi"]
+
+Ctx = grpc.aio.ServicerContext[Any, Any]
+
+DEFAULT_PAGE = 50
+MAX_PAGE = 1000
+MAX_STATE_PAGE = 10_000
+# A WatchRun event carries at most this many states, so no message limit is hit by a big fan-out.
+WATCH_CHUNK = 5_000
+
+
+def _int_token(token: str, what: str) -> int:
+    if not token:
+        return -1
+    try:
+        return int(token)
+    except ValueError:
+        raise InvalidArgumentError(f"invalid {what} page_token {token!r}") from None
+
+
+class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
+    def __init__(self, engine: Engine, auth: Authenticator) -> None:
+        self._engine = engine
+        self._auth = auth
+
+    async def UpsertGraph(self, request: pb.UpsertGraphRequest, context: Ctx) -> pb.UpsertGraphResponse:  # noqa: N802
+        async with status_from_errors(context):
+            self._auth.check(context, request.graph.namespace)
+            spec = graph_spec_from_pb(request.graph)
+            secrets = dict(request.secrets) if request.secrets else None
+            stored = await self._engine.upsert_graph(spec, secrets)
+        return pb.UpsertGraphResponse(graph=graph_to_pb(stored))
+
+    async def GetGraph(self, request: pb.GetGraphRequest, context: Ctx) -> pb.GetGraphResponse:  # noqa: N802
+        async with status_from_errors(context):
+            self._auth.check(context, request.namespace)
+            spec = self._engine.get_graph(request.namespace, request.name)
+        return pb.GetGraphResponse(graph=graph_to_pb(spec))
+
+    async def ListGraphs(self, request: pb.ListGraphsRequest, context: Ctx) -> pb.ListGraphsResponse:  # noqa: N802
+        async with status_from_errors(context):
+            self._auth.check(context, request.namespace)
+            specs = self._engine.list_graphs(request.namespace)
+        return pb.ListGraphsResponse(graphs=[graph_to_pb(s) for s in specs])
+
+    async def DeleteGraph(self, request: pb.DeleteGraphRequest, context: Ctx) -> pb.DeleteGraphResponse:  # noqa: N802
+        async with status_from_errors(context):
+            self._auth.check(context, request.namespace)
+            await self._engine.delete_graph(request.namespace, request.name, force=request.force)
+        return pb.DeleteGraphResponse()
+
+    async def TriggerGraph(self, request: pb.TriggerGraphRequest, context: Ctx) -> pb.TriggerGraphResponse:  # noqa: N802
+        async with status_from_errors(context):
+            self._auth.check(context, request.namespace)
+            run_id = await self._engine.trigger(
+                request.namespace,
+                request.graph_name,
+                _plain(request.inputs),
+                _plain(request.store),
+                request.start_delay_ms,
+            )
+        return pb.TriggerGraphResponse(run_id=run_id)
+
+    async def TriggerGraphs(self, request: pb.TriggerGraphsRequest, context: Ctx) -> pb.TriggerGraphsResponse:  # noqa: N802
+        async with status_from_errors(context):
+            for namespace in {t.namespace for t in request.triggers}:
+                self._auth.check(context, namespace)
+            run_ids = await self._engine.trigger_many(
+                [
+                    (t.namespace, t.graph_name, _plain(t.inputs), _plain(t.store), t.start_delay_ms)
+                    for t in request.triggers
+                ]
+            )
+        return pb.TriggerGraphsResponse(run_ids=run_ids)
+
+    async def GetRun(self, request: pb.GetRunRequest, context: Ctx) -> pb.GetRunResponse:  # noqa: N802
+        async with status_from_errors(context):
+            page_size = min(request.page_size or MAX_STATE_PAGE, MAX_STATE_PAGE)
+            run, states, last = self._engine.get_run(
+                request.run_id, page_size, _int_token(request.page_token, "GetRun")
+            )
+            self._check_run(context, run)
+        token = str(last) if len(states) == page_size and last >= 0 else ""
+        return pb.GetRunResponse(run=run_to_pb(run), states=states_to_pb(states), next_page_token=token)
+
+    async def ListRuns(self, request: pb.ListRunsRequest, context: Ctx) -> pb.ListRunsResponse:  # noqa: N802
+        async with status_from_errors(context):
+            self._auth.check(context, request.namespace)
+            limit = min(request.page_size or DEFAULT_PAGE, MAX_PAGE)
+            before = _int_token(request.page_token, "ListRuns")
+            runs = self._engine.list_runs(request.namespace, request.graph_name or None, limit, max(0, before))
+        token = str(runs[-1].created_at_ms) if len(runs) == limit else ""
+        return pb.ListRunsResponse(runs=[run_to_pb(r) for r in runs], next_page_token=token)
+
+    async def WatchRun(self, request: pb.WatchRunRequest, context: Ctx) -> AsyncIterator[pb.WatchRunResponse]:  # noqa: N802
+        async with status_from_errors(context):
+            events = self._engine.watch_run(request.run_id)
+            try:
+                first = True
+                async for run, states in events:
+                    if first:
+                        self._check_run(context, run)
+                        first = False
+                    message = run_to_pb(run)
+                    for start in range(0, max(1, len(states)), WATCH_CHUNK):
+                        yield pb.WatchRunResponse(run=message, states=states_to_pb(states[start : start + WATCH_CHUNK]))
+            finally:
+                await events.aclose()  # type: ignore[attr-defined]
+
+    async def CancelRun(self, request: pb.CancelRunRequest, context: Ctx) -> pb.CancelRunResponse:  # noqa: N802
+        async with status_from_errors(context):
+            run, _, _ = self._engine.get_run(request.run_id, 1)
+            self._check_run(context, run)
+            run = await self._engine.cancel_run(request.run_id)
+        return pb.CancelRunResponse(run=run_to_pb(run))
+
+    async def RetryState(self, request: pb.RetryStateRequest, context: Ctx) -> pb.RetryStateResponse:  # noqa: N802
+        async with status_from_errors(context):
+            run_id = request.state_id.rpartition("-")[0]
+            if run_id:
+                run, _, _ = self._engine.get_run(run_id, 1)
+                self._check_run(context, run)
+            state_id = await self._engine.retry_state(request.state_id, request.request_id)
+        return pb.RetryStateResponse(state_id=state_id)
+
+    async def ListNodes(self, request: pb.ListNodesRequest, context: Ctx) -> pb.ListNodesResponse:  # noqa: N802
+        async with status_from_errors(context):
+            self._auth.check(context, request.namespace)
+            nodes = self._engine.nodes(request.namespace)
+        return pb.ListNodesResponse(nodes=[schema_to_pb(n) for n in nodes])
+
+    async def ListNamespaces(self, request: pb.ListNamespacesRequest, context: Ctx) -> pb.ListNamespacesResponse:  # noqa: N802
+        async with status_from_errors(context):
+            names = [n for n in self._engine.namespaces() if self._auth.allowed(context, n)]
+        return pb.ListNamespacesResponse(namespaces=names)
+
+    async def ListRuntimes(self, request: pb.ListRuntimesRequest, context: Ctx) -> pb.ListRuntimesResponse:  # noqa: N802
+        async with status_from_errors(context):
+            if request.namespace:
+                self._auth.check(context, request.namespace)
+            sessions = [
+                s for s in self._engine.sessions(request.namespace or None) if self._auth.allowed(context, s.namespace)
+            ]
+        return pb.ListRuntimesResponse(
+            runtimes=[
+                pb.RuntimeInfo(
+                    runtime_id=s.runtime_id,
+                    runtime_name=s.runtime_name,
+                    namespace=s.namespace,
+                    node_names=sorted(s.node_names),
+                    max_concurrency=s.max_concurrency,
+                    in_flight=len(s.in_flight),
+                    connected_at_unix_ms=s.connected_at_ms,
+                    sdk_version=s.sdk_version,
+                )
+                for s in sessions
+            ]
+        )
+
+    def _check_run(self, context: Ctx, run: RunRow) -> None:
+        self._auth.check(context, run.namespace)
+
+
+def _plain(mapping: Any) -> dict[str, str]:
+    return {k: mapping[k] for k in mapping}
+
+
+

@@ -1,0 +1,147 @@
+"""Wires store, engine and the gRPC server together; owns start() and stop()."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from exosphere.errors import InvalidArgumentError
+from exosphere.v1 import runtime_pb2, runtime_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
+from server.api import SchedulerApi
+from server.auth import ApiKey, Authenticator, load_keys_file
+from server.config import ServerConfig
+from server.engine import Engine, EngineSettings
+from server.runtime_api import RuntimeApi
+from server.secrets import SecretBox, load_or_create_key
+from server.sqlite_store import SqliteStore
+from server.store import InMemoryStore, Store
+from server.wire import decode_stored_schema
+
+__all__ = ["App"]
+
+logger = logging.getLogger(__name__)
+
+# Biggest message either side accepts; big results are paged or chunked well below it.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+def _is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class App:
+    """The scheduler: ``await App(config).start()`` serves on ``config.host:config.port`` (port 0 picks one)."""
+
+    def __init__(self, config: ServerConfig, *, store: Store | None = None) -> None:
+        self.config = config
+        keys = []
+        if config.api_key:
+            keys.append(ApiKey(config.api_key, frozenset({"*"})))
+        if config.api_keys_file:
+            keys.extend(load_keys_file(config.api_keys_file))
+        if not keys and not config.insecure and not _is_loopback(config.host):
+            raise InvalidArgumentError(
+                f"refusing to listen on {config.host} without an API key; configure --api-key or --api-keys-file, "
+                "or pass --insecure"
+            )
+        if bool(config.tls_cert) != bool(config.tls_key):
+            raise InvalidArgumentError("--tls-cert and --tls-key must be given together")
+        self.auth = Authenticator(keys)
+        if store is None:
+            store = SqliteStore(config.db)
+            key_file: Path | None = Path(f"{config.db}.key")
+        else:
+            key_file = None if isinstance(store, InMemoryStore) else Path(f"{config.db}.key")
+        self.store = store
+        self.engine = Engine(
+            store,
+            secret_box=SecretBox(load_or_create_key(Path(config.secrets_key_file) if config.secrets_key_file else key_file)),
+            settings=EngineSettings(
+                heartbeat_interval_ms=int(config.heartbeat_interval.total_seconds() * 1000),
+                lease_ms=int(config.lease.total_seconds() * 1000),
+                default_timeout_ms=int(config.default_timeout.total_seconds() * 1000),
+            ),
+            decode_schema=decode_stored_schema,
+        )
+        self._server: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()
+        self.port = 0
+
+    @property
+    def address(self) -> str:
+        return f"{self.config.host}:{self.port}"
+
+    async def start(self) -> int:
+        """Recover state, bind, serve. Returns the bound port."""
+        await self.engine.start()
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(SchedulerApi(self.engine, self.auth), server)
+        runtime_pb2_grpc.add_RuntimeServiceServicer_to_server(RuntimeApi(self.engine, self.auth), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (
+                scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"].full_name,
+                runtime_pb2.DESCRIPTOR.services_by_name["RuntimeService"].full_name,
+                health.SERVICE_NAME,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+        )
+        target = f"{self.config.host}:{self.config.port}"
+        if self.config.tls_cert and self.config.tls_key:
+            credentials = grpc.ssl_server_credentials(
+                [(Path(self.config.tls_key).read_bytes(), Path(self.config.tls_cert).read_bytes())]
+            )
+            self.port = server.add_secure_port(target, credentials)
+        else:
+            self.port = server.add_insecure_port(target)
+        if self.port == 0:
+            raise OSError(f"could not bind {target}")
+        await server.start()
+        self._server = server
+        for service in ("", "exosphere.v1.SchedulerService", "exosphere.v1.RuntimeService"):
+            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        logger.info("exosphere-server listening on %s:%d db=%s", self.config.host, self.port, self.config.db)
+        return self.port
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting, let calls finish within ``grace`` seconds, commit, close the store. Idempotent."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        await self._health.enter_graceful_shutdown()
+        try:
+            await server.stop(self.config.shutdown_grace.total_seconds() if grace is None else grace)
+        finally:
+            await self.engine.stop()
+            self.store.close()
+            logger.info("exosphere-server stopped")
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()

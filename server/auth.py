@@ -1,0 +1,96 @@
+"""API keys in ``x-api-key`` metadata, each scoped to namespaces or to all of them.
+
+Keys come from ``--api-key`` / ``EXOSPHERE_API_KEY`` (one key for every namespace) and from a keys file
+(``--api-keys-file`` / ``EXOSPHERE_API_KEYS_FILE``), JSON or YAML::
+
+    keys:
+      - key: "k-prod-1"
+        namespaces: ["prod"]
+      - key: "k-admin"
+        namespaces: ["*"]
+
+With no key configured every request is allowed (the scheduler then listens on loopback only, unless told
+``--insecure``).
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import yaml
+
+from exosphere.errors import AuthenticationError, InvalidArgumentError, PermissionDeniedError
+
+__all__ = ["ApiKey", "Authenticator", "load_keys_file"]
+
+ALL = "*"
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    key: str
+    namespaces: frozenset[str]
+
+    def allows(self, namespace: str) -> bool:
+        return ALL in self.namespaces or namespace in self.namespaces
+
+
+def load_keys_file(path: str | Path) -> list[ApiKey]:
+    """Read a keys file; raise InvalidArgumentError naming what is wrong."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise InvalidArgumentError(f"cannot read API keys file {path}: {exc}") from None
+    entries = data.get("keys") if isinstance(data, Mapping) else None
+    if not isinstance(entries, list):
+        raise InvalidArgumentError(f"API keys file {path} must have a top-level 'keys' list")
+    keys = []
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("key"), str) or not entry["key"]:
+            raise InvalidArgumentError(f"API keys file {path}: entry #{index} needs a non-empty 'key' string")
+        namespaces = entry.get("namespaces", [ALL])
+        if not isinstance(namespaces, list) or not all(isinstance(n, str) for n in namespaces):
+            raise InvalidArgumentError(f"API keys file {path}: entry #{index} 'namespaces' must be a list of strings")
+        keys.append(ApiKey(entry["key"], frozenset(namespaces)))
+    return keys
+
+
+class Authenticator:
+    def __init__(self, keys: Iterable[ApiKey]) -> None:
+        self._keys = list(keys)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._keys)
+
+    def identify(self, context: grpc.aio.ServicerContext[Any, Any]) -> ApiKey | None:
+        """The caller's key; raises AuthenticationError when keys are configured and it is missing or wrong."""
+        if not self._keys:
+            return None
+        presented = ""
+        for item in context.invocation_metadata() or ():
+            if item.key == "x-api-key":
+                presented = item.value if isinstance(item.value, str) else item.value.decode()
+        if not presented:
+            raise AuthenticationError("missing API key: send it in the x-api-key metadata")
+        match = None
+        for key in self._keys:  # compare with every key, in constant time each
+            if hmac.compare_digest(key.key.encode(), presented.encode()):
+                match = key
+        if match is None:
+            raise AuthenticationError("invalid API key")
+        return match
+
+    def check(self, context: grpc.aio.ServicerContext[Any, Any], namespace: str) -> None:
+        key = self.identify(context)
+        if key is not None and not key.allows(namespace):
+            raise PermissionDeniedError(f"API key is not allowed in namespace {namespace!r}")
+
+    def allowed(self, context: grpc.aio.ServicerContext[Any, Any], namespace: str) -> bool:
+        key = self.identify(context)
+        return key is None or key.allows(namespace)

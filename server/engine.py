@@ -1,0 +1,1049 @@
+"""The scheduling engine: runs, states, dispatch to runtimes, results, fan-out, unites, retries.
+
+Everything on the hot path lives in memory: compiled graphs, live runs and their states, ready queues per
+(namespace, node), runtime sessions and their credit. The database is written, not read: every change of one
+event-loop tick is collected and committed in ONE transaction at the end of the tick (group commit), so a state's
+result, its status change and the states it creates are durable together. Clients and watchers hear of a change
+only after it is committed. The engine never imports grpc or protobuf.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import json
+import logging
+import os
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from exosphere.errors import (
+    ConflictError,
+    GraphNotFoundError,
+    GraphValidationError,
+    InternalError,
+    InvalidArgumentError,
+    RunNotFoundError,
+    StateNotFoundError,
+)
+from server import models as m
+from server.graph import CompiledGraph, CompiledNode, compile_graph
+from server.models import GraphSpec, NodeSchema, RunRow, StateRow
+from server.retry import retry_delay_ms
+from server.runstate import Run, Session, State
+from server.secrets import SecretBox
+from server.store import Store, WriteBatch
+from server.templating import OutputRef, StoreRef
+
+__all__ = ["Engine", "EngineSettings", "ResultIn"]
+
+logger = logging.getLogger(__name__)
+
+_LIVE = frozenset({m.CREATED, m.QUEUED, m.EXECUTED})
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSettings:
+    heartbeat_interval_ms: int = 1000
+    lease_ms: int = 5000
+    default_timeout_ms: int = 30 * 60 * 1000
+    sweep_interval_s: float = 0.2
+
+
+@dataclass(slots=True)
+class ResultIn:
+    """A runtime's result, decoded from the wire."""
+
+    state_id: str
+    dispatch_id: int
+    kind: str  # "executed" | "errored" | "pruned" | "requeue"
+    outputs: list[dict[str, str]] = field(default_factory=list)
+    error: dict[str, str] | None = None
+    pruned_data: str = "{}"
+    delay_ms: int = 0
+    store_writes: dict[str, str] | None = None
+
+
+class ResolutionError(Exception):
+    """An input reference could not be resolved when creating a next state."""
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Engine:
+    """The scheduler's core. Create it inside the running loop, then ``await start()``."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        secret_box: SecretBox,
+        settings: EngineSettings | None = None,
+        decode_schema: Callable[[str, bytes], NodeSchema] | None = None,
+        clock: Callable[[], int] = _now_ms,
+    ) -> None:
+        self._store = store
+        self._box = secret_box
+        self.settings = settings or EngineSettings()
+        self._decode_schema = decode_schema
+        self._clock = clock
+        self._graphs: dict[tuple[str, str], CompiledGraph] = {}
+        self._graph_versions: dict[tuple[str, str, int], CompiledGraph] = {}
+        self._nodes: dict[tuple[str, str], NodeSchema] = {}
+        self._runs: dict[str, Run] = {}
+        self._states: dict[str, State] = {}
+        self._ready: dict[tuple[str, str], deque[State]] = {}
+        self._ready_keys: set[tuple[str, str]] = set()
+        self._sessions: dict[str, Session] = {}
+        self._by_namespace: dict[str, list[Session]] = {}
+        self._delayed: list[tuple[int, int, State]] = []
+        self._delay_counter = itertools.count()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0
+        self._dispatch_seq = itertools.count(1)
+        self._dispatch_scheduled = False
+        # Group commit.
+        self._new_states: list[State] = []
+        self._new_ids: set[str] = set()
+        self._dirty_states: dict[str, State] = {}
+        self._dirty_runs: dict[str, Run] = {}
+        self._kv: dict[str, str] = {}
+        self._finished: list[Run] = []
+        self._waiters: list[asyncio.Future[None]] = []
+        self._flush_scheduled = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._retry_requests: dict[str, str] = {}
+        self.ignored_results = 0
+        self.on_graph_saved: Callable[[CompiledGraph | None, str, str], None] | None = None
+
+    # ================================================================== lifecycle
+
+    async def start(self) -> None:
+        """Load graphs, registrations and pending runs from the store, requeue what was in flight."""
+        self._loop = asyncio.get_running_loop()
+        from server.recovery import recover  # a separate module: only start-up needs it
+
+        recover(self)
+        self._tasks.append(self._loop.create_task(self._sweep_loop(), name="engine-sweeper"))
+
+    async def stop(self) -> None:
+        """Commit what is pending and stop the background tasks."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        self._tasks.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+        self._flush()
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        assert self._loop is not None, "Engine.start() was not called"
+        return self._loop
+
+    # ================================================================== nodes and sessions
+
+    def node_schema(self, namespace: str, name: str) -> NodeSchema | None:
+        return self._nodes.get((namespace, name))
+
+    def register_session(
+        self,
+        *,
+        namespace: str,
+        runtime_name: str,
+        runtime_id: str,
+        sdk_version: str,
+        schemas: Sequence[NodeSchema],
+        max_concurrency: int,
+    ) -> Session:
+        """Accept a runtime's registration, or raise an error that names every problem."""
+        errors = []
+        if not namespace.strip():
+            errors.append("namespace cannot be empty")
+        if not runtime_name.strip():
+            errors.append("runtime_name cannot be empty")
+        if max_concurrency < 1:
+            errors.append(f"max_concurrency must be at least 1, got {max_concurrency}")
+        if not schemas:
+            errors.append("a runtime must register at least one node")
+        names = [s.name for s in schemas]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            errors.append(f"duplicate node names: {duplicates}")
+        if errors:
+            raise InvalidArgumentError("; ".join(errors))
+        conflicts = []
+        for schema in schemas:
+            old = self._nodes.get((namespace, schema.name))
+            if old is None or old.fingerprint() == schema.fingerprint():
+                continue
+            holders = [s for s in self._by_namespace.get(namespace, ()) if schema.name in s.node_names]
+            if holders:
+                conflicts.append(f"node {schema.name!r}: {_schema_diff(old, schema)}")
+        if conflicts:
+            raise ConflictError(
+                "schema conflicts with runtimes still connected with the old schema: " + "; ".join(conflicts)
+            )
+        for schema in schemas:
+            old = self._nodes.get((namespace, schema.name))
+            if old is None or old.fingerprint() != schema.fingerprint() or old.timeout_ms != schema.timeout_ms:
+                self._store.save_node(namespace, schema.name, schema.raw)
+            self._nodes[namespace, schema.name] = schema
+        session = Session(
+            session_id=uuid.uuid4().hex,
+            namespace=namespace,
+            runtime_name=runtime_name,
+            runtime_id=runtime_id,
+            sdk_version=sdk_version,
+            node_names=frozenset(names),
+            max_concurrency=max_concurrency,
+            connected_at_ms=self._clock(),
+            last_seen=time.monotonic(),
+        )
+        self._sessions[session.session_id] = session
+        self._by_namespace.setdefault(namespace, []).append(session)
+        logger.info(
+            "runtime registered namespace=%s runtime=%s session=%s nodes=%s credit=%d",
+            namespace,
+            runtime_name,
+            session.session_id,
+            ",".join(names),
+            max_concurrency,
+        )
+        self._schedule_dispatch()
+        return session
+
+    def unregister_session(self, session: Session, reason: str = "disconnected") -> None:
+        """Forget a session; the states it held go back to the queue (at-least-once)."""
+        if session.session_id not in self._sessions:
+            return
+        session.closed = True
+        session.close_reason = session.close_reason or reason
+        del self._sessions[session.session_id]
+        peers = self._by_namespace.get(session.namespace, [])
+        if session in peers:
+            peers.remove(session)
+        requeued = 0
+        for state in session.in_flight.values():
+            if state.status == m.QUEUED and state.session is session:
+                state.status = m.CREATED
+                state.session = None
+                self._enqueue(state)
+                requeued += 1
+        session.in_flight.clear()
+        session.wake.set()
+        logger.info(
+            "runtime gone session=%s runtime=%s reason=%s requeued=%d",
+            session.session_id,
+            session.runtime_name,
+            session.close_reason,
+            requeued,
+        )
+        self._schedule_dispatch()
+
+    def touch(self, session: Session) -> None:
+        session.last_seen = time.monotonic()
+
+    def session_draining(self, session: Session) -> None:
+        session.draining = True
+
+    def sessions(self, namespace: str | None = None) -> list[Session]:
+        return [s for s in self._sessions.values() if namespace is None or s.namespace == namespace]
+
+    def namespaces(self) -> list[str]:
+        names = {ns for ns, _ in self._nodes} | {ns for ns, _ in self._graphs}
+        return sorted(names)
+
+    def nodes(self, namespace: str) -> list[NodeSchema]:
+        return [schema for (ns, _), schema in sorted(self._nodes.items()) if ns == namespace]
+
+    # ================================================================== graphs
+
+    async def upsert_graph(self, spec: GraphSpec, secrets: Mapping[str, str] | None) -> GraphSpec:
+        """Validate and save a graph template; raise GraphValidationError listing every problem."""
+        key = (spec.namespace, spec.name)
+        existing = self._graphs.get(key)
+        if secrets is None and existing is not None:
+            secret_values = self._decrypt(existing.spec)
+        else:
+            secret_values = dict(secrets or {})
+        compiled, errors = compile_graph(spec, self.node_schema, secret_values)
+        if compiled is None:
+            raise GraphValidationError(errors)
+        version = existing.version + 1 if existing is not None else 1
+        stored = spec.model_copy(
+            update={
+                "version": version,
+                "updated_at_ms": self._clock(),
+                "secrets": {k: self._box.encrypt(v, _secret_context(spec, k)) for k, v in secret_values.items()},
+            }
+        )
+        self._store.save_graph(stored)
+        compiled.spec = stored
+        self._graphs[key] = compiled
+        self._graph_versions[spec.namespace, spec.name, version] = compiled
+        logger.info("graph saved namespace=%s graph=%s version=%d", spec.namespace, spec.name, version)
+        if self.on_graph_saved is not None:
+            self.on_graph_saved(compiled, spec.namespace, spec.name)
+        return stored
+
+    def _decrypt(self, spec: GraphSpec) -> dict[str, str]:
+        return {k: self._box.decrypt(v, _secret_context(spec, k)) for k, v in spec.secrets.items()}
+
+    def get_graph(self, namespace: str, name: str) -> GraphSpec:
+        graph = self._graphs.get((namespace, name))
+        if graph is None:
+            raise GraphNotFoundError(f"graph {name!r} not found in namespace {namespace!r}")
+        return graph.spec
+
+    def list_graphs(self, namespace: str) -> list[GraphSpec]:
+        return [g.spec for (ns, _), g in sorted(self._graphs.items()) if ns == namespace]
+
+    async def delete_graph(self, namespace: str, name: str, *, force: bool) -> None:
+        self.get_graph(namespace, name)
+        pending = [r for r in self._runs.values() if r.namespace == namespace and r.graph_name == name and r.pending]
+        if pending and not force:
+            raise ConflictError(
+                f"graph {name!r} has {len(pending)} pending run(s); cancel them or delete with force=True"
+            )
+        for run in pending:
+            self._cancel(run)
+        del self._graphs[namespace, name]
+        self._store.delete_graph(namespace, name)
+        if self.on_graph_saved is not None:
+            self.on_graph_saved(None, namespace, name)
+        await self._committed()
+
+    # ================================================================== runs
+
+    async def trigger(
+        self,
+        namespace: str,
+        graph_name: str,
+        inputs: Mapping[str, str],
+        store: Mapping[str, str],
+        start_delay_ms: int = 0,
+    ) -> str:
+        """Start a run; returns once the run is committed."""
+        run = self._start_run(namespace, graph_name, inputs, store, start_delay_ms)
+        await self._committed()
+        return run.run_id
+
+    async def trigger_many(self, requests: Sequence[tuple[str, str, Mapping[str, str], Mapping[str, str], int]]) -> list[str]:
+        """Start several runs: all are validated first, then all are committed in one transaction."""
+        for index, (namespace, graph_name, inputs, store, _) in enumerate(requests):
+            try:
+                self._check_trigger(namespace, graph_name, inputs, store)
+            except (InvalidArgumentError, GraphNotFoundError) as exc:
+                raise type(exc)(f"trigger #{index}: {exc}") from None
+        runs = [self._start_run(*request) for request in requests]
+        await self._committed()
+        return [run.run_id for run in runs]
+
+    def _check_trigger(
+        self, namespace: str, graph_name: str, inputs: Mapping[str, str], store: Mapping[str, str]
+    ) -> tuple[CompiledGraph, dict[str, str], dict[str, str]]:
+        graph = self._graphs.get((namespace, graph_name))
+        if graph is None:
+            raise GraphNotFoundError(f"graph {graph_name!r} not found in namespace {namespace!r}")
+        errors = []
+        root = graph.root
+        schema = self._nodes.get((namespace, root.node_name))
+        declared = schema.input_names() if schema else set(root.inputs)
+        unknown = sorted(set(inputs) - declared)
+        if unknown:
+            errors.append(f"inputs {unknown} are not declared by the root node {root.node_name!r}")
+        config = graph.spec.store_config
+        run_store = dict(config.default_values) if config else {}
+        run_store.update(store)
+        if config:
+            missing = [k for k in config.required_keys if k not in run_store]
+            if missing:
+                errors.append(f"missing required store keys: {missing}")
+        root_inputs: dict[str, str] = {}
+        if not errors:
+            for name, template in root.inputs.items():
+                if name in inputs:
+                    continue
+                parts = []
+                for seg in template.segments:
+                    if isinstance(seg, str):
+                        parts.append(seg)
+                    elif isinstance(seg, StoreRef):
+                        if seg.key not in run_store:
+                            errors.append(f"root input {name!r} reads store key {seg.key!r}, which is not set")
+                            break
+                        parts.append(run_store[seg.key])
+                root_inputs[name] = "".join(parts)
+            root_inputs.update(inputs)
+            if schema is not None:
+                missing_inputs = [f.name for f in schema.inputs if f.required and f.name not in root_inputs]
+                if missing_inputs:
+                    errors.append(f"root node {root.node_name!r} needs inputs {missing_inputs}")
+        if errors:
+            raise InvalidArgumentError("; ".join(errors))
+        return graph, root_inputs, run_store
+
+    def _start_run(
+        self, namespace: str, graph_name: str, inputs: Mapping[str, str], store: Mapping[str, str], start_delay_ms: int
+    ) -> Run:
+        graph, root_inputs, run_store = self._check_trigger(namespace, graph_name, inputs, store)
+        now = self._clock()
+        run = Run(
+            run_id=uuid.UUID(bytes=os.urandom(16), version=4).hex,
+            namespace=namespace,
+            graph_name=graph_name,
+            graph_version=graph.version,
+            status=m.RUN_PENDING,
+            store=run_store,
+            created_at_ms=now,
+            updated_at_ms=now,
+            graph=graph,
+        )
+        self._runs[run.run_id] = run
+        self._dirty_runs[run.run_id] = run
+        root = self._new_state(
+            run, graph.root, root_inputs, None, 0, (), now, watchers=(), run_at_ms=now + start_delay_ms if start_delay_ms else 0
+        )
+        self._add_state(root)
+        return run
+
+    def get_run(self, run_id: str, page_size: int = 0, after_seq: int = -1) -> tuple[RunRow, list[StateRow], int]:
+        """The run, a page of its states (by sequence), and the last sequence returned (-1 when none)."""
+        run = self._runs.get(run_id)
+        if run is not None:
+            states: Sequence[StateRow] = [s for s in run.states if s.seq > after_seq]
+            if page_size:
+                states = states[:page_size]
+            run.state_counts = run.counts()
+            return run, list(states), states[-1].seq if states else -1
+        row = self._store.get_run(run_id)
+        if row is None:
+            raise RunNotFoundError(f"run {run_id!r} not found")
+        rows = self._store.get_states(run_id, after_seq, page_size)
+        return row, rows, rows[-1].seq if rows else -1
+
+    def list_runs(self, namespace: str, graph_name: str | None, limit: int, before_ms: int) -> list[RunRow]:
+        rows = self._store.list_runs(namespace, graph_name, before_ms, limit)
+        for i, row in enumerate(rows):
+            live = self._runs.get(row.run_id)
+            if live is not None:
+                live.state_counts = live.counts()
+                rows[i] = live
+        return rows
+
+    async def watch_run(self, run_id: str) -> AsyncIterator[tuple[RunRow, list[StateRow]]]:
+        """Yield the run with all its states, then its changed states after each commit, until it is done."""
+        run = self._runs.get(run_id)
+        if run is None:
+            row, states, _ = self.get_run(run_id)
+            yield row, states
+            return
+        queue: asyncio.Queue[list[State] | None] = asyncio.Queue()
+        run.watchers.append(queue)
+        try:
+            run.state_counts = run.counts()
+            yield run, list(run.states)
+            while run.pending:
+                changed = await queue.get()
+                if changed is None:
+                    break
+                run.state_counts = run.counts()
+                yield run, list(changed)
+        finally:
+            if queue in run.watchers:
+                run.watchers.remove(queue)
+
+    async def cancel_run(self, run_id: str) -> RunRow:
+        run = self._runs.get(run_id)
+        if run is None:
+            row = self._store.get_run(run_id)
+            if row is None:
+                raise RunNotFoundError(f"run {run_id!r} not found")
+            return row
+        self._cancel(run)
+        await self._committed()
+        return run
+
+    def _cancel(self, run: Run) -> None:
+        if not run.pending:
+            return
+        run.cancelled = True
+        now = self._clock()
+        for state in list(run.states):
+            if state.status not in _LIVE:
+                continue
+            if state.status == m.QUEUED and state.session is not None:
+                state.session.cancels.append(state.state_id)
+                state.session.wake.set()
+                state.session = None
+            state.status = m.CANCELLED
+            state.updated_at_ms = now
+            self._mark(state)
+            self._finish(state, failed=False)
+        logger.info("run cancelled run_id=%s", run.run_id)
+
+    async def retry_state(self, state_id: str, request_id: str) -> str:
+        """Create a new attempt of a failed state of a live run, once per request id."""
+        if request_id and request_id in self._retry_requests:
+            return self._retry_requests[request_id]
+        key = f"retry-request:{request_id}"
+        if request_id:
+            previous = self._store.get_kv(key)
+            if previous is not None:
+                return previous
+        state = self._states.get(state_id)
+        if state is None:
+            raise StateNotFoundError(f"state {state_id!r} not found in a pending run")
+        if state.status not in (m.ERRORED, m.TIMEDOUT, m.NEXT_CREATED_ERROR, m.CANCELLED) or state.run.cancelled:
+            raise ConflictError(f"state {state_id!r} is {state.status}; only a failed state of a live run can be retried")
+        now = self._clock()
+        run = state.run
+        new = self._new_state(
+            run, state.node, dict(state.inputs), state.parent, state.parent_output, state.path, now,
+            watchers=state.watchers, attempt=state.attempt + 1,
+        )  # fmt: skip
+        self._add_state(new)
+        self._kv[key] = new.state_id
+        self._retry_requests[request_id] = new.state_id
+        await self._committed()
+        return new.state_id
+
+    # ================================================================== results from runtimes
+
+    def handle_results(self, session: Session, results: Sequence[ResultIn]) -> None:
+        """Apply a batch of results; each frees one credit of the session."""
+        session.last_seen = time.monotonic()
+        now = self._clock()
+        for result in results:
+            state = session.in_flight.pop(result.dispatch_id, None)
+            if state is None or state.session is not session or state.status != m.QUEUED:
+                self.ignored_results += 1
+                continue
+            state.session = None
+            kind = result.kind
+            if kind == "executed":
+                self._on_executed(state, result.outputs, result.store_writes, now)
+            elif kind == "errored":
+                self._on_failed(state, result.error or {"message": "unknown error", "type": "Error"}, m.ERRORED, now)
+            elif kind == "pruned":
+                state.status = m.PRUNED
+                state.pruned_data = result.pruned_data
+                state.updated_at_ms = now
+                self._mark(state)
+                self._finish(state, failed=False)
+            elif kind == "requeue":
+                state.status = m.CREATED
+                state.run_at_ms = now + max(1, result.delay_ms)
+                state.updated_at_ms = now
+                self._mark(state)
+                self._enqueue(state)
+            else:
+                self._on_failed(state, {"message": f"unknown result kind {kind!r}", "type": "ProtocolError"}, m.ERRORED, now)
+        self._schedule_dispatch()
+
+    def _on_executed(
+        self, state: State, outputs: list[dict[str, str]], store_writes: dict[str, str] | None, now: int
+    ) -> None:
+        node = state.node
+        problems = _output_problems(node, outputs)
+        if problems:
+            self._on_failed(state, {"message": problems, "type": "InvalidOutputsError"}, m.ERRORED, now)
+            return
+        state.outputs = outputs
+        state.updated_at_ms = now
+        run = state.run
+        if store_writes:
+            run.store.update(store_writes)
+            self._dirty_runs[run.run_id] = run
+        try:
+            children = self._children(state, now)
+        except ResolutionError as exc:
+            state.status = m.NEXT_CREATED_ERROR
+            state.error = {"message": str(exc), "type": "ResolutionError"}
+            self._mark(state)
+            self._finish(state, failed=True)
+            return
+        for child in children:
+            self._add_state(child)
+        state.status = m.SUCCESS
+        self._mark(state)
+        self._finish(state, failed=False)
+
+    def _on_failed(self, state: State, error: dict[str, str], status: str, now: int) -> None:
+        run = state.run
+        policy = state.node.retry
+        retry = state.attempt  # the retry about to be created, counting from 1
+        state.error = error
+        state.updated_at_ms = now
+        if retry <= policy.max_retries and not run.cancelled:
+            state.status = m.RETRY_CREATED if status == m.ERRORED else status
+            self._mark(state)
+            delay = retry_delay_ms(policy, retry)
+            new = self._new_state(
+                run, state.node, state.inputs, state.parent, state.parent_output, state.path, now,
+                watchers=state.watchers, attempt=state.attempt + 1, run_at_ms=now + delay,
+            )  # fmt: skip
+            self._add_state(new)
+            # The new attempt takes over the old one's place among open states.
+            run.open_states -= 1
+            for watcher in state.watchers:
+                watcher.open_descendants -= 1
+            logger.info(
+                "state retry state_id=%s identifier=%s attempt=%d delay_ms=%d error=%s",
+                state.state_id, state.identifier, new.attempt, delay, error.get("message", ""),
+            )  # fmt: skip
+            return
+        state.status = status
+        self._mark(state)
+        logger.warning(
+            "state failed state_id=%s run_id=%s identifier=%s status=%s error=%s",
+            state.state_id, run.run_id, state.identifier, status, error.get("message", ""),
+        )  # fmt: skip
+        self._finish(state, failed=True)
+
+    # ================================================================== creating states
+
+    def _new_state(
+        self,
+        run: Run,
+        node: CompiledNode,
+        inputs: dict[str, str],
+        parent: State | None,
+        parent_output: int,
+        path: tuple[int, ...],
+        now: int,
+        *,
+        watchers: tuple[State, ...],
+        attempt: int = 1,
+        run_at_ms: int = 0,
+    ) -> State:
+        seq = run.next_seq
+        run.next_seq = seq + 1
+        state = State(
+            state_id=f"{run.run_id}-{seq}",
+            run_id=run.run_id,
+            identifier=node.identifier,
+            node_name=node.node_name,
+            status=m.CREATED,
+            inputs=inputs,
+            attempt=attempt,
+            parent_id=parent.state_id if parent is not None else None,
+            parent_output=parent_output,
+            path=path,
+            created_at_ms=now,
+            updated_at_ms=now,
+            run_at_ms=run_at_ms,
+            seq=seq,
+            run=run,
+            node=node,
+            parent=parent,
+            watchers=watchers,
+        )
+        for watcher in watchers:
+            watcher.open_descendants += 1
+        return state
+
+    def _add_state(self, state: State) -> None:
+        run = state.run
+        run.states.append(state)
+        run.open_states += 1
+        self._states[state.state_id] = state
+        self._new_states.append(state)
+        self._new_ids.add(state.state_id)
+        self._schedule_flush()
+        self._enqueue(state)
+
+    def _children(self, parent: State, now: int) -> list[State]:
+        """The next states of a succeeded state: one per output (one when none) per next node."""
+        nexts = parent.node.next
+        if not nexts:
+            return []
+        outputs = parent.outputs or ()
+        count = max(1, len(outputs))
+        multi = count > 1
+        watchers = parent.watchers + (parent,) if parent.node.merges else parent.watchers
+        run = parent.run
+        children = []
+        for k in range(count):
+            path = (*parent.path, k) if multi else parent.path
+            for node in nexts:
+                inputs = self._resolve(node, parent, k, run)
+                children.append(self._new_state(run, node, inputs, parent, k, path, now, watchers=watchers))
+        return children
+
+    def _resolve(self, node: CompiledNode, parent: State, k: int, run: Run) -> dict[str, str]:
+        resolved = dict(node.literal_inputs)
+        if len(resolved) == len(node.inputs):
+            return resolved
+        for name, template in node.inputs.items():
+            if name in resolved:
+                continue
+            parts = []
+            for seg in template.segments:
+                if isinstance(seg, str):
+                    parts.append(seg)
+                elif isinstance(seg, StoreRef):
+                    value = run.store.get(seg.key)
+                    if value is None:
+                        raise ResolutionError(f"{node.identifier}: input {name!r}: store key {seg.key!r} is not set")
+                    parts.append(value)
+                else:
+                    parts.append(_lookup(seg, parent, k, node, name))
+            resolved[name] = "".join(parts)
+        return resolved
+
+    def _merge_inputs(self, merge: CompiledNode, united: State) -> dict[str, str]:
+        resolved = dict(merge.literal_inputs)
+        for name, template in merge.inputs.items():
+            if name in resolved:
+                continue
+            parts = []
+            for seg in template.segments:
+                if isinstance(seg, str):
+                    parts.append(seg)
+                elif isinstance(seg, StoreRef):
+                    value = united.run.store.get(seg.key)
+                    if value is None:
+                        raise ResolutionError(f"{merge.identifier}: input {name!r}: store key {seg.key!r} is not set")
+                    parts.append(value)
+                elif seg.identifier == united.identifier:
+                    parts.append(_json_array(seg.field, [united]))
+                elif seg.identifier in merge.aggregated:
+                    states = (united.collected or {}).get(seg.identifier, [])
+                    states.sort(key=_path_key)
+                    parts.append(_json_array(seg.field, states))
+                else:
+                    parts.append(_lookup(seg, united, -1, merge, name))
+            resolved[name] = "".join(parts)
+        return resolved
+
+    # ================================================================== finishing states and runs
+
+    def _finish(self, state: State, *, failed: bool) -> None:
+        """A state reached its final status: update its run and the merges that wait for it."""
+        run = state.run
+        run.open_states -= 1
+        if failed:
+            run.failed = True
+        if state.node.merges and state.status == m.SUCCESS:
+            self._maybe_fire(state)
+        ident = state.identifier
+        for watcher in state.watchers:
+            watcher.open_descendants -= 1
+            if failed or state.status == m.CANCELLED:
+                watcher.descendant_failed = True
+            elif state.status == m.SUCCESS and ident in watcher.node.collect:
+                if watcher.collected is None:
+                    watcher.collected = {}
+                watcher.collected.setdefault(ident, []).append(state)
+            if watcher.open_descendants == 0:
+                self._maybe_fire(watcher)
+        if run.open_states == 0 and run.pending:
+            self._complete_run(run)
+
+    def _maybe_fire(self, united: State) -> None:
+        """Create the merge states of a united state once nothing below it can change."""
+        if united.status != m.SUCCESS or united.open_descendants > 0:
+            return
+        run = united.run
+        for merge in united.node.merges:
+            if united.fired is None:
+                united.fired = set()
+            if merge.identifier in united.fired:
+                continue
+            united.fired.add(merge.identifier)
+            if run.cancelled or (merge.unites_strategy == "ALL_SUCCESS" and united.descendant_failed):
+                continue
+            now = self._clock()
+            try:
+                inputs = self._merge_inputs(merge, united)
+            except ResolutionError as exc:
+                united.error = {"message": str(exc), "type": "ResolutionError"}
+                united.status = m.NEXT_CREATED_ERROR
+                self._mark(united)
+                run.failed = True
+                continue
+            state = self._new_state(run, merge, inputs, united, -1, united.path, now, watchers=united.watchers)
+            self._add_state(state)
+        united.collected = None  # merges are created; free the branch references
+
+    def _complete_run(self, run: Run) -> None:
+        run.status = m.RUN_CANCELLED if run.cancelled else m.RUN_FAILED if run.failed else m.RUN_SUCCESS
+        run.updated_at_ms = self._clock()
+        run.state_counts = run.counts()
+        self._dirty_runs[run.run_id] = run
+        self._finished.append(run)
+        self._schedule_flush()
+        logger.info("run finished run_id=%s graph=%s status=%s states=%d", run.run_id, run.graph_name, run.status, len(run.states))
+
+    # ================================================================== queues and dispatch
+
+    def _enqueue(self, state: State) -> None:
+        if state.run_at_ms and state.run_at_ms > self._clock():
+            heapq.heappush(self._delayed, (state.run_at_ms, next(self._delay_counter), state))
+            self._arm_timer()
+            return
+        key = (state.run.namespace, state.node_name)
+        queue = self._ready.get(key)
+        if queue is None:
+            queue = self._ready[key] = deque()
+        queue.append(state)
+        self._ready_keys.add(key)
+        self._schedule_dispatch()
+
+    def _arm_timer(self) -> None:
+        if not self._delayed:
+            return
+        first = self._delayed[0][0]
+        if self._timer is not None and self._timer_at <= first:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = first
+        self._timer = self.loop.call_later(max(0.0, (first - self._clock()) / 1000), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        now = self._clock()
+        while self._delayed and self._delayed[0][0] <= now:
+            _, _, state = heapq.heappop(self._delayed)
+            if state.status == m.CREATED:
+                state.run_at_ms = 0
+                self._enqueue(state)
+        self._arm_timer()
+
+    def _schedule_dispatch(self) -> None:
+        if not self._dispatch_scheduled and self._loop is not None:
+            self._dispatch_scheduled = True
+            self._loop.call_soon(self._dispatch)
+
+    def _dispatch(self) -> None:
+        """Hand ready states to sessions with free credit, spreading each queue over its sessions."""
+        self._dispatch_scheduled = False
+        if not self._ready_keys:
+            return
+        now = self._clock()
+        for key in list(self._ready_keys):
+            queue = self._ready[key]
+            namespace, node_name = key
+            sessions = [s for s in self._by_namespace.get(namespace, ()) if node_name in s.node_names and s.credit > 0]
+            while queue and sessions:
+                share = max(1, -(-len(queue) // len(sessions)))
+                for session in sessions:
+                    take = min(share, session.credit, len(queue))
+                    for _ in range(take):
+                        state = queue.popleft()
+                        if state.status == m.CREATED:
+                            self._assign(session, state, now)
+                    if take:
+                        session.wake.set()
+                sessions = [s for s in sessions if s.credit > 0]
+            if not queue:
+                self._ready_keys.discard(key)
+
+    def _assign(self, session: Session, state: State, now: int) -> None:
+        dispatch_id = next(self._dispatch_seq)
+        state.status = m.QUEUED
+        state.session = session
+        state.dispatch_id = dispatch_id
+        timeout = state.node.timeout_ms or self.settings.default_timeout_ms
+        state.deadline_ms = now + timeout
+        session.in_flight[dispatch_id] = state
+        session.outbox.append(state)
+
+    # ================================================================== leases and deadlines
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.sweep_interval_s)
+            try:
+                self.sweep()
+            except Exception:
+                logger.exception("sweep failed")
+
+    def sweep(self) -> None:
+        """Expire silent sessions and states past their deadline."""
+        lease_s = self.settings.lease_ms / 1000
+        mono = time.monotonic()
+        now = self._clock()
+        for session in list(self._sessions.values()):
+            if mono - session.last_seen > lease_s:
+                session.close_reason = f"lease expired: no message for {mono - session.last_seen:.1f}s"
+                self.unregister_session(session)
+                continue
+            for state in list(session.in_flight.values()):
+                if state.status == m.QUEUED and state.session is session and now > state.deadline_ms:
+                    session.cancels.append(state.state_id)
+                    session.wake.set()
+                    state.session = None
+                    timeout_ms = state.node.timeout_ms or self.settings.default_timeout_ms
+                    error = {"message": f"state ran longer than its timeout of {timeout_ms} ms", "type": "TimeoutError"}
+                    self._on_failed(state, error, m.TIMEDOUT, now)
+        self._schedule_dispatch()
+
+    # ================================================================== group commit
+
+    def _mark(self, state: State) -> None:
+        self._dirty_states[state.state_id] = state
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled and self._loop is not None:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    async def _committed(self) -> None:
+        future = self.loop.create_future()
+        self._waiters.append(future)
+        self._schedule_flush()
+        await future
+
+    def _flush(self) -> None:
+        """Commit everything this tick changed in one transaction, then tell waiters and watchers."""
+        self._flush_scheduled = False
+        new_ids = self._new_ids
+        batch = WriteBatch(
+            new_states=self._new_states,
+            updated_states=[s for s in self._dirty_states.values() if s.state_id not in new_ids],
+            runs=list(self._dirty_runs.values()),
+            kv=self._kv,
+        )
+        changed = [*self._new_states, *batch.updated_states]
+        waiters, finished = self._waiters, self._finished
+        self._new_states, self._new_ids, self._dirty_states, self._dirty_runs = [], set(), {}, {}
+        self._kv, self._waiters, self._finished = {}, [], []
+        if batch:
+            try:
+                self._store.write(batch)
+            except Exception as exc:
+                logger.exception("commit failed; %d states not saved", len(changed))
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_exception(InternalError(f"could not commit to the database: {exc}"))
+                return
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._notify(changed, finished)
+        for run in finished:
+            for state in run.states:
+                self._states.pop(state.state_id, None)
+            self._runs.pop(run.run_id, None)
+
+    def _notify(self, changed: list[State], finished: list[Run]) -> None:
+        by_run: dict[str, list[State]] = {}
+        for state in changed:
+            if state.run.watchers:
+                by_run.setdefault(state.run_id, []).append(state)
+        for run in finished:
+            if run.watchers:
+                by_run.setdefault(run.run_id, [])
+        for run_id, states in by_run.items():
+            run = states[0].run if states else self._runs[run_id]
+            for queue in run.watchers:
+                queue.put_nowait(states)
+
+    # ================================================================== introspection for tests and stats
+
+    def live_runs(self) -> int:
+        return len(self._runs)
+
+    def live_states(self) -> int:
+        return len(self._states)
+
+    def graphs(self) -> list[CompiledGraph]:
+        return list(self._graphs.values())
+
+    def compiled_graph(self, namespace: str, name: str) -> CompiledGraph | None:
+        return self._graphs.get((namespace, name))
+
+
+def _secret_context(spec: GraphSpec, name: str) -> str:
+    return f"{spec.namespace}/{spec.name}/{name}"
+
+
+def _lookup(ref: OutputRef, state: State | None, k: int, node: CompiledNode, name: str) -> str:
+    """The value of ``${{ ref }}`` in the lineage of ``state`` (its output ``k``)."""
+    cur, index = state, k
+    while cur is not None:
+        if cur.identifier == ref.identifier:
+            outputs = cur.outputs
+            if not outputs:
+                raise ResolutionError(
+                    f"{node.identifier}: input {name!r}: {ref.identifier} returned no outputs, so "
+                    f"${{{{ {ref.identifier}.outputs.{ref.field} }}}} has no value"
+                )
+            if index < 0:
+                if len(outputs) > 1:
+                    return _json_array(ref.field, [cur])
+                index = 0
+            value = outputs[index].get(ref.field)
+            if value is None:
+                raise ResolutionError(
+                    f"{node.identifier}: input {name!r}: {ref.identifier} has no output {ref.field!r}"
+                )
+            return value
+        index = cur.parent_output
+        cur = cur.parent
+    raise ResolutionError(f"{node.identifier}: input {name!r}: no ancestor {ref.identifier!r} in this branch")
+
+
+def _json_array(field_name: str, states: Sequence[State]) -> str:
+    return json.dumps([o[field_name] for s in states for o in (s.outputs or ()) if field_name in o], ensure_ascii=False)
+
+
+def _path_key(state: State) -> tuple[int, ...]:
+    return state.path
+
+
+def _output_problems(node: CompiledNode, outputs: list[dict[str, str]]) -> str:
+    if not node.output_fields and not node.required_outputs:
+        return ""
+    for index, fields in enumerate(outputs):
+        unknown = set(fields) - node.output_fields
+        missing = node.required_outputs - set(fields)
+        if unknown or missing:
+            parts = []
+            if missing:
+                parts.append(f"missing fields {sorted(missing)}")
+            if unknown:
+                parts.append(f"undeclared fields {sorted(unknown)}")
+            return f"{node.node_name} output #{index}: " + ", ".join(parts)
+    return ""
+
+
+def _schema_diff(old: NodeSchema, new: NodeSchema) -> str:
+    parts = []
+    for label in ("inputs", "outputs", "secrets"):
+        a = {f.name: f for f in getattr(old, label)}
+        b = {f.name: f for f in getattr(new, label)}
+        added = sorted(set(b) - set(a))
+        removed = sorted(set(a) - set(b))
+        changed = sorted(n for n in set(a) & set(b) if a[n] != b[n])
+        for what, names in (("added", added), ("removed", removed), ("changed", changed)):
+            if names:
+                parts.append(f"{label} {what} {names}")
+    return ", ".join(parts) or "field order differs"
+
+
+def state_counts(states: Sequence[StateRow]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for state in states:
+        counts[state.status] = counts.get(state.status, 0) + 1
+    return counts
+
+
+Any  # re-exported for typing in recovery

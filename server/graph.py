@@ -1,0 +1,318 @@
+"""Graph templates: validation (every problem at once) and compilation into the form the engine runs."""
+
+from __future__ import annotations
+
+import zoneinfo
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from croniter import croniter
+
+from server.models import GraphSpec, NodeSchema, RetryPolicySpec
+from server.templating import OutputRef, StoreRef, Template, TemplateSyntaxError, parse_template
+
+__all__ = ["CompiledGraph", "CompiledNode", "compile_graph"]
+
+RETRY_STRATEGIES = frozenset(
+    f"{base}{suffix}" for base in ("EXPONENTIAL", "LINEAR", "FIXED") for suffix in ("", "_FULL_JITTER", "_EQUAL_JITTER")
+)
+UNITES_STRATEGIES = frozenset({"ALL_SUCCESS", "ALL_DONE"})
+DEFAULT_RETRY = RetryPolicySpec()
+
+
+@dataclass(eq=False, slots=True)
+class CompiledNode:
+    """One template node, ready to run: inputs parsed, edges resolved, secrets picked."""
+
+    identifier: str
+    node_name: str
+    namespace: str
+    inputs: dict[str, Template]
+    literal_inputs: dict[str, str]
+    retry: RetryPolicySpec
+    timeout_ms: int
+    secrets: dict[str, str]
+    next: list[CompiledNode] = field(default_factory=list)
+    # Merge nodes whose `unites` names this node.
+    merges: list[CompiledNode] = field(default_factory=list)
+    unites: str | None = None
+    unites_strategy: str = "ALL_SUCCESS"
+    # For a merge node: identifiers strictly below the united node that its inputs reference (aggregated).
+    aggregated: frozenset[str] = frozenset()
+    output_fields: frozenset[str] = frozenset()
+    required_outputs: frozenset[str] = frozenset()
+    # Identifiers whose outputs this node's inputs reference.
+    referenced: frozenset[str] = frozenset()
+    # On a united node: identifiers below it whose succeeded states its merges aggregate.
+    collect: frozenset[str] = frozenset()
+
+
+@dataclass(eq=False, slots=True)
+class CompiledGraph:
+    spec: GraphSpec
+    nodes: dict[str, CompiledNode]
+    root: CompiledNode
+
+    @property
+    def namespace(self) -> str:
+        return self.spec.namespace
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def version(self) -> int:
+        return self.spec.version
+
+
+def _ancestors(parents: Mapping[str, set[str]], start: str) -> set[str]:
+    seen: set[str] = set()
+    stack = list(parents.get(start, ()))
+    while stack:
+        node = stack.pop()
+        if node not in seen:
+            seen.add(node)
+            stack.extend(parents.get(node, ()))
+    return seen
+
+
+def _find_cycle(children: Mapping[str, list[str]]) -> list[str] | None:
+    white, grey, black = 0, 1, 2
+    color = dict.fromkeys(children, white)
+    for start in children:
+        if color[start] != white:
+            continue
+        stack: list[tuple[str, int]] = [(start, 0)]
+        path: list[str] = []
+        while stack:
+            node, index = stack.pop()
+            if index == 0:
+                color[node] = grey
+                path.append(node)
+            kids = children.get(node, [])
+            if index < len(kids):
+                stack.append((node, index + 1))
+                kid = kids[index]
+                if color.get(kid) == grey:
+                    return [*path[path.index(kid) :], kid]
+                if color.get(kid) == white:
+                    stack.append((kid, 0))
+            else:
+                color[node] = black
+                path.pop()
+    return None
+
+
+def _check_policy(where: str, policy: RetryPolicySpec, errors: list[str]) -> None:
+    if policy.strategy not in RETRY_STRATEGIES:
+        errors.append(f"{where}: unknown retry strategy {policy.strategy!r}; expected one of {sorted(RETRY_STRATEGIES)}")
+    if policy.max_retries < 0 or policy.max_retries > 1000:
+        errors.append(f"{where}: max_retries must be between 0 and 1000, got {policy.max_retries}")
+    if policy.exponent < 1:
+        errors.append(f"{where}: exponent must be >= 1, got {policy.exponent}")
+
+
+def compile_graph(
+    spec: GraphSpec,
+    registry: Callable[[str, str], NodeSchema | None],
+    secret_values: Mapping[str, str],
+    *,
+    strict: bool = True,
+) -> tuple[CompiledGraph | None, list[str]]:
+    """Validate ``spec`` against the registered nodes; return the compiled graph, or every problem found.
+
+    With ``strict=False`` (recovery of a graph that was valid when saved) problems that do not break the structure,
+    such as a node whose registration changed since, are returned beside the compiled graph.
+    """
+    errors: list[str] = []
+    if not spec.name.strip():
+        errors.append("graph name cannot be empty")
+    if not spec.nodes:
+        errors.append("graph has no nodes")
+        return None, errors
+
+    by_id: dict[str, int] = {}
+    for index, node in enumerate(spec.nodes):
+        label = node.identifier or f"node #{index}"
+        if not node.identifier.strip():
+            errors.append(f"node #{index} ({node.node_name!r}) has an empty identifier")
+        elif node.identifier == "store":
+            errors.append("identifier 'store' is reserved (it names the run's store in ${{ store.key }})")
+        elif node.identifier in by_id:
+            errors.append(f"duplicate identifier {node.identifier!r}")
+        else:
+            by_id[node.identifier] = index
+        if not node.node_name.strip():
+            errors.append(f"{label}: node_name cannot be empty")
+        if node.namespace and node.namespace != spec.namespace:
+            errors.append(
+                f"{label}: node namespace {node.namespace!r} differs from the graph's namespace {spec.namespace!r}"
+            )
+        if len(set(node.next_nodes)) != len(node.next_nodes):
+            errors.append(f"{label}: duplicate entries in next_nodes")
+        if node.timeout_ms < 0:
+            errors.append(f"{label}: timeout_ms must be >= 0")
+        if node.retry_policy is not None:
+            _check_policy(label, node.retry_policy, errors)
+    if spec.retry_policy is not None:
+        _check_policy("graph retry_policy", spec.retry_policy, errors)
+
+    ids = list(by_id)
+    children: dict[str, list[str]] = {i: [] for i in ids}
+    parents: dict[str, set[str]] = {i: set() for i in ids}
+    for node in spec.nodes:
+        if node.identifier not in by_id or spec.nodes[by_id[node.identifier]] is not node:
+            continue
+        for target in node.next_nodes:
+            if target not in by_id:
+                errors.append(f"{node.identifier}: next_nodes target {target!r} does not exist")
+                continue
+            children[node.identifier].append(target)
+            parents[target].add(node.identifier)
+        if node.unites is not None:
+            target = node.unites.identifier
+            if node.unites.strategy not in UNITES_STRATEGIES:
+                errors.append(f"{node.identifier}: unknown unites strategy {node.unites.strategy!r}")
+            if not target.strip():
+                errors.append(f"{node.identifier}: unites identifier cannot be empty")
+            elif target == node.identifier:
+                errors.append(f"{node.identifier}: unites cannot name the node itself")
+            elif target not in by_id:
+                errors.append(f"{node.identifier}: unites target {target!r} does not exist")
+            elif node.identifier not in children[target]:
+                # A merge node counts as a child of the node it unites (also for reachability).
+                children[target].append(node.identifier)
+                parents[node.identifier].add(target)
+
+    roots = [i for i in ids if not parents[i]]
+    if len(roots) != 1:
+        errors.append(
+            f"graph must have exactly one root (a node no other node points to), found {len(roots)}: {sorted(roots)}"
+        )
+    cycle = _find_cycle(children)
+    if cycle:
+        errors.append(f"graph has a cycle: {' -> '.join(cycle)}")
+    if len(roots) == 1:
+        reachable = {roots[0]} | _descendants(children, roots[0])
+        unreachable = sorted(set(ids) - reachable)
+        if unreachable:
+            errors.append(f"nodes not connected to the root {roots[0]!r}: {unreachable}")
+
+    store_keys: set[str] = set()
+    if spec.store_config is not None:
+        store_keys = set(spec.store_config.required_keys) | set(spec.store_config.default_values)
+        for key in store_keys:
+            if not key.strip() or "." in key:
+                errors.append(f"store key {key!r} must be non-empty and contain no '.'")
+
+    for index, trigger in enumerate(spec.triggers):
+        if not croniter.is_valid(trigger.expression) or len(trigger.expression.split()) != 5:
+            errors.append(f"trigger #{index}: invalid cron expression {trigger.expression!r} (expected 5 fields)")
+        try:
+            zoneinfo.ZoneInfo(trigger.timezone or "UTC")
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            errors.append(f"trigger #{index}: unknown timezone {trigger.timezone!r}")
+
+    schemas: dict[str, NodeSchema] = {}
+    compiled: dict[str, CompiledNode] = {}
+    for node in spec.nodes:
+        ident = node.identifier
+        if ident not in by_id or spec.nodes[by_id[ident]] is not node:
+            continue
+        schema = registry(spec.namespace, node.node_name)
+        if schema is None:
+            errors.append(f"{ident}: node {node.node_name!r} is not registered in namespace {spec.namespace!r}")
+        else:
+            schemas[ident] = schema
+            declared = schema.input_names()
+            for name in sorted(set(node.inputs) - declared):
+                errors.append(f"{ident}: input {name!r} is not declared by node {node.node_name!r}")
+            is_root = len(roots) == 1 and ident == roots[0]
+            for fs in schema.inputs:
+                if fs.required and fs.name not in node.inputs and not is_root:
+                    errors.append(f"{ident}: required input {fs.name!r} of node {node.node_name!r} is missing")
+            missing_secrets = [f.name for f in schema.secrets if f.required and f.name not in secret_values]
+            if missing_secrets:
+                errors.append(f"{ident}: secrets {missing_secrets} declared by node {node.node_name!r} are not provided")
+        templates: dict[str, Template] = {}
+        for name, value in node.inputs.items():
+            try:
+                templates[name] = parse_template(value)
+            except TemplateSyntaxError as exc:
+                errors.append(f"{ident}: input {name!r}: {exc}")
+        secrets = {}
+        if schema is not None:
+            secrets = {f.name: secret_values[f.name] for f in schema.secrets if f.name in secret_values}
+        compiled[ident] = CompiledNode(
+            identifier=ident,
+            node_name=node.node_name,
+            namespace=spec.namespace,
+            inputs=templates,
+            literal_inputs={k: v.literal() for k, v in templates.items() if v.is_literal},
+            retry=node.retry_policy or spec.retry_policy or DEFAULT_RETRY,
+            timeout_ms=node.timeout_ms or (schema.timeout_ms if schema else 0),
+            secrets=secrets,
+            unites=node.unites.identifier if node.unites else None,
+            unites_strategy=node.unites.strategy if node.unites else "ALL_SUCCESS",
+            output_fields=frozenset(schema.output_names()) if schema else frozenset(),
+            required_outputs=frozenset(f.name for f in schema.outputs if f.required) if schema else frozenset(),
+        )
+
+    # References: ancestors only, declared output fields, declared store keys; the root reads only the store.
+    for ident, node in compiled.items():
+        ancestors = _ancestors(parents, ident)
+        referenced: set[str] = set()
+        aggregated: set[str] = set()
+        below_united = _descendants(children, node.unites) if node.unites in children else set()
+        for name, template in node.inputs.items():
+            for ref in template.refs:
+                if isinstance(ref, StoreRef):
+                    if ref.key not in store_keys:
+                        errors.append(
+                            f"{ident}: input {name!r} reads store key {ref.key!r}, which is neither a required key "
+                            "nor defaulted in store_config"
+                        )
+                    continue
+                assert isinstance(ref, OutputRef)
+                referenced.add(ref.identifier)
+                if ref.identifier not in compiled:
+                    errors.append(f"{ident}: input {name!r} references unknown node {ref.identifier!r}")
+                elif ref.identifier not in ancestors:
+                    errors.append(f"{ident}: input {name!r} references {ref.identifier!r}, which is not an ancestor")
+                elif ref.identifier in schemas and ref.field not in compiled[ref.identifier].output_fields:
+                    errors.append(
+                        f"{ident}: input {name!r} references output {ref.field!r}, which node "
+                        f"{compiled[ref.identifier].node_name!r} ({ref.identifier}) does not declare"
+                    )
+                if node.unites is not None and (ref.identifier in below_united or ref.identifier == node.unites):
+                    aggregated.add(ref.identifier)
+        node.referenced = frozenset(referenced)
+        node.aggregated = frozenset(aggregated)
+        if node.unites is not None and node.unites in compiled:
+            united = compiled[node.unites]
+            united.merges.append(node)
+            united.collect = united.collect | (node.aggregated - {node.unites})
+            if node.unites not in ancestors:
+                errors.append(f"{ident}: unites {node.unites!r}, which is not an ancestor")
+
+    for ident, node in compiled.items():
+        source = spec.nodes[by_id[ident]]
+        node.next = [compiled[t] for t in source.next_nodes if t in compiled and compiled[t].unites is None]
+
+    if len(roots) != 1 or cycle or (errors and strict):
+        return None, errors
+    return CompiledGraph(spec=spec, nodes=compiled, root=compiled[roots[0]]), errors
+
+
+def _descendants(children: Mapping[str, list[str]], start: str | None) -> set[str]:
+    if start is None:
+        return set()
+    seen: set[str] = set()
+    stack = list(children.get(start, ()))
+    while stack:
+        node = stack.pop()
+        if node not in seen:
+            seen.add(node)
+            stack.extend(children.get(node, ()))
+    return seen

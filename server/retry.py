@@ -1,0 +1,33 @@
+"""Retry delays of the retry policy strategies."""
+
+from __future__ import annotations
+
+import random
+
+from server.models import RetryPolicySpec
+
+__all__ = ["retry_delay_ms"]
+
+
+def retry_delay_ms(policy: RetryPolicySpec, retry: int, rng: random.Random | None = None) -> int:
+    """Delay before retry number ``retry`` (1 for the first retry).
+
+    Exponential ``factor * exponent**(retry - 1)``, linear ``factor * retry``, fixed ``factor``; full jitter draws
+    uniformly from [0, d], equal jitter from [d/2, d]; ``max_delay_ms`` caps the result.
+    """
+    rng = rng or random._inst  # type: ignore[attr-defined]
+    factor = float(policy.backoff_factor_ms)
+    base, _, jitter = policy.strategy.partition("_")
+    if base == "EXPONENTIAL":
+        delay = factor * policy.exponent ** (retry - 1)
+    elif base == "LINEAR":
+        delay = factor * retry
+    else:
+        delay = factor
+    if jitter == "FULL_JITTER":
+        delay = rng.uniform(0, delay)
+    elif jitter == "EQUAL_JITTER":
+        delay = delay / 2 + rng.uniform(0, delay / 2)
+    if policy.max_delay_ms is not None:
+        delay = min(delay, float(policy.max_delay_ms))
+    return max(0, int(delay))

@@ -1,0 +1,79 @@
+"""In-memory objects of the hot path: live states, runs and runtime sessions."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from server.graph import CompiledGraph, CompiledNode
+from server.models import RUN_PENDING, RunRow, StateRow
+
+__all__ = ["Run", "Session", "State"]
+
+
+@dataclass(slots=True, eq=False)
+class State(StateRow):
+    """A state of a live run: the stored row plus links the engine follows."""
+
+    run: Run = None  # type: ignore[assignment]
+    node: CompiledNode = None  # type: ignore[assignment]
+    parent: State | None = None
+    # States above this one whose merge nodes wait for it (see Engine._finish).
+    watchers: tuple[State, ...] = ()
+    session: Session | None = None
+    dispatch_id: int = 0
+    deadline_ms: int = 0
+    # Set on states that merge nodes wait for: open descendants, whether one failed, merges created.
+    open_descendants: int = 0
+    descendant_failed: bool = False
+    fired: set[str] | None = None
+    collected: dict[str, list[State]] | None = None
+
+
+@dataclass(slots=True, eq=False)
+class Run(RunRow):
+    """A live run."""
+
+    graph: CompiledGraph = None  # type: ignore[assignment]
+    states: list[State] = field(default_factory=list)
+    open_states: int = 0
+    failed: bool = False
+    cancelled: bool = False
+    watchers: list[asyncio.Queue[list[State] | None]] = field(default_factory=list)
+    next_seq: int = 0
+
+    @property
+    def pending(self) -> bool:
+        return self.status == RUN_PENDING
+
+    def counts(self) -> dict[str, int]:
+        return dict(Counter(s.status for s in self.states))
+
+
+@dataclass(slots=True, eq=False)
+class Session:
+    """One connected runtime stream."""
+
+    session_id: str
+    namespace: str
+    runtime_name: str
+    runtime_id: str
+    sdk_version: str
+    node_names: frozenset[str]
+    max_concurrency: int
+    connected_at_ms: int
+    last_seen: float
+    in_flight: dict[str, State] = field(default_factory=dict)
+    outbox: list[State] = field(default_factory=list)
+    cancels: list[str] = field(default_factory=list)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    draining: bool = False
+    closed: bool = False
+    close_reason: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def credit(self) -> int:
+        return 0 if self.draining or self.closed else self.max_concurrency - len(self.in_flight)

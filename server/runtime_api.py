@@ -1,0 +1,132 @@
+"""RuntimeService: the bidirectional stream each runtime holds. Decode, hand to the engine, write what it gives."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import grpc
+
+from exosphere.errors import ExosphereError, InvalidArgumentError
+from exosphere.v1 import runtime_pb2 as pb
+from exosphere.v1 import runtime_pb2_grpc
+from server.auth import Authenticator
+from server.engine import Engine
+from server.errors import abort_with
+from server.runstate import Session
+from server.wire import result_from_pb, schema_from_pb
+
+__all__ = ["RuntimeApi"]
+
+logger = logging.getLogger(__name__)
+
+# Cap a batch so the two processes overlap instead of taking turns on one huge message.
+MAX_BATCH = 256
+
+
+class RuntimeApi(runtime_pb2_grpc.RuntimeServiceServicer):
+    def __init__(self, engine: Engine, auth: Authenticator) -> None:
+        self._engine = engine
+        self._auth = auth
+
+    async def Connect(self, request_iterator: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:  # noqa: N802
+        engine = self._engine
+        try:
+            first = await asyncio.wait_for(context.read(), timeout=30)
+        except TimeoutError:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "no Register message within 30s")
+            return
+        if first is grpc.aio.EOF:
+            return
+        session: Session | None = None
+        try:
+            if not first.HasField("register"):
+                raise InvalidArgumentError("the first message on the runtime stream must be Register")
+            register = first.register
+            self._auth.check(context, register.namespace)
+            schemas = [schema_from_pb(register.namespace, s) for s in register.nodes]
+            session = engine.register_session(
+                namespace=register.namespace,
+                runtime_name=register.runtime_name,
+                runtime_id=register.runtime_id,
+                sdk_version=register.sdk_version,
+                schemas=schemas,
+                max_concurrency=register.max_concurrency,
+            )
+        except ExosphereError as exc:
+            await abort_with(context, exc)
+            return
+        try:
+            await context.write(
+                pb.SchedulerMessage(
+                    registered=pb.Registered(
+                        session_id=session.session_id,
+                        heartbeat_interval_ms=engine.settings.heartbeat_interval_ms,
+                        lease_ms=engine.settings.lease_ms,
+                    )
+                )
+            )
+            writer = asyncio.create_task(self._write_loop(context, session), name=f"session-writer-{session.session_id}")
+            try:
+                await self._read_loop(context, session)
+            finally:
+                writer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await writer
+        finally:
+            engine.unregister_session(session)
+        if session.close_reason.startswith("lease expired"):
+            await context.abort(grpc.StatusCode.UNAVAILABLE, session.close_reason)
+
+    async def _read_loop(self, context: grpc.aio.ServicerContext[Any, Any], session: Session) -> None:
+        engine = self._engine
+        while not session.closed:
+            message = await context.read()
+            if message is grpc.aio.EOF:
+                return
+            kind = message.WhichOneof("kind")
+            if kind == "results":
+                engine.handle_results(session, [result_from_pb(r) for r in message.results.results])
+            elif kind == "heartbeat":
+                engine.touch(session)
+            elif kind == "draining":
+                engine.touch(session)
+                engine.session_draining(session)
+            elif kind == "register":
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "Register may only be sent once per stream")
+
+    async def _write_loop(self, context: grpc.aio.ServicerContext[Any, Any], session: Session) -> None:
+        while not session.closed:
+            await session.wake.wait()
+            session.wake.clear()
+            if session.cancels:
+                cancels, session.cancels = session.cancels, []
+                await context.write(pb.SchedulerMessage(cancel=pb.CancelBatch(state_ids=cancels)))
+            while session.outbox:
+                batch = session.outbox[:MAX_BATCH]
+                del session.outbox[:MAX_BATCH]
+                items = [_execute(state) for state in batch if state.session is session]
+                if items:
+                    await context.write(pb.SchedulerMessage(execute=pb.ExecuteBatch(items=items)))
+        if session.closed and session.close_reason.startswith("lease expired"):
+            # Unblock the reader so the stream ends.
+            await context.abort(grpc.StatusCode.UNAVAILABLE, session.close_reason)
+
+
+def _execute(state: Any) -> pb.Execute:
+    node = state.node
+    run = state.run
+    return pb.Execute(
+        state_id=state.state_id,
+        run_id=state.run_id,
+        node_name=state.node_name,
+        inputs=state.inputs,
+        secrets=node.secrets,
+        attempt=state.attempt,
+        deadline_unix_ms=state.deadline_ms,
+        dispatch_id=state.dispatch_id,
+        store=run.store,
+        graph_name=run.graph_name,
+    )

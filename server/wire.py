@@ -1,0 +1,268 @@
+"""Protobuf messages to and from the scheduler's own types (server side of the wire)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+from google.protobuf.descriptor_pb2 import DescriptorProto, FieldDescriptorProto
+
+from exosphere.errors import InvalidArgumentError
+from exosphere.v1 import common_pb2, runtime_pb2, scheduler_pb2
+from server.engine import ResultIn
+from server.models import (
+    CronSpec,
+    FieldSpec,
+    GraphNodeSpec,
+    GraphSpec,
+    NodeSchema,
+    RetryPolicySpec,
+    RunRow,
+    StateRow,
+    StoreConfigSpec,
+    UnitesSpec,
+)
+
+__all__ = [
+    "graph_spec_from_pb",
+    "graph_to_pb",
+    "result_from_pb",
+    "run_to_pb",
+    "schema_from_pb",
+    "state_to_pb",
+]
+
+_STATE_STATUS = {name.removeprefix("STATE_STATUS_"): value for name, value in common_pb2.StateStatus.items()}
+_RUN_STATUS = {name.removeprefix("RUN_STATUS_"): value for name, value in common_pb2.RunStatus.items()}
+
+# Limits on what a client may send, so no request can exhaust the scheduler.
+MAX_NAME = 256
+MAX_GRAPH_NODES = 10_000
+
+
+def _fields(namespace: str, node: str, label: str, descriptor: DescriptorProto) -> tuple[FieldSpec, ...]:
+    fields = []
+    seen = set()
+    for fd in descriptor.field:
+        where = f"node {node!r} {label} field {fd.name!r}"
+        if not fd.name.isidentifier():
+            raise InvalidArgumentError(f"{where}: not a valid field name")
+        if fd.name in seen:
+            raise InvalidArgumentError(f"{where}: declared twice")
+        seen.add(fd.name)
+        if fd.type != FieldDescriptorProto.TYPE_STRING:
+            type_name = FieldDescriptorProto.Type.Name(fd.type) if fd.type else "unset"
+            raise InvalidArgumentError(f"{where}: must be TYPE_STRING, got {type_name}")
+        if fd.label == FieldDescriptorProto.LABEL_REPEATED:
+            raise InvalidArgumentError(f"{where}: repeated fields are not supported")
+        required = fd.label == FieldDescriptorProto.LABEL_REQUIRED or (
+            fd.label != FieldDescriptorProto.LABEL_OPTIONAL and not fd.HasField("default_value")
+        )
+        if fd.label == FieldDescriptorProto.LABEL_OPTIONAL and not fd.HasField("default_value"):
+            required = False
+        fields.append(FieldSpec(name=fd.name, required=required, default=fd.default_value))
+    return tuple(fields)
+
+
+def schema_from_pb(namespace: str, schema: common_pb2.NodeSchema) -> NodeSchema:
+    """A registered node schema; raises InvalidArgumentError naming a bad field."""
+    if not schema.name.strip() or len(schema.name) > MAX_NAME:
+        raise InvalidArgumentError(f"node name must be 1 to {MAX_NAME} characters, got {schema.name!r}")
+    return NodeSchema(
+        namespace=namespace,
+        name=schema.name,
+        inputs=_fields(namespace, schema.name, "Inputs", schema.inputs),
+        outputs=_fields(namespace, schema.name, "Outputs", schema.outputs),
+        secrets=_fields(namespace, schema.name, "Secrets", schema.secrets),
+        timeout_ms=schema.timeout_ms,
+        raw=schema.SerializeToString(),
+    )
+
+
+def decode_stored_schema(namespace: str, raw: bytes) -> NodeSchema:
+    message = common_pb2.NodeSchema()
+    message.ParseFromString(raw)
+    return schema_from_pb(namespace, message)
+
+
+def _retry_from_pb(policy: scheduler_pb2.RetryPolicy) -> RetryPolicySpec:
+    strategy = scheduler_pb2.RetryStrategy.Name(policy.strategy).removeprefix("RETRY_STRATEGY_")
+    return RetryPolicySpec(
+        max_retries=policy.max_retries,
+        strategy="EXPONENTIAL" if strategy == "UNSPECIFIED" else strategy,
+        backoff_factor_ms=policy.backoff_factor_ms,
+        exponent=policy.exponent or 2.0,
+        max_delay_ms=policy.max_delay_ms or None,
+    )
+
+
+def _retry_to_pb(policy: RetryPolicySpec) -> scheduler_pb2.RetryPolicy:
+    return scheduler_pb2.RetryPolicy(
+        max_retries=policy.max_retries,
+        strategy=scheduler_pb2.RetryStrategy.Value(f"RETRY_STRATEGY_{policy.strategy}"),
+        backoff_factor_ms=policy.backoff_factor_ms,
+        exponent=policy.exponent,
+        max_delay_ms=policy.max_delay_ms or 0,
+    )
+
+
+def graph_spec_from_pb(graph: scheduler_pb2.Graph) -> GraphSpec:
+    """The stored form of a graph sent by a client (validation happens in the engine)."""
+    if not graph.namespace.strip() or len(graph.namespace) > MAX_NAME:
+        raise InvalidArgumentError(f"namespace must be 1 to {MAX_NAME} characters")
+    if not graph.name.strip() or len(graph.name) > MAX_NAME:
+        raise InvalidArgumentError(f"graph name must be 1 to {MAX_NAME} characters")
+    if len(graph.nodes) > MAX_GRAPH_NODES:
+        raise InvalidArgumentError(f"a graph may have at most {MAX_GRAPH_NODES} nodes, got {len(graph.nodes)}")
+    nodes = []
+    for node in graph.nodes:
+        unites = None
+        if node.HasField("unites"):
+            strategy = scheduler_pb2.UnitesStrategy.Name(node.unites.strategy).removeprefix("UNITES_STRATEGY_")
+            unites = UnitesSpec(
+                identifier=node.unites.identifier.strip(),
+                strategy="ALL_SUCCESS" if strategy == "UNSPECIFIED" else strategy,
+            )
+        nodes.append(
+            GraphNodeSpec(
+                node_name=node.node_name.strip(),
+                namespace=node.namespace.strip() or graph.namespace,
+                identifier=node.identifier.strip(),
+                inputs=dict(node.inputs),
+                next_nodes=[n.strip() for n in node.next_nodes],
+                unites=unites,
+                retry_policy=_retry_from_pb(node.retry_policy) if node.HasField("retry_policy") else None,
+                timeout_ms=node.timeout_ms,
+            )
+        )
+    return GraphSpec(
+        namespace=graph.namespace.strip(),
+        name=graph.name.strip(),
+        nodes=nodes,
+        retry_policy=_retry_from_pb(graph.retry_policy) if graph.HasField("retry_policy") else None,
+        store_config=StoreConfigSpec(
+            required_keys=[k.strip() for k in graph.store_config.required_keys],
+            default_values={k.strip(): v for k, v in graph.store_config.default_values.items()},
+        )
+        if graph.HasField("store_config")
+        else None,
+        triggers=[
+            CronSpec(expression=t.expression, timezone=t.timezone or "UTC", inputs=dict(t.inputs), store=dict(t.store))
+            for t in graph.triggers
+        ],
+    )
+
+
+def graph_to_pb(spec: GraphSpec) -> scheduler_pb2.Graph:
+    """A graph for clients: secret names only, never values."""
+    graph = scheduler_pb2.Graph(
+        namespace=spec.namespace,
+        name=spec.name,
+        secret_names=sorted(spec.secrets),
+        version=spec.version,
+        updated_at_unix_ms=spec.updated_at_ms,
+    )
+    for node in spec.nodes:
+        message = graph.nodes.add(
+            node_name=node.node_name,
+            namespace=node.namespace,
+            identifier=node.identifier,
+            inputs=node.inputs,
+            next_nodes=node.next_nodes,
+            timeout_ms=node.timeout_ms,
+        )
+        if node.unites is not None:
+            message.unites.identifier = node.unites.identifier
+            message.unites.strategy = scheduler_pb2.UnitesStrategy.Value(f"UNITES_STRATEGY_{node.unites.strategy}")
+        if node.retry_policy is not None:
+            message.retry_policy.CopyFrom(_retry_to_pb(node.retry_policy))
+    if spec.retry_policy is not None:
+        graph.retry_policy.CopyFrom(_retry_to_pb(spec.retry_policy))
+    if spec.store_config is not None:
+        graph.store_config.required_keys.extend(spec.store_config.required_keys)
+        graph.store_config.default_values.update(spec.store_config.default_values)
+    for trigger in spec.triggers:
+        graph.triggers.add(expression=trigger.expression, timezone=trigger.timezone, inputs=trigger.inputs, store=trigger.store)
+    return graph
+
+
+def state_to_pb(state: StateRow) -> scheduler_pb2.State:
+    message = scheduler_pb2.State(
+        state_id=state.state_id,
+        run_id=state.run_id,
+        identifier=state.identifier,
+        node_name=state.node_name,
+        status=_STATE_STATUS[state.status],
+        inputs=state.inputs,
+        attempt=state.attempt,
+        parent_id=state.parent_id or "",
+        created_at_unix_ms=state.created_at_ms,
+        updated_at_unix_ms=state.updated_at_ms,
+        pruned_data_json=state.pruned_data or "",
+        run_at_unix_ms=state.run_at_ms,
+    )
+    for fields in state.outputs or ():
+        message.outputs.add().fields.update(fields)
+    if state.error:
+        message.error.message = state.error.get("message", "")
+        message.error.type = state.error.get("type", "")
+        message.error.traceback = state.error.get("traceback", "")
+    return message
+
+
+def run_to_pb(run: RunRow) -> scheduler_pb2.Run:
+    return scheduler_pb2.Run(
+        run_id=run.run_id,
+        namespace=run.namespace,
+        graph_name=run.graph_name,
+        status=_RUN_STATUS[run.status],
+        created_at_unix_ms=run.created_at_ms,
+        updated_at_unix_ms=run.updated_at_ms,
+        state_counts=run.state_counts,
+        store=run.store,
+        graph_version=run.graph_version,
+    )
+
+
+def result_from_pb(result: runtime_pb2.Result) -> ResultIn:
+    kind = result.WhichOneof("outcome")
+    writes = {k: result.store_writes[k] for k in result.store_writes} if result.store_writes else None
+    if kind == "executed":
+        outputs = []
+        for out in result.executed.outputs:
+            fields = out.fields
+            outputs.append({k: fields[k] for k in fields})
+        return ResultIn(result.state_id, result.dispatch_id, "executed", outputs=outputs, store_writes=writes)
+    if kind == "errored":
+        e = result.errored
+        return ResultIn(
+            result.state_id,
+            result.dispatch_id,
+            "errored",
+            error={"message": e.message, "type": e.type, "traceback": e.traceback},
+        )
+    if kind == "pruned":
+        data = result.pruned.data_json or "{}"
+        try:
+            json.loads(data)
+        except ValueError:
+            data = json.dumps({"raw": data})
+        return ResultIn(result.state_id, result.dispatch_id, "pruned", pruned_data=data)
+    if kind == "requeue_after":
+        return ResultIn(result.state_id, result.dispatch_id, "requeue", delay_ms=result.requeue_after.delay_ms)
+    return ResultIn(
+        result.state_id,
+        result.dispatch_id,
+        "errored",
+        error={"message": "result has no outcome (executed, errored, pruned or requeue_after)", "type": "ProtocolError"},
+    )
+
+
+def states_to_pb(states: Iterable[StateRow]) -> list[scheduler_pb2.State]:
+    return [state_to_pb(s) for s in states]
+
+
+def schema_to_pb(schema: NodeSchema) -> common_pb2.NodeSchema:
+    message = common_pb2.NodeSchema()
+    message.ParseFromString(schema.raw)
+    return message

@@ -9,10 +9,16 @@ __version__ = "0.1.0"
 
 from exosphere.client import StateManager
 from exosphere.errors import (
+    AuthenticationError,
+    ConflictError,
+    ConnectionFailedError,
     ExosphereError,
+    ExosphereTimeoutError,
     GraphNotFoundError,
     GraphValidationError,
+    InvalidArgumentError,
     NodeValidationError,
+    PermissionDeniedError,
     RunNotFoundError,
     StateNotFoundError,
 )
@@ -36,14 +42,20 @@ from exosphere.runtime import Runtime
 from exosphere.signals import PruneSignal, ReQueueAfterSignal
 
 __all__ = [
+    "AuthenticationError",
     "BaseNode",
+    "ConflictError",
+    "ConnectionFailedError",
     "CronTrigger",
     "ExosphereError",
+    "ExosphereTimeoutError",
     "GraphModel",
     "GraphNodeModel",
     "GraphNotFoundError",
     "GraphValidationError",
+    "InvalidArgumentError",
     "NodeValidationError",
+    "PermissionDeniedError",
     "PruneSignal",
     "ReQueueAfterSignal",
     "RetryPolicyModel",

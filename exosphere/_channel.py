@@ -24,6 +24,9 @@ _CHANNEL_OPTIONS = [
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.keepalive_permit_without_calls", 1),
+    # Each channel keeps its own connections: a shared subchannel stuck in reconnect backoff (left by another
+    # channel to a scheduler that was restarting) would otherwise fail this channel's first calls at once.
+    ("grpc.use_local_subchannel_pool", 1),
 ]
 
 

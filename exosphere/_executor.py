@@ -87,6 +87,7 @@ async def execute_item(node_cls: type[BaseNode], item: runtime_pb2.Execute) -> r
     except Exception as exc:  # a node failing is a result, not a crash of the runtime
         return _errored(result, type(exc).__name__, str(exc) or repr(exc), traceback.format_exc(limit=20))
     executed = result.executed
+    executed.SetInParent()  # no outputs is still an outcome: the state succeeded with none
     size = 0
     for fields in outputs:
         for value in fields.values():

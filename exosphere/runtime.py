@@ -129,7 +129,7 @@ class Runtime:
                     backoff.reset()
             except _FATAL:
                 raise
-            except (ExosphereError, OSError) as exc:
+            except (ExosphereError, OSError, asyncio.InvalidStateError) as exc:
                 logger.warning("runtime stream lost runtime=%s error=%s", self.name, exc)
             finally:
                 self._registered.clear()

@@ -130,6 +130,7 @@ class App:
         if server is None:
             return
         await self._health.enter_graceful_shutdown()
+        self.engine.close_sessions("scheduler shutting down")
         try:
             await server.stop(self.config.shutdown_grace.total_seconds() if grace is None else grace)
         finally:

@@ -244,6 +244,7 @@ class Engine:
                 requeued += 1
         session.in_flight.clear()
         session.wake.set()
+        session.closed_event.set()
         logger.info(
             "runtime gone session=%s runtime=%s reason=%s requeued=%d",
             session.session_id,
@@ -252,6 +253,12 @@ class Engine:
             requeued,
         )
         self._schedule_dispatch()
+
+    def close_sessions(self, reason: str) -> None:
+        """End every runtime stream (scheduler shutting down); runtimes reconnect by themselves."""
+        for session in list(self._sessions.values()):
+            session.close_reason = reason
+            self.unregister_session(session)
 
     def touch(self, session: Session) -> None:
         session.last_seen = time.monotonic()

@@ -276,7 +276,9 @@ def compile_graph(
                     continue
                 assert isinstance(ref, OutputRef)
                 referenced.add(ref.identifier)
-                if ref.identifier not in compiled:
+                if len(roots) == 1 and ident == roots[0]:
+                    errors.append(f"{ident}: input {name!r}: the root node may reference only the store")
+                elif ref.identifier not in compiled:
                     errors.append(f"{ident}: input {name!r} references unknown node {ref.identifier!r}")
                 elif ref.identifier not in ancestors:
                     errors.append(f"{ident}: input {name!r} references {ref.identifier!r}, which is not an ancestor")

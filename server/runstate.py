@@ -69,6 +69,8 @@ class Session:
     outbox: list[State] = field(default_factory=list)
     cancels: list[str] = field(default_factory=list)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set when the scheduler ends the session (lease expired, shutting down).
+    closed_event: asyncio.Event = field(default_factory=asyncio.Event)
     draining: bool = False
     closed: bool = False
     close_reason: str = ""

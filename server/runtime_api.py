@@ -69,15 +69,21 @@ class RuntimeApi(runtime_pb2_grpc.RuntimeServiceServicer):
                 )
             )
             writer = asyncio.create_task(self._write_loop(context, session), name=f"session-writer-{session.session_id}")
+            reader = asyncio.create_task(self._read_loop(context, session), name=f"session-reader-{session.session_id}")
+            closed = asyncio.create_task(session.closed_event.wait(), name=f"session-closed-{session.session_id}")
             try:
-                await self._read_loop(context, session)
+                done, _ = await asyncio.wait({reader, writer, closed}, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    if task is not closed and not task.cancelled() and task.exception() is not None:
+                        raise task.exception()  # type: ignore[misc]
             finally:
-                writer.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await writer
+                for task in (reader, writer, closed):
+                    task.cancel()
+                await asyncio.gather(reader, writer, closed, return_exceptions=True)
         finally:
             engine.unregister_session(session)
-        if session.close_reason.startswith("lease expired"):
+        if session.close_reason:
+            # The runtime reconnects (with backoff) when its stream ends this way.
             await context.abort(grpc.StatusCode.UNAVAILABLE, session.close_reason)
 
     async def _read_loop(self, context: grpc.aio.ServicerContext[Any, Any], session: Session) -> None:
@@ -110,9 +116,6 @@ class RuntimeApi(runtime_pb2_grpc.RuntimeServiceServicer):
                 items = [_execute(state) for state in batch if state.session is session]
                 if items:
                     await context.write(pb.SchedulerMessage(execute=pb.ExecuteBatch(items=items)))
-        if session.closed and session.close_reason.startswith("lease expired"):
-            # Unblock the reader so the stream ends.
-            await context.abort(grpc.StatusCode.UNAVAILABLE, session.close_reason)
 
 
 def _execute(state: Any) -> pb.Execute:

@@ -1,0 +1,19 @@
+# "Register Node" → Node Validation → ❌ Invalid node, verbatim.
+from exospherehost import BaseNode
+from pydantic import BaseModel
+
+
+# ❌ Invalid node - non-string fields
+class InvalidNode(BaseNode):
+    class Inputs(BaseModel):
+        data: str
+        count: int  # Error: must be str
+
+    class Outputs(BaseModel):
+        result: str
+
+    class Secrets(BaseModel):
+        pass
+
+    async def execute(self) -> Outputs:
+        return self.Outputs(result="success")

@@ -1,0 +1,18 @@
+# "Register Node" → Node Validation → ✅ Valid node, verbatim.
+from exospherehost import BaseNode
+from pydantic import BaseModel
+
+
+# ✅ Valid node
+class ValidNode(BaseNode):
+    class Inputs(BaseModel):
+        data: str  # All fields must be strings
+
+    class Outputs(BaseModel):
+        result: str  # All fields must be strings
+
+    class Secrets(BaseModel):
+        api_key: str  # All fields must be strings
+
+    async def execute(self) -> Outputs:
+        return self.Outputs(result="success")

@@ -1,0 +1,283 @@
+"""Rich rendering of graphs, runs and states for the ``exosphere`` command line (see :mod:`exosphere.cli`)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Self
+
+from pydantic import BaseModel
+from rich.console import Console, Group, RenderableType
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from exosphere.models import GraphModel, RunModel, RunStatus, StateModel, StateStatus
+
+__all__ = [
+    "RunProgress",
+    "counts_text",
+    "dump_json",
+    "graph_list_table",
+    "graph_view",
+    "run_list_table",
+    "run_status_text",
+    "run_view",
+]
+
+STATE_STYLES: dict[str, str] = {
+    StateStatus.CREATED.value: "dim",
+    StateStatus.QUEUED.value: "cyan",
+    StateStatus.EXECUTED.value: "blue",
+    StateStatus.SUCCESS.value: "green",
+    StateStatus.ERRORED.value: "red",
+    StateStatus.RETRY_CREATED.value: "yellow",
+    StateStatus.PRUNED.value: "magenta",
+    StateStatus.NEXT_CREATED_ERROR.value: "red",
+    StateStatus.TIMEDOUT.value: "red",
+    StateStatus.CANCELLED.value: "yellow",
+}
+
+RUN_STYLES: dict[RunStatus, str] = {
+    RunStatus.PENDING: "bold cyan",
+    RunStatus.SUCCESS: "bold green",
+    RunStatus.FAILED: "bold red",
+    RunStatus.CANCELLED: "bold yellow",
+}
+
+# States still in flight; every other status is final for that attempt.
+LIVE_STATES = frozenset({StateStatus.CREATED.value, StateStatus.QUEUED.value, StateStatus.EXECUTED.value})
+
+# States whose failure is worth a line of its own in the watch view.
+_FAILED_STATES = frozenset({StateStatus.ERRORED, StateStatus.TIMEDOUT, StateStatus.NEXT_CREATED_ERROR})
+
+# Table cells show values up to this length; ``--json`` shows them whole.
+_MAX_CELL = 80
+# A state with more outputs than this shows the first ones and a count of the rest.
+_MAX_OUTPUTS = 5
+
+
+def dump_json(console: Console, value: BaseModel | Sequence[BaseModel] | Any) -> None:
+    """Print ``value`` (a model, a list of models, or plain JSON data) as indented JSON, unwrapped and uncoloured."""
+    if isinstance(value, BaseModel):
+        data: Any = value.model_dump(mode="json")
+    elif isinstance(value, Sequence) and not isinstance(value, str):
+        data = [v.model_dump(mode="json") if isinstance(v, BaseModel) else v for v in value]
+    else:
+        data = value
+    console.out(json.dumps(data, indent=2, ensure_ascii=False), highlight=False)
+
+
+def _time(value: datetime | None) -> str:
+    return value.astimezone().strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+
+
+def _short(value: str) -> str:
+    value = value.replace("\n", "\\n")
+    return value if len(value) <= _MAX_CELL else value[: _MAX_CELL - 1] + "…"
+
+
+def _pairs(values: Mapping[str, str]) -> str:
+    return "\n".join(f"{k}={_short(v)}" for k, v in values.items())
+
+
+def run_status_text(status: RunStatus) -> Text:
+    """A run status, coloured."""
+    return Text(status.value, style=RUN_STYLES.get(status, ""))
+
+
+def _state_status_text(status: str) -> Text:
+    return Text(status, style=STATE_STYLES.get(status, ""))
+
+
+def counts_text(counts: Mapping[str, int]) -> Text:
+    """State counts by status, like ``SUCCESS 3  ERRORED 1``, coloured."""
+    text = Text()
+    for status, count in sorted(counts.items()):
+        if text:
+            text.append("  ")
+        text.append(f"{status} {count}", style=STATE_STYLES.get(status, ""))
+    return text
+
+
+def _details(rows: Sequence[tuple[str, RenderableType | str]]) -> Table:
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    for key, value in rows:
+        grid.add_row(key, value)
+    return grid
+
+
+# ---------------------------------------------------------------------- graphs
+
+
+def graph_view(graph: GraphModel) -> RenderableType:
+    """A graph template: its settings, then one row per node."""
+    rows: list[tuple[str, RenderableType | str]] = [
+        ("Graph", graph.name),
+        ("Namespace", graph.namespace),
+        ("Version", str(graph.version)),
+        ("Updated", _time(graph.updated_at)),
+    ]
+    if graph.secret_names:
+        rows.append(("Secrets", ", ".join(graph.secret_names)))
+    if graph.retry_policy is not None:
+        rows.append(("Retry policy", json.dumps(graph.retry_policy.model_dump(mode="json", exclude_none=True))))
+    if graph.store_config is not None:
+        store = graph.store_config
+        if store.required_keys:
+            rows.append(("Store keys", ", ".join(store.required_keys)))
+        if store.default_values:
+            rows.append(("Store defaults", _pairs(store.default_values)))
+    for trigger in graph.triggers:
+        rows.append(("Trigger", f"{trigger.expression} ({trigger.timezone})"))
+    table = Table(title="Nodes", title_justify="left", expand=False)
+    for column in ("Identifier", "Node", "Inputs", "Next", "Unites", "Timeout"):
+        table.add_column(column)
+    for node in graph.nodes:
+        table.add_row(
+            node.identifier,
+            node.node_name if node.namespace == graph.namespace else f"{node.namespace}/{node.node_name}",
+            _pairs(node.inputs),
+            ", ".join(node.next_nodes or []),
+            f"{node.unites.identifier} ({node.unites.strategy.value})" if node.unites else "",
+            f"{node.timeout_ms} ms" if node.timeout_ms else "",
+        )
+    return Group(_details(rows), Text(), table)
+
+
+def graph_list_table(graphs: Sequence[GraphModel]) -> Table:
+    """One row per graph template."""
+    table = Table()
+    for column in ("Name", "Version", "Nodes", "Triggers", "Updated"):
+        table.add_column(column)
+    for graph in sorted(graphs, key=lambda g: g.name):
+        table.add_row(
+            graph.name, str(graph.version), str(len(graph.nodes)), str(len(graph.triggers)), _time(graph.updated_at)
+        )
+    return table
+
+
+# ---------------------------------------------------------------------- runs
+
+
+def run_list_table(runs: Sequence[RunModel]) -> Table:
+    """One row per run, in the order given (the scheduler lists them newest first)."""
+    table = Table()
+    for column in ("Run", "Graph", "Status", "Created", "States"):
+        table.add_column(column)
+    for run in runs:
+        table.add_row(
+            run.run_id,
+            f"{run.graph_name} v{run.graph_version}",
+            run_status_text(run.status),
+            _time(run.created_at),
+            counts_text(run.state_counts),
+        )
+    return table
+
+
+def _outputs(state: StateModel) -> str:
+    lines = [", ".join(f"{k}={_short(v)}" for k, v in output.items()) or "{}" for output in state.outputs]
+    if len(lines) > _MAX_OUTPUTS:
+        lines = [*lines[:_MAX_OUTPUTS], f"… (+{len(lines) - _MAX_OUTPUTS} more)"]
+    return "\n".join(lines)
+
+
+def _error(state: StateModel) -> str:
+    if not state.error:
+        return ""
+    kind, message = state.error.get("type", ""), state.error.get("message", "")
+    return _short(f"{kind}: {message}" if kind and message else kind or message)
+
+
+def run_view(run: RunModel) -> RenderableType:
+    """A run: a header with its status and graph, then one row per state."""
+    rows: list[tuple[str, RenderableType | str]] = [
+        ("Run", run.run_id),
+        ("Graph", f"{run.graph_name} v{run.graph_version}"),
+        ("Namespace", run.namespace),
+        ("Status", run_status_text(run.status)),
+        ("Created", _time(run.created_at)),
+        ("Updated", _time(run.updated_at)),
+    ]
+    if run.store:
+        rows.append(("Store", _pairs(run.store)))
+    rows.append(("States", counts_text(run.state_counts) if run.state_counts else str(len(run.states))))
+    table = Table(title="States", title_justify="left")
+    for column in ("Identifier", "Node", "Status", "Attempt", "Inputs", "Outputs", "Error", "State id"):
+        table.add_column(column)
+    for state in run.states:
+        table.add_row(
+            state.identifier,
+            state.node_name,
+            _state_status_text(state.status.value),
+            str(state.attempt),
+            _pairs(state.inputs),
+            _outputs(state),
+            Text(_error(state), style="red"),
+            Text(state.state_id, style="dim"),
+        )
+    return Group(_details(rows), Text(), table)
+
+
+class RunProgress:
+    """Live view of a run for ``runs watch``: a progress bar of final states over all states, and failures."""
+
+    def __init__(self, console: Console, run_id: str) -> None:
+        self._console = console
+        self._progress = Progress(
+            SpinnerColumn(finished_text="•"),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[counts]}"),
+            TimeElapsedColumn(),
+            console=console,
+        )
+        self._task: TaskID = self._progress.add_task(run_id, total=None, counts="")
+        self._seen: dict[str, StateStatus] = {}
+
+    def __enter__(self) -> Self:
+        self._progress.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._progress.stop()
+
+    def update(self, run: RunModel, changed: Sequence[StateModel]) -> None:
+        """Show one watch event: ``run`` with its counts by status, and the states that changed."""
+        for state in changed:
+            if state.status in _FAILED_STATES and self._seen.get(state.state_id) is not state.status:
+                line = Text.assemble(
+                    (f"{state.identifier} ", "bold"),
+                    f"({state.node_name}, attempt {state.attempt}) ",
+                    _state_status_text(state.status.value),
+                )
+                if _error(state):
+                    line.append(f"  {_error(state)}", style="red")
+                self._progress.console.print(line, soft_wrap=True)
+            self._seen[state.state_id] = state.status
+        total = sum(run.state_counts.values())
+        done = sum(n for status, n in run.state_counts.items() if status not in LIVE_STATES)
+        description = Text.assemble(f"{run.run_id} ", run_status_text(run.status))
+        self._progress.update(
+            self._task,
+            description=description.markup,
+            total=total or None,
+            completed=done,
+            counts=counts_text(run.state_counts).markup,
+        )

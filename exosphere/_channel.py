@@ -12,7 +12,7 @@ import grpc
 from exosphere.config import ClientConfig
 from exosphere.errors import ExosphereError, error_class
 
-__all__ = ["Backoff", "MAX_MESSAGE_BYTES", "metadata", "open_channel", "translate_errors"]
+__all__ = ["MAX_MESSAGE_BYTES", "Backoff", "metadata", "open_channel", "translate_errors"]
 
 # Large fan-outs travel in big messages; the scheduler sets the same limit.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024

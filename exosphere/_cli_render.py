@@ -235,7 +235,7 @@ def run_view(run: RunModel) -> RenderableType:
 class RunProgress:
     """Live view of a run for ``runs watch``: a progress bar of final states over all states, and failures."""
 
-    def __init__(self, console: Console, run_id: str) -> None:
+    def __init__(self, console: Console) -> None:
         self._console = console
         self._progress = Progress(
             SpinnerColumn(finished_text="•"),
@@ -246,20 +246,23 @@ class RunProgress:
             TimeElapsedColumn(),
             console=console,
         )
-        self._task: TaskID = self._progress.add_task(run_id, total=None, counts="")
+        self._task: TaskID | None = None
         self._seen: dict[str, StateStatus] = {}
 
     def __enter__(self) -> Self:
-        self._progress.start()
         return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self._progress.stop()
+        if self._task is not None:
+            self._progress.stop()
 
     def update(self, run: RunModel, changed: Sequence[StateModel]) -> None:
         """Show one watch event: ``run`` with its counts by status, and the states that changed."""
+        if self._task is None:  # started on the first event, so an unknown run shows only the error
+            self._task = self._progress.add_task(run.run_id, total=None, counts="")
+            self._progress.start()
         for state in changed:
             if state.status in _FAILED_STATES and self._seen.get(state.state_id) is not state.status:
                 line = Text.assemble(

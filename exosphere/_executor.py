@@ -96,7 +96,9 @@ async def execute_item(node_cls: type[BaseNode], item: runtime_pb2.Execute) -> r
     if size > MAX_RESULT_BYTES:
         result.ClearField("executed")
         return _errored(
-            result, "ResultTooLargeError", f"{node_cls.__name__} returned {size} bytes of outputs; limit {MAX_RESULT_BYTES}"
+            result,
+            "ResultTooLargeError",
+            f"{node_cls.__name__} returned {size} bytes of outputs; limit {MAX_RESULT_BYTES}",
         )
     for key, value in node.store.items():
         if store_before.get(key) != value:

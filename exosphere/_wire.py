@@ -122,7 +122,9 @@ def graph_from_pb(graph: scheduler_pb2.Graph) -> GraphModel:
         if graph.HasField("store_config")
         else None,
         triggers=[
-            CronTrigger(expression=t.expression, timezone=t.timezone or "UTC", inputs=dict(t.inputs), store=dict(t.store))
+            CronTrigger(
+                expression=t.expression, timezone=t.timezone or "UTC", inputs=dict(t.inputs), store=dict(t.store)
+            )
             for t in graph.triggers
         ],
         secret_names=list(graph.secret_names),

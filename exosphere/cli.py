@@ -342,7 +342,7 @@ async def _runs_show(ctx: _Context, args: argparse.Namespace) -> int:
 async def _runs_watch(ctx: _Context, args: argparse.Namespace) -> int:
     last: RunModel | None = None
     async with ctx.manager(_ANY_NAMESPACE) as sm:
-        with RunProgress(ctx.out, args.run_id) as view:
+        with RunProgress(ctx.out) as view:
             async for run, changed in sm.watch(args.run_id):
                 view.update(run, changed)
                 last = run
@@ -396,6 +396,12 @@ def _number(kind: type[int] | type[float], minimum: float, what: str) -> Callabl
     return parse
 
 
+def _text(value: str) -> str:
+    if not value.strip():
+        raise argparse.ArgumentTypeError("cannot be empty")
+    return value.strip()
+
+
 _positive_int = _number(int, 1, "a positive integer")
 _non_negative_int = _number(int, 0, "an integer >= 0")
 _positive_float = _number(float, 0, "a positive number of seconds")
@@ -442,9 +448,9 @@ def build_parser() -> argparse.ArgumentParser:
     def add_json(sub: argparse.ArgumentParser, what: str) -> None:
         sub.add_argument("--json", action="store_true", help=f"print {what} as JSON")
 
-    graph = commands.add_parser("graph", help="apply, read, list and delete graph templates").add_subparsers(
-        dest="graph_command", metavar="COMMAND", required=True
-    )
+    graph = commands.add_parser(
+        "graph", parents=[common], help="apply, read, list and delete graph templates"
+    ).add_subparsers(dest="graph_command", metavar="COMMAND", required=True)
     sub = command(graph, "apply", _graph_apply, "create or replace a graph template from a JSON or YAML file")
     sub.add_argument(
         "file",
@@ -452,23 +458,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="graph file ('-' for stdin) with namespace, name, nodes and optional secrets, retry_policy, "
         "store_config, triggers; a node's namespace defaults to the graph's; omitted secrets keep the stored ones",
     )
-    sub.add_argument("--namespace", help="namespace, instead of the file's")
-    sub.add_argument("--name", help="graph name, instead of the file's")
+    sub.add_argument("--namespace", type=_text, help="namespace, instead of the file's")
+    sub.add_argument("--name", type=_text, help="graph name, instead of the file's")
     sub = command(graph, "get", _graph_get, "show a graph template")
-    sub.add_argument("namespace", metavar="NAMESPACE")
-    sub.add_argument("name", metavar="NAME")
+    sub.add_argument("namespace", type=_text, metavar="NAMESPACE")
+    sub.add_argument("name", type=_text, metavar="NAME")
     add_json(sub, "the graph")
     sub = command(graph, "list", _graph_list, "list the graph templates of a namespace")
-    sub.add_argument("namespace", metavar="NAMESPACE")
+    sub.add_argument("namespace", type=_text, metavar="NAMESPACE")
     add_json(sub, "the graphs")
     sub = command(graph, "delete", _graph_delete, "delete a graph template")
-    sub.add_argument("namespace", metavar="NAMESPACE")
-    sub.add_argument("name", metavar="NAME")
+    sub.add_argument("namespace", type=_text, metavar="NAMESPACE")
+    sub.add_argument("name", type=_text, metavar="NAME")
     sub.add_argument("--force", action="store_true", help="also cancel its pending runs")
 
     sub = command(commands, "trigger", _trigger, "start a run of a graph and print its id")
-    sub.add_argument("namespace", metavar="NAMESPACE")
-    sub.add_argument("graph", metavar="GRAPH")
+    sub.add_argument("namespace", type=_text, metavar="NAMESPACE")
+    sub.add_argument("graph", type=_text, metavar="GRAPH")
     sub.add_argument("--input", action="append", metavar="KEY=VALUE", help="a run input (repeatable)")
     sub.add_argument("--store", action="append", metavar="KEY=VALUE", help="a store value (repeatable)")
     sub.add_argument("--start-delay", type=_non_negative_int, default=0, metavar="MS", help="start after MS ms")
@@ -478,30 +484,32 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--timeout", type=_positive_float, metavar="SECONDS", help="give up waiting after SECONDS")
     add_json(sub, "the run")
 
-    runs = commands.add_parser("runs", help="list, show, watch, cancel and retry runs").add_subparsers(
-        dest="runs_command", metavar="COMMAND", required=True
-    )
+    runs = commands.add_parser(
+        "runs", parents=[common], help="list, show, watch, cancel and retry runs"
+    ).add_subparsers(dest="runs_command", metavar="COMMAND", required=True)
     sub = command(runs, "list", _runs_list, "list the runs of a namespace, newest first")
-    sub.add_argument("namespace", metavar="NAMESPACE")
-    sub.add_argument("--graph", help="only runs of this graph")
+    sub.add_argument("namespace", type=_text, metavar="NAMESPACE")
+    sub.add_argument("--graph", type=_text, help="only runs of this graph")
     sub.add_argument("--limit", type=_positive_int, default=20, metavar="N", help="at most N runs (default 20)")
     add_json(sub, "the runs")
     sub = command(runs, "show", _runs_show, "show a run and its states")
-    sub.add_argument("run_id", metavar="RUN_ID")
+    sub.add_argument("run_id", type=_text, metavar="RUN_ID")
     add_json(sub, "the run")
     sub = command(runs, "watch", _runs_watch, "follow a run until it finishes; exit 1 unless it succeeded")
-    sub.add_argument("run_id", metavar="RUN_ID")
+    sub.add_argument("run_id", type=_text, metavar="RUN_ID")
     sub = command(runs, "cancel", _runs_cancel, "cancel a run")
-    sub.add_argument("run_id", metavar="RUN_ID")
+    sub.add_argument("run_id", type=_text, metavar="RUN_ID")
     sub = command(runs, "retry", _runs_retry, "retry a failed state and print the new state's id")
-    sub.add_argument("state_id", metavar="STATE_ID")
-    sub.add_argument("--request-id", metavar="ID", help="idempotency key: retrying twice with it retries once")
+    sub.add_argument("state_id", type=_text, metavar="STATE_ID")
+    sub.add_argument(
+        "--request-id", type=_text, metavar="ID", help="idempotency key: retrying twice with it retries once"
+    )
 
-    nodes = commands.add_parser("nodes", help="list registered nodes").add_subparsers(
+    nodes = commands.add_parser("nodes", parents=[common], help="list registered nodes").add_subparsers(
         dest="nodes_command", metavar="COMMAND", required=True
     )
     sub = command(nodes, "list", _nodes_list, "list the nodes registered in a namespace")
-    sub.add_argument("namespace", metavar="NAMESPACE")
+    sub.add_argument("namespace", type=_text, metavar="NAMESPACE")
     add_json(sub, "the node names")
     return parser
 

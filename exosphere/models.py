@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -25,14 +25,14 @@ __all__ = [
 ]
 
 
-class UnitesStrategyEnum(str, Enum):
+class UnitesStrategyEnum(StrEnum):
     """When a merge node runs."""
 
     ALL_SUCCESS = "ALL_SUCCESS"
     ALL_DONE = "ALL_DONE"
 
 
-class RetryStrategyEnum(str, Enum):
+class RetryStrategyEnum(StrEnum):
     """How retry delays grow."""
 
     EXPONENTIAL = "EXPONENTIAL"
@@ -46,7 +46,7 @@ class RetryStrategyEnum(str, Enum):
     FIXED_EQUAL_JITTER = "FIXED_EQUAL_JITTER"
 
 
-class StateStatus(str, Enum):
+class StateStatus(StrEnum):
     """Lifecycle of one state."""
 
     CREATED = "CREATED"
@@ -61,7 +61,7 @@ class StateStatus(str, Enum):
     CANCELLED = "CANCELLED"
 
 
-class RunStatus(str, Enum):
+class RunStatus(StrEnum):
     """Status of a run as a whole."""
 
     PENDING = "PENDING"

@@ -73,6 +73,7 @@ class Runtime:
         self.runtime_id = runtime_id or str(uuid.uuid4())
         self._config = ClientConfig.resolve(address=address, api_key=key, tls_ca_file=tls_ca_file)
         self._shutdown_grace = shutdown_grace
+        self._created = _LazyEvent()
         self._stopping: asyncio.Event | None = None
         self._registered: asyncio.Event | None = None
         self._in_flight: dict[str, asyncio.Task[None]] = {}
@@ -109,9 +110,9 @@ class Runtime:
 
     async def wait_registered(self, timeout: float = 10.0) -> None:
         """Wait until the runtime's nodes are registered with the scheduler (useful in tests and scripts)."""
-        while self._registered is None:
-            await asyncio.sleep(0.005)
         async with asyncio.timeout(timeout):
+            await self._created.wait()
+            assert self._registered is not None
             await self._registered.wait()
 
     async def run(self) -> None:
@@ -119,6 +120,7 @@ class Runtime:
         self._stopping = asyncio.Event()
         self._registered = asyncio.Event()
         self._wake_writer = asyncio.Event()
+        self._created.set()
         backoff = Backoff()
         schemas = [node_to_schema(node) for node in self._nodes.values()]
         while not self._stopping.is_set():
@@ -162,7 +164,7 @@ class Runtime:
         try:
             await call.write(pb.RuntimeMessage(register=register))
             first = await call.read()
-            if first is grpc.aio.EOF or not first.HasField("registered"):
+            if not isinstance(first, pb.SchedulerMessage) or not first.HasField("registered"):
                 raise ExosphereError("scheduler closed the stream before registering the runtime")
             registered = first.registered
             self._registered.set()
@@ -274,6 +276,24 @@ class Runtime:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=5)
+
+
+class _LazyEvent:
+    """An asyncio.Event made on first use, so a Runtime can be built outside a running loop."""
+
+    def __init__(self) -> None:
+        self._event: asyncio.Event | None = None
+
+    def _get(self) -> asyncio.Event:
+        if self._event is None:
+            self._event = asyncio.Event()
+        return self._event
+
+    def set(self) -> None:
+        self._get().set()
+
+    async def wait(self) -> None:
+        await self._get().wait()
 
 
 def _first_leaf(group: BaseExceptionGroup[Any]) -> BaseException:

@@ -8,7 +8,7 @@ from typing import Any
 __all__ = ["PruneSignal", "ReQueueAfterSignal", "Signal"]
 
 
-class Signal(Exception):  # noqa: N818 - the exospherehost names end in Signal, not Error
+class Signal(Exception):
     """Base class of the signals."""
 
 

@@ -8,7 +8,6 @@ from typing import Any
 import grpc
 
 from exosphere.errors import InvalidArgumentError
-
 from exosphere.v1 import scheduler_pb2 as pb
 from exosphere.v1 import scheduler_pb2_grpc
 from server.auth import Authenticator
@@ -42,7 +41,7 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
         self._engine = engine
         self._auth = auth
 
-    async def UpsertGraph(self, request: pb.UpsertGraphRequest, context: Ctx) -> pb.UpsertGraphResponse:  # noqa: N802
+    async def UpsertGraph(self, request: pb.UpsertGraphRequest, context: Ctx) -> pb.UpsertGraphResponse:
         async with status_from_errors(context):
             self._auth.check(context, request.graph.namespace)
             spec = graph_spec_from_pb(request.graph)
@@ -50,25 +49,25 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
             stored = await self._engine.upsert_graph(spec, secrets)
         return pb.UpsertGraphResponse(graph=graph_to_pb(stored))
 
-    async def GetGraph(self, request: pb.GetGraphRequest, context: Ctx) -> pb.GetGraphResponse:  # noqa: N802
+    async def GetGraph(self, request: pb.GetGraphRequest, context: Ctx) -> pb.GetGraphResponse:
         async with status_from_errors(context):
             self._auth.check(context, request.namespace)
             spec = self._engine.get_graph(request.namespace, request.name)
         return pb.GetGraphResponse(graph=graph_to_pb(spec))
 
-    async def ListGraphs(self, request: pb.ListGraphsRequest, context: Ctx) -> pb.ListGraphsResponse:  # noqa: N802
+    async def ListGraphs(self, request: pb.ListGraphsRequest, context: Ctx) -> pb.ListGraphsResponse:
         async with status_from_errors(context):
             self._auth.check(context, request.namespace)
             specs = self._engine.list_graphs(request.namespace)
         return pb.ListGraphsResponse(graphs=[graph_to_pb(s) for s in specs])
 
-    async def DeleteGraph(self, request: pb.DeleteGraphRequest, context: Ctx) -> pb.DeleteGraphResponse:  # noqa: N802
+    async def DeleteGraph(self, request: pb.DeleteGraphRequest, context: Ctx) -> pb.DeleteGraphResponse:
         async with status_from_errors(context):
             self._auth.check(context, request.namespace)
             await self._engine.delete_graph(request.namespace, request.name, force=request.force)
         return pb.DeleteGraphResponse()
 
-    async def TriggerGraph(self, request: pb.TriggerGraphRequest, context: Ctx) -> pb.TriggerGraphResponse:  # noqa: N802
+    async def TriggerGraph(self, request: pb.TriggerGraphRequest, context: Ctx) -> pb.TriggerGraphResponse:
         async with status_from_errors(context):
             self._auth.check(context, request.namespace)
             run_id = await self._engine.trigger(
@@ -80,7 +79,7 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
             )
         return pb.TriggerGraphResponse(run_id=run_id)
 
-    async def TriggerGraphs(self, request: pb.TriggerGraphsRequest, context: Ctx) -> pb.TriggerGraphsResponse:  # noqa: N802
+    async def TriggerGraphs(self, request: pb.TriggerGraphsRequest, context: Ctx) -> pb.TriggerGraphsResponse:
         async with status_from_errors(context):
             for namespace in {t.namespace for t in request.triggers}:
                 self._auth.check(context, namespace)
@@ -92,7 +91,7 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
             )
         return pb.TriggerGraphsResponse(run_ids=run_ids)
 
-    async def GetRun(self, request: pb.GetRunRequest, context: Ctx) -> pb.GetRunResponse:  # noqa: N802
+    async def GetRun(self, request: pb.GetRunRequest, context: Ctx) -> pb.GetRunResponse:
         async with status_from_errors(context):
             page_size = min(request.page_size or MAX_STATE_PAGE, MAX_STATE_PAGE)
             run, states, last = self._engine.get_run(
@@ -102,7 +101,7 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
         token = str(last) if len(states) == page_size and last >= 0 else ""
         return pb.GetRunResponse(run=run_to_pb(run), states=states_to_pb(states), next_page_token=token)
 
-    async def ListRuns(self, request: pb.ListRunsRequest, context: Ctx) -> pb.ListRunsResponse:  # noqa: N802
+    async def ListRuns(self, request: pb.ListRunsRequest, context: Ctx) -> pb.ListRunsResponse:
         async with status_from_errors(context):
             self._auth.check(context, request.namespace)
             limit = min(request.page_size or DEFAULT_PAGE, MAX_PAGE)
@@ -111,7 +110,7 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
         token = str(runs[-1].created_at_ms) if len(runs) == limit else ""
         return pb.ListRunsResponse(runs=[run_to_pb(r) for r in runs], next_page_token=token)
 
-    async def WatchRun(self, request: pb.WatchRunRequest, context: Ctx) -> AsyncIterator[pb.WatchRunResponse]:  # noqa: N802
+    async def WatchRun(self, request: pb.WatchRunRequest, context: Ctx) -> AsyncIterator[pb.WatchRunResponse]:
         async with status_from_errors(context):
             events = self._engine.watch_run(request.run_id)
             try:
@@ -126,14 +125,14 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
             finally:
                 await events.aclose()  # type: ignore[attr-defined]
 
-    async def CancelRun(self, request: pb.CancelRunRequest, context: Ctx) -> pb.CancelRunResponse:  # noqa: N802
+    async def CancelRun(self, request: pb.CancelRunRequest, context: Ctx) -> pb.CancelRunResponse:
         async with status_from_errors(context):
             run, _, _ = self._engine.get_run(request.run_id, 1)
             self._check_run(context, run)
             run = await self._engine.cancel_run(request.run_id)
         return pb.CancelRunResponse(run=run_to_pb(run))
 
-    async def RetryState(self, request: pb.RetryStateRequest, context: Ctx) -> pb.RetryStateResponse:  # noqa: N802
+    async def RetryState(self, request: pb.RetryStateRequest, context: Ctx) -> pb.RetryStateResponse:
         async with status_from_errors(context):
             run_id = request.state_id.rpartition("-")[0]
             if run_id:
@@ -142,18 +141,18 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
             state_id = await self._engine.retry_state(request.state_id, request.request_id)
         return pb.RetryStateResponse(state_id=state_id)
 
-    async def ListNodes(self, request: pb.ListNodesRequest, context: Ctx) -> pb.ListNodesResponse:  # noqa: N802
+    async def ListNodes(self, request: pb.ListNodesRequest, context: Ctx) -> pb.ListNodesResponse:
         async with status_from_errors(context):
             self._auth.check(context, request.namespace)
             nodes = self._engine.nodes(request.namespace)
         return pb.ListNodesResponse(nodes=[schema_to_pb(n) for n in nodes])
 
-    async def ListNamespaces(self, request: pb.ListNamespacesRequest, context: Ctx) -> pb.ListNamespacesResponse:  # noqa: N802
+    async def ListNamespaces(self, request: pb.ListNamespacesRequest, context: Ctx) -> pb.ListNamespacesResponse:
         async with status_from_errors(context):
             names = [n for n in self._engine.namespaces() if self._auth.allowed(context, n)]
         return pb.ListNamespacesResponse(namespaces=names)
 
-    async def ListRuntimes(self, request: pb.ListRuntimesRequest, context: Ctx) -> pb.ListRuntimesResponse:  # noqa: N802
+    async def ListRuntimes(self, request: pb.ListRuntimesRequest, context: Ctx) -> pb.ListRuntimesResponse:
         async with status_from_errors(context):
             if request.namespace:
                 self._auth.check(context, request.namespace)
@@ -182,6 +181,3 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
 
 def _plain(mapping: Any) -> dict[str, str]:
     return {k: mapping[k] for k in mapping}
-
-
-

@@ -41,6 +41,10 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _read_pair(key: str, cert: str) -> tuple[bytes, bytes]:
+    return Path(key).read_bytes(), Path(cert).read_bytes()
+
+
 class App:
     """The scheduler: ``await App(config).start()`` serves on ``config.host:config.port`` (port 0 picks one)."""
 
@@ -67,7 +71,9 @@ class App:
         self.store = store
         self.engine = Engine(
             store,
-            secret_box=SecretBox(load_or_create_key(Path(config.secrets_key_file) if config.secrets_key_file else key_file)),
+            secret_box=SecretBox(
+                load_or_create_key(Path(config.secrets_key_file) if config.secrets_key_file else key_file)
+            ),
             settings=EngineSettings(
                 heartbeat_interval_ms=int(config.heartbeat_interval.total_seconds() * 1000),
                 lease_ms=int(config.lease.total_seconds() * 1000),
@@ -109,9 +115,7 @@ class App:
         )
         target = f"{self.config.host}:{self.config.port}"
         if self.config.tls_cert and self.config.tls_key:
-            credentials = grpc.ssl_server_credentials(
-                [(Path(self.config.tls_key).read_bytes(), Path(self.config.tls_cert).read_bytes())]
-            )
+            credentials = grpc.ssl_server_credentials([_read_pair(self.config.tls_key, self.config.tls_cert)])
             self.port = server.add_secure_port(target, credentials)
         else:
             self.port = server.add_insecure_port(target)

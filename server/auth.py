@@ -73,15 +73,15 @@ class Authenticator:
         if not self._keys:
             return None
         presented = ""
-        for item in context.invocation_metadata() or ():
-            if item.key == "x-api-key":
-                presented = item.value if isinstance(item.value, str) else item.value.decode()
+        for key, value in context.invocation_metadata() or ():
+            if key == "x-api-key":
+                presented = value if isinstance(value, str) else value.decode()
         if not presented:
             raise AuthenticationError("missing API key: send it in the x-api-key metadata")
         match = None
-        for key in self._keys:  # compare with every key, in constant time each
-            if hmac.compare_digest(key.key.encode(), presented.encode()):
-                match = key
+        for candidate in self._keys:  # compare with every key, in constant time each
+            if hmac.compare_digest(candidate.key.encode(), presented.encode()):
+                match = candidate
         if match is None:
             raise AuthenticationError("invalid API key")
         return match

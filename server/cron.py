@@ -309,6 +309,7 @@ class CronScheduler:
         return [(t.namespace, t.graph, t.spec) for t in self._triggers.values()]
 
     async def _loop(self) -> None:
+        overdue: float | None = None
         while True:
             self._wake.clear()
             try:
@@ -323,7 +324,14 @@ class CronScheduler:
                 continue
             delay = wakeup - self._clock()
             if delay > 0:
+                overdue = None
                 await self._sleep_or_wake(min(delay, self._max_sleep_s))
+            elif wakeup == overdue:
+                # The tick did not handle a due time it should have (croniter disagreeing with itself): no hot loop.
+                logger.error("cron due time %s not handled by tick; retrying in 1 s", _iso(round(wakeup * 1000)))
+                await self._sleep_or_wake(1.0)
+            else:
+                overdue = wakeup  # became due between the tick and now: tick again at once
 
     async def _sleep_or_wake(self, delay: float) -> None:
         """Sleep ``delay`` seconds, or less if ``reload()`` changes the triggers meanwhile."""

@@ -20,7 +20,6 @@ import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from exosphere.errors import (
     ConflictError,
@@ -348,7 +347,9 @@ class Engine:
         await self._committed()
         return run.run_id
 
-    async def trigger_many(self, requests: Sequence[tuple[str, str, Mapping[str, str], Mapping[str, str], int]]) -> list[str]:
+    async def trigger_many(
+        self, requests: Sequence[tuple[str, str, Mapping[str, str], Mapping[str, str], int]]
+    ) -> list[str]:
         """Start several runs: all are validated first, then all are committed in one transaction."""
         for index, (namespace, graph_name, inputs, store, _) in enumerate(requests):
             try:
@@ -422,7 +423,15 @@ class Engine:
         self._runs[run.run_id] = run
         self._dirty_runs[run.run_id] = run
         root = self._new_state(
-            run, graph.root, root_inputs, None, 0, (), now, watchers=(), run_at_ms=now + start_delay_ms if start_delay_ms else 0
+            run,
+            graph.root,
+            root_inputs,
+            None,
+            0,
+            (),
+            now,
+            watchers=(),
+            run_at_ms=now + start_delay_ms if start_delay_ms else 0,
         )
         self._add_state(root)
         return run
@@ -515,7 +524,9 @@ class Engine:
         if state is None:
             raise StateNotFoundError(f"state {state_id!r} not found in a pending run")
         if state.status not in (m.ERRORED, m.TIMEDOUT, m.NEXT_CREATED_ERROR, m.CANCELLED) or state.run.cancelled:
-            raise ConflictError(f"state {state_id!r} is {state.status}; only a failed state of a live run can be retried")
+            raise ConflictError(
+                f"state {state_id!r} is {state.status}; only a failed state of a live run can be retried"
+            )
         now = self._clock()
         run = state.run
         new = self._new_state(
@@ -558,7 +569,9 @@ class Engine:
                 self._mark(state)
                 self._enqueue(state)
             else:
-                self._on_failed(state, {"message": f"unknown result kind {kind!r}", "type": "ProtocolError"}, m.ERRORED, now)
+                self._on_failed(
+                    state, {"message": f"unknown result kind {kind!r}", "type": "ProtocolError"}, m.ERRORED, now
+                )
         self._schedule_dispatch()
 
     def _on_executed(
@@ -681,7 +694,7 @@ class Engine:
         outputs = parent.outputs or ()
         count = max(1, len(outputs))
         multi = count > 1
-        watchers = parent.watchers + (parent,) if parent.node.merges else parent.watchers
+        watchers = (*parent.watchers, parent) if parent.node.merges else parent.watchers
         run = parent.run
         children = []
         for k in range(count):
@@ -794,7 +807,13 @@ class Engine:
         self._dirty_runs[run.run_id] = run
         self._finished.append(run)
         self._schedule_flush()
-        logger.info("run finished run_id=%s graph=%s status=%s states=%d", run.run_id, run.graph_name, run.status, len(run.states))
+        logger.info(
+            "run finished run_id=%s graph=%s status=%s states=%d",
+            run.run_id,
+            run.graph_name,
+            run.status,
+            len(run.states),
+        )
 
     # ================================================================== queues and dispatch
 
@@ -924,11 +943,11 @@ class Engine:
         new_ids = self._new_ids
         batch = WriteBatch(
             new_states=self._new_states,
-            updated_states=[s for s in self._dirty_states.values() if s.state_id not in new_ids],
+            updated_states=list(self._updated_list(new_ids)),
             runs=list(self._dirty_runs.values()),
             kv=self._kv,
         )
-        changed = [*self._new_states, *batch.updated_states]
+        changed: list[State] = [*self._new_states, *self._updated_list(new_ids)]
         waiters, finished = self._waiters, self._finished
         self._new_states, self._new_ids, self._dirty_states, self._dirty_runs = [], set(), {}, {}
         self._kv, self._waiters, self._finished = {}, [], []
@@ -949,6 +968,9 @@ class Engine:
             for state in run.states:
                 self._states.pop(state.state_id, None)
             self._runs.pop(run.run_id, None)
+
+    def _updated_list(self, new_ids: set[str]) -> list[State]:
+        return [s for s in self._dirty_states.values() if s.state_id not in new_ids]
 
     def _notify(self, changed: list[State], finished: list[Run]) -> None:
         by_run: dict[str, list[State]] = {}
@@ -1051,6 +1073,3 @@ def state_counts(states: Sequence[StateRow]) -> dict[str, int]:
     for state in states:
         counts[state.status] = counts.get(state.status, 0) + 1
     return counts
-
-
-Any  # re-exported for typing in recovery

@@ -106,7 +106,9 @@ def _find_cycle(children: Mapping[str, list[str]]) -> list[str] | None:
 
 def _check_policy(where: str, policy: RetryPolicySpec, errors: list[str]) -> None:
     if policy.strategy not in RETRY_STRATEGIES:
-        errors.append(f"{where}: unknown retry strategy {policy.strategy!r}; expected one of {sorted(RETRY_STRATEGIES)}")
+        errors.append(
+            f"{where}: unknown retry strategy {policy.strategy!r}; expected one of {sorted(RETRY_STRATEGIES)}"
+        )
     if policy.max_retries < 0 or policy.max_retries > 1000:
         errors.append(f"{where}: max_retries must be between 0 and 1000, got {policy.max_retries}")
     if policy.exponent < 1:
@@ -234,7 +236,9 @@ def compile_graph(
                     errors.append(f"{ident}: required input {fs.name!r} of node {node.node_name!r} is missing")
             missing_secrets = [f.name for f in schema.secrets if f.required and f.name not in secret_values]
             if missing_secrets:
-                errors.append(f"{ident}: secrets {missing_secrets} declared by node {node.node_name!r} are not provided")
+                errors.append(
+                    f"{ident}: secrets {missing_secrets} declared by node {node.node_name!r} are not provided"
+                )
         templates: dict[str, Template] = {}
         for name, value in node.inputs.items():
             try:
@@ -260,12 +264,12 @@ def compile_graph(
         )
 
     # References: ancestors only, declared output fields, declared store keys; the root reads only the store.
-    for ident, node in compiled.items():
+    for ident, cnode in compiled.items():
         ancestors = _ancestors(parents, ident)
         referenced: set[str] = set()
         aggregated: set[str] = set()
-        below_united = _descendants(children, node.unites) if node.unites in children else set()
-        for name, template in node.inputs.items():
+        below_united = _descendants(children, cnode.unites) if cnode.unites in children else set()
+        for name, template in cnode.inputs.items():
             for ref in template.refs:
                 if isinstance(ref, StoreRef):
                     if ref.key not in store_keys:
@@ -287,20 +291,20 @@ def compile_graph(
                         f"{ident}: input {name!r} references output {ref.field!r}, which node "
                         f"{compiled[ref.identifier].node_name!r} ({ref.identifier}) does not declare"
                     )
-                if node.unites is not None and (ref.identifier in below_united or ref.identifier == node.unites):
+                if cnode.unites is not None and (ref.identifier in below_united or ref.identifier == cnode.unites):
                     aggregated.add(ref.identifier)
-        node.referenced = frozenset(referenced)
-        node.aggregated = frozenset(aggregated)
-        if node.unites is not None and node.unites in compiled:
-            united = compiled[node.unites]
-            united.merges.append(node)
-            united.collect = united.collect | (node.aggregated - {node.unites})
-            if node.unites not in ancestors:
-                errors.append(f"{ident}: unites {node.unites!r}, which is not an ancestor")
+        cnode.referenced = frozenset(referenced)
+        cnode.aggregated = frozenset(aggregated)
+        if cnode.unites is not None and cnode.unites in compiled:
+            united = compiled[cnode.unites]
+            united.merges.append(cnode)
+            united.collect = united.collect | (cnode.aggregated - {cnode.unites})
+            if cnode.unites not in ancestors:
+                errors.append(f"{ident}: unites {cnode.unites!r}, which is not an ancestor")
 
-    for ident, node in compiled.items():
+    for ident, cnode in compiled.items():
         source = spec.nodes[by_id[ident]]
-        node.next = [compiled[t] for t in source.next_nodes if t in compiled and compiled[t].unites is None]
+        cnode.next = [compiled[t] for t in source.next_nodes if t in compiled and compiled[t].unites is None]
 
     if len(roots) != 1 or cycle or (errors and strict):
         return None, errors

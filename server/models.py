@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "TERMINAL_STATE_STATUSES",
     "CronSpec",
     "FieldSpec",
     "GraphNodeSpec",
@@ -20,7 +21,6 @@ __all__ = [
     "RunRow",
     "StateRow",
     "StoreConfigSpec",
-    "TERMINAL_STATE_STATUSES",
 ]
 
 # State statuses (the names of the StateStatus enum of common.proto without its prefix).

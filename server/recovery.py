@@ -37,17 +37,17 @@ def recover(engine: Engine) -> None:
             engine._graph_versions[spec.namespace, spec.name, spec.version] = compiled
     run_rows, state_rows = store.load_pending()
     runs: dict[str, Run] = {}
-    for row in run_rows:
-        graph = _graph_version(engine, row.namespace, row.graph_name, row.graph_version)
+    for run_row in run_rows:
+        graph = _graph_version(engine, run_row.namespace, run_row.graph_name, run_row.graph_version)
         run = Run(
-            run_id=row.run_id,
-            namespace=row.namespace,
-            graph_name=row.graph_name,
-            graph_version=row.graph_version,
-            status=row.status,
-            store=row.store,
-            created_at_ms=row.created_at_ms,
-            updated_at_ms=row.updated_at_ms,
+            run_id=run_row.run_id,
+            namespace=run_row.namespace,
+            graph_name=run_row.graph_name,
+            graph_version=run_row.graph_version,
+            status=run_row.status,
+            store=run_row.store,
+            created_at_ms=run_row.created_at_ms,
+            updated_at_ms=run_row.updated_at_ms,
             graph=graph,  # type: ignore[arg-type]
         )
         runs[run.run_id] = run
@@ -60,7 +60,9 @@ def recover(engine: Engine) -> None:
     for row in state_rows:
         run = runs[row.run_id]
         if run.graph is None or row.identifier not in run.graph.nodes:
-            logger.error("run %s: graph version %d is missing; state %s dropped", run.run_id, run.graph_version, row.state_id)
+            logger.error(
+                "run %s: graph version %d is missing; state %s dropped", run.run_id, run.graph_version, row.state_id
+            )
             run.failed = True
             continue
         parent = by_id.get(row.parent_id) if row.parent_id else None
@@ -93,7 +95,7 @@ def recover(engine: Engine) -> None:
                 parent.fired = set()
             parent.fired.add(node.identifier)
         elif parent is not None:
-            state.watchers = parent.watchers + (parent,) if parent.node.merges else parent.watchers
+            state.watchers = (*parent.watchers, parent) if parent.node.merges else parent.watchers
         by_id[state.state_id] = state
         run.states.append(state)
         run.next_seq = max(run.next_seq, state.seq + 1)

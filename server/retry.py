@@ -15,7 +15,7 @@ def retry_delay_ms(policy: RetryPolicySpec, retry: int, rng: random.Random | Non
     Exponential ``factor * exponent**(retry - 1)``, linear ``factor * retry``, fixed ``factor``; full jitter draws
     uniformly from [0, d], equal jitter from [d/2, d]; ``max_delay_ms`` caps the result.
     """
-    rng = rng or random._inst  # type: ignore[attr-defined]
+    draw = rng.uniform if rng is not None else random.uniform
     factor = float(policy.backoff_factor_ms)
     base, _, jitter = policy.strategy.partition("_")
     if base == "EXPONENTIAL":
@@ -25,9 +25,9 @@ def retry_delay_ms(policy: RetryPolicySpec, retry: int, rng: random.Random | Non
     else:
         delay = factor
     if jitter == "FULL_JITTER":
-        delay = rng.uniform(0, delay)
+        delay = draw(0, delay)
     elif jitter == "EQUAL_JITTER":
-        delay = delay / 2 + rng.uniform(0, delay / 2)
+        delay = delay / 2 + draw(0, delay / 2)
     if policy.max_delay_ms is not None:
         delay = min(delay, float(policy.max_delay_ms))
     return max(0, int(delay))

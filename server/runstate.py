@@ -65,7 +65,8 @@ class Session:
     max_concurrency: int
     connected_at_ms: int
     last_seen: float
-    in_flight: dict[str, State] = field(default_factory=dict)
+    # Dispatched states by dispatch id; an entry stays until the runtime answers (it holds one credit).
+    in_flight: dict[int, State] = field(default_factory=dict)
     outbox: list[State] = field(default_factory=list)
     cancels: list[str] = field(default_factory=list)
     wake: asyncio.Event = field(default_factory=asyncio.Event)

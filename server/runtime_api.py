@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
@@ -31,7 +30,10 @@ class RuntimeApi(runtime_pb2_grpc.RuntimeServiceServicer):
         self._engine = engine
         self._auth = auth
 
-    async def Connect(self, request_iterator: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:  # noqa: N802
+    # Written with context.read()/write() rather than as a generator, so reads and writes run independently.
+    async def Connect(  # type: ignore[override]
+        self, request_iterator: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> None:
         engine = self._engine
         try:
             first = await asyncio.wait_for(context.read(), timeout=30)
@@ -68,7 +70,9 @@ class RuntimeApi(runtime_pb2_grpc.RuntimeServiceServicer):
                     )
                 )
             )
-            writer = asyncio.create_task(self._write_loop(context, session), name=f"session-writer-{session.session_id}")
+            writer = asyncio.create_task(
+                self._write_loop(context, session), name=f"session-writer-{session.session_id}"
+            )
             reader = asyncio.create_task(self._read_loop(context, session), name=f"session-reader-{session.session_id}")
             closed = asyncio.create_task(session.closed_event.wait(), name=f"session-closed-{session.session_id}")
             try:

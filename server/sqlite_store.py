@@ -30,9 +30,9 @@ CREATE INDEX IF NOT EXISTS runs_by_namespace ON runs (namespace, created_at_ms D
 CREATE INDEX IF NOT EXISTS runs_pending ON runs (status) WHERE status = 'PENDING';
 CREATE TABLE IF NOT EXISTS states (
     run_id TEXT NOT NULL, seq INTEGER NOT NULL, identifier TEXT NOT NULL, node_name TEXT NOT NULL,
-    status TEXT NOT NULL, inputs TEXT NOT NULL, attempt INTEGER NOT NULL, parent_id TEXT, parent_output INTEGER NOT NULL,
-    path TEXT NOT NULL, outputs TEXT, error TEXT, pruned_data TEXT, created_at_ms INTEGER NOT NULL,
-    updated_at_ms INTEGER NOT NULL, run_at_ms INTEGER NOT NULL,
+    status TEXT NOT NULL, inputs TEXT NOT NULL, attempt INTEGER NOT NULL, parent_id TEXT,
+    parent_output INTEGER NOT NULL, path TEXT NOT NULL, outputs TEXT, error TEXT, pruned_data TEXT,
+    created_at_ms INTEGER NOT NULL, updated_at_ms INTEGER NOT NULL, run_at_ms INTEGER NOT NULL,
     PRIMARY KEY (run_id, seq)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
@@ -80,6 +80,11 @@ def _update_params(s: StateRow) -> tuple[object, ...]:
     )
 
 
+def _int(value: object) -> int:
+    assert isinstance(value, int)
+    return value
+
+
 def _state_from_row(row: sqlite3.Row | tuple[object, ...]) -> StateRow:
     (run_id, seq, identifier, node_name, status, inputs, attempt, parent_id, parent_output, path, outputs, error,
      pruned, created, updated, run_at) = row  # fmt: skip
@@ -90,17 +95,17 @@ def _state_from_row(row: sqlite3.Row | tuple[object, ...]) -> StateRow:
         node_name=str(node_name),
         status=str(status),
         inputs=json.loads(str(inputs)),
-        attempt=int(attempt),  # type: ignore[call-overload]
+        attempt=_int(attempt),
         parent_id=str(parent_id) if parent_id else None,
-        parent_output=int(parent_output),  # type: ignore[call-overload]
+        parent_output=_int(parent_output),
         path=tuple(json.loads(str(path))),
         outputs=json.loads(str(outputs)) if outputs is not None else None,
         error=json.loads(str(error)) if error is not None else None,
         pruned_data=str(pruned) if pruned is not None else None,
-        created_at_ms=int(created),  # type: ignore[call-overload]
-        updated_at_ms=int(updated),  # type: ignore[call-overload]
-        run_at_ms=int(run_at),  # type: ignore[call-overload]
-        seq=int(seq),  # type: ignore[call-overload]
+        created_at_ms=_int(created),
+        updated_at_ms=_int(updated),
+        run_at_ms=_int(run_at),
+        seq=_int(seq),
     )
 
 
@@ -110,11 +115,11 @@ def _run_from_row(row: tuple[object, ...]) -> RunRow:
         run_id=str(run_id),
         namespace=str(namespace),
         graph_name=str(graph_name),
-        graph_version=int(version),  # type: ignore[call-overload]
+        graph_version=_int(version),
         status=str(status),
         store=json.loads(str(store)),
-        created_at_ms=int(created),  # type: ignore[call-overload]
-        updated_at_ms=int(updated),  # type: ignore[call-overload]
+        created_at_ms=_int(created),
+        updated_at_ms=_int(updated),
         state_counts=json.loads(str(counts)),
     )
 

@@ -9,7 +9,7 @@ SQLite (server/sqlite_store.py) is the embedded default; a PostgreSQL backend fi
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -22,9 +22,9 @@ __all__ = ["InMemoryStore", "Store", "WriteBatch"]
 class WriteBatch:
     """Everything one event-loop tick changed; committed in one transaction."""
 
-    new_states: list[StateRow] = field(default_factory=list)
-    updated_states: list[StateRow] = field(default_factory=list)
-    runs: list[RunRow] = field(default_factory=list)
+    new_states: Sequence[StateRow] = ()
+    updated_states: Sequence[StateRow] = ()
+    runs: Sequence[RunRow] = ()
     kv: dict[str, str] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
@@ -164,7 +164,3 @@ def _snapshot(state: StateRow) -> StateRow:
         run_at_ms=state.run_at_ms,
         seq=state.seq,
     )
-
-
-def runs_of(rows: Iterable[RunRow]) -> Sequence[RunRow]:
-    return list(rows)

@@ -182,7 +182,9 @@ def graph_to_pb(spec: GraphSpec) -> scheduler_pb2.Graph:
         graph.store_config.required_keys.extend(spec.store_config.required_keys)
         graph.store_config.default_values.update(spec.store_config.default_values)
     for trigger in spec.triggers:
-        graph.triggers.add(expression=trigger.expression, timezone=trigger.timezone, inputs=trigger.inputs, store=trigger.store)
+        graph.triggers.add(
+            expression=trigger.expression, timezone=trigger.timezone, inputs=trigger.inputs, store=trigger.store
+        )
     return graph
 
 
@@ -254,7 +256,10 @@ def result_from_pb(result: runtime_pb2.Result) -> ResultIn:
         result.state_id,
         result.dispatch_id,
         "errored",
-        error={"message": "result has no outcome (executed, errored, pruned or requeue_after)", "type": "ProtocolError"},
+        error={
+            "message": "result has no outcome (executed, errored, pruned or requeue_after)",
+            "type": "ProtocolError",
+        },
     )
 
 

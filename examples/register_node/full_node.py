@@ -1,6 +1,7 @@
 # "Register Node" → Node Structure, with the Inputs and Outputs sections filled in, verbatim.
-from exospherehost import BaseNode
 from pydantic import BaseModel
+
+from exospherehost import BaseNode
 
 
 class MyNode(BaseNode):

@@ -1,6 +1,7 @@
 # "Register Node" → Node Validation → ❌ Invalid node, verbatim.
-from exospherehost import BaseNode
 from pydantic import BaseModel
+
+from exospherehost import BaseNode
 
 
 # ❌ Invalid node - non-string fields

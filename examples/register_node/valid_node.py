@@ -1,6 +1,7 @@
 # "Register Node" → Node Validation → ✅ Valid node, verbatim.
-from exospherehost import BaseNode
 from pydantic import BaseModel
+
+from exospherehost import BaseNode
 
 
 # ✅ Valid node

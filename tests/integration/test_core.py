@@ -115,9 +115,10 @@ async def test_reserved_identifier_and_non_ancestor_reference(
 async def test_namespaces_are_isolated(server_address: str, start_runtime: RuntimeFactory) -> None:
     await start_runtime([Echo], namespace="dev-iso", name="dev")
     await start_runtime([Upper], namespace="prod-iso", name="prod")
-    async with StateManager("dev-iso", address=server_address) as dev, StateManager(
-        "prod-iso", address=server_address
-    ) as prod:
+    async with (
+        StateManager("dev-iso", address=server_address) as dev,
+        StateManager("prod-iso", address=server_address) as prod,
+    ):
         # Upper is registered in prod only: a dev graph may not use it.
         with pytest.raises(GraphValidationError, match="not registered in namespace 'dev-iso'"):
             await dev.upsert_graph("g", [node("dev-iso", "Upper", "u", {"text": "x"})])
@@ -155,7 +156,9 @@ async def test_unknown_run_is_a_clear_error(state_manager: StateManager) -> None
         await state_manager.get_run("nope")
 
 
-async def test_list_graphs_and_get_graph(state_manager: StateManager, start_runtime: RuntimeFactory, namespace: str) -> None:
+async def test_list_graphs_and_get_graph(
+    state_manager: StateManager, start_runtime: RuntimeFactory, namespace: str
+) -> None:
     await start_runtime([Echo])
     await state_manager.upsert_graph("a", [node(namespace, "Echo", "e", {"text": "1"})])
     saved = await state_manager.upsert_graph("a", [node(namespace, "Echo", "e", {"text": "2"})])

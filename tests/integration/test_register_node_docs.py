@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from exosphere import GraphNodeModel, NodeValidationError, Runtime, RunStatus, StateManager
+from exosphere import GraphNodeModel, NodeValidationError, RunStatus, Runtime, StateManager
 from tests.conftest import assert_eventually
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "register_node"
@@ -59,19 +59,16 @@ async def test_registration_example_runs_in_dev_and_prod(server_address: str) ->
         prod = StateManager("prod", address=server_address)
 
         async def registered() -> bool:
-            return sorted(await dev.list_nodes()) == ["MyNode", "ValidNode"] and sorted(
-                await prod.list_nodes()
-            ) == ["MyNode", "ValidNode"]
+            return sorted(await dev.list_nodes()) == ["MyNode", "ValidNode"] and sorted(await prod.list_nodes()) == [
+                "MyNode",
+                "ValidNode",
+            ]
 
         await assert_eventually(registered, timeout=20)
         for sm in (dev, prod):
             await sm.upsert_graph(
                 "valid",
-                [
-                    GraphNodeModel(
-                        node_name="ValidNode", namespace=sm.namespace, identifier="v", inputs={"data": "x"}
-                    )
-                ],
+                [GraphNodeModel(node_name="ValidNode", namespace=sm.namespace, identifier="v", inputs={"data": "x"})],
                 secrets={"api_key": "sk-123"},
             )
             run = await sm.trigger("valid")

@@ -10,7 +10,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from exosphere import GraphNodeModel, Runtime, RunStatus, StateManager
+from exosphere import GraphNodeModel, RunStatus, Runtime, StateManager
 from tests.integration.process import ServerProcess
 from tests.nodes import Echo
 

@@ -44,6 +44,7 @@ __all__ = ["Engine", "EngineSettings", "ResultIn"]
 logger = logging.getLogger(__name__)
 
 _LIVE = frozenset({m.CREATED, m.QUEUED, m.EXECUTED})
+_RETRYABLE = frozenset({m.ERRORED, m.TIMEDOUT, m.NEXT_CREATED_ERROR})
 
 
 @dataclass(frozen=True, slots=True)
@@ -512,7 +513,7 @@ class Engine:
         logger.info("run cancelled run_id=%s", run.run_id)
 
     async def retry_state(self, state_id: str, request_id: str) -> str:
-        """Create a new attempt of a failed state of a live run, once per request id."""
+        """Create a new attempt of a failed state, once per request id; reopens a finished run if needed."""
         if request_id and request_id in self._retry_requests:
             return self._retry_requests[request_id]
         key = f"retry-request:{request_id}"
@@ -520,24 +521,68 @@ class Engine:
             previous = self._store.get_kv(key)
             if previous is not None:
                 return previous
-        state = self._states.get(state_id)
-        if state is None:
-            raise StateNotFoundError(f"state {state_id!r} not found in a pending run")
-        if state.status not in (m.ERRORED, m.TIMEDOUT, m.NEXT_CREATED_ERROR, m.CANCELLED) or state.run.cancelled:
-            raise ConflictError(
-                f"state {state_id!r} is {state.status}; only a failed state of a live run can be retried"
-            )
-        now = self._clock()
+        state = self._states.get(state_id) or self._reopen(state_id)
         run = state.run
+        later = any(
+            s.identifier == state.identifier
+            and s.parent_id == state.parent_id
+            and s.parent_output == state.parent_output
+            and s.attempt > state.attempt
+            for s in run.states
+        )
+        if state.status not in _RETRYABLE or run.cancelled or later:
+            why = "a later attempt exists" if later else f"it is {state.status}"
+            raise ConflictError(f"state {state_id!r} cannot be retried: {why}; only the last failed attempt can")
+        now = self._clock()
         new = self._new_state(
             run, state.node, dict(state.inputs), state.parent, state.parent_output, state.path, now,
             watchers=state.watchers, attempt=state.attempt + 1,
         )  # fmt: skip
         self._add_state(new)
+        if not run.pending:
+            run.status = m.RUN_PENDING
+            run.updated_at_ms = now
+            self._dirty_runs[run.run_id] = run
+        self._recount_failures(run)
         self._kv[key] = new.state_id
         self._retry_requests[request_id] = new.state_id
         await self._committed()
+        logger.info("state retried by request state_id=%s new_state_id=%s", state_id, new.state_id)
         return new.state_id
+
+    def _reopen(self, state_id: str) -> State:
+        """Load a finished run back into memory (for a manual retry of one of its states)."""
+        from server.recovery import load_runs
+
+        run_id = state_id.rpartition("-")[0]
+        row = self._store.get_run(run_id) if run_id else None
+        if row is None or run_id in self._runs:
+            raise StateNotFoundError(f"state {state_id!r} not found")
+        if row.status == m.RUN_CANCELLED:
+            raise ConflictError(f"run {run_id!r} was cancelled; its states cannot be retried")
+        load_runs(self, [row], self._store.get_states(run_id, -1, 0), complete=False)
+        state = self._states.get(state_id)
+        if state is None:
+            raise StateNotFoundError(f"state {state_id!r} not found")
+        return state
+
+    def _recount_failures(self, run: Run) -> None:
+        """Recompute which failures still count once a failed attempt has a newer one."""
+        latest: dict[tuple[str | None, str, int], int] = {}
+        for s in run.states:
+            k = (s.parent_id, s.identifier, s.parent_output)
+            latest[k] = max(latest.get(k, 0), s.attempt)
+        run.failed = False
+        for s in run.states:
+            for watcher in s.watchers:
+                watcher.descendant_failed = False
+        for s in run.states:
+            if s.status in m.FAILED_STATE_STATUSES and s.status != m.CANCELLED:
+                if latest[s.parent_id, s.identifier, s.parent_output] > s.attempt:
+                    continue
+                run.failed = True
+                for watcher in s.watchers:
+                    watcher.descendant_failed = True
 
     # ================================================================== results from runtimes
 
@@ -784,9 +829,9 @@ class Engine:
                 united.fired = set()
             if merge.identifier in united.fired:
                 continue
-            united.fired.add(merge.identifier)
             if run.cancelled or (merge.unites_strategy == "ALL_SUCCESS" and united.descendant_failed):
-                continue
+                continue  # not fired: a manual retry of the failed branch may still succeed
+            united.fired.add(merge.identifier)
             now = self._clock()
             try:
                 inputs = self._merge_inputs(merge, united)
@@ -798,7 +843,8 @@ class Engine:
                 continue
             state = self._new_state(run, merge, inputs, united, -1, united.path, now, watchers=united.watchers)
             self._add_state(state)
-        united.collected = None  # merges are created; free the branch references
+        if len(united.fired or ()) == len(united.node.merges):
+            united.collected = None  # every merge is created; free the branch references
 
     def _complete_run(self, run: Run) -> None:
         run.status = m.RUN_CANCELLED if run.cancelled else m.RUN_FAILED if run.failed else m.RUN_SUCCESS
@@ -847,7 +893,6 @@ class Engine:
         while self._delayed and self._delayed[0][0] <= now:
             _, _, state = heapq.heappop(self._delayed)
             if state.status == m.CREATED:
-                state.run_at_ms = 0
                 self._enqueue(state)
         self._arm_timer()
 

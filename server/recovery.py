@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from server import models as m
 from server.graph import CompiledGraph, compile_graph
+from server.models import RunRow, StateRow
 from server.runstate import Run, State
 
 if TYPE_CHECKING:
@@ -36,6 +37,24 @@ def recover(engine: Engine) -> None:
             engine._graphs[spec.namespace, spec.name] = compiled
             engine._graph_versions[spec.namespace, spec.name, spec.version] = compiled
     run_rows, state_rows = store.load_pending()
+    runs, states, requeued = load_runs(engine, run_rows, state_rows)
+    logger.info(
+        "recovered graphs=%d nodes=%d pending_runs=%d states=%d requeued=%d",
+        len(engine._graphs),
+        len(engine._nodes),
+        len(runs),
+        states,
+        requeued,
+    )
+
+
+def load_runs(
+    engine: Engine, run_rows: list[RunRow], state_rows: list[StateRow], *, complete: bool = True
+) -> tuple[list[Run], int, int]:
+    """Rebuild live runs from stored rows: link states, recount unites, requeue what was unfinished.
+
+    Used at start-up for every pending run, and to reopen a finished run for a manual retry.
+    """
     runs: dict[str, Run] = {}
     for run_row in run_rows:
         graph = _graph_version(engine, run_row.namespace, run_row.graph_name, run_row.graph_version)
@@ -126,16 +145,11 @@ def recover(engine: Engine) -> None:
         elif state.status == m.SUCCESS and state.node.merges:
             engine._maybe_fire(state)
     for run in runs.values():
-        if run.open_states == 0 and run.pending:
+        if complete and run.open_states == 0 and run.pending:
             engine._complete_run(run)
-    logger.info(
-        "recovered graphs=%d nodes=%d pending_runs=%d states=%d requeued=%d",
-        len(engine._graphs),
-        len(engine._nodes),
-        len(runs),
-        len(by_id),
-        requeued,
-    )
+    return list(runs.values()), len(by_id), requeued
+
+
 
 
 def _compile(engine: Engine, spec: m.GraphSpec) -> CompiledGraph | None:

@@ -24,6 +24,7 @@ from exosphere.models import (
     StoreConfigModel,
     TriggerResponse,
 )
+from exosphere.v1 import common_pb2
 from exosphere.v1 import scheduler_pb2 as pb
 from exosphere.v1 import scheduler_pb2_grpc
 
@@ -199,13 +200,26 @@ class StateManager:
         return run_from_pb(response.run, states)
 
     async def list_runs(
-        self, graph_name: str | None = None, *, page_size: int = 50, page_token: str = ""
+        self,
+        graph_name: str | None = None,
+        *,
+        page_size: int = 50,
+        page_token: str = "",
+        status: RunStatus | str | None = None,
     ) -> tuple[list[RunModel], str]:
-        """Runs of the namespace (or of one graph), newest first, with counts by status; returns the next token."""
+        """Runs of the namespace (or of one graph, or of one status), newest first, with counts by status.
+
+        Returns the runs and the token of the next page ("" on the last page).
+        """
+        status_value = common_pb2.RunStatus.Value(f"RUN_STATUS_{RunStatus(status).value}") if status else 0
         async with translate_errors():
             response = await self._api().ListRuns(
                 pb.ListRunsRequest(
-                    namespace=self.namespace, graph_name=graph_name or "", page_size=page_size, page_token=page_token
+                    namespace=self.namespace,
+                    graph_name=graph_name or "",
+                    page_size=page_size,
+                    page_token=page_token,
+                    status=status_value,  # type: ignore[arg-type]
                 ),
                 metadata=self._metadata,
                 timeout=CALL_TIMEOUT_S,

@@ -8,6 +8,7 @@ from typing import Any
 import grpc
 
 from exosphere.errors import InvalidArgumentError
+from exosphere.v1 import common_pb2
 from exosphere.v1 import scheduler_pb2 as pb
 from exosphere.v1 import scheduler_pb2_grpc
 from server.auth import Authenticator
@@ -106,7 +107,8 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
             self._auth.check(context, request.namespace)
             limit = min(request.page_size or DEFAULT_PAGE, MAX_PAGE)
             before = _int_token(request.page_token, "ListRuns")
-            runs = self._engine.list_runs(request.namespace, request.graph_name or None, limit, max(0, before))
+            status = common_pb2.RunStatus.Name(request.status).removeprefix("RUN_STATUS_") if request.status else None
+            runs = self._engine.list_runs(request.namespace, request.graph_name or None, limit, max(0, before), status)
         token = str(runs[-1].created_at_ms) if len(runs) == limit else ""
         return pb.ListRunsResponse(runs=[run_to_pb(r) for r in runs], next_page_token=token)
 

@@ -17,6 +17,7 @@ from exosphere.v1 import runtime_pb2, runtime_pb2_grpc, scheduler_pb2, scheduler
 from server.api import SchedulerApi
 from server.auth import ApiKey, Authenticator, load_keys_file
 from server.config import ServerConfig
+from server.cron import CronScheduler
 from server.engine import Engine, EngineSettings
 from server.runtime_api import RuntimeApi
 from server.secrets import SecretBox, load_or_create_key
@@ -81,6 +82,8 @@ class App:
             ),
             decode_schema=decode_stored_schema,
         )
+        self.cron = CronScheduler(self.engine)
+        self.engine.on_graph_saved = self.cron.reload
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self.port = 0
@@ -92,6 +95,7 @@ class App:
     async def start(self) -> int:
         """Recover state, bind, serve. Returns the bound port."""
         await self.engine.start()
+        await self.cron.start()
         server = grpc.aio.server(
             options=[
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -138,6 +142,7 @@ class App:
         try:
             await server.stop(self.config.shutdown_grace.total_seconds() if grace is None else grace)
         finally:
+            await self.cron.stop()
             await self.engine.stop()
             self.store.close()
             logger.info("exosphere-server stopped")

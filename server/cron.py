@@ -108,7 +108,7 @@ class CronScheduler:
         max_sleep_s: float = DEFAULT_MAX_SLEEP_S,
     ) -> None:
         self._engine = engine
-        self._clock: Callable[[], float] = clock if clock is not None else (lambda: engine._clock() / 1000)
+        self._clock: Callable[[], float] = clock if clock is not None else (lambda: engine.now_ms() / 1000)
         self._sleep: Callable[[float], Awaitable[None]] = sleep if sleep is not None else asyncio.sleep
         self._max_sleep_s = max_sleep_s
         self._triggers: dict[str, _Trigger] = {}
@@ -193,14 +193,12 @@ class CronScheduler:
             logger.info("cron trigger loaded %s watermark=%s", new[key].describe(), _iso(new[key].watermark_ms))
         self._triggers = new
         if persist:
-            self._engine._kv.update(persist)
-            self._engine._schedule_flush()
+            for key, value in persist.items():
+                self._engine.put_kv(key, value)
         self._wake.set()
 
     def _read_watermark(self, key: str) -> int | None:
-        value = self._engine._kv.get(key)  # written this tick, not committed yet
-        if value is None:
-            value = self._engine._store.get_kv(key)
+        value = self._engine.get_kv(key)
         if not value:
             return None
         try:
@@ -243,7 +241,7 @@ class CronScheduler:
         # The watermark goes into the engine's pending kv writes in the same event-loop tick as the run is created
         # (Engine.trigger creates it synchronously, before its first await), so the group commit that saves the run
         # saves the watermark too: in one transaction. A crash leaves both or neither, hence exactly once.
-        engine._kv[trigger.key] = str(due)
+        engine.put_kv(trigger.key, str(due))
         try:
             run_id = await engine.trigger(trigger.namespace, trigger.graph, trigger.spec.inputs, trigger.spec.store)
         except Exception as exc:
@@ -266,9 +264,9 @@ class CronScheduler:
                     _iso(due),
                 )
             # The due time counts as handled, so a broken trigger does not retry in a loop; commit its watermark.
-            engine._kv[trigger.key] = str(due)
+            engine.put_kv(trigger.key, str(due))
             try:
-                await engine._committed()
+                await engine.commit()
             except Exception:
                 logger.exception("cron watermark not saved key=%s", trigger.key)
             return None

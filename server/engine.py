@@ -452,8 +452,10 @@ class Engine:
         rows = self._store.get_states(run_id, after_seq, page_size)
         return row, rows, rows[-1].seq if rows else -1
 
-    def list_runs(self, namespace: str, graph_name: str | None, limit: int, before_ms: int) -> list[RunRow]:
-        rows = self._store.list_runs(namespace, graph_name, before_ms, limit)
+    def list_runs(
+        self, namespace: str, graph_name: str | None, limit: int, before_ms: int, status: str | None = None
+    ) -> list[RunRow]:
+        rows = self._store.list_runs(namespace, graph_name, before_ms, limit, status)
         for i, row in enumerate(rows):
             live = self._runs.get(row.run_id)
             if live is not None:
@@ -1029,6 +1031,25 @@ class Engine:
             run = states[0].run if states else self._runs[run_id]
             for queue in run.watchers:
                 queue.put_nowait(states)
+
+    # ================================================================== small durable key-value records
+
+    def put_kv(self, key: str, value: str) -> None:
+        """Record ``key`` in the next group commit, atomically with whatever else this tick changes."""
+        self._kv[key] = value
+        self._schedule_flush()
+
+    def get_kv(self, key: str) -> str | None:
+        """A record, including one put this tick and not committed yet."""
+        value = self._kv.get(key)
+        return value if value is not None else self._store.get_kv(key)
+
+    def now_ms(self) -> int:
+        return self._clock()
+
+    async def commit(self) -> None:
+        """Wait until everything changed so far is committed."""
+        await self._committed()
 
     # ================================================================== introspection for tests and stats
 

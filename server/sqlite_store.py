@@ -237,9 +237,14 @@ class SqliteStore:
         ).fetchall()
         return [_state_from_row(r) for r in rows]
 
-    def list_runs(self, namespace: str, graph_name: str | None, before_ms: int, limit: int) -> list[RunRow]:
+    def list_runs(
+        self, namespace: str, graph_name: str | None, before_ms: int, limit: int, status: str | None = None
+    ) -> list[RunRow]:
         query = f"SELECT {_RUN_COLUMNS} FROM runs WHERE namespace=?"
         params: list[object] = [namespace]
+        if status:
+            query += " AND status=?"
+            params.append(status)
         if graph_name:
             query += " AND graph_name=?"
             params.append(graph_name)

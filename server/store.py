@@ -59,8 +59,10 @@ class Store(Protocol):
     def get_states(self, run_id: str, after_seq: int, limit: int) -> list[StateRow]:
         """States of a run with ``seq > after_seq``, by sequence, at most ``limit`` (0: all)."""
 
-    def list_runs(self, namespace: str, graph_name: str | None, before_ms: int, limit: int) -> list[RunRow]:
-        """Runs created strictly before ``before_ms`` (0: any), newest first."""
+    def list_runs(
+        self, namespace: str, graph_name: str | None, before_ms: int, limit: int, status: str | None = None
+    ) -> list[RunRow]:
+        """Runs created strictly before ``before_ms`` (0: any), newest first, optionally of one status."""
 
     def get_kv(self, key: str) -> str | None: ...
 
@@ -126,12 +128,15 @@ class InMemoryStore:
         rows = [s for seq, s in sorted(self._states.get(run_id, {}).items()) if seq > after_seq]
         return rows[:limit] if limit else rows
 
-    def list_runs(self, namespace: str, graph_name: str | None, before_ms: int, limit: int) -> list[RunRow]:
+    def list_runs(
+        self, namespace: str, graph_name: str | None, before_ms: int, limit: int, status: str | None = None
+    ) -> list[RunRow]:
         runs = [
             r
             for r in self._runs.values()
             if r.namespace == namespace
             and (graph_name is None or r.graph_name == graph_name)
+            and (status is None or r.status == status)
             and (not before_ms or r.created_at_ms < before_ms)
         ]
         runs.sort(key=lambda r: r.created_at_ms, reverse=True)

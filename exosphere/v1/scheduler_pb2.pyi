@@ -966,12 +966,15 @@ class ListRunsRequest(_message.Message):
     GRAPH_NAME_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     graph_name: _builtins.str
     """Only runs of this graph when set."""
     page_size: _builtins.int
     """At most this many runs (0 means 50)."""
     page_token: _builtins.str
+    status: _common_pb2.RunStatus.ValueType
+    """Only runs with this status when set."""
     def __init__(
         self,
         *,
@@ -979,10 +982,11 @@ class ListRunsRequest(_message.Message):
         graph_name: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        status: _common_pb2.RunStatus.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["graph_name", b"graph_name", "namespace", b"namespace", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["graph_name", b"graph_name", "namespace", b"namespace", "page_size", b"page_size", "page_token", b"page_token", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

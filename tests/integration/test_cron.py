@@ -31,11 +31,29 @@ async def _never(_: float) -> None:
     await asyncio.Event().wait()  # the test moves the clock and calls tick()
 
 
-def _scheduler(app: App, clock: FakeClock) -> CronScheduler:
-    """What App will do once it owns a CronScheduler (see server/cron.py), with the test's clock."""
+async def _start_app(config: ServerConfig, clock: FakeClock) -> tuple[App, CronScheduler]:
+    """A new App over the same SQLite file, its cron triggers driven by the test's clock."""
+    app = App(config)
+    cron = _install(app, clock)
+    await app.start()
+    if getattr(app, "cron", None) is not cron:
+        await cron.start()
+    return app, cron
+
+
+def _install(app: App, clock: FakeClock) -> CronScheduler:
+    """Give ``app`` a CronScheduler on the fake clock: in place of its own once App owns one (then App.start/stop
+    drive it), else wired by hand the way App will wire it."""
     cron = CronScheduler(app.engine, clock=clock, sleep=_never)
     app.engine.on_graph_saved = cron.reload
+    if hasattr(app, "cron"):
+        app.cron = cron
     return cron
+
+
+async def _stop_app(app: App, cron: CronScheduler) -> None:
+    await cron.stop()  # before the engine stops; idempotent, so App.stop stopping it again is fine
+    await app.stop(grace=0.5)
 
 
 @contextlib.asynccontextmanager
@@ -72,7 +90,10 @@ async def test_cron_runs_once_per_minute_across_a_restart(
     namespace: str,
 ) -> None:
     clock = FakeClock(T0)
-    cron = _scheduler(app, clock)
+    own = getattr(app, "cron", None)
+    if own is not None:  # the fixture's App already started its scheduler on the real clock: replace it
+        await own.stop()
+    cron = _install(app, clock)
     await cron.start()
     await start_runtime([Echo])
     await state_manager.upsert_graph(
@@ -89,13 +110,9 @@ async def test_cron_runs_once_per_minute_across_a_restart(
     first = await _all_succeeded(state_manager, 1)
 
     # Restart mid-minute: nothing new fires.
-    await cron.stop()
-    await app.stop(grace=0.5)
-    second_app = App(server_config)  # the same SQLite file
-    await second_app.start()
+    await _stop_app(app, cron)
+    second_app, cron = await _start_app(server_config, clock)
     try:
-        cron = _scheduler(second_app, clock)
-        await cron.start()
         async with (
             StateManager(namespace, address=second_app.address) as sm,
             _runtime(namespace, second_app.address),
@@ -107,13 +124,9 @@ async def test_cron_runs_once_per_minute_across_a_restart(
             before_restart = await _all_succeeded(sm, 2)
 
             # Down across 10:03 and 10:04: one catch-up run when it comes back, then one per minute again.
-            await cron.stop()
-            await second_app.stop(grace=0.5)
+            await _stop_app(second_app, cron)
             clock.now += 125  # 10:04:35
-            second_app = App(server_config)
-            await second_app.start()
-            cron = _scheduler(second_app, clock)
-            await cron.start()  # fires the catch-up run (for 10:04) before returning
+            second_app, cron = await _start_app(server_config, clock)  # fires the catch-up run (for 10:04)
             assert cron.fired == 1
             assert await cron.tick() == []
         async with (
@@ -126,5 +139,4 @@ async def test_cron_runs_once_per_minute_across_a_restart(
             assert len(await cron.tick()) == 1
             await _all_succeeded(sm, 4)
     finally:
-        await cron.stop()
-        await second_app.stop(grace=0.5)
+        await _stop_app(second_app, cron)

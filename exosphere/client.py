@@ -24,9 +24,8 @@ from exosphere.models import (
     StoreConfigModel,
     TriggerResponse,
 )
-from exosphere.v1 import common_pb2
+from exosphere.v1 import common_pb2, scheduler_pb2_grpc
 from exosphere.v1 import scheduler_pb2 as pb
-from exosphere.v1 import scheduler_pb2_grpc
 
 __all__ = ["StateManager"]
 

@@ -8,9 +8,8 @@ from typing import Any
 import grpc
 
 from exosphere.errors import InvalidArgumentError
-from exosphere.v1 import common_pb2
+from exosphere.v1 import common_pb2, scheduler_pb2_grpc
 from exosphere.v1 import scheduler_pb2 as pb
-from exosphere.v1 import scheduler_pb2_grpc
 from server.auth import Authenticator
 from server.engine import Engine
 from server.errors import status_from_errors

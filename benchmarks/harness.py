@@ -1,0 +1,199 @@
+"""Processes and workloads of `make bench`: a real exosphere-server, real runtime processes, a client here."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from exosphere import GraphNodeModel, RunStatus, StateManager, UnitesModel
+
+ROOT = Path(__file__).resolve().parents[1]
+NAMESPACE = "bench"
+
+
+@dataclass
+class Cluster:
+    address: str
+    server: subprocess.Popen[str]
+    runtimes: list[subprocess.Popen[bytes]]
+
+    def server_peak_rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.server.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+
+def _stop(proc: subprocess.Popen[str] | subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@asynccontextmanager
+async def cluster(runtimes: int = 1, max_concurrency: int = 1024) -> AsyncIterator[Cluster]:
+    """A scheduler on a fresh SQLite file and ``runtimes`` runtime processes, all registered."""
+    with tempfile.TemporaryDirectory(prefix="exo-bench-") as tmp:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "server", "--port", "0", "--db", f"{tmp}/bench.db", "--log-level", "WARNING"],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        assert server.stdout is not None
+        address = ""
+        for line in server.stdout:
+            m = re.search(r"listening on ([\d.]+:\d+)", line)
+            if m:
+                address = m.group(1)
+                break
+        if not address:
+            raise RuntimeError("exosphere-server did not start")
+        env = {**os.environ, "EXOSPHERE_SCHEDULER_ADDRESS": address, "EXOSPHERE_LOG_LEVEL": "WARNING"}
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "benchmarks.runtime_main", NAMESPACE, str(max_concurrency)], env=env, cwd=ROOT
+            )
+            for _ in range(runtimes)
+        ]
+        try:
+            async with StateManager(NAMESPACE, address=address) as sm:
+                deadline = time.monotonic() + 60
+                while len(await sm.list_nodes()) < 3 or not await _runtimes_up(sm, runtimes):
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("benchmark runtimes did not register")
+                    await asyncio.sleep(0.05)
+                await _graphs(sm)
+            yield Cluster(address, server, procs)
+        finally:
+            for proc in procs:
+                _stop(proc)
+            _stop(server)
+
+
+async def _runtimes_up(sm: StateManager, count: int) -> bool:
+    from exosphere.v1 import scheduler_pb2
+
+    response = await sm._api().ListRuntimes(scheduler_pb2.ListRuntimesRequest(namespace=NAMESPACE), timeout=5)
+    return len(response.runtimes) >= count
+
+
+def _node(name: str, ident: str, inputs: dict[str, str], nxt: list[str] | None = None) -> GraphNodeModel:
+    return GraphNodeModel(node_name=name, namespace=NAMESPACE, identifier=ident, inputs=inputs, next_nodes=nxt or [])
+
+
+async def _graphs(sm: StateManager) -> None:
+    await sm.upsert_graph(
+        "fanout",
+        [
+            _node("FanOut", "root", {"n": "10"}, ["work"]),
+            _node("Noop", "work", {"item": "${{ root.outputs.item }}"}, ["merge"]),
+            GraphNodeModel(
+                node_name="Merge",
+                namespace=NAMESPACE,
+                identifier="merge",
+                inputs={"items": "${{ work.outputs.item }}"},
+                unites=UnitesModel(identifier="root"),
+            ),
+        ],
+    )
+    await sm.upsert_graph("one", [_node("Noop", "only", {"item": "x"})])
+    chain = [_node("Noop", f"n{i}", {"item": "x" if i == 0 else f"${{{{ n{i - 1}.outputs.item }}}}"}, [f"n{i + 1}"]) for i in range(100)]
+    chain[-1].next_nodes = []
+    await sm.upsert_graph("chain100", chain)
+    await sm.upsert_graph(
+        "chain3",
+        [
+            _node("Noop", "a", {"item": "x"}, ["b"]),
+            _node("Noop", "b", {"item": "${{ a.outputs.item }}"}, ["c"]),
+            _node("Noop", "c", {"item": "${{ b.outputs.item }}"}),
+        ],
+    )
+
+
+async def _finish(sm: StateManager, graph: str, inputs: dict[str, str] | None = None) -> float:
+    started = time.perf_counter()
+    run = await sm.trigger(graph, inputs=inputs)
+    async for event, _ in sm.watch(run.run_id):
+        if event.status is not RunStatus.PENDING:
+            if event.status is not RunStatus.SUCCESS:
+                raise RuntimeError(f"benchmark run {run.run_id} ended {event.status}")
+            break
+    return time.perf_counter() - started
+
+
+async def fanout(c: Cluster, n: int) -> float:
+    """States per second of 1 -> n -> 1 with an aggregating merge."""
+    async with StateManager(NAMESPACE, address=c.address) as sm:
+        seconds = await _finish(sm, "fanout", {"n": str(n)})
+    return (n + 2) / seconds
+
+
+async def latency(c: Cluster, count: int) -> tuple[float, float]:
+    """p50 and p99 in ms of trigger -> completion seen by the client, ``count`` sequential runs."""
+    async with StateManager(NAMESPACE, address=c.address) as sm:
+        for _ in range(20):  # warm up the channel and both processes
+            await _finish(sm, "one")
+        samples = [await _finish(sm, "one") * 1000 for _ in range(count)]
+    samples.sort()
+    return statistics.median(samples), samples[min(len(samples) - 1, int(len(samples) * 0.99))]
+
+
+async def chain(c: Cluster) -> float:
+    """Milliseconds per hop of a 100-node chain."""
+    async with StateManager(NAMESPACE, address=c.address) as sm:
+        await _finish(sm, "chain100")
+        return await _finish(sm, "chain100") * 1000 / 100
+
+
+async def runs(c: Cluster, total: int, clients: int = 4, in_flight: int = 32) -> float:
+    """Runs per second: ``total`` 3-node chains triggered by ``clients`` concurrent clients, until all finish."""
+    per_client = total // clients
+
+    async def client() -> None:
+        async with StateManager(NAMESPACE, address=c.address) as sm:
+            queue = iter(range(per_client))
+
+            async def worker() -> None:
+                for _ in queue:
+                    await sm.trigger("chain3")
+
+            await asyncio.gather(*(worker() for _ in range(in_flight)))
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    async with StateManager(NAMESPACE, address=c.address) as sm:
+        while (await sm.list_runs("chain3", page_size=1, status=RunStatus.PENDING))[0]:
+            await asyncio.sleep(0.01)
+        seconds = time.perf_counter() - started
+        failed, _ = await sm.list_runs("chain3", page_size=1, status=RunStatus.FAILED)
+        if failed:
+            raise RuntimeError("a benchmark run failed")
+    return per_client * clients / seconds
+
+
+def machine_noise(rounds: int = 7) -> tuple[float, float, float]:
+    """Spread of a fixed CPU-bound loop: (median ms, min ms, max ms)."""
+    samples = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        total = 0
+        for i in range(2_000_000):
+            total += i
+        samples.append((time.perf_counter() - started) * 1000)
+    return statistics.median(samples), min(samples), max(samples)

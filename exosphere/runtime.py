@@ -19,6 +19,7 @@ from exosphere import __version__
 from exosphere._channel import Backoff, metadata, open_channel, to_exosphere_error
 from exosphere._convert import node_to_schema
 from exosphere._executor import execute_item
+from exosphere._keepalive import KeepAlive
 from exosphere.config import ClientConfig
 from exosphere.errors import AuthenticationError, ExosphereError, InvalidArgumentError, PermissionDeniedError
 from exosphere.logs import setup_default_logging
@@ -161,6 +162,7 @@ class Runtime:
             nodes=schemas,
             max_concurrency=self.max_concurrency,
         )
+        stack = contextlib.ExitStack()
         try:
             await call.write(pb.RuntimeMessage(register=register))
             first = await call.read()
@@ -176,6 +178,9 @@ class Runtime:
                 registered.session_id,
             )
             heartbeat_s = max(0.05, registered.heartbeat_interval_ms / 1000)
+            keepalive = KeepAlive(self._config, registered.session_id, heartbeat_s)
+            keepalive.start()
+            stack.callback(keepalive.stop)
             async with asyncio.TaskGroup() as tg:
                 reader = tg.create_task(self._read_loop(call), name="runtime-reader")
                 writer = tg.create_task(self._write_loop(call, heartbeat_s), name="runtime-writer")
@@ -194,6 +199,7 @@ class Runtime:
                 raise to_exosphere_error(first) from group
             raise first from group
         finally:
+            stack.close()
             call.cancel()
 
     async def _drain(self, call: Any) -> None:

@@ -260,6 +260,9 @@ class Engine:
             session.close_reason = reason
             self.unregister_session(session)
 
+    def session(self, session_id: str) -> Session | None:
+        return self._sessions.get(session_id)
+
     def touch(self, session: Session) -> None:
         session.last_seen = time.monotonic()
 

@@ -90,6 +90,19 @@ class RuntimeApi(runtime_pb2_grpc.RuntimeServiceServicer):
             # The runtime reconnects (with backoff) when its stream ends this way.
             await context.abort(grpc.StatusCode.UNAVAILABLE, session.close_reason)
 
+    async def KeepAlive(
+        self, request: pb.KeepAliveRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.KeepAliveResponse:
+        session = self._engine.session(request.session_id)
+        if session is None:
+            return pb.KeepAliveResponse(known=False)
+        try:
+            self._auth.check(context, session.namespace)
+        except ExosphereError as exc:
+            await abort_with(context, exc)
+        self._engine.touch(session)
+        return pb.KeepAliveResponse(known=True)
+
     async def _read_loop(self, context: grpc.aio.ServicerContext[Any, Any], session: Session) -> None:
         engine = self._engine
         while not session.closed:

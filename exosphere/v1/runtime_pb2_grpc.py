@@ -40,6 +40,11 @@ class RuntimeServiceStub:
                 request_serializer=exosphere_dot_v1_dot_runtime__pb2.RuntimeMessage.SerializeToString,
                 response_deserializer=exosphere_dot_v1_dot_runtime__pb2.SchedulerMessage.FromString,
                 _registered_method=True)
+        self.KeepAlive = channel.unary_unary(
+                '/exosphere.v1.RuntimeService/KeepAlive',
+                request_serializer=exosphere_dot_v1_dot_runtime__pb2.KeepAliveRequest.SerializeToString,
+                response_deserializer=exosphere_dot_v1_dot_runtime__pb2.KeepAliveResponse.FromString,
+                _registered_method=True)
 
 
 class RuntimeServiceServicer:
@@ -53,6 +58,14 @@ class RuntimeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def KeepAlive(self, request, context):
+        """Renews the lease of a session from outside its stream, so a runtime whose event loop is busy (a node blocking
+        it) keeps its states. Any message on the stream renews the lease too; this call is for a separate thread.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RuntimeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -60,6 +73,11 @@ def add_RuntimeServiceServicer_to_server(servicer, server):
                     servicer.Connect,
                     request_deserializer=exosphere_dot_v1_dot_runtime__pb2.RuntimeMessage.FromString,
                     response_serializer=exosphere_dot_v1_dot_runtime__pb2.SchedulerMessage.SerializeToString,
+            ),
+            'KeepAlive': grpc.unary_unary_rpc_method_handler(
+                    servicer.KeepAlive,
+                    request_deserializer=exosphere_dot_v1_dot_runtime__pb2.KeepAliveRequest.FromString,
+                    response_serializer=exosphere_dot_v1_dot_runtime__pb2.KeepAliveResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -90,6 +108,33 @@ class RuntimeService:
             '/exosphere.v1.RuntimeService/Connect',
             exosphere_dot_v1_dot_runtime__pb2.RuntimeMessage.SerializeToString,
             exosphere_dot_v1_dot_runtime__pb2.SchedulerMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def KeepAlive(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/exosphere.v1.RuntimeService/KeepAlive',
+            exosphere_dot_v1_dot_runtime__pb2.KeepAliveRequest.SerializeToString,
+            exosphere_dot_v1_dot_runtime__pb2.KeepAliveResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -43,6 +43,10 @@ class RuntimeServiceStub:
     def __new__(cls, channel: _aio.Channel) -> RuntimeServiceAsyncStub: ...
     Connect: _grpc.StreamStreamMultiCallable[_runtime_pb2.RuntimeMessage, _runtime_pb2.SchedulerMessage]
     """The runtime's long-lived bidirectional stream. See the file comment for the protocol."""
+    KeepAlive: _grpc.UnaryUnaryMultiCallable[_runtime_pb2.KeepAliveRequest, _runtime_pb2.KeepAliveResponse]
+    """Renews the lease of a session from outside its stream, so a runtime whose event loop is busy (a node blocking
+    it) keeps its states. Any message on the stream renews the lease too; this call is for a separate thread.
+    """
 
 @_typing.type_check_only
 class RuntimeServiceAsyncStub(RuntimeServiceStub):
@@ -51,6 +55,10 @@ class RuntimeServiceAsyncStub(RuntimeServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Connect: _aio.StreamStreamMultiCallable[_runtime_pb2.RuntimeMessage, _runtime_pb2.SchedulerMessage]  # type: ignore[assignment]
     """The runtime's long-lived bidirectional stream. See the file comment for the protocol."""
+    KeepAlive: _aio.UnaryUnaryMultiCallable[_runtime_pb2.KeepAliveRequest, _runtime_pb2.KeepAliveResponse]  # type: ignore[assignment]
+    """Renews the lease of a session from outside its stream, so a runtime whose event loop is busy (a node blocking
+    it) keeps its states. Any message on the stream renews the lease too; this call is for a separate thread.
+    """
 
 class RuntimeServiceServicer(metaclass=_abc_1.ABCMeta):
     """Hosts nodes. Implement the client side of this service to write a runtime in any language."""
@@ -62,5 +70,15 @@ class RuntimeServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_runtime_pb2.SchedulerMessage], _abc.AsyncIterator[_runtime_pb2.SchedulerMessage]]:
         """The runtime's long-lived bidirectional stream. See the file comment for the protocol."""
+
+    @_abc_1.abstractmethod
+    def KeepAlive(
+        self,
+        request: _runtime_pb2.KeepAliveRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_runtime_pb2.KeepAliveResponse, _abc.Awaitable[_runtime_pb2.KeepAliveResponse]]:
+        """Renews the lease of a session from outside its stream, so a runtime whose event loop is busy (a node blocking
+        it) keeps its states. Any message on the stream renews the lease too; this call is for a separate thread.
+        """
 
 def add_RuntimeServiceServicer_to_server(servicer: RuntimeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -129,7 +129,7 @@ async def _graphs(sm: StateManager) -> None:
 async def _finish(sm: StateManager, graph: str, inputs: dict[str, str] | None = None) -> float:
     started = time.perf_counter()
     run = await sm.trigger(graph, inputs=inputs)
-    async for event, _ in sm.watch(run.run_id):
+    async for event, _ in sm.watch(run.run_id, states=False):
         if event.status is not RunStatus.PENDING:
             if event.status is not RunStatus.SUCCESS:
                 raise RuntimeError(f"benchmark run {run.run_id} ended {event.status}")

@@ -225,9 +225,13 @@ class StateManager:
             )
         return [run_from_pb(r) for r in response.runs], response.next_page_token
 
-    async def watch(self, run_id: str) -> AsyncIterator[tuple[RunModel, list[StateModel]]]:
-        """Yield ``(run, changed_states)`` as the run progresses; ends once the run is no longer pending."""
-        call = self._api().WatchRun(pb.WatchRunRequest(run_id=run_id), metadata=self._metadata)
+    async def watch(self, run_id: str, *, states: bool = True) -> AsyncIterator[tuple[RunModel, list[StateModel]]]:
+        """Yield ``(run, changed_states)`` as the run progresses; ends once the run is no longer pending.
+
+        The first event carries every state; later ones the states that changed. With ``states=False`` only the
+        run (status and counts) is sent, which is all a client waiting for the outcome needs.
+        """
+        call = self._api().WatchRun(pb.WatchRunRequest(run_id=run_id, run_only=not states), metadata=self._metadata)
         try:
             async with translate_errors():
                 async for event in call:
@@ -240,7 +244,7 @@ class StateManager:
         timeout_s = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
         try:
             async with asyncio.timeout(timeout_s):
-                async for run, _ in self.watch(run_id):
+                async for run, _ in self.watch(run_id, states=False):
                     if run.status is not RunStatus.PENDING:
                         break
         except TimeoutError:

@@ -121,6 +121,9 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
                         self._check_run(context, run)
                         first = False
                     message = run_to_pb(run)
+                    if request.run_only:
+                        yield pb.WatchRunResponse(run=message)
+                        continue
                     for start in range(0, max(1, len(states)), WATCH_CHUNK):
                         yield pb.WatchRunResponse(run=message, states=states_to_pb(states[start : start + WATCH_CHUNK]))
             finally:

@@ -10,6 +10,7 @@ only after it is committed. The engine never imports grpc or protobuf.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import heapq
 import itertools
 import json
@@ -118,6 +119,8 @@ class Engine:
         self._finished: list[Run] = []
         self._waiters: list[asyncio.Future[None]] = []
         self._flush_scheduled = False
+        self._writer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="exosphere-writer")
+        self._pending_commits = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._retry_requests: dict[str, str] = {}
@@ -147,6 +150,10 @@ class Engine:
         if self._timer is not None:
             self._timer.cancel()
         self._flush()
+        # Let the writer finish every batch, then run their completion callbacks.
+        await asyncio.get_running_loop().run_in_executor(None, self._writer.shutdown, True)
+        while self._pending_commits:
+            await asyncio.sleep(0.001)
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -477,12 +484,16 @@ class Engine:
         run.watchers.append(queue)
         try:
             run.state_counts = run.counts()
+            counted = time.monotonic()
             yield run, list(run.states)
             while run.pending:
                 changed = await queue.get()
                 if changed is None:
                     break
-                run.state_counts = run.counts()
+                # Counting is O(states): refresh at most every 50 ms while the run goes on, and at its end.
+                if not run.pending or time.monotonic() - counted > 0.05:
+                    run.state_counts = run.counts()
+                    counted = time.monotonic()
                 yield run, list(changed)
         finally:
             if queue in run.watchers:
@@ -988,36 +999,65 @@ class Engine:
         await future
 
     def _flush(self) -> None:
-        """Commit everything this tick changed in one transaction, then tell waiters and watchers."""
+        """Commit everything this tick changed in one transaction; then tell waiters and watchers.
+
+        The batch is serialized here, in the loop's thread, and committed by the single writer thread, so the
+        loop goes on with the next tick while SQLite writes (commits stay in order: one thread, FIFO).
+        """
         self._flush_scheduled = False
         new_ids = self._new_ids
+        updated = self._updated_list(new_ids)
         batch = WriteBatch(
-            new_states=self._new_states,
-            updated_states=list(self._updated_list(new_ids)),
-            runs=list(self._dirty_runs.values()),
-            kv=self._kv,
+            new_states=self._new_states, updated_states=updated, runs=list(self._dirty_runs.values()), kv=self._kv
         )
-        changed: list[State] = [*self._new_states, *self._updated_list(new_ids)]
+        changed: list[State] = [*self._new_states, *updated]
         waiters, finished = self._waiters, self._finished
         self._new_states, self._new_ids, self._dirty_states, self._dirty_runs = [], set(), {}, {}
         self._kv, self._waiters, self._finished = {}, [], []
-        if batch:
-            try:
-                self._store.write(batch)
-            except Exception as exc:
-                logger.exception("commit failed; %d states not saved", len(changed))
-                for waiter in waiters:
-                    if not waiter.done():
-                        waiter.set_exception(InternalError(f"could not commit to the database: {exc}"))
-                return
+        if not batch and not waiters and not finished:
+            return
+        try:
+            prepared = self._store.prepare(batch) if batch else None
+        except Exception as exc:
+            self._commit_failed(exc, waiters, len(changed))
+            return
+        loop = self.loop
+        future = self._writer.submit(self._store.commit, prepared) if prepared is not None else self._writer.submit(_noop)
+        self._pending_commits += 1
+
+        def done(f: concurrent.futures.Future[None]) -> None:
+            loop.call_soon_threadsafe(self._on_commit, f, waiters, changed, finished)
+
+        future.add_done_callback(done)
+
+    def _on_commit(
+        self,
+        future: concurrent.futures.Future[None],
+        waiters: list[asyncio.Future[None]],
+        changed: list[State],
+        finished: list[Run],
+    ) -> None:
+        self._pending_commits -= 1
+        exc = future.exception()
+        if exc is not None:
+            self._commit_failed(exc, waiters, len(changed))
+            return
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
         self._notify(changed, finished)
         for run in finished:
+            if run.pending:  # reopened (manual retry) before its completion was committed
+                continue
             for state in run.states:
                 self._states.pop(state.state_id, None)
             self._runs.pop(run.run_id, None)
+
+    def _commit_failed(self, exc: BaseException, waiters: list[asyncio.Future[None]], count: int) -> None:
+        logger.error("commit failed; %d state changes not saved: %s", count, exc, exc_info=exc)
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_exception(InternalError(f"could not commit to the database: {exc}"))
 
     def _updated_list(self, new_ids: set[str]) -> list[State]:
         return [s for s in self._dirty_states.values() if s.state_id not in new_ids]
@@ -1067,6 +1107,10 @@ class Engine:
 
     def compiled_graph(self, namespace: str, name: str) -> CompiledGraph | None:
         return self._graphs.get((namespace, name))
+
+
+def _noop() -> None:
+    return None
 
 
 def _secret_context(spec: GraphSpec, name: str) -> str:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from server.models import GraphSpec, RunRow, StateRow
@@ -136,52 +138,71 @@ class SqliteStore:
 
     def __init__(self, path: str | Path, *, durable: bool = False) -> None:
         self.path = Path(path)
+        # One connection writes (from the engine's writer thread, or under the lock from the loop); another
+        # reads, so reads never see a transaction in progress. WAL lets them run at the same time.
+        self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.execute("PRAGMA cache_size=-65536")
         self._db.executescript(_SCHEMA)
+        self._reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._reader.execute("PRAGMA busy_timeout=5000")
+
+    def prepare(self, batch: WriteBatch) -> _Prepared:
+        """Serialize the batch now (its states keep changing after this tick); cheap to hand to another thread."""
+        return _Prepared(
+            inserts=[_state_params(s) for s in batch.new_states],
+            updates=[_update_params(s) for s in batch.updated_states],
+            runs=[
+                (
+                    r.run_id,
+                    r.namespace,
+                    r.graph_name,
+                    r.graph_version,
+                    r.status,
+                    _dumps(r.store),
+                    r.created_at_ms,
+                    r.updated_at_ms,
+                    _dumps(r.state_counts),
+                )
+                for r in batch.runs
+            ],
+            kv=list(batch.kv.items()),
+        )
+
+    def commit(self, prepared: object) -> None:
+        """Write a prepared batch in one transaction. Safe to call from the writer thread."""
+        assert isinstance(prepared, _Prepared)
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN")
+            try:
+                if prepared.inserts:
+                    db.executemany(
+                        f"INSERT OR REPLACE INTO states ({_STATE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                        prepared.inserts,
+                    )
+                if prepared.updates:
+                    db.executemany(
+                        "UPDATE states SET status=?, attempt=?, outputs=?, error=?, pruned_data=?, updated_at_ms=?, "
+                        "run_at_ms=? WHERE run_id=? AND seq=?",
+                        prepared.updates,
+                    )
+                if prepared.runs:
+                    db.executemany(
+                        f"INSERT OR REPLACE INTO runs ({_RUN_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)", prepared.runs
+                    )
+                if prepared.kv:
+                    db.executemany("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)", prepared.kv)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
 
     def write(self, batch: WriteBatch) -> None:
-        db = self._db
-        db.execute("BEGIN")
-        try:
-            if batch.new_states:
-                db.executemany(
-                    f"INSERT OR REPLACE INTO states ({_STATE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    [_state_params(s) for s in batch.new_states],
-                )
-            if batch.updated_states:
-                db.executemany(
-                    "UPDATE states SET status=?, attempt=?, outputs=?, error=?, pruned_data=?, updated_at_ms=?, "
-                    "run_at_ms=? WHERE run_id=? AND seq=?",
-                    [_update_params(s) for s in batch.updated_states],
-                )
-            if batch.runs:
-                db.executemany(
-                    f"INSERT OR REPLACE INTO runs ({_RUN_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)",
-                    [
-                        (
-                            r.run_id,
-                            r.namespace,
-                            r.graph_name,
-                            r.graph_version,
-                            r.status,
-                            _dumps(r.store),
-                            r.created_at_ms,
-                            r.updated_at_ms,
-                            _dumps(r.state_counts),
-                        )
-                        for r in batch.runs
-                    ],
-                )
-            if batch.kv:
-                db.executemany("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)", list(batch.kv.items()))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+        self.commit(self.prepare(batch))
 
     def save_graph(self, spec: GraphSpec) -> None:
         text = spec.model_dump_json()
@@ -200,11 +221,11 @@ class SqliteStore:
             self._db.execute("DELETE FROM graphs WHERE namespace=? AND name=?", (namespace, name))
 
     def load_graphs(self) -> list[GraphSpec]:
-        rows = self._db.execute("SELECT spec FROM graphs").fetchall()
+        rows = self._reader.execute("SELECT spec FROM graphs").fetchall()
         return [GraphSpec.model_validate_json(r[0]) for r in rows]
 
     def load_graph_version(self, namespace: str, name: str, version: int) -> GraphSpec | None:
-        row = self._db.execute(
+        row = self._reader.execute(
             "SELECT spec FROM graph_versions WHERE namespace=? AND name=? AND version=?", (namespace, name, version)
         ).fetchone()
         return GraphSpec.model_validate_json(row[0]) if row else None
@@ -217,21 +238,21 @@ class SqliteStore:
             )
 
     def load_nodes(self) -> list[tuple[str, str, bytes]]:
-        return [(str(a), str(b), bytes(c)) for a, b, c in self._db.execute("SELECT namespace, name, schema FROM nodes")]
+        return [(str(a), str(b), bytes(c)) for a, b, c in self._reader.execute("SELECT namespace, name, schema FROM nodes")]
 
     def load_pending(self) -> tuple[list[RunRow], list[StateRow]]:
-        runs = [_run_from_row(r) for r in self._db.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE status='PENDING'")]
+        runs = [_run_from_row(r) for r in self._reader.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE status='PENDING'")]
         states: list[StateRow] = []
         for run in runs:
             states.extend(self.get_states(run.run_id, -1, 0))
         return runs, states
 
     def get_run(self, run_id: str) -> RunRow | None:
-        row = self._db.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id=?", (run_id,)).fetchone()
+        row = self._reader.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id=?", (run_id,)).fetchone()
         return _run_from_row(row) if row else None
 
     def get_states(self, run_id: str, after_seq: int, limit: int) -> list[StateRow]:
-        rows = self._db.execute(
+        rows = self._reader.execute(
             f"SELECT {_STATE_COLUMNS} FROM states WHERE run_id=? AND seq>? ORDER BY seq LIMIT ?",
             (run_id, after_seq, limit or -1),
         ).fetchall()
@@ -253,25 +274,40 @@ class SqliteStore:
             params.append(before_ms)
         query += " ORDER BY created_at_ms DESC LIMIT ?"
         params.append(limit)
-        return [_run_from_row(r) for r in self._db.execute(query, params)]
+        return [_run_from_row(r) for r in self._reader.execute(query, params)]
 
     def get_kv(self, key: str) -> str | None:
-        row = self._db.execute("SELECT value FROM kv WHERE key=?", (key,)).fetchone()
+        row = self._reader.execute("SELECT value FROM kv WHERE key=?", (key,)).fetchone()
         return str(row[0]) if row else None
 
     def close(self) -> None:
-        self._db.close()
+        with self._lock:
+            self._db.close()
+        self._reader.close()
 
     def _transaction(self) -> _Tx:
-        return _Tx(self._db)
+        return _Tx(self._db, self._lock)
+
+
+@dataclass(slots=True)
+class _Prepared:
+    inserts: list[tuple[object, ...]]
+    updates: list[tuple[object, ...]]
+    runs: list[tuple[object, ...]]
+    kv: list[tuple[str, str]]
 
 
 class _Tx:
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: sqlite3.Connection, lock: threading.Lock) -> None:
         self._db = db
+        self._lock = lock
 
     def __enter__(self) -> None:
+        self._lock.acquire()
         self._db.execute("BEGIN")
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        try:
+            self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        finally:
+            self._lock.release()

@@ -37,6 +37,12 @@ class Store(Protocol):
     def write(self, batch: WriteBatch) -> None:
         """Commit the batch in one transaction."""
 
+    def prepare(self, batch: WriteBatch) -> object:
+        """Snapshot the batch in the event loop's thread, for ``commit`` in the writer thread."""
+
+    def commit(self, prepared: object) -> None:
+        """Commit a prepared batch in one transaction (called from one writer thread, in order)."""
+
     def save_graph(self, spec: GraphSpec) -> None:
         """Save a graph version (also kept by version, for runs started on it)."""
 
@@ -81,10 +87,11 @@ class InMemoryStore:
         self._kv: dict[str, str] = {}
 
     def write(self, batch: WriteBatch) -> None:
-        for state in (*batch.new_states, *batch.updated_states):
-            self._states.setdefault(state.run_id, {})[state.seq] = _snapshot(state)
-        for run in batch.runs:
-            self._runs[run.run_id] = RunRow(
+        self.commit(self.prepare(batch))
+
+    def prepare(self, batch: WriteBatch) -> object:
+        runs = [
+            RunRow(
                 run_id=run.run_id,
                 namespace=run.namespace,
                 graph_name=run.graph_name,
@@ -95,7 +102,21 @@ class InMemoryStore:
                 updated_at_ms=run.updated_at_ms,
                 state_counts=dict(run.state_counts),
             )
-        self._kv.update(batch.kv)
+            for run in batch.runs
+        ]
+        states = [_snapshot(s) for s in (*batch.new_states, *batch.updated_states)]
+        return states, runs, dict(batch.kv)
+
+    def commit(self, prepared: object) -> None:
+        assert isinstance(prepared, tuple)
+        states: list[StateRow] = prepared[0]
+        runs: list[RunRow] = prepared[1]
+        kv: dict[str, str] = prepared[2]
+        for state in states:
+            self._states.setdefault(state.run_id, {})[state.seq] = state
+        for run in runs:
+            self._runs[run.run_id] = run
+        self._kv.update(kv)
 
     def save_graph(self, spec: GraphSpec) -> None:
         self._graphs[spec.namespace, spec.name] = spec

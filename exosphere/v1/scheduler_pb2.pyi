@@ -1020,15 +1020,19 @@ class WatchRunRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RUN_ID_FIELD_NUMBER: _builtins.int
+    RUN_ONLY_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
+    run_only: _builtins.bool
+    """Send only run-level events (status and counts), no states: what a client waiting for the outcome needs."""
     def __init__(
         self,
         *,
         run_id: _builtins.str = ...,
+        run_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["run_id", b"run_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run_id", b"run_id", "run_only", b"run_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 
 from exosphere.config import ClientConfig
-from exosphere.errors import ExosphereError, error_class
+from exosphere.errors import ExosphereError, InvalidArgumentError, error_class
 
 __all__ = ["MAX_MESSAGE_BYTES", "Backoff", "metadata", "open_channel", "translate_errors"]
 
@@ -31,9 +31,15 @@ _CHANNEL_OPTIONS = [
 
 
 def open_channel(config: ClientConfig) -> grpc.aio.Channel:
-    """A channel to the scheduler; TLS when a CA file is configured."""
+    """A channel to the scheduler; TLS when a CA file is configured (InvalidArgumentError when it is unreadable)."""
     if config.tls_ca_file:
-        credentials = grpc.ssl_channel_credentials(root_certificates=Path(config.tls_ca_file).read_bytes())
+        try:
+            root_certificates = Path(config.tls_ca_file).read_bytes()
+        except OSError as exc:
+            raise InvalidArgumentError(f"cannot read TLS CA file {config.tls_ca_file}: {exc.strerror}") from None
+        if b"-----BEGIN CERTIFICATE-----" not in root_certificates:
+            raise InvalidArgumentError(f"TLS CA file {config.tls_ca_file} holds no PEM certificate")
+        credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
         return grpc.aio.secure_channel(config.address, credentials, options=_CHANNEL_OPTIONS)
     return grpc.aio.insecure_channel(config.address, options=_CHANNEL_OPTIONS)
 

@@ -225,6 +225,39 @@ class StateManager:
             )
         return [run_from_pb(r) for r in response.runs], response.next_page_token
 
+    async def trigger_and_wait(
+        self,
+        graph_name: str,
+        inputs: Mapping[str, str] | None = None,
+        store: Mapping[str, str] | None = None,
+        *,
+        timeout: float | timedelta | None = None,
+        states: bool = True,
+    ) -> RunModel:
+        """Start a run and wait for its outcome in one round trip; with ``states`` also read its states."""
+        timeout_s = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
+        request = pb.WatchRunRequest(
+            run_only=True,
+            trigger=pb.TriggerGraphRequest(
+                namespace=self.namespace, graph_name=graph_name, inputs=dict(inputs or {}), store=dict(store or {})
+            ),
+        )
+        call = self._api().WatchRun(request, metadata=self._metadata)
+        final: RunModel | None = None
+        try:
+            async with asyncio.timeout(timeout_s), translate_errors():
+                async for event in call:
+                    final = run_from_pb(event.run)
+                    if final.status is not RunStatus.PENDING:
+                        break
+        except TimeoutError:
+            raise ExosphereTimeoutError(f"graph {graph_name!r} run still pending after {timeout_s}s") from None
+        finally:
+            call.cancel()
+        if final is None:
+            raise ExosphereTimeoutError(f"graph {graph_name!r}: the scheduler ended the watch before the run finished")
+        return await self.get_run(final.run_id) if states else final
+
     async def watch(self, run_id: str, *, states: bool = True) -> AsyncIterator[tuple[RunModel, list[StateModel]]]:
         """Yield ``(run, changed_states)`` as the run progresses; ends once the run is no longer pending.
 

@@ -14,6 +14,7 @@ from server.auth import Authenticator
 from server.engine import Engine
 from server.errors import status_from_errors
 from server.models import RunRow
+from server.runstate import Run
 from server.wire import graph_spec_from_pb, graph_to_pb, run_to_pb, schema_to_pb, states_to_pb
 
 __all__ = ["SchedulerApi"]
@@ -113,7 +114,14 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
 
     async def WatchRun(self, request: pb.WatchRunRequest, context: Ctx) -> AsyncIterator[pb.WatchRunResponse]:
         async with status_from_errors(context):
-            events = self._engine.watch_run(request.run_id)
+            run_id = request.run_id
+            if request.HasField("trigger"):
+                t = request.trigger
+                self._auth.check(context, t.namespace)
+                run_id = await self._engine.trigger(
+                    t.namespace, t.graph_name, _plain(t.inputs), _plain(t.store), t.start_delay_ms
+                )
+            events = self._engine.watch_run(run_id)
             try:
                 first = True
                 async for run, states in events:
@@ -121,6 +129,8 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
                         self._check_run(context, run)
                         first = False
                     message = run_to_pb(run)
+                    if isinstance(run, Run) and not run.end_committed:
+                        message.status = common_pb2.RUN_STATUS_PENDING  # its end is not committed yet
                     if request.run_only:
                         yield pb.WatchRunResponse(run=message)
                         continue

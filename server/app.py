@@ -9,6 +9,8 @@ from types import TracebackType
 from typing import Self
 
 import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -43,7 +45,31 @@ def _is_loopback(host: str) -> bool:
 
 
 def _read_pair(key: str, cert: str) -> tuple[bytes, bytes]:
-    return Path(key).read_bytes(), Path(cert).read_bytes()
+    """The PEM private key and certificate chain, checked to parse and to belong together.
+
+    Raises InvalidArgumentError naming the file, so a bad path or PEM stops the scheduler before it opens anything
+    (gRPC would only say that it could not bind).
+    """
+
+    def read(path: str, what: str) -> bytes:
+        try:
+            return Path(path).read_bytes()
+        except OSError as exc:
+            raise InvalidArgumentError(f"cannot read TLS {what} {path}: {exc.strerror}") from None
+
+    key_pem, cert_pem = read(key, "key"), read(cert, "certificate")
+    try:
+        chain = x509.load_pem_x509_certificates(cert_pem)
+    except ValueError:
+        raise InvalidArgumentError(f"TLS certificate {cert} holds no PEM certificate") from None
+    try:
+        private_key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError) as exc:
+        raise InvalidArgumentError(f"TLS key {key} is not an unencrypted PEM private key: {exc}") from None
+    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if private_key.public_key().public_bytes(*spki) != chain[0].public_key().public_bytes(*spki):
+        raise InvalidArgumentError(f"TLS key {key} does not match the first certificate in {cert}")
+    return key_pem, cert_pem
 
 
 class App:
@@ -63,6 +89,7 @@ class App:
             )
         if bool(config.tls_cert) != bool(config.tls_key):
             raise InvalidArgumentError("--tls-cert and --tls-key must be given together")
+        self._tls_pair = _read_pair(config.tls_key, config.tls_cert) if config.tls_cert and config.tls_key else None
         self.auth = Authenticator(keys)
         if store is None:
             store = SqliteStore(config.db)
@@ -118,8 +145,8 @@ class App:
             server,
         )
         target = f"{self.config.host}:{self.config.port}"
-        if self.config.tls_cert and self.config.tls_key:
-            credentials = grpc.ssl_server_credentials([_read_pair(self.config.tls_key, self.config.tls_cert)])
+        if self._tls_pair is not None:
+            credentials = grpc.ssl_server_credentials([self._tls_pair])
             self.port = server.add_secure_port(target, credentials)
         else:
             self.port = server.add_insecure_port(target)

@@ -9,6 +9,7 @@ Keys come from ``--api-key`` / ``EXOSPHERE_API_KEY`` (one key for every namespac
       - key: "k-admin"
         namespaces: ["*"]
 
+Every entry must list its namespaces (``["*"]`` for all of them); a key may appear only once.
 With no key configured every request is allowed (the scheduler then listens on loopback only, unless told
 ``--insecure``).
 """
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ ALL = "*"
 
 @dataclass(frozen=True, slots=True)
 class ApiKey:
-    key: str
+    key: str = field(repr=False)  # never in a log line or a traceback
     namespaces: frozenset[str]
 
     def allows(self, namespace: str) -> bool:
@@ -49,13 +50,21 @@ def load_keys_file(path: str | Path) -> list[ApiKey]:
     entries = data.get("keys") if isinstance(data, Mapping) else None
     if not isinstance(entries, list):
         raise InvalidArgumentError(f"API keys file {path} must have a top-level 'keys' list")
-    keys = []
+    keys: list[ApiKey] = []
     for index, entry in enumerate(entries):
         if not isinstance(entry, Mapping) or not isinstance(entry.get("key"), str) or not entry["key"]:
             raise InvalidArgumentError(f"API keys file {path}: entry #{index} needs a non-empty 'key' string")
-        namespaces = entry.get("namespaces", [ALL])
-        if not isinstance(namespaces, list) or not all(isinstance(n, str) for n in namespaces):
-            raise InvalidArgumentError(f"API keys file {path}: entry #{index} 'namespaces' must be a list of strings")
+        if "namespaces" not in entry:  # no silent all-namespace keys: that has to be asked for with "*"
+            raise InvalidArgumentError(
+                f"API keys file {path}: entry #{index} needs a 'namespaces' list (use [\"*\"] for every namespace)"
+            )
+        namespaces = entry["namespaces"]
+        if not isinstance(namespaces, list) or not all(isinstance(n, str) and n for n in namespaces):
+            raise InvalidArgumentError(
+                f"API keys file {path}: entry #{index} 'namespaces' must be a list of non-empty strings"
+            )
+        if any(hmac.compare_digest(k.key.encode(), entry["key"].encode()) for k in keys):
+            raise InvalidArgumentError(f"API keys file {path}: entry #{index} repeats the key of an earlier entry")
         keys.append(ApiKey(entry["key"], frozenset(namespaces)))
     return keys
 
@@ -63,6 +72,9 @@ def load_keys_file(path: str | Path) -> list[ApiKey]:
 class Authenticator:
     def __init__(self, keys: Iterable[ApiKey]) -> None:
         self._keys = list(keys)
+        if len({k.key for k in self._keys}) != len(self._keys):
+            # Which scope would win would be an accident of order; say so instead.
+            raise InvalidArgumentError("the same API key is configured twice (--api-key and --api-keys-file?)")
 
     @property
     def enabled(self) -> bool:

@@ -121,6 +121,7 @@ class Engine:
         self._flush_scheduled = False
         self._writer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="exosphere-writer")
         self._pending_commits = 0
+        self._flush_deferred = False
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._retry_requests: dict[str, str] = {}
@@ -150,10 +151,10 @@ class Engine:
         if self._timer is not None:
             self._timer.cancel()
         self._flush()
-        # Let the writer finish every batch, then run their completion callbacks.
-        await asyncio.get_running_loop().run_in_executor(None, self._writer.shutdown, True)
-        while self._pending_commits:
+        # Let the writer finish every batch (and the deferred ones), then run their completion callbacks.
+        while self._pending_commits or self._flush_deferred or self._flush_scheduled:
             await asyncio.sleep(0.001)
+        await asyncio.get_running_loop().run_in_executor(None, self._writer.shutdown, True)
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -485,13 +486,17 @@ class Engine:
         try:
             run.state_counts = run.counts()
             counted = time.monotonic()
+            reported_end = run.end_committed
             yield run, list(run.states)
-            while run.pending:
+            # The run's end is reported once it is committed; that commit always notifies this queue, so no
+            # event is lost even when it lands while the consumer is busy with the previous one.
+            while not reported_end:
                 changed = await queue.get()
                 if changed is None:
                     break
+                reported_end = run.end_committed
                 # Counting is O(states): refresh at most every 50 ms while the run goes on, and at its end.
-                if not run.pending or time.monotonic() - counted > 0.05:
+                if reported_end or time.monotonic() - counted > 0.05:
                     run.state_counts = run.counts()
                     counted = time.monotonic()
                 yield run, list(changed)
@@ -557,6 +562,7 @@ class Engine:
         self._add_state(new)
         if not run.pending:
             run.status = m.RUN_PENDING
+            run.end_committed = False
             run.updated_at_ms = now
             self._dirty_runs[run.run_id] = run
         self._recount_failures(run)
@@ -1005,6 +1011,11 @@ class Engine:
         loop goes on with the next tick while SQLite writes (commits stay in order: one thread, FIFO).
         """
         self._flush_scheduled = False
+        if self._pending_commits:
+            # One commit at a time: what changes meanwhile goes into the next, bigger one (adaptive group commit,
+            # no timer, so a lone change is still committed at once).
+            self._flush_deferred = True
+            return
         new_ids = self._new_ids
         updated = self._updated_list(new_ids)
         batch = WriteBatch(
@@ -1038,6 +1049,9 @@ class Engine:
         finished: list[Run],
     ) -> None:
         self._pending_commits -= 1
+        if self._flush_deferred:
+            self._flush_deferred = False
+            self._schedule_flush()
         exc = future.exception()
         if exc is not None:
             self._commit_failed(exc, waiters, len(changed))
@@ -1045,6 +1059,8 @@ class Engine:
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
+        for run in finished:
+            run.end_committed = not run.pending
         self._notify(changed, finished)
         for run in finished:
             if run.pending:  # reopened (manual retry) before its completion was committed

@@ -41,6 +41,8 @@ class Run(RunRow):
     open_states: int = 0
     failed: bool = False
     cancelled: bool = False
+    # The run's final status is committed (watchers may stop).
+    end_committed: bool = False
     watchers: list[asyncio.Queue[list[State] | None]] = field(default_factory=list)
     next_seq: int = 0
 

@@ -3,37 +3,73 @@
 from __future__ import annotations
 
 import base64
+import binascii
+import logging
 import os
+import stat
 from pathlib import Path
 
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-__all__ = ["SecretBox", "load_or_create_key"]
+from exosphere.errors import ConflictError, InvalidArgumentError
+
+__all__ = ["SecretBox", "SecretsKeyError", "load_or_create_key"]
+
+logger = logging.getLogger(__name__)
 
 KEY_ENV = "EXOSPHERE_SECRETS_KEY"
 _PREFIX = "v1:"
 
 
+class SecretsKeyError(ConflictError):
+    """A stored secret cannot be decrypted: the secrets key is not the one it was encrypted with."""
+
+
+def _decode_key(encoded: str | bytes, where: str) -> bytes:
+    try:
+        key = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidArgumentError(f"{where} must hold 32 base64-encoded bytes; it is not valid base64") from None
+    if len(key) != 32:
+        raise InvalidArgumentError(f"{where} must hold 32 base64-encoded bytes; got {len(key)} bytes")
+    return key
+
+
 def load_or_create_key(key_file: Path | None) -> bytes:
-    """The 32-byte key: ``EXOSPHERE_SECRETS_KEY`` (base64), else ``key_file`` (created with mode 0600)."""
+    """The 32-byte key: ``EXOSPHERE_SECRETS_KEY`` (base64), else ``key_file`` (created with mode 0600).
+
+    Raises InvalidArgumentError naming the variable or file when the key there is malformed or unreadable.
+    """
     env = os.environ.get(KEY_ENV)
     if env:
-        key = base64.b64decode(env)
-        if len(key) != 32:
-            raise ValueError(f"{KEY_ENV} must be 32 bytes, base64-encoded; got {len(key)} bytes")
-        return key
+        return _decode_key(env.strip(), KEY_ENV)
     if key_file is None:
         return AESGCM.generate_key(bit_length=256)
-    if key_file.exists():
-        key = base64.b64decode(key_file.read_bytes().strip())
-        if len(key) != 32:
-            raise ValueError(f"secrets key file {key_file} must hold 32 base64-encoded bytes")
-        return key
+    try:
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return _read_key_file(key_file)
+    except OSError as exc:
+        raise InvalidArgumentError(f"cannot create secrets key file {key_file}: {exc.strerror}") from None
     key = AESGCM.generate_key(bit_length=256)
-    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(base64.b64encode(key) + b"\n")
+        f.flush()
+        os.fsync(f.fileno())
+    logger.info("created secrets key file %s", key_file)
     return key
+
+
+def _read_key_file(key_file: Path) -> bytes:
+    try:
+        data = key_file.read_bytes()
+        mode = stat.S_IMODE(key_file.stat().st_mode)
+    except OSError as exc:
+        raise InvalidArgumentError(f"cannot read secrets key file {key_file}: {exc.strerror}") from None
+    if mode & 0o077:
+        logger.warning("secrets key file %s is readable by others (mode %o); chmod 600 it", key_file, mode)
+    return _decode_key(data.strip(), f"secrets key file {key_file}")
 
 
 class SecretBox:
@@ -48,5 +84,12 @@ class SecretBox:
         return _PREFIX + base64.b64encode(nonce + sealed).decode()
 
     def decrypt(self, token: str, context: str) -> str:
-        raw = base64.b64decode(token.removeprefix(_PREFIX))
-        return self._aead.decrypt(raw[:12], raw[12:], context.encode()).decode()
+        """The value; raises SecretsKeyError (naming ``context``, never a value) when it cannot be decrypted."""
+        try:
+            raw = base64.b64decode(token.removeprefix(_PREFIX), validate=True)
+            return self._aead.decrypt(raw[:12], raw[12:], context.encode()).decode()
+        except (InvalidTag, binascii.Error, ValueError):
+            raise SecretsKeyError(
+                f"cannot decrypt secret {context}: the secrets key ({KEY_ENV} or the key file beside the database) "
+                "is not the one it was saved with; save the graph with its secrets again"
+            ) from None

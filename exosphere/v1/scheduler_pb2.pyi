@@ -1021,18 +1021,25 @@ class WatchRunRequest(_message.Message):
 
     RUN_ID_FIELD_NUMBER: _builtins.int
     RUN_ONLY_FIELD_NUMBER: _builtins.int
+    TRIGGER_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
+    """The run to watch. Leave empty when `trigger` is set."""
     run_only: _builtins.bool
     """Send only run-level events (status and counts), no states: what a client waiting for the outcome needs."""
+    @_builtins.property
+    def trigger(self) -> Global___TriggerGraphRequest:
+        """Start this run and watch it: trigger-and-wait in one round trip. The first event carries the new run id."""
+
     def __init__(
         self,
         *,
         run_id: _builtins.str = ...,
         run_only: _builtins.bool = ...,
+        trigger: Global___TriggerGraphRequest | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["trigger", b"trigger"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["run_id", b"run_id", "run_only", b"run_only"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run_id", b"run_id", "run_only", b"run_only", "trigger", b"trigger"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

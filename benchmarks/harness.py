@@ -113,7 +113,10 @@ async def _graphs(sm: StateManager) -> None:
         ],
     )
     await sm.upsert_graph("one", [_node("Noop", "only", {"item": "x"})])
-    chain = [_node("Noop", f"n{i}", {"item": "x" if i == 0 else f"${{{{ n{i - 1}.outputs.item }}}}"}, [f"n{i + 1}"]) for i in range(100)]
+    chain = [
+        _node("Noop", f"n{i}", {"item": "x" if i == 0 else f"${{{{ n{i - 1}.outputs.item }}}}"}, [f"n{i + 1}"])
+        for i in range(100)
+    ]
     chain[-1].next_nodes = []
     await sm.upsert_graph("chain100", chain)
     await sm.upsert_graph(

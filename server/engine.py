@@ -152,7 +152,7 @@ class Engine:
             self._timer.cancel()
         self._flush()
         # Let the writer finish every batch (and the deferred ones), then run their completion callbacks.
-        while self._pending_commits or self._flush_deferred or self._flush_scheduled:
+        while self._pending_commits or self._flush_deferred or self._flush_scheduled:  # noqa: ASYNC110 - shutdown only
             await asyncio.sleep(0.001)
         await asyncio.get_running_loop().run_in_executor(None, self._writer.shutdown, True)
 
@@ -1033,7 +1033,10 @@ class Engine:
             self._commit_failed(exc, waiters, len(changed))
             return
         loop = self.loop
-        future = self._writer.submit(self._store.commit, prepared) if prepared is not None else self._writer.submit(_noop)
+        if prepared is not None:
+            future = self._writer.submit(self._store.commit, prepared)
+        else:
+            future = self._writer.submit(_noop)
         self._pending_commits += 1
 
         def done(f: concurrent.futures.Future[None]) -> None:

@@ -238,10 +238,14 @@ class SqliteStore:
             )
 
     def load_nodes(self) -> list[tuple[str, str, bytes]]:
-        return [(str(a), str(b), bytes(c)) for a, b, c in self._reader.execute("SELECT namespace, name, schema FROM nodes")]
+        return [
+            (str(a), str(b), bytes(c)) for a, b, c in self._reader.execute("SELECT namespace, name, schema FROM nodes")
+        ]
 
     def load_pending(self) -> tuple[list[RunRow], list[StateRow]]:
-        runs = [_run_from_row(r) for r in self._reader.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE status='PENDING'")]
+        runs = [
+            _run_from_row(r) for r in self._reader.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE status='PENDING'")
+        ]
         states: list[StateRow] = []
         for run in runs:
             states.extend(self.get_states(run.run_id, -1, 0))

@@ -102,8 +102,9 @@ async def _worker_main(address: str, max_activities: int) -> None:
 
 
 class Bench:
-    def __init__(self, address: str, size: dict[str, int], clients: int) -> None:
+    def __init__(self, address: str, size: dict[str, int], clients: int, result_polls: int) -> None:
         self.address = address
+        self.result_polls = result_polls
         self.size = size
         self.clients_wanted = clients
         self.client: Any = None
@@ -164,7 +165,7 @@ class Bench:
                 await peer.start_workflow(ChainWorkflow.run, 3, id=self.next_id("run"), task_queue=TASK_QUEUE)
                 for _ in range(share)
             ]
-            limit = asyncio.Semaphore(200)  # bounded number of concurrent long-polls for results
+            limit = asyncio.Semaphore(self.result_polls)  # bounded number of concurrent long-polls for results
 
             async def result(handle: Any) -> None:
                 async with limit:
@@ -183,6 +184,12 @@ def main() -> int:
     parser = base_parser("Temporal")
     parser.add_argument("--worker", metavar="ADDRESS", help=argparse_suppress())
     parser.add_argument("--max-activities", type=int, default=1000, help="worker max_concurrent_activities")
+    parser.add_argument("--result-polls", type=int, default=200, help="runs: concurrent result waits per client")
+    parser.add_argument(
+        "--stock-dev-server",
+        action="store_true",
+        help="do not lift the dev server's history.transferProcessorMaxPollRPS=20 throttle (about 50 ms per task)",
+    )
     args = parser.parse_args()
     if args.worker:
         asyncio.run(_worker_main(args.worker, args.max_activities))
@@ -191,7 +198,8 @@ def main() -> int:
     size = sizes(args, TEMPORAL_FULL)
     config: dict[str, Any] = {**size, "repeat": args.repeat, "server": "temporal server start-dev (in-memory sqlite)",
                               "worker": "1 process, async activities, UnsandboxedWorkflowRunner",
-                              "max_concurrent_activities": args.max_activities}
+                              "max_concurrent_activities": args.max_activities,
+                              "dynamic_config": dynamic_config_args(size["n"], args.stock_dev_server)[1::2]}
     recorder = Recorder("temporal", args, config)
     procs = Processes(log_dir=Path(tempfile.mkdtemp(prefix="exo-temporal-bench-")))
     runner = asyncio.Runner()
@@ -209,8 +217,7 @@ def main() -> int:
                 "server",
                 [cli, "server", "start-dev", "--headless", "--ip", LOOPBACK, "--port", str(port),
                  "--ui-port", str(ui_port), "--http-port", str(http_port), "--metrics-port", str(metrics_port),
-                 "--log-level", "error",
-                 "--dynamic-config-value", f"limit.numPendingActivities.error={max(2000, size['n'] + 100)}"],
+                 "--log-level", "error", *dynamic_config_args(size["n"], args.stock_dev_server)],
             )
             wait_for_port(port, 60, server)
             address = f"{LOOPBACK}:{port}"
@@ -219,7 +226,7 @@ def main() -> int:
                 [sys.executable, str(Path(__file__).resolve()), "--worker", address,
                  "--max-activities", str(args.max_activities)],
             )
-            bench = Bench(address, size, args.clients)
+            bench = Bench(address, size, args.clients, args.result_polls)
             try:
                 runner.run(bench.connect())
                 runner.run(bench.warm_up(120))
@@ -250,6 +257,20 @@ def main() -> int:
         procs.stop_all()
         recorder.emit()
     return 0 if "error" not in recorder.result else 1
+
+
+def dynamic_config_args(n: int, stock: bool) -> list[str]:
+    """Dev-server dynamic config.
+
+    The pending-activities limit (2,000 by default) must allow the fan-out width. Unless ``stock``, the transfer
+    queue's poll rate is lifted: at its default of 20 polls/s per history shard (the dev server has one shard),
+    every workflow task waits ~50 ms to be dispatched once the burst is spent, which measures a rate limiter rather
+    than the engine (a production cluster spreads that limit over hundreds of shards).
+    """
+    values = [f"limit.numPendingActivities.error={max(2000, n + 100)}"]
+    if not stock:
+        values.append("history.transferProcessorMaxPollRPS=10000")
+    return [arg for value in values for arg in ("--dynamic-config-value", value)]
 
 
 def argparse_suppress() -> str:

@@ -40,10 +40,12 @@ check: lint typecheck proto-check test
 run: $(STAMP) ## scheduler + example runtime + example graph, prints the run
 	$(PY) examples/run_demo.py
 
-bench: $(STAMP) ## benchmarks against a real scheduler process
+bench: $(STAMP) ## benchmarks against a real scheduler process; results in benchmarks/results/
+	$(PY) -c "import matplotlib" 2>/dev/null || $(PY) -m pip install -q matplotlib
 	$(PY) -m benchmarks
 
-bench-peers: $(STAMP) ## the same workloads on Celery, Dask and Temporal
+bench-peers: $(STAMP) ## the same workloads on Celery, Dask and Temporal, in the same run
+	$(PY) -c "import matplotlib" 2>/dev/null || $(PY) -m pip install -q matplotlib
 	$(PY) -m benchmarks --peers
 
 clean:

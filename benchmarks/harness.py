@@ -147,12 +147,24 @@ async def fanout(c: Cluster, n: int) -> float:
     return (n + 2) / seconds
 
 
-async def latency(c: Cluster, count: int) -> tuple[float, float]:
-    """p50 and p99 in ms of trigger -> completion seen by the client, ``count`` sequential runs."""
+async def _trigger_and_wait(sm: StateManager, graph: str) -> float:
+    started = time.perf_counter()
+    run = await sm.trigger_and_wait(graph, states=False)
+    if run.status is not RunStatus.SUCCESS:
+        raise RuntimeError(f"benchmark run {run.run_id} ended {run.status}")
+    return time.perf_counter() - started
+
+
+async def latency(c: Cluster, count: int, *, one_call: bool = True) -> tuple[float, float]:
+    """p50 and p99 in ms of trigger -> completion seen by the client, ``count`` sequential runs.
+
+    ``one_call``: StateManager.trigger_and_wait (one round trip); otherwise trigger() then a watch.
+    """
+    measure = _trigger_and_wait if one_call else _finish
     async with StateManager(NAMESPACE, address=c.address) as sm:
         for _ in range(20):  # warm up the channel and both processes
-            await _finish(sm, "one")
-        samples = [await _finish(sm, "one") * 1000 for _ in range(count)]
+            await measure(sm, "one")
+        samples = [await measure(sm, "one") * 1000 for _ in range(count)]
     samples.sort()
     return statistics.median(samples), samples[min(len(samples) - 1, int(len(samples) * 0.99))]
 
@@ -164,17 +176,23 @@ async def chain(c: Cluster) -> float:
         return await _finish(sm, "chain100") * 1000 / 100
 
 
-async def runs(c: Cluster, total: int, clients: int = 4, in_flight: int = 32) -> float:
-    """Runs per second: ``total`` 3-node chains triggered by ``clients`` concurrent clients, until all finish."""
+async def runs(c: Cluster, total: int, clients: int = 4, in_flight: int = 32, batch: int = 1) -> float:
+    """Runs per second: ``total`` 3-node chains triggered by ``clients`` concurrent clients, until all finish.
+
+    With ``batch`` > 1 each call is a TriggerGraphs of that many runs.
+    """
     per_client = total // clients
 
     async def client() -> None:
         async with StateManager(NAMESPACE, address=c.address) as sm:
-            queue = iter(range(per_client))
+            queue = iter(range(0, per_client, batch))
 
             async def worker() -> None:
                 for _ in queue:
-                    await sm.trigger("chain3")
+                    if batch == 1:
+                        await sm.trigger("chain3")
+                    else:
+                        await sm.trigger_many("chain3", [{}] * batch)
 
             await asyncio.gather(*(worker() for _ in range(in_flight)))
 

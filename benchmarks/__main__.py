@@ -1,0 +1,205 @@
+"""`make bench` / `make bench-peers`: run the workloads several times, print medians, write JSON and a chart.
+
+python -m benchmarks [--repeat 3] [--quick] [--peers] [--only fanout,latency,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import uvloop
+from rich.console import Console
+from rich.table import Table
+
+from benchmarks import harness as h
+
+RESULTS = Path(__file__).resolve().parent / "results"
+console = Console()
+
+# name: (unit, higher is better, target text, target check)
+TARGETS: dict[str, tuple[str, bool, str, Callable[[float], bool]]] = {
+    "fanout": ("states/s", True, ">= 20,000", lambda v: v >= 20_000),
+    "latency_p50": ("ms", False, "<= 1", lambda v: v <= 1),
+    "latency_p99": ("ms", False, "<= 3", lambda v: v <= 3),
+    "latency_2call_p50": ("ms", False, "(trigger + watch)", lambda v: True),
+    "chain": ("ms/hop", False, "<= 1", lambda v: v <= 1),
+    "runs": ("runs/s", True, ">= 5,000", lambda v: v >= 5_000),
+    "runs_single": ("runs/s", True, "(1 run per call)", lambda v: True),
+    "scale_seconds": ("s", False, "<= 11x fanout time", lambda v: True),
+    "scale_rss": ("MiB", False, "<= 1024", lambda v: v <= 1024),
+}
+
+
+async def _measure(args: argparse.Namespace) -> dict[str, list[float]]:
+    n = 1_000 if args.quick else 10_000
+    count = 200 if args.quick else 1_000
+    total = 2_000 if args.quick else 10_000
+    big = 20_000 if args.quick else 100_000
+    only = set(args.only.split(",")) if args.only else None
+    results: dict[str, list[float]] = {}
+
+    def want(name: str) -> bool:
+        return only is None or name in only
+
+    def add(name: str, value: float) -> None:
+        results.setdefault(name, []).append(value)
+
+    for round_ in range(args.repeat):
+        console.print(f"[dim]round {round_ + 1}/{args.repeat}[/]")
+        async with h.cluster(runtimes=1) as c:
+            if want("fanout"):
+                await h.fanout(c, 200)
+                add("fanout", await h.fanout(c, n))
+                add("fanout_seconds", (n + 2) / results["fanout"][-1])
+            if want("latency"):
+                p50, p99 = await h.latency(c, count)
+                add("latency_p50", p50)
+                add("latency_p99", p99)
+                p50_2, _ = await h.latency(c, count // 2, one_call=False)
+                add("latency_2call_p50", p50_2)
+            if want("chain"):
+                add("chain", await h.chain(c))
+            if want("runs"):
+                add("runs", await h.runs(c, total, clients=4, in_flight=4, batch=100))
+                add("runs_single", await h.runs(c, total // 4, clients=4, in_flight=32))
+        if want("scale") and round_ == 0:  # once: a fresh scheduler, so its peak memory is this workload's
+            async with h.cluster(runtimes=1) as c:
+                started = time.perf_counter()
+                await h.fanout(c, big)
+                add("scale_seconds", time.perf_counter() - started)
+                add("scale_rss", c.server_peak_rss_mb())
+    results["scale_n"] = [big]
+    results["fanout_n"] = [n]
+    return results
+
+
+def _fmt(v: float) -> str:
+    return f"{v:,.0f}" if abs(v) >= 100 else f"{v:,.2f}"
+
+
+def _peer_value(peer: dict[str, Any], key: str) -> float | None:
+    w = peer.get("workloads", {})
+    try:
+        if key == "fanout":
+            return float(statistics.median(w["fanout"]["values"]))
+        if key == "latency_p50":
+            return float(statistics.median(w["latency"]["p50_ms"]))
+        if key == "latency_p99":
+            return float(statistics.median(w["latency"]["p99_ms"]))
+        if key == "chain":
+            return float(statistics.median(w["chain"]["values"]))
+        if key in ("runs", "runs_single"):
+            return float(statistics.median(w["runs"]["values"]))
+    except (KeyError, TypeError, statistics.StatisticsError):
+        return None
+    return None
+
+
+def report(results: dict[str, list[float]], noise: dict[str, float], peers: dict[str, Any] | None) -> None:
+    table = Table(
+        title="Exosphere benchmarks (medians of rounds; durable SQLite; scheduler + runtime + client, 2 cores)"
+    )
+    for col in ("workload", "median", "min–max", "unit", "target", "met"):
+        table.add_column(col)
+    peer_names = sorted((peers or {}).get("peers", {}))
+    for name in peer_names:
+        table.add_column(f"× {name}")
+    for key, (unit, higher, target, check) in TARGETS.items():
+        values = results.get(key)
+        if not values:
+            continue
+        median = statistics.median(values)
+        met = check(median)
+        if key == "scale_seconds" and "fanout_seconds" in results:
+            ratio = median / statistics.median(results["fanout_seconds"])
+            size_ratio = results["scale_n"][0] / results["fanout_n"][0]
+            met = ratio <= 1.1 * size_ratio
+            target = f"<= {1.1 * size_ratio:.0f}x fanout time (is {ratio:.1f}x)"
+        row = [key, _fmt(median), f"{_fmt(min(values))}–{_fmt(max(values))}", unit, target, "yes" if met else "NO"]
+        for name in peer_names:
+            pv = _peer_value(peers["peers"][name], key) if peers else None
+            row.append("" if not pv else f"{(median / pv if higher else pv / median):.1f}×")
+        table.add_row(*row)
+    console.print(table)
+    console.print(
+        f"machine noise: a fixed CPU loop took {noise['median_ms']:.1f} ms median "
+        f"({noise['min_ms']:.1f}–{noise['max_ms']:.1f}, spread {noise['spread_pct']:.0f}%) across the run"
+    )
+
+
+def chart(results: dict[str, list[float]], peers: dict[str, Any] | None, path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        console.print("[yellow]matplotlib not installed: no chart (pip install matplotlib)[/]")
+        return False
+    names = ["exosphere", *sorted((peers or {}).get("peers", {}))]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    for ax, (key, label) in zip(
+        axes, [("fanout", "fan-out states/s"), ("runs", "runs/s (3-node chain)"), ("latency_p50", "p50 latency ms")]
+    ):
+        values = []
+        for name in names:
+            if name == "exosphere":
+                values.append(statistics.median(results[key]) if results.get(key) else 0)
+            else:
+                values.append(_peer_value(peers["peers"][name], key) or 0)  # type: ignore[index]
+        ax.bar(names, values, color=["#2b6cb0" if n == "exosphere" else "#a0aec0" for n in names])
+        ax.set_title(label)
+        if key != "latency_p50":
+            ax.set_yscale("log")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke check")
+    parser.add_argument("--peers", action="store_true", help="also run Celery, Dask and Temporal in the same run")
+    parser.add_argument("--only", help="comma-separated: fanout,latency,chain,runs,scale")
+    args = parser.parse_args()
+    RESULTS.mkdir(exist_ok=True)
+    before = h.machine_noise()
+    results = uvloop.run(_measure(args))
+    peers = None
+    if args.peers:
+        from benchmarks.peers.run_all import run_peers
+
+        peers = {"peers": run_peers(quick=args.quick, repeat=args.repeat, only=None)}
+    after = h.machine_noise()
+    samples = [before[0], after[0]]
+    noise = {
+        "median_ms": statistics.median(samples),
+        "min_ms": min(before[1], after[1]),
+        "max_ms": max(before[2], after[2]),
+    }
+    noise["spread_pct"] = (noise["max_ms"] - noise["min_ms"]) / noise["min_ms"] * 100
+    report(results, noise, peers)
+    out = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": {"python": platform.python_version(), "cpus": __import__("os").cpu_count()},
+        "args": vars(args),
+        "noise": noise,
+        "exosphere": results,
+        "peers": peers,
+    }
+    (RESULTS / "bench.json").write_text(json.dumps(out, indent=2))
+    if chart(results, peers, RESULTS / "bench.png"):
+        console.print(f"wrote {RESULTS / 'bench.json'} and {RESULTS / 'bench.png'}")
+
+
+if __name__ == "__main__":
+    main()

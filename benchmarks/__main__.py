@@ -6,7 +6,6 @@ python -m benchmarks [--repeat 3] [--quick] [--peers] [--only fanout,latency,...
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import platform
 import statistics
@@ -107,11 +106,11 @@ def report(results: dict[str, list[float]], noise: dict[str, float], peers: dict
     table = Table(
         title="Exosphere benchmarks (medians of rounds; durable SQLite; scheduler + runtime + client, 2 cores)"
     )
-    for col in ("workload", "median", "min–max", "unit", "target", "met"):
+    for col in ("workload", "median", "min-max", "unit", "target", "met"):
         table.add_column(col)
     peer_names = sorted((peers or {}).get("peers", {}))
     for name in peer_names:
-        table.add_column(f"× {name}")
+        table.add_column(f"x {name}")
     for key, (unit, higher, target, check) in TARGETS.items():
         values = results.get(key)
         if not values:
@@ -123,15 +122,15 @@ def report(results: dict[str, list[float]], noise: dict[str, float], peers: dict
             size_ratio = results["scale_n"][0] / results["fanout_n"][0]
             met = ratio <= 1.1 * size_ratio
             target = f"<= {1.1 * size_ratio:.0f}x fanout time (is {ratio:.1f}x)"
-        row = [key, _fmt(median), f"{_fmt(min(values))}–{_fmt(max(values))}", unit, target, "yes" if met else "NO"]
+        row = [key, _fmt(median), f"{_fmt(min(values))}-{_fmt(max(values))}", unit, target, "yes" if met else "NO"]
         for name in peer_names:
             pv = _peer_value(peers["peers"][name], key) if peers else None
-            row.append("" if not pv else f"{(median / pv if higher else pv / median):.1f}×")
+            row.append("" if not pv else f"{(median / pv if higher else pv / median):.1f}x")
         table.add_row(*row)
     console.print(table)
     console.print(
         f"machine noise: a fixed CPU loop took {noise['median_ms']:.1f} ms median "
-        f"({noise['min_ms']:.1f}–{noise['max_ms']:.1f}, spread {noise['spread_pct']:.0f}%) across the run"
+        f"({noise['min_ms']:.1f}-{noise['max_ms']:.1f}, spread {noise['spread_pct']:.0f}%) across the run"
     )
 
 
@@ -147,7 +146,9 @@ def chart(results: dict[str, list[float]], peers: dict[str, Any] | None, path: P
     names = ["exosphere", *sorted((peers or {}).get("peers", {}))]
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     for ax, (key, label) in zip(
-        axes, [("fanout", "fan-out states/s"), ("runs", "runs/s (3-node chain)"), ("latency_p50", "p50 latency ms")]
+        axes,
+        [("fanout", "fan-out states/s"), ("runs", "runs/s (3-node chain)"), ("latency_p50", "p50 latency ms")],
+        strict=True,
     ):
         values = []
         for name in names:

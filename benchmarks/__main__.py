@@ -26,6 +26,8 @@ console = Console()
 # name: (unit, higher is better, target text, target check)
 TARGETS: dict[str, tuple[str, bool, str, Callable[[float], bool]]] = {
     "fanout": ("states/s", True, ">= 20,000", lambda v: v >= 20_000),
+    "cpu_us_per_state_scheduler": ("us CPU", False, "(fan-out, scheduler)", lambda v: True),
+    "cpu_us_per_state_runtime": ("us CPU", False, "(fan-out, runtime)", lambda v: True),
     "latency_p50": ("ms", False, "<= 1", lambda v: v <= 1),
     "latency_p99": ("ms", False, "<= 3", lambda v: v <= 3),
     "latency_2call_p50": ("ms", False, "(trigger + watch)", lambda v: True),
@@ -56,7 +58,10 @@ async def _measure(args: argparse.Namespace) -> dict[str, list[float]]:
         async with h.cluster(runtimes=1) as c:
             if want("fanout"):
                 await h.fanout(c, 200)
-                add("fanout", await h.fanout(c, n))
+                rate, server_us, runtime_us = await h.fanout_profile(c, n)
+                add("fanout", rate)
+                add("cpu_us_per_state_scheduler", server_us)
+                add("cpu_us_per_state_runtime", runtime_us)
                 add("fanout_seconds", (n + 2) / results["fanout"][-1])
             if want("latency"):
                 p50, p99 = await h.latency(c, count)

@@ -28,11 +28,20 @@ class Cluster:
     server: subprocess.Popen[str]
     runtimes: list[subprocess.Popen[bytes]]
 
+    def cpu_seconds(self) -> tuple[float, float]:
+        """CPU time (user + system) used so far by the scheduler and by all runtimes."""
+        return _cpu(self.server.pid), sum(_cpu(p.pid) for p in self.runtimes)
+
     def server_peak_rss_mb(self) -> float:
         for line in Path(f"/proc/{self.server.pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
         return float("nan")
+
+
+def _cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _stop(proc: subprocess.Popen[str] | subprocess.Popen[bytes]) -> None:
@@ -142,9 +151,21 @@ async def _finish(sm: StateManager, graph: str, inputs: dict[str, str] | None = 
 
 async def fanout(c: Cluster, n: int) -> float:
     """States per second of 1 -> n -> 1 with an aggregating merge."""
+    return (await fanout_profile(c, n))[0]
+
+
+async def fanout_profile(c: Cluster, n: int) -> tuple[float, float, float]:
+    """States per second of 1 -> n -> 1, and CPU microseconds per state in the scheduler and in the runtimes."""
     async with StateManager(NAMESPACE, address=c.address) as sm:
+        server_before, runtime_before = c.cpu_seconds()
         seconds = await _finish(sm, "fanout", {"n": str(n)})
-    return (n + 2) / seconds
+        server_after, runtime_after = c.cpu_seconds()
+    states = n + 2
+    return (
+        states / seconds,
+        (server_after - server_before) / states * 1e6,
+        (runtime_after - runtime_before) / states * 1e6,
+    )
 
 
 async def _trigger_and_wait(sm: StateManager, graph: str) -> float:

@@ -22,6 +22,13 @@ def _plain(mapping: Any) -> dict[str, str]:
     return {k: mapping[k] for k in mapping}
 
 
+def _no_secrets(node_cls: type[BaseNode]) -> BaseModel:
+    """The Secrets of a node given none: validated, so a node that declares required secrets still fails."""
+    if node_cls.Secrets.model_fields:
+        return node_cls.Secrets.model_validate({})
+    return node_cls.Secrets.model_construct()
+
+
 def _errored(result: runtime_pb2.Result, exc_type: str, message: str, tb: str = "") -> runtime_pb2.Result:
     result.errored.CopyFrom(common_pb2.StateError(message=message, type=exc_type, traceback=tb))
     return result
@@ -52,7 +59,8 @@ def _outputs_list(node_cls: type[BaseNode], returned: Any) -> list[dict[str, str
                 f"{name}.execute returned {type(item).__name__}{where}; expected {name}.Outputs, "
                 "a list of them, or None"
             )
-        dumped = model.model_dump()
+        # Every field is a str (checked when the Runtime was built), so the model's __dict__ is its dump.
+        dumped = dict(model.__dict__)
         for key, value in dumped.items():
             if not isinstance(value, str):
                 raise TypeError(f"{name}.Outputs field '{key}' must be a str, got {type(value).__name__}")
@@ -66,10 +74,11 @@ async def execute_item(node_cls: type[BaseNode], item: runtime_pb2.Execute) -> r
     node = node_cls()
     try:
         node.inputs = node_cls.Inputs.model_validate(_plain(item.inputs))
-        node.secrets = node_cls.Secrets.model_validate(_plain(item.secrets))
+        secrets = item.secrets
+        node.secrets = node_cls.Secrets.model_validate(_plain(secrets)) if secrets else _no_secrets(node_cls)
     except ValidationError as exc:
         return _errored(result, "InputValidationError", f"{node_cls.__name__} got invalid inputs or secrets: {exc}")
-    store_before = _plain(item.store)
+    store_before = _plain(item.store) if item.store else {}
     node.store = dict(store_before)
     try:
         returned = await node.execute()

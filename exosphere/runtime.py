@@ -77,7 +77,8 @@ class Runtime:
         self._created = _LazyEvent()
         self._stopping: asyncio.Event | None = None
         self._registered: asyncio.Event | None = None
-        self._in_flight: dict[str, asyncio.Task[None]] = {}
+        # Executing states by dispatch id.
+        self._in_flight: dict[int, tuple[asyncio.Task[None], pb.Execute]] = {}
         self._outbox: list[pb.Result] = []
         self._wake_writer: asyncio.Event | None = None
         self.executed_count = 0
@@ -208,7 +209,7 @@ class Runtime:
             await call.write(pb.RuntimeMessage(draining=pb.Draining()))
         deadline = time.monotonic() + self._shutdown_grace.total_seconds()
         while self._in_flight and time.monotonic() < deadline:
-            await asyncio.wait(list(self._in_flight.values()), timeout=deadline - time.monotonic())
+            await asyncio.wait([t for t, _ in self._in_flight.values()], timeout=deadline - time.monotonic())
         with contextlib.suppress(grpc.aio.AioRpcError):
             await self._flush(call)
             await call.done_writing()
@@ -223,10 +224,7 @@ class Runtime:
                 for item in message.execute.items:
                     self._start(item)
             elif kind == "cancel":
-                for state_id in message.cancel.state_ids:
-                    task = self._in_flight.get(state_id)
-                    if task is not None:
-                        task.cancel()
+                self._cancel(set(message.cancel.state_ids))
             elif kind == "drain":
                 logger.info("scheduler asked runtime to drain runtime=%s", self.name)
                 self.stop()
@@ -240,13 +238,13 @@ class Runtime:
             self._push(result)
             return
         task = asyncio.get_running_loop().create_task(self._run_item(node_cls, item))
-        self._in_flight[item.state_id] = task
+        self._in_flight[item.dispatch_id] = (task, item)
 
     async def _run_item(self, node_cls: type[BaseNode], item: pb.Execute) -> None:
         try:
             result = await execute_item(node_cls, item)
         finally:
-            self._in_flight.pop(item.state_id, None)
+            self._in_flight.pop(item.dispatch_id, None)
         self.executed_count += 1
         self._push(result)
 
@@ -274,8 +272,20 @@ class Runtime:
             else:
                 await call.write(pb.RuntimeMessage(heartbeat=pb.Heartbeat(in_flight=len(self._in_flight))))
 
+    def _cancel(self, state_ids: set[str]) -> None:
+        """Stop states the scheduler cancelled (timed out, run cancelled) and acknowledge each, freeing its credit."""
+        for dispatch_id, (task, item) in list(self._in_flight.items()):
+            if item.state_id not in state_ids:
+                continue
+            del self._in_flight[dispatch_id]
+            task.cancel()
+            ack = pb.Result(state_id=item.state_id, attempt=item.attempt, dispatch_id=dispatch_id)
+            ack.errored.message = "cancelled by the scheduler"
+            ack.errored.type = "CancelledError"
+            self._push(ack)
+
     async def _cancel_in_flight(self) -> None:
-        tasks = list(self._in_flight.values())
+        tasks = [task for task, _ in self._in_flight.values()]
         self._in_flight.clear()
         self._outbox.clear()
         for task in tasks:

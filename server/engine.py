@@ -524,9 +524,7 @@ class Engine:
             if state.status not in _LIVE:
                 continue
             if state.status == m.QUEUED and state.session is not None:
-                state.session.cancels.append(state.state_id)
-                state.session.wake.set()
-                state.session = None
+                self._cancel_dispatch(state.session, state)
             state.status = m.CANCELLED
             state.updated_at_ms = now
             self._mark(state)
@@ -967,8 +965,16 @@ class Engine:
             except Exception:
                 logger.exception("sweep failed")
 
+    def _cancel_dispatch(self, session: Session, state: State) -> None:
+        """Ask the runtime to stop a state. Its credit returns with the runtime's acknowledgement, or after a lease
+        if none comes (a runtime that ignores cancels must not lose its capacity for good)."""
+        session.cancels.append(state.state_id)
+        session.cancelled[state.dispatch_id] = time.monotonic()
+        session.wake.set()
+        state.session = None
+
     def sweep(self) -> None:
-        """Expire silent sessions and states past their deadline."""
+        """Expire silent sessions, states past their deadline, and cancels never acknowledged."""
         lease_s = self.settings.lease_ms / 1000
         mono = time.monotonic()
         now = self._clock()
@@ -977,11 +983,15 @@ class Engine:
                 session.close_reason = f"lease expired: no message for {mono - session.last_seen:.1f}s"
                 self.unregister_session(session)
                 continue
+            for dispatch_id, since in list(session.cancelled.items()):
+                if dispatch_id not in session.in_flight:
+                    del session.cancelled[dispatch_id]
+                elif mono - since > lease_s:
+                    del session.cancelled[dispatch_id]
+                    del session.in_flight[dispatch_id]
             for state in list(session.in_flight.values()):
                 if state.status == m.QUEUED and state.session is session and now > state.deadline_ms:
-                    session.cancels.append(state.state_id)
-                    session.wake.set()
-                    state.session = None
+                    self._cancel_dispatch(session, state)
                     timeout_ms = state.node.timeout_ms or self.settings.default_timeout_ms
                     error = {"message": f"state ran longer than its timeout of {timeout_ms} ms", "type": "TimeoutError"}
                     self._on_failed(state, error, m.TIMEDOUT, now)

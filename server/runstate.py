@@ -70,6 +70,9 @@ class Session:
     # Dispatched states by dispatch id; an entry stays until the runtime answers (it holds one credit).
     in_flight: dict[int, State] = field(default_factory=dict)
     outbox: list[State] = field(default_factory=list)
+    # Dispatches the scheduler cancelled, by dispatch id, with when (monotonic): their credit returns on the
+    # runtime's acknowledgement or after a lease.
+    cancelled: dict[int, float] = field(default_factory=dict)
     cancels: list[str] = field(default_factory=list)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     # Set when the scheduler ends the session (lease expired, shutting down).

@@ -1,0 +1,1 @@
+"""Fault-injection tests: real scheduler and runtime processes killed, stopped and blocked."""

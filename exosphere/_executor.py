@@ -74,10 +74,18 @@ async def execute_item(node_cls: type[BaseNode], item: runtime_pb2.Execute) -> r
     node = node_cls()
     try:
         node.inputs = node_cls.Inputs.model_validate(_plain(item.inputs))
+    except ValidationError as exc:
+        return _errored(result, "InputValidationError", f"{node_cls.__name__} got invalid inputs: {exc}")
+    try:
         secrets = item.secrets
         node.secrets = node_cls.Secrets.model_validate(_plain(secrets)) if secrets else _no_secrets(node_cls)
     except ValidationError as exc:
-        return _errored(result, "InputValidationError", f"{node_cls.__name__} got invalid inputs or secrets: {exc}")
+        # Never echo a secret: describe the problem without the input values.
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+            for e in exc.errors(include_input=False, include_url=False)
+        )
+        return _errored(result, "SecretsValidationError", f"{node_cls.__name__} got invalid secrets: {problems}")
     store_before = _plain(item.store) if item.store else {}
     node.store = dict(store_before)
     try:

@@ -17,7 +17,7 @@ from grpc_reflection.v1alpha import reflection
 from exosphere.errors import InvalidArgumentError
 from exosphere.v1 import runtime_pb2, runtime_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
 from server.api import SchedulerApi
-from server.auth import ApiKey, Authenticator, load_keys_file
+from server.auth import ApiKey, Authenticator, AuthInterceptor, load_keys_file
 from server.config import ServerConfig
 from server.cron import CronScheduler
 from server.engine import Engine, EngineSettings
@@ -91,17 +91,15 @@ class App:
             raise InvalidArgumentError("--tls-cert and --tls-key must be given together")
         self._tls_pair = _read_pair(config.tls_key, config.tls_cert) if config.tls_cert and config.tls_key else None
         self.auth = Authenticator(keys)
-        if store is None:
-            store = SqliteStore(config.db)
-            key_file: Path | None = Path(f"{config.db}.key")
-        else:
-            key_file = None if isinstance(store, InMemoryStore) else Path(f"{config.db}.key")
-        self.store = store
+        key_file = None if isinstance(store, InMemoryStore) else Path(f"{config.db}.key")
+        # The key first: a bad key must fail before the database is opened.
+        secret_box = SecretBox(
+            load_or_create_key(Path(config.secrets_key_file) if config.secrets_key_file else key_file)
+        )
+        self.store = store if store is not None else SqliteStore(config.db)
         self.engine = Engine(
-            store,
-            secret_box=SecretBox(
-                load_or_create_key(Path(config.secrets_key_file) if config.secrets_key_file else key_file)
-            ),
+            self.store,
+            secret_box=secret_box,
             settings=EngineSettings(
                 heartbeat_interval_ms=int(config.heartbeat_interval.total_seconds() * 1000),
                 lease_ms=int(config.lease.total_seconds() * 1000),
@@ -112,6 +110,8 @@ class App:
         self.cron = CronScheduler(self.engine)
         self.engine.on_graph_saved = self.cron.reload
         self._server: grpc.aio.Server | None = None
+        self._started = False
+        self._stopped = False
         self._health = health.aio.HealthServicer()
         self.port = 0
 
@@ -120,18 +120,27 @@ class App:
         return f"{self.config.host}:{self.port}"
 
     async def start(self) -> int:
-        """Recover state, bind, serve. Returns the bound port."""
+        """Recover state, bind, serve. Returns the bound port. On failure, whatever started is stopped."""
+        try:
+            return await self._start()
+        except BaseException:
+            await self._shutdown(None, 0)
+            raise
+
+    async def _start(self) -> int:
         await self.engine.start()
         await self.cron.start()
         server = grpc.aio.server(
+            interceptors=[AuthInterceptor(self.auth)],
             options=[
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
                 ("grpc.so_reuseport", 0),
-            ]
+            ],
         )
+        self._server = server
         scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(SchedulerApi(self.engine, self.auth), server)
         runtime_pb2_grpc.add_RuntimeServiceServicer_to_server(RuntimeApi(self.engine, self.auth), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -153,7 +162,7 @@ class App:
         if self.port == 0:
             raise OSError(f"could not bind {target}")
         await server.start()
-        self._server = server
+        self._started = True
         for service in ("", "exosphere.v1.SchedulerService", "exosphere.v1.RuntimeService"):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         logger.info("exosphere-server listening on %s:%d db=%s", self.config.host, self.port, self.config.db)
@@ -161,13 +170,20 @@ class App:
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting, let calls finish within ``grace`` seconds, commit, close the store. Idempotent."""
-        server, self._server = self._server, None
-        if server is None:
+        if self._stopped:
             return
-        await self._health.enter_graceful_shutdown()
-        self.engine.close_sessions("scheduler shutting down")
+        await self._shutdown(self._server, self.config.shutdown_grace.total_seconds() if grace is None else grace)
+
+    async def _shutdown(self, server: grpc.aio.Server | None, grace: float) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        self._server = None
         try:
-            await server.stop(self.config.shutdown_grace.total_seconds() if grace is None else grace)
+            if server is not None and self._started:
+                await self._health.enter_graceful_shutdown()
+                self.engine.close_sessions("scheduler shutting down")
+                await server.stop(grace)
         finally:
             await self.cron.stop()
             await self.engine.stop()

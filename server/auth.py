@@ -17,7 +17,7 @@ With no key configured every request is allowed (the scheduler then listens on l
 from __future__ import annotations
 
 import hmac
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,10 +82,14 @@ class Authenticator:
 
     def identify(self, context: grpc.aio.ServicerContext[Any, Any]) -> ApiKey | None:
         """The caller's key; raises AuthenticationError when keys are configured and it is missing or wrong."""
+        return self.identify_metadata(context.invocation_metadata())
+
+    def identify_metadata(self, metadata: Any) -> ApiKey | None:
+        """The key in call metadata; raises AuthenticationError when keys are configured and it is missing or wrong."""
         if not self._keys:
             return None
         presented = ""
-        for key, value in context.invocation_metadata() or ():
+        for key, value in metadata or ():
             if key == "x-api-key":
                 presented = value if isinstance(value, str) else value.decode()
         if not presented:
@@ -106,3 +110,45 @@ class Authenticator:
     def allowed(self, context: grpc.aio.ServicerContext[Any, Any], namespace: str) -> bool:
         key = self.identify(context)
         return key is None or key.allows(namespace)
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """Refuses a missing or wrong key on every Exosphere RPC before its handler runs.
+
+    Namespace scopes are checked by the handlers, which know the namespace; this check runs first, so an
+    unauthenticated caller learns nothing (not even whether a run id exists).
+    """
+
+    def __init__(self, auth: Authenticator) -> None:
+        self._auth = auth
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(handler_call_details)
+        if handler is None or not self._auth.enabled:
+            return handler
+        if not handler_call_details.method.startswith("/exosphere."):  # health and reflection stay open
+            return handler
+        try:
+            self._auth.identify_metadata(handler_call_details.invocation_metadata)
+        except AuthenticationError as exc:
+            return _refusal(handler, str(exc))
+        return handler
+
+
+def _refusal(handler: grpc.RpcMethodHandler[Any, Any], message: str) -> grpc.RpcMethodHandler[Any, Any]:
+    async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        await context.abort(
+            grpc.StatusCode.UNAUTHENTICATED, message, trailing_metadata=(("exosphere-error", "AuthenticationError"),)
+        )
+
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(refuse)
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(refuse, request_deserializer=handler.request_deserializer)
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(refuse)
+    return grpc.unary_unary_rpc_method_handler(refuse, request_deserializer=handler.request_deserializer)

@@ -245,12 +245,6 @@ async def test_missing_or_wrong_key_is_unauthenticated_on_every_rpc(
         assert [r.status for r in runs.runs] == [common_pb2.RUN_STATUS_SUCCESS]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server/api.py authenticates GetRun/WatchRun/CancelRun/RetryState only after looking the run up, "
-    "ListNamespaces/ListRuntimes only per item listed, and server/runtime_api.py KeepAlive only for a known "
-    "session: a bad key gets NOT_FOUND or OK",
-)
 async def test_unauthenticated_before_anything_else(stub: Stubs) -> None:
     """On an empty scheduler, with ids that do not exist, a bad key still gets UNAUTHENTICATED (not NOT_FOUND,
     not OK with an empty list): whether something exists is not told to a caller without a key."""
@@ -829,11 +823,6 @@ class PickySecret(BaseNode):
         return self.Outputs(text=self.inputs.text)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="exosphere/_executor.py puts str(ValidationError) of the Secrets model, which shows input_value (the "
-    "secret), into the state's error: stored in SQLite, logged by the scheduler, returned by GetRun",
-)
 async def test_a_secret_the_node_rejects_is_not_echoed_in_the_error(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -378,6 +378,8 @@ class Engine:
         graph = self._graphs.get((namespace, graph_name))
         if graph is None:
             raise GraphNotFoundError(f"graph {graph_name!r} not found in namespace {namespace!r}")
+        if graph.problem:
+            raise ConflictError(graph.problem)
         errors = []
         root = graph.root
         schema = self._nodes.get((namespace, root.node_name))

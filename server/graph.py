@@ -52,6 +52,8 @@ class CompiledGraph:
     spec: GraphSpec
     nodes: dict[str, CompiledNode]
     root: CompiledNode
+    # Set when the graph cannot run as stored (for example its secrets cannot be decrypted): triggers are refused.
+    problem: str | None = None
 
     @property
     def namespace(self) -> str:

@@ -153,14 +153,21 @@ def load_runs(
 
 
 def _compile(engine: Engine, spec: m.GraphSpec) -> CompiledGraph | None:
+    problem = None
     try:
         secrets = engine._decrypt(spec)
-    except Exception as exc:  # a wrong key must not stop the scheduler; the graph's runs fail instead
+    except Exception as exc:  # a wrong key must not stop the scheduler; the graph refuses triggers instead
         logger.error("cannot decrypt secrets of graph %s/%s: %s", spec.namespace, spec.name, exc)
         secrets = {}
+        problem = (
+            f"the secrets of graph {spec.name!r} cannot be decrypted with this scheduler's secrets key; "
+            "upsert the graph again with its secrets"
+        )
     compiled, errors = compile_graph(spec, engine.node_schema, secrets, strict=False)
     if compiled is None:
         logger.error("stored graph %s/%s no longer compiles: %s", spec.namespace, spec.name, "; ".join(errors))
+    else:
+        compiled.problem = problem
     return compiled
 
 

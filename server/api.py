@@ -32,9 +32,12 @@ def _int_token(token: str, what: str) -> int:
     if not token:
         return -1
     try:
-        return int(token)
+        value = int(token)
     except ValueError:
-        raise InvalidArgumentError(f"invalid {what} page_token {token!r}") from None
+        raise InvalidArgumentError(f"invalid {what} page_token {token[:64]!r}") from None
+    if not 0 <= value < 2**62:
+        raise InvalidArgumentError(f"invalid {what} page_token {token[:64]!r}: out of range")
+    return value
 
 
 class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):

@@ -135,6 +135,8 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
                     if isinstance(run, Run) and not run.end_committed:
                         message.status = common_pb2.RUN_STATUS_PENDING  # its end is not committed yet
                     if request.run_only:
+                        if message.status == common_pb2.RUN_STATUS_PENDING and request.HasField("trigger"):
+                            continue  # trigger-and-wait: only the outcome is wanted, one message
                         yield pb.WatchRunResponse(run=message)
                         continue
                     for start in range(0, max(1, len(states)), WATCH_CHUNK):

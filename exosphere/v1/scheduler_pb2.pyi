@@ -1028,7 +1028,9 @@ class WatchRunRequest(_message.Message):
     """Send only run-level events (status and counts), no states: what a client waiting for the outcome needs."""
     @_builtins.property
     def trigger(self) -> Global___TriggerGraphRequest:
-        """Start this run and watch it: trigger-and-wait in one round trip. The first event carries the new run id."""
+        """Start this run and watch it: trigger-and-wait in one round trip. Every event carries the new run id; with
+        run_only, the only event is the final one.
+        """
 
     def __init__(
         self,

@@ -165,3 +165,16 @@ async def test_list_graphs_and_get_graph(
     assert saved.version == 2
     assert [g.name for g in await state_manager.list_graphs()] == ["a"]
     assert (await state_manager.get_graph("a")).nodes[0].inputs == {"text": "2"}
+
+
+async def test_trigger_and_wait_in_one_call(
+    state_manager: StateManager, start_runtime: RuntimeFactory, namespace: str
+) -> None:
+    await start_runtime([Echo])
+    await state_manager.upsert_graph("tw", [node(namespace, "Echo", "e", {"text": "once"})])
+    quick = await state_manager.trigger_and_wait("tw", inputs={"text": "fast"}, states=False, timeout=10)
+    assert quick.status is RunStatus.SUCCESS and quick.states == []
+    full = await state_manager.trigger_and_wait("tw", timeout=10)
+    assert full.states[0].outputs == [{"text": "once"}]
+    with pytest.raises(GraphNotFoundError):
+        await state_manager.trigger_and_wait("missing", timeout=10)

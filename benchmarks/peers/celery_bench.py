@@ -19,9 +19,18 @@ from typing import Any
 
 from celery import Celery, chain, chord
 from celery.result import AsyncResult, ResultSet
-
-from peer_common import PEERS_DIR, LOOPBACK, Processes, Recorder, base_parser, free_port, log, sigterm_as_exit, sizes
-from peer_common import wait_for_port
+from peer_common import (
+    LOOPBACK,
+    PEERS_DIR,
+    Processes,
+    Recorder,
+    base_parser,
+    free_port,
+    log,
+    sigterm_as_exit,
+    sizes,
+    wait_for_port,
+)
 
 URL_ENV = "EXO_CELERY_BENCH_URL"
 TIMEOUT = 600.0
@@ -54,11 +63,23 @@ def aggregate(results: list[Any]) -> int:
     return len(results)
 
 
-def _fanout_once(client: Celery, n: int) -> float:
+@app.task(name="bench.fanout_start")
+def fanout_start(n: int) -> str:
+    """The first state of 1 -> n -> 1: starts the chord from inside the worker, returns the callback's task id."""
+    result = chord([noop.s() for _ in range(n)])(aggregate.s())
+    return str(result.id)
+
+
+def _fanout_once(client: Celery, n: int, from_worker: bool) -> float:
     started = time.perf_counter()
-    header = [client.signature("bench.noop") for _ in range(n)]
-    result = chord(header)(client.signature("bench.aggregate"))
-    count = result.get(timeout=TIMEOUT)
+    if from_worker:
+        callback_id = client.send_task("bench.fanout_start", (n,)).get(timeout=TIMEOUT)
+        count = client.AsyncResult(callback_id).get(timeout=TIMEOUT)
+    else:
+        # The client subscribes to every header task's result channel (redis backend), which costs it minutes of
+        # CPU at n=10,000: the fan-out then measures the client, not the worker.
+        header = [client.signature("bench.noop") for _ in range(n)]
+        count = chord(header)(client.signature("bench.aggregate")).get(timeout=TIMEOUT)
     seconds = time.perf_counter() - started
     if count != n:
         raise RuntimeError(f"aggregate saw {count} results, expected {n}")
@@ -92,13 +113,17 @@ def _runs_once(url: str, m: int, clients: int) -> float:
             barrier.wait()
             results: list[AsyncResult] = []
             for _ in range(share):
-                sig = chain(client.signature("bench.noop"), client.signature("bench.noop"), client.signature("bench.noop"))
+                sig = chain(
+                    client.signature("bench.noop"), client.signature("bench.noop"), client.signature("bench.noop")
+                )
                 results.append(sig.apply_async())
             ResultSet(results, app=client).get(timeout=TIMEOUT)
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=client_thread, args=(c, s), daemon=True) for c, s in zip(apps, shares, strict=True)]
+    threads = [
+        threading.Thread(target=client_thread, args=(c, s), daemon=True) for c, s in zip(apps, shares, strict=True)
+    ]
     for thread in threads:
         thread.start()
     barrier.wait()
@@ -118,11 +143,25 @@ def main() -> int:
     parser.add_argument("--pool", default="prefork", help="celery worker pool (prefork, threads, solo, ...)")
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--prefetch", type=int, default=4, help="worker_prefetch_multiplier")
+    parser.add_argument(
+        "--fanout-from",
+        choices=("worker", "client"),
+        default="worker",
+        help="who builds the chord: a first task in the worker (1 -> N -> 1, default) or the client",
+    )
     args = parser.parse_args()
     size = sizes(args)
     redis_server = shutil.which("redis-server") or "/usr/bin/redis-server"
-    config = {**size, "repeat": args.repeat, "pool": args.pool, "concurrency": args.concurrency,
-              "prefetch_multiplier": args.prefetch, "broker": "redis", "result_backend": "redis"}
+    config = {
+        **size,
+        "repeat": args.repeat,
+        "pool": args.pool,
+        "concurrency": args.concurrency,
+        "prefetch_multiplier": args.prefetch,
+        "fanout_from": args.fanout_from,
+        "broker": "redis",
+        "result_backend": "redis",
+    }
     recorder = Recorder("celery", args, config)
     procs = Processes(log_dir=Path(tempfile.mkdtemp(prefix="exo-celery-bench-")))
     try:
@@ -131,12 +170,29 @@ def main() -> int:
             import kombu
             import redis
 
-            config["versions"] = {"celery": celery.__version__, "kombu": kombu.__version__, "redis-py": redis.__version__}
+            config["versions"] = {
+                "celery": celery.__version__,
+                "kombu": kombu.__version__,
+                "redis-py": redis.__version__,
+            }
             port = free_port()
             redis_proc = procs.start(
                 "redis",
-                [redis_server, "--port", str(port), "--bind", LOOPBACK, "--save", "", "--appendonly", "no",
-                 "--daemonize", "no", "--loglevel", "warning"],
+                [
+                    redis_server,
+                    "--port",
+                    str(port),
+                    "--bind",
+                    LOOPBACK,
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--daemonize",
+                    "no",
+                    "--loglevel",
+                    "warning",
+                ],
             )
             wait_for_port(port, 30, redis_proc)
             config["versions"]["redis-server"] = redis.Redis(host=LOOPBACK, port=port).info()["redis_version"]
@@ -147,9 +203,25 @@ def main() -> int:
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PEERS_DIR), env.get("PYTHONPATH")]))
             procs.start(
                 "worker",
-                [sys.executable, "-m", "celery", "-A", "celery_bench", "worker", "--pool", args.pool,
-                 "--concurrency", str(args.concurrency), "--loglevel", "WARNING", "--without-gossip",
-                 "--without-mingle", "--without-heartbeat", "--hostname", f"bench{port}@%h"],
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "celery_bench",
+                    "worker",
+                    "--pool",
+                    args.pool,
+                    "--concurrency",
+                    str(args.concurrency),
+                    "--loglevel",
+                    "WARNING",
+                    "--without-gossip",
+                    "--without-mingle",
+                    "--without-heartbeat",
+                    "--hostname",
+                    f"bench{port}@%h",
+                ],
                 env=env,
                 cwd=PEERS_DIR,
             )
@@ -161,7 +233,7 @@ def main() -> int:
                 return 1
 
             if recorder.wanted("fanout"):
-                recorder.fanout(size["n"], lambda: _fanout_once(app, size["n"]))
+                recorder.fanout(size["n"], lambda: _fanout_once(app, size["n"], args.fanout_from == "worker"))
             if recorder.wanted("latency"):
                 recorder.latency(size["latency_count"], lambda: _latency_once(app))
             if recorder.wanted("chain"):
@@ -173,6 +245,10 @@ def main() -> int:
         recorder.fail(exc, procs.log_tail("worker"))
     finally:
         procs.stop_all()
+        if recorder.has_errors():
+            log(f"server logs kept in {procs.log_dir}")
+        else:
+            procs.remove_logs()
         recorder.emit()
     return 0 if "error" not in recorder.result else 1
 

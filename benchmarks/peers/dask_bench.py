@@ -32,8 +32,13 @@ def main() -> int:
     parser.add_argument("--threads-per-worker", type=int, default=1)
     args = parser.parse_args()
     size = sizes(args)
-    config: dict[str, Any] = {**size, "repeat": args.repeat, "workers": args.workers,
-                              "threads_per_worker": args.threads_per_worker, "cluster": "LocalCluster(processes=True)"}
+    config: dict[str, Any] = {
+        **size,
+        "repeat": args.repeat,
+        "workers": args.workers,
+        "threads_per_worker": args.threads_per_worker,
+        "cluster": "LocalCluster(processes=True)",
+    }
     recorder = Recorder("dask", args, config)
     worker_pids: list[int] = []
     cluster: Any = None
@@ -105,8 +110,10 @@ def main() -> int:
                     except BaseException as exc:
                         errors.append(exc)
 
-                threads = [threading.Thread(target=client_thread, args=(p, s), daemon=True)
-                           for p, s in zip(peers, shares, strict=True)]
+                threads = [
+                    threading.Thread(target=client_thread, args=(p, s), daemon=True)
+                    for p, s in zip(peers, shares, strict=True)
+                ]
                 for thread in threads:
                     thread.start()
                 barrier.wait()

@@ -7,6 +7,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -64,7 +65,7 @@ class Processes:
 
     def start(self, name: str, argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> Any:
         assert self.log_dir is not None
-        log_file = open(self.log_dir / f"{name}.log", "wb")  # noqa: SIM115 - closed in stop_all
+        log_file = open(self.log_dir / f"{name}.log", "wb")
         proc = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
@@ -86,6 +87,11 @@ class Processes:
             return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+    def remove_logs(self) -> None:
+        """Delete the log directory (call after a clean run; on failure it is kept and its path logged)."""
+        if self.log_dir is not None and not self.procs:
+            shutil.rmtree(self.log_dir, ignore_errors=True)
 
     def stop_all(self, grace: float = 10.0) -> None:
         """SIGTERM each started process group (its leader is a PID we started), then SIGKILL what is left."""
@@ -156,7 +162,8 @@ def sizes(args: argparse.Namespace, full: dict[str, int] | None = None) -> dict[
 
 
 def error_text(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}".strip()
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else f"{type(exc).__name__} (no message)"
 
 
 class Recorder:
@@ -175,7 +182,8 @@ class Recorder:
 
         def body(entry: dict[str, Any]) -> None:
             entry.update(n=n, unit="states/s", values=[], seconds=[])
-            for _ in range(self.repeat):
+            for i in range(self.repeat):
+                self._progress(i)
                 seconds = once()
                 entry["seconds"].append(round(seconds, 4))
                 entry["values"].append(round((n + 2) / seconds, 1))
@@ -187,7 +195,8 @@ class Recorder:
 
         def body(entry: dict[str, Any]) -> None:
             entry.update(count=count, unit="ms", p50_ms=[], p99_ms=[], mean_ms=[])
-            for _ in range(self.repeat):
+            for i in range(self.repeat):
+                self._progress(i)
                 samples = sorted(once() * 1000 for _ in range(count))
                 entry["p50_ms"].append(round(percentile(samples, 50), 3))
                 entry["p99_ms"].append(round(percentile(samples, 99), 3))
@@ -200,7 +209,8 @@ class Recorder:
 
         def body(entry: dict[str, Any]) -> None:
             entry.update(length=length, unit="ms/hop", values=[])
-            for _ in range(self.repeat):
+            for i in range(self.repeat):
+                self._progress(i)
                 entry["values"].append(round(once() * 1000 / length, 3))
 
         self._run("chain", body)
@@ -210,12 +220,17 @@ class Recorder:
 
         def body(entry: dict[str, Any]) -> None:
             entry.update(m=m, clients=clients, unit="runs/s", values=[], seconds=[])
-            for _ in range(self.repeat):
+            for i in range(self.repeat):
+                self._progress(i)
                 seconds = once()
                 entry["seconds"].append(round(seconds, 4))
                 entry["values"].append(round(m / seconds, 1))
 
         self._run("runs", body)
+
+    def _progress(self, index: int) -> None:
+        if self.repeat > 1:
+            log(f"  repeat {index + 1}/{self.repeat}")
 
     def _run(self, name: str, body: Callable[[dict[str, Any]], None]) -> None:
         if not self.wanted(name):
@@ -229,6 +244,9 @@ class Recorder:
         except Exception as exc:
             log(f"{name}: failed: {error_text(exc)}\n{traceback.format_exc()}")
             entry["error"] = error_text(exc)
+        except BaseException as exc:  # SIGTERM (SystemExit) or ^C: record it, then stop the whole script
+            entry["error"] = f"interrupted: {error_text(exc)}"
+            raise
         log(f"{name}: done in {time.monotonic() - started:.1f}s {json.dumps(entry)[:300]}")
 
     def fail(self, exc: BaseException, detail: str = "") -> None:
@@ -238,6 +256,9 @@ class Recorder:
         for name in ("fanout", "latency", "chain", "runs"):
             if self.wanted(name):
                 self.result["workloads"].setdefault(name, {"error": message})
+
+    def has_errors(self) -> bool:
+        return "error" in self.result or any("error" in w for w in self.result["workloads"].values())
 
     def emit(self) -> None:
         sys.stdout.flush()

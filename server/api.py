@@ -102,8 +102,8 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
                 request.run_id, page_size, _int_token(request.page_token, "GetRun")
             )
             self._check_run(context, run)
-        token = str(last) if len(states) == page_size and last >= 0 else ""
-        return pb.GetRunResponse(run=run_to_pb(run), states=states_to_pb(states), next_page_token=token)
+            token = str(last) if len(states) == page_size and last >= 0 else ""
+            return pb.GetRunResponse(run=run_to_pb(run), states=states_to_pb(states), next_page_token=token)
 
     async def ListRuns(self, request: pb.ListRunsRequest, context: Ctx) -> pb.ListRunsResponse:
         async with status_from_errors(context):
@@ -112,8 +112,8 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
             before = _int_token(request.page_token, "ListRuns")
             status = common_pb2.RunStatus.Name(request.status).removeprefix("RUN_STATUS_") if request.status else None
             runs = self._engine.list_runs(request.namespace, request.graph_name or None, limit, max(0, before), status)
-        token = str(runs[-1].created_at_ms) if len(runs) == limit else ""
-        return pb.ListRunsResponse(runs=[run_to_pb(r) for r in runs], next_page_token=token)
+            token = str(runs[-1].created_at_ms) if len(runs) == limit else ""
+            return pb.ListRunsResponse(runs=[run_to_pb(r) for r in runs], next_page_token=token)
 
     async def WatchRun(self, request: pb.WatchRunRequest, context: Ctx) -> AsyncIterator[pb.WatchRunResponse]:
         async with status_from_errors(context):

@@ -160,7 +160,11 @@ class CronScheduler:
                 key = f"{KV_PREFIX}{spec.namespace}/{spec.name}/{_trigger_id(cron, occurrence)}"
                 try:
                     tz = zoneinfo.ZoneInfo(cron.timezone or "UTC")
-                except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:  # the engine validates; be safe anyway
+                except (
+                    zoneinfo.ZoneInfoNotFoundError,
+                    ValueError,
+                    OSError,
+                ) as exc:  # the engine validates; be safe anyway
                     logger.error(
                         "cron trigger skipped graph=%s/%s timezone=%r: %s",
                         spec.namespace,

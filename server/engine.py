@@ -32,7 +32,7 @@ from exosphere.errors import (
     StateNotFoundError,
 )
 from server import models as m
-from server.graph import CompiledGraph, CompiledNode, compile_graph
+from server.graph import MAX_DELAY_MS, CompiledGraph, CompiledNode, compile_graph
 from server.models import GraphSpec, NodeSchema, RunRow, StateRow
 from server.retry import retry_delay_ms
 from server.runstate import Run, Session, State
@@ -363,9 +363,9 @@ class Engine:
         self, requests: Sequence[tuple[str, str, Mapping[str, str], Mapping[str, str], int]]
     ) -> list[str]:
         """Start several runs: all are validated first, then all are committed in one transaction."""
-        for index, (namespace, graph_name, inputs, store, _) in enumerate(requests):
+        for index, (namespace, graph_name, inputs, store, delay) in enumerate(requests):
             try:
-                self._check_trigger(namespace, graph_name, inputs, store)
+                self._check_trigger(namespace, graph_name, inputs, store, delay)
             except (InvalidArgumentError, GraphNotFoundError) as exc:
                 raise type(exc)(f"trigger #{index}: {exc}") from None
         runs = [self._start_run(*request) for request in requests]
@@ -373,8 +373,15 @@ class Engine:
         return [run.run_id for run in runs]
 
     def _check_trigger(
-        self, namespace: str, graph_name: str, inputs: Mapping[str, str], store: Mapping[str, str]
+        self,
+        namespace: str,
+        graph_name: str,
+        inputs: Mapping[str, str],
+        store: Mapping[str, str],
+        start_delay_ms: int = 0,
     ) -> tuple[CompiledGraph, dict[str, str], dict[str, str]]:
+        if not 0 <= start_delay_ms <= MAX_DELAY_MS:
+            raise InvalidArgumentError(f"start_delay must be between 0 and {MAX_DELAY_MS} ms, got {start_delay_ms}")
         graph = self._graphs.get((namespace, graph_name))
         if graph is None:
             raise GraphNotFoundError(f"graph {graph_name!r} not found in namespace {namespace!r}")
@@ -421,7 +428,7 @@ class Engine:
     def _start_run(
         self, namespace: str, graph_name: str, inputs: Mapping[str, str], store: Mapping[str, str], start_delay_ms: int
     ) -> Run:
-        graph, root_inputs, run_store = self._check_trigger(namespace, graph_name, inputs, store)
+        graph, root_inputs, run_store = self._check_trigger(namespace, graph_name, inputs, store, start_delay_ms)
         now = self._clock()
         run = Run(
             run_id=uuid.UUID(bytes=os.urandom(16), version=4).hex,
@@ -631,7 +638,7 @@ class Engine:
                 self._finish(state, failed=False)
             elif kind == "requeue":
                 state.status = m.CREATED
-                state.run_at_ms = now + max(1, result.delay_ms)
+                state.run_at_ms = now + min(max(1, result.delay_ms), MAX_DELAY_MS)
                 state.updated_at_ms = now
                 self._mark(state)
                 self._enqueue(state)
@@ -953,7 +960,7 @@ class Engine:
         state.session = session
         state.dispatch_id = dispatch_id
         timeout = state.node.timeout_ms or self.settings.default_timeout_ms
-        state.deadline_ms = now + timeout
+        state.deadline_ms = now + min(timeout, MAX_DELAY_MS)
         session.in_flight[dispatch_id] = state
         session.outbox.append(state)
 

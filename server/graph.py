@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import zoneinfo
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -18,6 +19,9 @@ RETRY_STRATEGIES = frozenset(
 )
 UNITES_STRATEGIES = frozenset({"ALL_SUCCESS", "ALL_DONE"})
 DEFAULT_RETRY = RetryPolicySpec()
+# Bounds that keep every computed time inside the integers the store and the wire carry.
+MAX_DELAY_MS = 366 * 24 * 3600 * 1000
+MAX_EXPONENT = 100.0
 
 
 @dataclass(eq=False, slots=True)
@@ -68,15 +72,52 @@ class CompiledGraph:
         return self.spec.version
 
 
-def _ancestors(parents: Mapping[str, set[str]], start: str) -> set[str]:
-    seen: set[str] = set()
-    stack = list(parents.get(start, ()))
-    while stack:
-        node = stack.pop()
-        if node not in seen:
-            seen.add(node)
-            stack.extend(parents.get(node, ()))
-    return seen
+class _Ancestors:
+    """Ancestor sets as bitsets (Python ints), built in one pass in topological order: linear in practice."""
+
+    def __init__(self, order: list[str], bits: dict[str, int]) -> None:
+        self._index = {ident: i for i, ident in enumerate(order)}
+        self._bits = bits
+
+    def __contains__(self, ident: object) -> bool:
+        return ident in self._bits
+
+    def __getitem__(self, ident: str) -> _AncestorView:
+        return _AncestorView(self._bits[ident], self._index)
+
+
+class _AncestorView:
+    def __init__(self, bits: int, index: Mapping[str, int]) -> None:
+        self._bits = bits
+        self._index = index
+
+    def __contains__(self, ident: object) -> bool:
+        i = self._index.get(ident)  # type: ignore[call-overload]
+        return i is not None and bool(self._bits >> i & 1)
+
+
+def _all_ancestors(children: Mapping[str, list[str]], parents: Mapping[str, set[str]]) -> _Ancestors:
+    indegree = dict.fromkeys(children, 0)
+    for kids in children.values():  # count edges as listed: a repeated next_nodes entry is one more
+        for kid in kids:
+            indegree[kid] += 1
+    ready = [ident for ident, d in indegree.items() if d == 0]
+    order: list[str] = []
+    while ready:
+        ident = ready.pop()
+        order.append(ident)
+        for kid in children.get(ident, ()):
+            indegree[kid] -= 1
+            if indegree[kid] == 0:
+                ready.append(kid)
+    index = {ident: i for i, ident in enumerate(order)}
+    bits: dict[str, int] = {}
+    for ident in order:
+        value = 0
+        for parent in parents.get(ident, ()):
+            value |= bits[parent] | (1 << index[parent])
+        bits[ident] = value
+    return _Ancestors(order, bits)
 
 
 def _find_cycle(children: Mapping[str, list[str]]) -> list[str] | None:
@@ -106,6 +147,17 @@ def _find_cycle(children: Mapping[str, list[str]]) -> list[str] | None:
     return None
 
 
+def valid_timezone(name: str) -> bool:
+    """Whether ``name`` is an IANA time zone. Garbage can make zoneinfo raise OSError, not only its own error."""
+    if len(name) > 100:
+        return False
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+        return False
+    return True
+
+
 def _check_policy(where: str, policy: RetryPolicySpec, errors: list[str]) -> None:
     if policy.strategy not in RETRY_STRATEGIES:
         errors.append(
@@ -113,8 +165,14 @@ def _check_policy(where: str, policy: RetryPolicySpec, errors: list[str]) -> Non
         )
     if policy.max_retries < 0 or policy.max_retries > 1000:
         errors.append(f"{where}: max_retries must be between 0 and 1000, got {policy.max_retries}")
-    if policy.exponent < 1:
-        errors.append(f"{where}: exponent must be >= 1, got {policy.exponent}")
+    if not (math.isfinite(policy.exponent) and 1 <= policy.exponent <= MAX_EXPONENT):
+        errors.append(f"{where}: exponent must be between 1 and {MAX_EXPONENT}, got {policy.exponent}")
+    if not 0 <= policy.backoff_factor_ms <= MAX_DELAY_MS:
+        errors.append(
+            f"{where}: backoff_factor must be between 0 and {MAX_DELAY_MS} ms, got {policy.backoff_factor_ms}"
+        )
+    if policy.max_delay_ms is not None and not 0 <= policy.max_delay_ms <= MAX_DELAY_MS:
+        errors.append(f"{where}: max_delay must be between 0 and {MAX_DELAY_MS} ms, got {policy.max_delay_ms}")
 
 
 def compile_graph(
@@ -155,8 +213,8 @@ def compile_graph(
             )
         if len(set(node.next_nodes)) != len(node.next_nodes):
             errors.append(f"{label}: duplicate entries in next_nodes")
-        if node.timeout_ms < 0:
-            errors.append(f"{label}: timeout_ms must be >= 0")
+        if not 0 <= node.timeout_ms <= MAX_DELAY_MS:
+            errors.append(f"{label}: timeout_ms must be between 0 and {MAX_DELAY_MS}, got {node.timeout_ms}")
         if node.retry_policy is not None:
             _check_policy(label, node.retry_policy, errors)
     if spec.retry_policy is not None:
@@ -213,10 +271,8 @@ def compile_graph(
     for index, trigger in enumerate(spec.triggers):
         if not croniter.is_valid(trigger.expression) or len(trigger.expression.split()) != 5:
             errors.append(f"trigger #{index}: invalid cron expression {trigger.expression!r} (expected 5 fields)")
-        try:
-            zoneinfo.ZoneInfo(trigger.timezone or "UTC")
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            errors.append(f"trigger #{index}: unknown timezone {trigger.timezone!r}")
+        if not valid_timezone(trigger.timezone or "UTC"):
+            errors.append(f"trigger #{index}: unknown timezone {trigger.timezone[:100]!r}")
 
     schemas: dict[str, NodeSchema] = {}
     compiled: dict[str, CompiledNode] = {}
@@ -266,8 +322,11 @@ def compile_graph(
         )
 
     # References: ancestors only, declared output fields, declared store keys; the root reads only the store.
+    ancestor_sets = _all_ancestors(children, parents)
     for ident, cnode in compiled.items():
-        ancestors = _ancestors(parents, ident)
+        if ident not in ancestor_sets:
+            continue  # on a cycle, already reported
+        ancestors = ancestor_sets[ident]
         referenced: set[str] = set()
         aggregated: set[str] = set()
         below_united = _descendants(children, cnode.unites) if cnode.unites in children else set()

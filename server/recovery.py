@@ -150,8 +150,6 @@ def load_runs(
     return list(runs.values()), len(by_id), requeued
 
 
-
-
 def _compile(engine: Engine, spec: m.GraphSpec) -> CompiledGraph | None:
     problem = None
     try:

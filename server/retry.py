@@ -6,7 +6,10 @@ import random
 
 from server.models import RetryPolicySpec
 
-__all__ = ["retry_delay_ms"]
+__all__ = ["MAX_RETRY_DELAY_MS", "retry_delay_ms"]
+
+# No retry waits longer than this, whatever the policy computes.
+MAX_RETRY_DELAY_MS = 30 * 24 * 3600 * 1000
 
 
 def retry_delay_ms(policy: RetryPolicySpec, retry: int, rng: random.Random | None = None) -> int:
@@ -30,4 +33,6 @@ def retry_delay_ms(policy: RetryPolicySpec, retry: int, rng: random.Random | Non
         delay = delay / 2 + draw(0, delay / 2)
     if policy.max_delay_ms is not None:
         delay = min(delay, float(policy.max_delay_ms))
+    if not delay < MAX_RETRY_DELAY_MS:  # also catches inf and nan from extreme exponents
+        delay = MAX_RETRY_DELAY_MS
     return max(0, int(delay))

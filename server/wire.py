@@ -10,6 +10,7 @@ from google.protobuf.descriptor_pb2 import DescriptorProto, FieldDescriptorProto
 from exosphere.errors import InvalidArgumentError
 from exosphere.v1 import common_pb2, runtime_pb2, scheduler_pb2
 from server.engine import ResultIn
+from server.graph import MAX_DELAY_MS
 from server.models import (
     CronSpec,
     FieldSpec,
@@ -74,7 +75,7 @@ def schema_from_pb(namespace: str, schema: common_pb2.NodeSchema) -> NodeSchema:
         inputs=_fields(namespace, schema.name, "Inputs", schema.inputs),
         outputs=_fields(namespace, schema.name, "Outputs", schema.outputs),
         secrets=_fields(namespace, schema.name, "Secrets", schema.secrets),
-        timeout_ms=schema.timeout_ms,
+        timeout_ms=min(schema.timeout_ms, MAX_DELAY_MS),
         raw=schema.SerializeToString(),
     )
 
@@ -247,8 +248,8 @@ def result_from_pb(result: runtime_pb2.Result) -> ResultIn:
         data = result.pruned.data_json or "{}"
         try:
             json.loads(data)
-        except ValueError:
-            data = json.dumps({"raw": data})
+        except (ValueError, RecursionError):  # not JSON, or nested too deep to read: keep it as text
+            data = json.dumps({"raw": data[:65536]})
         return ResultIn(result.state_id, result.dispatch_id, "pruned", pruned_data=data)
     if kind == "requeue_after":
         return ResultIn(result.state_id, result.dispatch_id, "requeue", delay_ms=result.requeue_after.delay_ms)

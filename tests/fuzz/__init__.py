@@ -1,0 +1,1 @@
+"""Fuzzing of every RPC of the scheduler with hypothesis-generated protobuf messages."""

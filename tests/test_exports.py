@@ -1,0 +1,62 @@
+"""The public names are a contract (exospherehost users import them): pin them."""
+
+from __future__ import annotations
+
+import exosphere
+import exospherehost
+
+EXOSPHEREHOST_NAMES = {
+    "BaseNode",
+    "Runtime",
+    "StateManager",
+    "PruneSignal",
+    "ReQueueAfterSignal",
+    "GraphNodeModel",
+    "UnitesModel",
+    "UnitesStrategyEnum",
+    "RetryPolicyModel",
+    "RetryStrategyEnum",
+    "StoreConfigModel",
+    "CronTrigger",
+}
+
+
+def test_all_is_pinned() -> None:
+    assert sorted(exosphere.__all__) == [
+        "AuthenticationError",
+        "BaseNode",
+        "ConflictError",
+        "ConnectionFailedError",
+        "CronTrigger",
+        "ExosphereError",
+        "ExosphereTimeoutError",
+        "GraphModel",
+        "GraphNodeModel",
+        "GraphNotFoundError",
+        "GraphValidationError",
+        "InvalidArgumentError",
+        "NodeValidationError",
+        "PermissionDeniedError",
+        "PruneSignal",
+        "ReQueueAfterSignal",
+        "RetryPolicyModel",
+        "RetryStrategyEnum",
+        "RunModel",
+        "RunNotFoundError",
+        "RunStatus",
+        "Runtime",
+        "StateManager",
+        "StateModel",
+        "StateNotFoundError",
+        "StateStatus",
+        "StoreConfigModel",
+        "TriggerResponse",
+        "UnitesModel",
+        "UnitesStrategyEnum",
+        "__version__",
+    ]
+
+
+def test_exospherehost_names_import_from_both_packages() -> None:
+    for name in EXOSPHEREHOST_NAMES:
+        assert getattr(exospherehost, name) is getattr(exosphere, name)

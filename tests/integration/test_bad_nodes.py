@@ -1,0 +1,130 @@
+"""A misbehaving node fails only its own state, with a message that says what it did; a conflicting schema is
+refused while runtimes with the old one are connected."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from pydantic import BaseModel
+
+from exosphere import BaseNode, GraphNodeModel, RetryPolicyModel, RunStatus, Runtime, StateManager, StateStatus
+from tests.conftest import RuntimeFactory, assert_eventually
+from tests.nodes import Echo
+
+
+class ReturnsInt(BaseNode):
+    class Inputs(BaseModel):
+        text: str
+
+    class Outputs(BaseModel):
+        text: str
+
+    async def execute(self) -> int:  # type: ignore[override]
+        return 42
+
+
+class ReturnsPartialDict(BaseNode):
+    class Inputs(BaseModel):
+        text: str
+
+    class Outputs(BaseModel):
+        text: str
+        other: str
+
+    async def execute(self) -> dict[str, str]:  # type: ignore[override]
+        return {"text": "only one"}
+
+
+class Raises(BaseNode):
+    class Inputs(BaseModel):
+        text: str
+
+    async def execute(self) -> None:
+        raise KeyError("no such thing")
+
+
+class Huge(BaseNode):
+    class Inputs(BaseModel):
+        text: str
+
+    class Outputs(BaseModel):
+        text: str
+
+    async def execute(self) -> Outputs:
+        print("x" * 2_000_000)  # megabytes on stdout are the node's business, not the scheduler's
+        return self.Outputs(text="y" * (17 * 1024 * 1024))
+
+
+async def _run_one(sm: StateManager, namespace: str, node_name: str) -> tuple[RunStatus, dict[str, str]]:
+    graph = f"g-{node_name}"
+    await sm.upsert_graph(
+        graph,
+        [
+            GraphNodeModel(
+                node_name=node_name, namespace=namespace, identifier="bad", inputs={"text": "x"}, next_nodes=["ok"]
+            ),
+            GraphNodeModel(node_name="Echo", namespace=namespace, identifier="ok", inputs={"text": "after"}),
+        ],
+        retry_policy=RetryPolicyModel(max_retries=0),
+    )
+    run = await sm.trigger_and_wait(graph, timeout=30)
+    bad = run.state("bad")
+    assert bad.status is StateStatus.ERRORED
+    assert not [s for s in run.states if s.identifier == "ok"]
+    return run.status, bad.error or {}
+
+
+async def test_misbehaving_nodes_fail_only_their_state(
+    state_manager: StateManager, start_runtime: RuntimeFactory, namespace: str
+) -> None:
+    await start_runtime([ReturnsInt, ReturnsPartialDict, Raises, Huge, Echo])
+    status, error = await _run_one(state_manager, namespace, "ReturnsInt")
+    assert status is RunStatus.FAILED
+    assert "ReturnsInt.execute returned int; expected ReturnsInt.Outputs" in error["message"]
+    _, error = await _run_one(state_manager, namespace, "ReturnsPartialDict")
+    assert "other" in error["message"] and "invalid outputs" in error["message"]
+    _, error = await _run_one(state_manager, namespace, "Raises")
+    assert error["type"] == "KeyError" and "no such thing" in error["message"]
+    assert "Traceback" in error["traceback"]
+    _, error = await _run_one(state_manager, namespace, "Huge")
+    assert error["type"] == "ResultTooLargeError"
+    # The runtime survived all of it and still runs other work.
+    await state_manager.upsert_graph(
+        "fine", [GraphNodeModel(node_name="Echo", namespace=namespace, identifier="e", inputs={"text": "ok"})]
+    )
+    assert (await state_manager.trigger_and_wait("fine", timeout=10)).status is RunStatus.SUCCESS
+
+
+class Echo2(BaseNode):
+    """Registered under the name Echo with a different schema."""
+
+    class Inputs(BaseModel):
+        text: str
+        extra: str
+
+    class Outputs(BaseModel):
+        text: str
+
+    async def execute(self) -> Outputs:
+        return self.Outputs(text=self.inputs.text)
+
+
+async def test_conflicting_schema_is_refused_while_the_old_one_is_connected(
+    server_address: str, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A rolling deploy: the new schema is refused (naming the fields) until the old runtime leaves, then taken."""
+    old = Runtime(namespace=namespace, name="old", nodes=[Echo], address=server_address)
+    old_task = asyncio.get_running_loop().create_task(old.run())
+    await old.wait_registered()
+    Echo2.__name__ = "Echo"
+    new = Runtime(namespace=namespace, name="new", nodes=[Echo2], address=server_address)
+    new_task = asyncio.get_running_loop().create_task(new.run())
+    try:
+        await assert_eventually(lambda: "node 'Echo': inputs added ['extra']" in caplog.text, timeout=10)
+        old.stop()
+        await asyncio.wait_for(old_task, 10)
+        await new.wait_registered(timeout=20)
+    finally:
+        new.stop()
+        await asyncio.wait_for(new_task, 10)

@@ -21,7 +21,7 @@ from rich.table import Table
 from benchmarks import harness as h
 
 RESULTS = Path(__file__).resolve().parent / "results"
-console = Console()
+console = Console(width=150)
 
 # name: (unit, higher is better, target text, target check)
 TARGETS: dict[str, tuple[str, bool, str, Callable[[float], bool]]] = {

@@ -31,6 +31,7 @@ TARGETS: dict[str, tuple[str, bool, str, Callable[[float], bool]]] = {
     "latency_p50": ("ms", False, "<= 1", lambda v: v <= 1),
     "latency_p99": ("ms", False, "<= 3", lambda v: v <= 3),
     "latency_2call_p50": ("ms", False, "(trigger + watch)", lambda v: True),
+    "grpc_rtt_p50": ("ms", False, "(bare gRPC round trip: the floor)", lambda v: True),
     "chain": ("ms/hop", False, "<= 1", lambda v: v <= 1),
     "runs": ("runs/s", True, ">= 5,000", lambda v: v >= 5_000),
     "runs_single": ("runs/s", True, "(1 run per call)", lambda v: True),
@@ -64,6 +65,7 @@ async def _measure(args: argparse.Namespace) -> dict[str, list[float]]:
                 add("cpu_us_per_state_runtime", runtime_us)
                 add("fanout_seconds", (n + 2) / results["fanout"][-1])
             if want("latency"):
+                add("grpc_rtt_p50", await h.transport_rtt(c, count))
                 p50, p99 = await h.latency(c, count)
                 add("latency_p50", p50)
                 add("latency_p99", p99)

@@ -229,6 +229,26 @@ async def runs(c: Cluster, total: int, clients: int = 4, in_flight: int = 32, ba
     return per_client * clients / seconds
 
 
+async def transport_rtt(c: Cluster, count: int = 1000) -> float:
+    """p50 in ms of a bare gRPC health check to the scheduler: the floor of one round trip on this machine.
+
+    Trigger-to-done needs two (client <-> scheduler, scheduler <-> runtime)."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    async with grpc.aio.insecure_channel(c.address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        request = health_pb2.HealthCheckRequest()
+        for _ in range(100):
+            await stub.Check(request, timeout=5)
+        samples = []
+        for _ in range(count):
+            started = time.perf_counter()
+            await stub.Check(request, timeout=5)
+            samples.append((time.perf_counter() - started) * 1000)
+    return statistics.median(samples)
+
+
 def machine_noise(rounds: int = 7) -> tuple[float, float, float]:
     """Spread of a fixed CPU-bound loop: (median ms, min ms, max ms)."""
     samples = []

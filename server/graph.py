@@ -324,9 +324,8 @@ def compile_graph(
     # References: ancestors only, declared output fields, declared store keys; the root reads only the store.
     ancestor_sets = _all_ancestors(children, parents)
     for ident, cnode in compiled.items():
-        if ident not in ancestor_sets:
-            continue  # on a cycle, already reported
-        ancestors = ancestor_sets[ident]
+        # A node on a cycle has no ancestor set (the cycle is reported); its other references are still checked.
+        ancestors = ancestor_sets[ident] if ident in ancestor_sets else None
         referenced: set[str] = set()
         aggregated: set[str] = set()
         below_united = _descendants(children, cnode.unites) if cnode.unites in children else set()
@@ -345,7 +344,7 @@ def compile_graph(
                     errors.append(f"{ident}: input {name!r}: the root node may reference only the store")
                 elif ref.identifier not in compiled:
                     errors.append(f"{ident}: input {name!r} references unknown node {ref.identifier!r}")
-                elif ref.identifier not in ancestors:
+                elif ancestors is not None and ref.identifier not in ancestors:
                     errors.append(f"{ident}: input {name!r} references {ref.identifier!r}, which is not an ancestor")
                 elif ref.identifier in schemas and ref.field not in compiled[ref.identifier].output_fields:
                     errors.append(
@@ -360,7 +359,7 @@ def compile_graph(
             united = compiled[cnode.unites]
             united.merges.append(cnode)
             united.collect = united.collect | (cnode.aggregated - {cnode.unites})
-            if cnode.unites not in ancestors:
+            if ancestors is not None and cnode.unites not in ancestors:
                 errors.append(f"{ident}: unites {cnode.unites!r}, which is not an ancestor")
 
     for ident, cnode in compiled.items():

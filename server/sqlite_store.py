@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -13,6 +14,8 @@ from server.models import GraphSpec, RunRow, StateRow
 from server.store import WriteBatch
 
 __all__ = ["SqliteStore"]
+
+logger = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS graphs (
@@ -149,6 +152,12 @@ class SqliteStore:
         self._db.executescript(_SCHEMA)
         self._reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._reader.execute("PRAGMA busy_timeout=5000")
+        # Checkpoints (which fsync) run on a thread of their own, not inside a commit on the hot path: a commit
+        # that happened to trigger SQLite's automatic checkpoint took milliseconds, the runs' tail latency.
+        self._db.execute("PRAGMA wal_autocheckpoint=0")
+        self._checkpoint_stop = threading.Event()
+        self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="exosphere-checkpoint", daemon=True)
+        self._checkpointer.start()
 
     def prepare(self, batch: WriteBatch) -> _Prepared:
         """Serialize the batch now (its states keep changing after this tick); cheap to hand to another thread."""
@@ -284,7 +293,21 @@ class SqliteStore:
         row = self._reader.execute("SELECT value FROM kv WHERE key=?", (key,)).fetchone()
         return str(row[0]) if row else None
 
+    def _checkpoint_loop(self, interval_s: float = 0.5) -> None:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA busy_timeout=5000")
+        try:
+            while not self._checkpoint_stop.wait(interval_s):
+                try:
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error as exc:  # busy or locked: the next round catches up
+                    logger.debug("checkpoint skipped: %s", exc)
+        finally:
+            db.close()
+
     def close(self) -> None:
+        self._checkpoint_stop.set()
+        self._checkpointer.join(5)
         with self._lock:
             self._db.close()
         self._reader.close()

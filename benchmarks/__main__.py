@@ -154,7 +154,11 @@ def chart(results: dict[str, list[float]], peers: dict[str, Any] | None, path: P
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     for ax, (key, label) in zip(
         axes,
-        [("fanout", "fan-out states/s"), ("runs_single", "runs/s (3-node chain, 1 per call)"), ("latency_p50", "p50 ms")],
+        [
+            ("fanout", "fan-out states/s"),
+            ("runs_single", "runs/s (3-node chain, 1 per call)"),
+            ("latency_p50", "p50 ms"),
+        ],
         strict=True,
     ):
         values = []

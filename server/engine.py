@@ -19,7 +19,7 @@ import os
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from exosphere.errors import (
@@ -403,19 +403,10 @@ class Engine:
                 errors.append(f"missing required store keys: {missing}")
         root_inputs: dict[str, str] = {}
         if not errors:
-            for name, template in root.inputs.items():
-                if name in inputs:
-                    continue
-                parts = []
-                for seg in template.segments:
-                    if isinstance(seg, str):
-                        parts.append(seg)
-                    elif isinstance(seg, StoreRef):
-                        if seg.key not in run_store:
-                            errors.append(f"root input {name!r} reads store key {seg.key!r}, which is not set")
-                            break
-                        parts.append(run_store[seg.key])
-                root_inputs[name] = "".join(parts)
+            try:  # the root may reference only the store (checked at upsert)
+                root_inputs = _render_inputs(root, run_store, _no_outputs, skip=inputs.keys())
+            except ResolutionError as exc:
+                errors.append(str(exc))
             root_inputs.update(inputs)
             if schema is not None:
                 missing_inputs = [f.name for f in schema.inputs if f.required and f.name not in root_inputs]
@@ -779,50 +770,22 @@ class Engine:
         return children
 
     def _resolve(self, node: CompiledNode, parent: State, k: int, run: Run) -> dict[str, str]:
-        resolved = dict(node.literal_inputs)
-        if len(resolved) == len(node.inputs):
-            return resolved
-        for name, template in node.inputs.items():
-            if name in resolved:
-                continue
-            parts = []
-            for seg in template.segments:
-                if isinstance(seg, str):
-                    parts.append(seg)
-                elif isinstance(seg, StoreRef):
-                    value = run.store.get(seg.key)
-                    if value is None:
-                        raise ResolutionError(f"{node.identifier}: input {name!r}: store key {seg.key!r} is not set")
-                    parts.append(value)
-                else:
-                    parts.append(_lookup(seg, parent, k, node, name))
-            resolved[name] = "".join(parts)
-        return resolved
+        """Inputs of a next state of ``parent`` (its output ``k``)."""
+        return _render_inputs(node, run.store, lambda ref, name: _lookup(ref, parent, k, node, name))
 
     def _merge_inputs(self, merge: CompiledNode, united: State) -> dict[str, str]:
-        resolved = dict(merge.literal_inputs)
-        for name, template in merge.inputs.items():
-            if name in resolved:
-                continue
-            parts = []
-            for seg in template.segments:
-                if isinstance(seg, str):
-                    parts.append(seg)
-                elif isinstance(seg, StoreRef):
-                    value = united.run.store.get(seg.key)
-                    if value is None:
-                        raise ResolutionError(f"{merge.identifier}: input {name!r}: store key {seg.key!r} is not set")
-                    parts.append(value)
-                elif seg.identifier == united.identifier:
-                    parts.append(_json_array(seg.field, [united]))
-                elif seg.identifier in merge.aggregated:
-                    states = (united.collected or {}).get(seg.identifier, [])
-                    states.sort(key=_path_key)
-                    parts.append(_json_array(seg.field, states))
-                else:
-                    parts.append(_lookup(seg, united, -1, merge, name))
-            resolved[name] = "".join(parts)
-        return resolved
+        """Inputs of a merge state: references below the united state read every branch, as a JSON array."""
+
+        def output(ref: OutputRef, name: str) -> str:
+            if ref.identifier == united.identifier:
+                return _json_array(ref.field, [united])
+            if ref.identifier in merge.aggregated:
+                states = (united.collected or {}).get(ref.identifier, [])
+                states.sort(key=_path_key)
+                return _json_array(ref.field, states)
+            return _lookup(ref, united, -1, merge, name)
+
+        return _render_inputs(merge, united.run.store, output)
 
     # ================================================================== finishing states and runs
 
@@ -1145,6 +1108,36 @@ class Engine:
 
     def compiled_graph(self, namespace: str, name: str) -> CompiledGraph | None:
         return self._graphs.get((namespace, name))
+
+
+def _render_inputs(
+    node: CompiledNode,
+    store: Mapping[str, str],
+    output: Callable[[OutputRef, str], str],
+    skip: Collection[str] = (),
+) -> dict[str, str]:
+    """Splice store values and outputs (read through ``output``) into ``node``'s input templates."""
+    resolved = {k: v for k, v in node.literal_inputs.items() if k not in skip}
+    for name, template in node.inputs.items():
+        if name in resolved or name in skip:
+            continue
+        parts = []
+        for seg in template.segments:
+            if isinstance(seg, str):
+                parts.append(seg)
+            elif isinstance(seg, StoreRef):
+                value = store.get(seg.key)
+                if value is None:
+                    raise ResolutionError(f"{node.identifier}: input {name!r}: store key {seg.key!r} is not set")
+                parts.append(value)
+            else:
+                parts.append(output(seg, name))
+        resolved[name] = "".join(parts)
+    return resolved
+
+
+def _no_outputs(ref: OutputRef, name: str) -> str:
+    raise ResolutionError(f"input {name!r}: the root node may reference only the store")
 
 
 def _noop() -> None:

@@ -35,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-async def _serve(config: ServerConfig) -> None:
+async def _serve(config: ServerConfig) -> int:
     app = App(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -45,10 +45,18 @@ async def _serve(config: ServerConfig) -> None:
     # A line scripts can wait for; the log line says the same for humans.
     print(f"exosphere-server listening on {config.host}:{app.port}", flush=True)  # noqa: T201
     try:
-        await stop.wait()
+        stopped = asyncio.ensure_future(stop.wait())
+        failed = asyncio.ensure_future(app.failed.wait())
+        await asyncio.wait({stopped, failed}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        failed.cancel()
         logger.info("stopping")
     finally:
         await app.stop()
+    if app.engine.fatal_error is not None:
+        logger.critical("stopped after a failed commit; restart to recover from the database")
+        return 1
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -81,10 +89,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         loop_factory = uvloop.new_event_loop
     try:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
-            runner.run(_serve(config))
+            code = runner.run(_serve(config))
     except (ExosphereError, OSError) as exc:
         print(f"exosphere-server: {exc}", file=sys.stderr)  # noqa: T201
         sys.exit(1)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

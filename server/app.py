@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 from pathlib import Path
@@ -109,6 +110,9 @@ class App:
         )
         self.cron = CronScheduler(self.engine)
         self.engine.on_graph_saved = self.cron.reload
+        # Set when the scheduler must stop on its own (a failed commit); `exosphere-server` then exits non-zero.
+        self.failed = asyncio.Event()
+        self.engine.on_fatal = lambda exc: self.failed.set()
         self._server: grpc.aio.Server | None = None
         self._started = False
         self._stopped = False

@@ -127,6 +127,9 @@ class Engine:
         self._retry_requests: dict[str, str] = {}
         self.ignored_results = 0
         self.on_graph_saved: Callable[[CompiledGraph | None, str, str], None] | None = None
+        # Set when a commit failed; the scheduler must then stop (see _commit_failed).
+        self.fatal_error: BaseException | None = None
+        self.on_fatal: Callable[[BaseException], None] | None = None
 
     # ================================================================== lifecycle
 
@@ -1055,7 +1058,14 @@ class Engine:
             self._runs.pop(run.run_id, None)
 
     def _commit_failed(self, exc: BaseException, waiters: list[asyncio.Future[None]], count: int) -> None:
-        logger.error("commit failed; %d state changes not saved: %s", count, exc, exc_info=exc)
+        """The database refused a commit (disk full, I/O error). Memory is now ahead of the database, so the engine
+        must not go on: callers waiting on it get an error and ``on_fatal`` stops the scheduler. A restart recovers
+        from the last commit and runs again what was lost (at-least-once)."""
+        logger.critical("commit failed; %d state changes not saved: %s", count, exc, exc_info=exc)
+        if self.fatal_error is None:
+            self.fatal_error = exc
+            if self.on_fatal is not None:
+                self.on_fatal(exc)
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_exception(InternalError(f"could not commit to the database: {exc}"))

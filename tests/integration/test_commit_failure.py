@@ -1,0 +1,45 @@
+"""When the database refuses a commit, the scheduler says so to the caller and stops instead of going on with
+memory ahead of the database."""
+
+from __future__ import annotations
+
+import pytest
+
+from exosphere import GraphNodeModel, StateManager
+from exosphere.errors import ExosphereError
+from server.app import App
+from server.config import ServerConfig
+from server.store import InMemoryStore
+from tests.conftest import RuntimeFactory
+from tests.nodes import Echo
+
+
+class BrokenDisk(InMemoryStore):
+    """Commits fail once ``broken`` is set, as on a full disk."""
+
+    broken = False
+
+    def commit(self, prepared: object) -> None:
+        if self.broken:
+            raise OSError(28, "No space left on device")
+        super().commit(prepared)
+
+
+async def test_failed_commit_fails_the_call_and_stops_the_scheduler(start_runtime: RuntimeFactory) -> None:
+    store = BrokenDisk()
+    app = App(ServerConfig(host="127.0.0.1", port=0, db=":memory:"), store=store)
+    await app.start()
+    try:
+        address = f"127.0.0.1:{app.port}"
+        await start_runtime([Echo], namespace="disk", address=address)
+        async with StateManager("disk", address=address) as sm:
+            await sm.upsert_graph(
+                "g", [GraphNodeModel(node_name="Echo", namespace="disk", identifier="e", inputs={"text": "x"})]
+            )
+            store.broken = True
+            with pytest.raises(ExosphereError, match="could not commit to the database: .*No space left on device"):
+                await sm.trigger("g")
+        assert app.failed.is_set()
+        assert isinstance(app.engine.fatal_error, OSError)
+    finally:
+        await app.stop(grace=0.5)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any, ClassVar
 
@@ -102,7 +102,3 @@ def validate_nodes(nodes: Iterable[Any]) -> list[type[BaseNode]]:
     if errors:
         raise NodeValidationError(errors)
     return nodes
-
-
-def node_names(nodes: Sequence[type[BaseNode]]) -> list[str]:
-    return [n.__name__ for n in nodes]

@@ -1107,17 +1107,8 @@ class Engine:
 
     # ================================================================== introspection for tests and stats
 
-    def live_runs(self) -> int:
-        return len(self._runs)
-
-    def live_states(self) -> int:
-        return len(self._states)
-
     def graphs(self) -> list[CompiledGraph]:
         return list(self._graphs.values())
-
-    def compiled_graph(self, namespace: str, name: str) -> CompiledGraph | None:
-        return self._graphs.get((namespace, name))
 
 
 def _render_inputs(
@@ -1220,10 +1211,3 @@ def _schema_diff(old: NodeSchema, new: NodeSchema) -> str:
             if names:
                 parts.append(f"{label} {what} {names}")
     return ", ".join(parts) or "field order differs"
-
-
-def state_counts(states: Sequence[StateRow]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for state in states:
-        counts[state.status] = counts.get(state.status, 0) + 1
-    return counts

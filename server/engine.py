@@ -10,7 +10,6 @@ only after it is committed. The engine never imports grpc or protobuf.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import heapq
 import itertools
 import json
@@ -26,18 +25,18 @@ from exosphere.errors import (
     ConflictError,
     GraphNotFoundError,
     GraphValidationError,
-    InternalError,
     InvalidArgumentError,
     RunNotFoundError,
     StateNotFoundError,
 )
 from server import models as m
+from server.commit import GroupCommit
 from server.graph import MAX_DELAY_MS, CompiledGraph, CompiledNode, compile_graph
 from server.models import GraphSpec, NodeSchema, RunRow, StateRow
 from server.retry import retry_delay_ms
 from server.runstate import Run, Session, State
 from server.secrets import SecretBox
-from server.store import Store, WriteBatch
+from server.store import Store
 from server.templating import OutputRef, StoreRef
 
 __all__ = ["Engine", "EngineSettings", "ResultIn"]
@@ -110,18 +109,7 @@ class Engine:
         self._timer_at = 0
         self._dispatch_seq = itertools.count(1)
         self._dispatch_scheduled = False
-        # Group commit.
-        self._new_states: list[State] = []
-        self._new_ids: set[str] = set()
-        self._dirty_states: dict[str, State] = {}
-        self._dirty_runs: dict[str, Run] = {}
-        self._kv: dict[str, str] = {}
-        self._finished: list[Run] = []
-        self._waiters: list[asyncio.Future[None]] = []
-        self._flush_scheduled = False
-        self._writer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="exosphere-writer")
-        self._pending_commits = 0
-        self._flush_deferred = False
+        self._commit = GroupCommit(store, lambda: self._loop, self._after_commit, self._commit_failed)
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._retry_requests: dict[str, str] = {}
@@ -153,11 +141,7 @@ class Engine:
         self._tasks.clear()
         if self._timer is not None:
             self._timer.cancel()
-        self._flush()
-        # Let the writer finish every batch (and the deferred ones), then run their completion callbacks.
-        while self._pending_commits or self._flush_deferred or self._flush_scheduled:  # noqa: ASYNC110 - shutdown only
-            await asyncio.sleep(0.001)
-        await asyncio.get_running_loop().run_in_executor(None, self._writer.shutdown, True)
+        await self._commit.drain()
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -345,7 +329,7 @@ class Engine:
         self._store.delete_graph(namespace, name)
         if self.on_graph_saved is not None:
             self.on_graph_saved(None, namespace, name)
-        await self._committed()
+        await self._commit.wait()
 
     # ================================================================== runs
 
@@ -359,7 +343,7 @@ class Engine:
     ) -> str:
         """Start a run; returns once the run is committed."""
         run = self._start_run(namespace, graph_name, inputs, store, start_delay_ms)
-        await self._committed()
+        await self._commit.wait()
         return run.run_id
 
     async def trigger_many(
@@ -372,7 +356,7 @@ class Engine:
             except (InvalidArgumentError, GraphNotFoundError) as exc:
                 raise type(exc)(f"trigger #{index}: {exc}") from None
         runs = [self._start_run(*request) for request in requests]
-        await self._committed()
+        await self._commit.wait()
         return [run.run_id for run in runs]
 
     def _check_trigger(
@@ -436,7 +420,7 @@ class Engine:
             graph=graph,
         )
         self._runs[run.run_id] = run
-        self._dirty_runs[run.run_id] = run
+        self._commit.mark_run(run)
         root = self._new_state(
             run,
             graph.root,
@@ -515,7 +499,7 @@ class Engine:
                 raise RunNotFoundError(f"run {run_id!r} not found")
             return row
         self._cancel(run)
-        await self._committed()
+        await self._commit.wait()
         return run
 
     def _cancel(self, run: Run) -> None:
@@ -530,7 +514,7 @@ class Engine:
                 self._cancel_dispatch(state.session, state)
             state.status = m.CANCELLED
             state.updated_at_ms = now
-            self._mark(state)
+            self._commit.mark(state)
             self._finish(state, failed=False)
         logger.info("run cancelled run_id=%s", run.run_id)
 
@@ -565,11 +549,11 @@ class Engine:
             run.status = m.RUN_PENDING
             run.end_committed = False
             run.updated_at_ms = now
-            self._dirty_runs[run.run_id] = run
+            self._commit.mark_run(run)
         self._recount_failures(run)
-        self._kv[key] = new.state_id
+        self._commit.put_kv(key, new.state_id)
         self._retry_requests[request_id] = new.state_id
-        await self._committed()
+        await self._commit.wait()
         logger.info("state retried by request state_id=%s new_state_id=%s", state_id, new.state_id)
         return new.state_id
 
@@ -628,13 +612,13 @@ class Engine:
                 state.status = m.PRUNED
                 state.pruned_data = result.pruned_data
                 state.updated_at_ms = now
-                self._mark(state)
+                self._commit.mark(state)
                 self._finish(state, failed=False)
             elif kind == "requeue":
                 state.status = m.CREATED
                 state.run_at_ms = now + min(max(1, result.delay_ms), MAX_DELAY_MS)
                 state.updated_at_ms = now
-                self._mark(state)
+                self._commit.mark(state)
                 self._enqueue(state)
             else:
                 self._on_failed(
@@ -655,19 +639,19 @@ class Engine:
         run = state.run
         if store_writes:
             run.store.update(store_writes)
-            self._dirty_runs[run.run_id] = run
+            self._commit.mark_run(run)
         try:
             children = self._children(state, now)
         except ResolutionError as exc:
             state.status = m.NEXT_CREATED_ERROR
             state.error = {"message": str(exc), "type": "ResolutionError"}
-            self._mark(state)
+            self._commit.mark(state)
             self._finish(state, failed=True)
             return
         for child in children:
             self._add_state(child)
         state.status = m.SUCCESS
-        self._mark(state)
+        self._commit.mark(state)
         self._finish(state, failed=False)
 
     def _on_failed(self, state: State, error: dict[str, str], status: str, now: int) -> None:
@@ -678,7 +662,7 @@ class Engine:
         state.updated_at_ms = now
         if retry <= policy.max_retries and not run.cancelled:
             state.status = m.RETRY_CREATED if status == m.ERRORED else status
-            self._mark(state)
+            self._commit.mark(state)
             delay = retry_delay_ms(policy, retry)
             new = self._new_state(
                 run, state.node, state.inputs, state.parent, state.parent_output, state.path, now,
@@ -695,7 +679,7 @@ class Engine:
             )  # fmt: skip
             return
         state.status = status
-        self._mark(state)
+        self._commit.mark(state)
         logger.warning(
             "state failed state_id=%s run_id=%s identifier=%s status=%s error=%s",
             state.state_id, run.run_id, state.identifier, status, error.get("message", ""),
@@ -749,9 +733,7 @@ class Engine:
         run.states.append(state)
         run.open_states += 1
         self._states[state.state_id] = state
-        self._new_states.append(state)
-        self._new_ids.add(state.state_id)
-        self._schedule_flush()
+        self._commit.add_state(state)
         self._enqueue(state)
 
     def _children(self, parent: State, now: int) -> list[State]:
@@ -833,7 +815,7 @@ class Engine:
             except ResolutionError as exc:
                 united.error = {"message": str(exc), "type": "ResolutionError"}
                 united.status = m.NEXT_CREATED_ERROR
-                self._mark(united)
+                self._commit.mark(united)
                 run.failed = True
                 continue
             state = self._new_state(run, merge, inputs, united, -1, united.path, now, watchers=united.watchers)
@@ -845,9 +827,7 @@ class Engine:
         run.status = m.RUN_CANCELLED if run.cancelled else m.RUN_FAILED if run.failed else m.RUN_SUCCESS
         run.updated_at_ms = self._clock()
         run.state_counts = run.counts()
-        self._dirty_runs[run.run_id] = run
-        self._finished.append(run)
-        self._schedule_flush()
+        self._commit.finish_run(run)
         logger.info(
             "run finished run_id=%s graph=%s status=%s states=%d",
             run.run_id,
@@ -972,81 +952,10 @@ class Engine:
                     self._on_failed(state, error, m.TIMEDOUT, now)
         self._schedule_dispatch()
 
-    # ================================================================== group commit
+    # ================================================================== after each commit (see server/commit.py)
 
-    def _mark(self, state: State) -> None:
-        self._dirty_states[state.state_id] = state
-        self._schedule_flush()
-
-    def _schedule_flush(self) -> None:
-        if not self._flush_scheduled and self._loop is not None:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
-
-    async def _committed(self) -> None:
-        future = self.loop.create_future()
-        self._waiters.append(future)
-        self._schedule_flush()
-        await future
-
-    def _flush(self) -> None:
-        """Commit everything this tick changed in one transaction; then tell waiters and watchers.
-
-        The batch is serialized here, in the loop's thread, and committed by the single writer thread, so the
-        loop goes on with the next tick while SQLite writes (commits stay in order: one thread, FIFO).
-        """
-        self._flush_scheduled = False
-        if self._pending_commits:
-            # One commit at a time: what changes meanwhile goes into the next, bigger one (adaptive group commit,
-            # no timer, so a lone change is still committed at once).
-            self._flush_deferred = True
-            return
-        new_ids = self._new_ids
-        updated = self._updated_list(new_ids)
-        batch = WriteBatch(
-            new_states=self._new_states, updated_states=updated, runs=list(self._dirty_runs.values()), kv=self._kv
-        )
-        changed: list[State] = [*self._new_states, *updated]
-        waiters, finished = self._waiters, self._finished
-        self._new_states, self._new_ids, self._dirty_states, self._dirty_runs = [], set(), {}, {}
-        self._kv, self._waiters, self._finished = {}, [], []
-        if not batch and not waiters and not finished:
-            return
-        try:
-            prepared = self._store.prepare(batch) if batch else None
-        except Exception as exc:
-            self._commit_failed(exc, waiters, len(changed))
-            return
-        loop = self.loop
-        if prepared is not None:
-            future = self._writer.submit(self._store.commit, prepared)
-        else:
-            future = self._writer.submit(_noop)
-        self._pending_commits += 1
-
-        def done(f: concurrent.futures.Future[None]) -> None:
-            loop.call_soon_threadsafe(self._on_commit, f, waiters, changed, finished)
-
-        future.add_done_callback(done)
-
-    def _on_commit(
-        self,
-        future: concurrent.futures.Future[None],
-        waiters: list[asyncio.Future[None]],
-        changed: list[State],
-        finished: list[Run],
-    ) -> None:
-        self._pending_commits -= 1
-        if self._flush_deferred:
-            self._flush_deferred = False
-            self._schedule_flush()
-        exc = future.exception()
-        if exc is not None:
-            self._commit_failed(exc, waiters, len(changed))
-            return
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+    def _after_commit(self, changed: list[State], finished: list[Run]) -> None:
+        """Tell watchers what was committed, then forget the runs that ended."""
         for run in finished:
             run.end_committed = not run.pending
         self._notify(changed, finished)
@@ -1057,21 +966,14 @@ class Engine:
                 self._states.pop(state.state_id, None)
             self._runs.pop(run.run_id, None)
 
-    def _commit_failed(self, exc: BaseException, waiters: list[asyncio.Future[None]], count: int) -> None:
+    def _commit_failed(self, exc: BaseException) -> None:
         """The database refused a commit (disk full, I/O error). Memory is now ahead of the database, so the engine
-        must not go on: callers waiting on it get an error and ``on_fatal`` stops the scheduler. A restart recovers
-        from the last commit and runs again what was lost (at-least-once)."""
-        logger.critical("commit failed; %d state changes not saved: %s", count, exc, exc_info=exc)
+        must not go on: ``on_fatal`` stops the scheduler. A restart recovers from the last commit and runs again
+        what was lost (at-least-once)."""
         if self.fatal_error is None:
             self.fatal_error = exc
             if self.on_fatal is not None:
                 self.on_fatal(exc)
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_exception(InternalError(f"could not commit to the database: {exc}"))
-
-    def _updated_list(self, new_ids: set[str]) -> list[State]:
-        return [s for s in self._dirty_states.values() if s.state_id not in new_ids]
 
     def _notify(self, changed: list[State], finished: list[Run]) -> None:
         by_run: dict[str, list[State]] = {}
@@ -1090,20 +992,18 @@ class Engine:
 
     def put_kv(self, key: str, value: str) -> None:
         """Record ``key`` in the next group commit, atomically with whatever else this tick changes."""
-        self._kv[key] = value
-        self._schedule_flush()
+        self._commit.put_kv(key, value)
 
     def get_kv(self, key: str) -> str | None:
         """A record, including one put this tick and not committed yet."""
-        value = self._kv.get(key)
-        return value if value is not None else self._store.get_kv(key)
+        return self._commit.get_kv(key)
 
     def now_ms(self) -> int:
         return self._clock()
 
     async def commit(self) -> None:
         """Wait until everything changed so far is committed."""
-        await self._committed()
+        await self._commit.wait()
 
     # ================================================================== introspection for tests and stats
 
@@ -1139,10 +1039,6 @@ def _render_inputs(
 
 def _no_outputs(ref: OutputRef, name: str) -> str:
     raise ResolutionError(f"input {name!r}: the root node may reference only the store")
-
-
-def _noop() -> None:
-    return None
 
 
 def _secret_context(spec: GraphSpec, name: str) -> str:

@@ -1,0 +1,171 @@
+"""Group commit: every change of one event-loop tick goes to the database in one transaction.
+
+The engine marks what changed; at the end of the tick the batch is serialized here, in the loop's thread, and
+committed by a single writer thread, so the loop goes on while SQLite writes and commits stay in order. One commit
+is in flight at a time: what changes meanwhile goes into the next, bigger one (adaptive, no timer, so a lone
+change is still committed at once). Waiters and watchers hear of a change only once it is committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+from collections.abc import Callable
+
+from exosphere.errors import InternalError
+from server.runstate import Run, State
+from server.store import Store, WriteBatch
+
+__all__ = ["GroupCommit"]
+
+logger = logging.getLogger(__name__)
+
+
+def _noop() -> None:
+    return None
+
+
+class GroupCommit:
+    """Collects a tick's changes and commits them as one transaction.
+
+    ``on_committed(changed_states, finished_runs)`` runs in the loop after each commit; ``on_failed(exc)`` when the
+    database refused one (memory is then ahead of the database: the caller must stop).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        loop: Callable[[], asyncio.AbstractEventLoop | None],
+        on_committed: Callable[[list[State], list[Run]], None],
+        on_failed: Callable[[BaseException], None],
+    ) -> None:
+        self._store = store
+        self._loop = loop
+        self._on_committed = on_committed
+        self._on_failed = on_failed
+        self._new_states: list[State] = []
+        self._new_ids: set[str] = set()
+        self._dirty_states: dict[str, State] = {}
+        self._dirty_runs: dict[str, Run] = {}
+        self._kv: dict[str, str] = {}
+        self._finished: list[Run] = []
+        self._waiters: list[asyncio.Future[None]] = []
+        self._scheduled = False
+        self._pending = 0
+        self._deferred = False
+        self._writer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="exosphere-writer")
+
+    # ------------------------------------------------------------------ what changed
+
+    def add_state(self, state: State) -> None:
+        self._new_states.append(state)
+        self._new_ids.add(state.state_id)
+        self.schedule()
+
+    def mark(self, state: State) -> None:
+        self._dirty_states[state.state_id] = state
+        self.schedule()
+
+    def mark_run(self, run: Run) -> None:
+        self._dirty_runs[run.run_id] = run
+        self.schedule()
+
+    def finish_run(self, run: Run) -> None:
+        """The run reached its end: commit it, then tell its watchers and let the engine forget it."""
+        self._dirty_runs[run.run_id] = run
+        self._finished.append(run)
+        self.schedule()
+
+    def put_kv(self, key: str, value: str) -> None:
+        self._kv[key] = value
+        self.schedule()
+
+    def get_kv(self, key: str) -> str | None:
+        value = self._kv.get(key)
+        return value if value is not None else self._store.get_kv(key)
+
+    # ------------------------------------------------------------------ committing
+
+    def schedule(self) -> None:
+        loop = self._loop()
+        if not self._scheduled and loop is not None:
+            self._scheduled = True
+            loop.call_soon(self.flush)
+
+    async def wait(self) -> None:
+        """Wait until everything changed so far is committed."""
+        loop = self._loop()
+        assert loop is not None
+        future = loop.create_future()
+        self._waiters.append(future)
+        self.schedule()
+        await future
+
+    def flush(self) -> None:
+        self._scheduled = False
+        if self._pending:
+            self._deferred = True
+            return
+        new_ids = self._new_ids
+        updated = [s for s in self._dirty_states.values() if s.state_id not in new_ids]
+        batch = WriteBatch(
+            new_states=self._new_states, updated_states=updated, runs=list(self._dirty_runs.values()), kv=self._kv
+        )
+        changed: list[State] = [*self._new_states, *updated]
+        waiters, finished = self._waiters, self._finished
+        self._new_states, self._new_ids, self._dirty_states, self._dirty_runs = [], set(), {}, {}
+        self._kv, self._waiters, self._finished = {}, [], []
+        if not batch and not waiters and not finished:
+            return
+        try:
+            prepared = self._store.prepare(batch) if batch else None
+        except Exception as exc:
+            self._failed(exc, waiters, len(changed))
+            return
+        loop = self._loop()
+        assert loop is not None
+        if prepared is not None:
+            future = self._writer.submit(self._store.commit, prepared)
+        else:
+            future = self._writer.submit(_noop)
+        self._pending += 1
+
+        def done(f: concurrent.futures.Future[None]) -> None:
+            loop.call_soon_threadsafe(self._done, f, waiters, changed, finished)
+
+        future.add_done_callback(done)
+
+    def _done(
+        self,
+        future: concurrent.futures.Future[None],
+        waiters: list[asyncio.Future[None]],
+        changed: list[State],
+        finished: list[Run],
+    ) -> None:
+        self._pending -= 1
+        if self._deferred:
+            self._deferred = False
+            self.schedule()
+        exc = future.exception()
+        if exc is not None:
+            self._failed(exc, waiters, len(changed))
+            return
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._on_committed(changed, finished)
+
+    def _failed(self, exc: BaseException, waiters: list[asyncio.Future[None]], count: int) -> None:
+        logger.critical("commit failed; %d state changes not saved: %s", count, exc, exc_info=exc)
+        self._on_failed(exc)
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_exception(InternalError(f"could not commit to the database: {exc}"))
+
+    async def drain(self) -> None:
+        """Commit what is pending, wait for every batch, stop the writer thread."""
+        self.flush()
+        while self._pending or self._deferred or self._scheduled:  # noqa: ASYNC110 - shutdown only
+            await asyncio.sleep(0.001)
+        await asyncio.get_running_loop().run_in_executor(None, self._writer.shutdown, True)

@@ -10,14 +10,11 @@ only after it is committed. The engine never imports grpc or protobuf.
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
 import json
 import logging
 import os
 import time
 import uuid
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -31,6 +28,7 @@ from exosphere.errors import (
 )
 from server import models as m
 from server.commit import GroupCommit
+from server.dispatch import Dispatcher
 from server.graph import MAX_DELAY_MS, CompiledGraph, CompiledNode, compile_graph
 from server.models import GraphSpec, NodeSchema, RunRow, StateRow
 from server.retry import retry_delay_ms
@@ -99,16 +97,10 @@ class Engine:
         self._nodes: dict[tuple[str, str], NodeSchema] = {}
         self._runs: dict[str, Run] = {}
         self._states: dict[str, State] = {}
-        self._ready: dict[tuple[str, str], deque[State]] = {}
-        self._ready_keys: set[tuple[str, str]] = set()
         self._sessions: dict[str, Session] = {}
-        self._by_namespace: dict[str, list[Session]] = {}
-        self._delayed: list[tuple[int, int, State]] = []
-        self._delay_counter = itertools.count()
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = 0
-        self._dispatch_seq = itertools.count(1)
-        self._dispatch_scheduled = False
+        self._dispatcher = Dispatcher(
+            loop=lambda: self._loop, clock=clock, default_timeout_ms=self.settings.default_timeout_ms
+        )
         self._commit = GroupCommit(store, lambda: self._loop, self._after_commit, self._commit_failed)
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -139,8 +131,7 @@ class Engine:
             except asyncio.CancelledError:
                 pass
         self._tasks.clear()
-        if self._timer is not None:
-            self._timer.cancel()
+        self._dispatcher.close()
         await self._commit.drain()
 
     @property
@@ -184,7 +175,7 @@ class Engine:
             old = self._nodes.get((namespace, schema.name))
             if old is None or old.fingerprint() == schema.fingerprint():
                 continue
-            holders = [s for s in self._by_namespace.get(namespace, ()) if schema.name in s.node_names]
+            holders = [s for s in self._dispatcher.by_namespace.get(namespace, ()) if schema.name in s.node_names]
             if holders:
                 conflicts.append(f"node {schema.name!r}: {_schema_diff(old, schema)}")
         if conflicts:
@@ -208,7 +199,7 @@ class Engine:
             last_seen=time.monotonic(),
         )
         self._sessions[session.session_id] = session
-        self._by_namespace.setdefault(namespace, []).append(session)
+        self._dispatcher.add_session(session)
         logger.info(
             "runtime registered namespace=%s runtime=%s session=%s nodes=%s credit=%d",
             namespace,
@@ -217,7 +208,7 @@ class Engine:
             ",".join(names),
             max_concurrency,
         )
-        self._schedule_dispatch()
+        self._dispatcher.schedule()
         return session
 
     def unregister_session(self, session: Session, reason: str = "disconnected") -> None:
@@ -227,15 +218,13 @@ class Engine:
         session.closed = True
         session.close_reason = session.close_reason or reason
         del self._sessions[session.session_id]
-        peers = self._by_namespace.get(session.namespace, [])
-        if session in peers:
-            peers.remove(session)
+        self._dispatcher.remove_session(session)
         requeued = 0
         for state in session.in_flight.values():
             if state.status == m.QUEUED and state.session is session:
                 state.status = m.CREATED
                 state.session = None
-                self._enqueue(state)
+                self._dispatcher.enqueue(state)
                 requeued += 1
         session.in_flight.clear()
         session.wake.set()
@@ -247,7 +236,7 @@ class Engine:
             session.close_reason,
             requeued,
         )
-        self._schedule_dispatch()
+        self._dispatcher.schedule()
 
     def close_sessions(self, reason: str) -> None:
         """End every runtime stream (scheduler shutting down); runtimes reconnect by themselves."""
@@ -619,12 +608,12 @@ class Engine:
                 state.run_at_ms = now + min(max(1, result.delay_ms), MAX_DELAY_MS)
                 state.updated_at_ms = now
                 self._commit.mark(state)
-                self._enqueue(state)
+                self._dispatcher.enqueue(state)
             else:
                 self._on_failed(
                     state, {"message": f"unknown result kind {kind!r}", "type": "ProtocolError"}, m.ERRORED, now
                 )
-        self._schedule_dispatch()
+        self._dispatcher.schedule()
 
     def _on_executed(
         self, state: State, outputs: list[dict[str, str]], store_writes: dict[str, str] | None, now: int
@@ -734,7 +723,7 @@ class Engine:
         run.open_states += 1
         self._states[state.state_id] = state
         self._commit.add_state(state)
-        self._enqueue(state)
+        self._dispatcher.enqueue(state)
 
     def _children(self, parent: State, now: int) -> list[State]:
         """The next states of a succeeded state: one per output (one when none) per next node."""
@@ -836,80 +825,6 @@ class Engine:
             len(run.states),
         )
 
-    # ================================================================== queues and dispatch
-
-    def _enqueue(self, state: State) -> None:
-        if state.run_at_ms and state.run_at_ms > self._clock():
-            heapq.heappush(self._delayed, (state.run_at_ms, next(self._delay_counter), state))
-            self._arm_timer()
-            return
-        key = (state.run.namespace, state.node_name)
-        queue = self._ready.get(key)
-        if queue is None:
-            queue = self._ready[key] = deque()
-        queue.append(state)
-        self._ready_keys.add(key)
-        self._schedule_dispatch()
-
-    def _arm_timer(self) -> None:
-        if not self._delayed:
-            return
-        first = self._delayed[0][0]
-        if self._timer is not None and self._timer_at <= first:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer_at = first
-        self._timer = self.loop.call_later(max(0.0, (first - self._clock()) / 1000), self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        now = self._clock()
-        while self._delayed and self._delayed[0][0] <= now:
-            _, _, state = heapq.heappop(self._delayed)
-            if state.status == m.CREATED:
-                self._enqueue(state)
-        self._arm_timer()
-
-    def _schedule_dispatch(self) -> None:
-        if not self._dispatch_scheduled and self._loop is not None:
-            self._dispatch_scheduled = True
-            self._loop.call_soon(self._dispatch)
-
-    def _dispatch(self) -> None:
-        """Hand ready states to sessions with free credit, spreading each queue over its sessions."""
-        self._dispatch_scheduled = False
-        if not self._ready_keys:
-            return
-        now = self._clock()
-        for key in list(self._ready_keys):
-            queue = self._ready[key]
-            namespace, node_name = key
-            sessions = [s for s in self._by_namespace.get(namespace, ()) if node_name in s.node_names and s.credit > 0]
-            while queue and sessions:
-                share = max(1, -(-len(queue) // len(sessions)))
-                for session in sessions:
-                    take = min(share, session.credit, len(queue))
-                    for _ in range(take):
-                        state = queue.popleft()
-                        if state.status == m.CREATED:
-                            self._assign(session, state, now)
-                    if take:
-                        session.wake.set()
-                sessions = [s for s in sessions if s.credit > 0]
-            if not queue:
-                self._ready_keys.discard(key)
-
-    def _assign(self, session: Session, state: State, now: int) -> None:
-        dispatch_id = next(self._dispatch_seq)
-        state.status = m.QUEUED
-        state.session = session
-        state.dispatch_id = dispatch_id
-        timeout = state.node.timeout_ms or self.settings.default_timeout_ms
-        state.deadline_ms = now + min(timeout, MAX_DELAY_MS)
-        session.in_flight[dispatch_id] = state
-        session.outbox.append(state)
-
     # ================================================================== leases and deadlines
 
     async def _sweep_loop(self) -> None:
@@ -950,7 +865,7 @@ class Engine:
                     timeout_ms = state.node.timeout_ms or self.settings.default_timeout_ms
                     error = {"message": f"state ran longer than its timeout of {timeout_ms} ms", "type": "TimeoutError"}
                     self._on_failed(state, error, m.TIMEDOUT, now)
-        self._schedule_dispatch()
+        self._dispatcher.schedule()
 
     # ================================================================== after each commit (see server/commit.py)
 

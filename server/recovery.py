@@ -141,7 +141,7 @@ def load_runs(
         engine._runs[run.run_id] = run
     for state in by_id.values():
         if state.status == m.CREATED:
-            engine._enqueue(state)
+            engine._dispatcher.enqueue(state)
         elif state.status == m.SUCCESS and state.node.merges:
             engine._maybe_fire(state)
     for run in runs.values():

@@ -1,0 +1,131 @@
+"""Ready queues and dispatch: which runtime session runs which state, within its free credit.
+
+One FIFO queue per (namespace, node); a state whose start time is in the future waits in a heap behind one timer.
+Dispatch runs once per loop tick (coalesced) and spreads each queue over the sessions hosting that node, never
+past a session's free credit. Sessions of one namespace never see another namespace's states.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+from collections import deque
+from collections.abc import Callable
+
+from server import models as m
+from server.graph import MAX_DELAY_MS
+from server.runstate import Session, State
+
+__all__ = ["Dispatcher"]
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        *,
+        loop: Callable[[], asyncio.AbstractEventLoop | None],
+        clock: Callable[[], int],
+        default_timeout_ms: int,
+    ) -> None:
+        self._loop = loop
+        self._clock = clock
+        self._default_timeout_ms = default_timeout_ms
+        self._ready: dict[tuple[str, str], deque[State]] = {}
+        self._ready_keys: set[tuple[str, str]] = set()
+        self.by_namespace: dict[str, list[Session]] = {}
+        self._delayed: list[tuple[int, int, State]] = []
+        self._delay_counter = itertools.count()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0
+        self._dispatch_seq = itertools.count(1)
+        self._scheduled = False
+
+    def add_session(self, session: Session) -> None:
+        self.by_namespace.setdefault(session.namespace, []).append(session)
+        self.schedule()
+
+    def remove_session(self, session: Session) -> None:
+        peers = self.by_namespace.get(session.namespace, [])
+        if session in peers:
+            peers.remove(session)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def enqueue(self, state: State) -> None:
+        """Queue a CREATED state: now, or at its ``run_at_ms``."""
+        if state.run_at_ms and state.run_at_ms > self._clock():
+            heapq.heappush(self._delayed, (state.run_at_ms, next(self._delay_counter), state))
+            self._arm_timer()
+            return
+        key = (state.run.namespace, state.node_name)
+        queue = self._ready.get(key)
+        if queue is None:
+            queue = self._ready[key] = deque()
+        queue.append(state)
+        self._ready_keys.add(key)
+        self.schedule()
+
+    def _arm_timer(self) -> None:
+        loop = self._loop()
+        if not self._delayed or loop is None:
+            return
+        first = self._delayed[0][0]
+        if self._timer is not None and self._timer_at <= first:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = first
+        self._timer = loop.call_later(max(0.0, (first - self._clock()) / 1000), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        now = self._clock()
+        while self._delayed and self._delayed[0][0] <= now:
+            _, _, state = heapq.heappop(self._delayed)
+            if state.status == m.CREATED:
+                self.enqueue(state)
+        self._arm_timer()
+
+    def schedule(self) -> None:
+        """Dispatch at the end of this tick (once, however many calls)."""
+        loop = self._loop()
+        if not self._scheduled and loop is not None:
+            self._scheduled = True
+            loop.call_soon(self.dispatch)
+
+    def dispatch(self) -> None:
+        """Hand ready states to sessions with free credit, spreading each queue over its sessions."""
+        self._scheduled = False
+        if not self._ready_keys:
+            return
+        now = self._clock()
+        for key in list(self._ready_keys):
+            queue = self._ready[key]
+            namespace, node_name = key
+            sessions = [s for s in self.by_namespace.get(namespace, ()) if node_name in s.node_names and s.credit > 0]
+            while queue and sessions:
+                share = max(1, -(-len(queue) // len(sessions)))
+                for session in sessions:
+                    take = min(share, session.credit, len(queue))
+                    for _ in range(take):
+                        state = queue.popleft()
+                        if state.status == m.CREATED:
+                            self._assign(session, state, now)
+                    if take:
+                        session.wake.set()
+                sessions = [s for s in sessions if s.credit > 0]
+            if not queue:
+                self._ready_keys.discard(key)
+
+    def _assign(self, session: Session, state: State, now: int) -> None:
+        dispatch_id = next(self._dispatch_seq)
+        state.status = m.QUEUED
+        state.session = session
+        state.dispatch_id = dispatch_id
+        timeout = state.node.timeout_ms or self._default_timeout_ms
+        state.deadline_ms = now + min(timeout, MAX_DELAY_MS)
+        session.in_flight[dispatch_id] = state
+        session.outbox.append(state)

@@ -331,7 +331,8 @@ class Engine:
         start_delay_ms: int = 0,
     ) -> str:
         """Start a run; returns once the run is committed."""
-        run = self._start_run(namespace, graph_name, inputs, store, start_delay_ms)
+        checked = self._check_trigger(namespace, graph_name, inputs, store, start_delay_ms)
+        run = self._start_run(checked, start_delay_ms)
         await self._commit.wait()
         return run.run_id
 
@@ -339,12 +340,13 @@ class Engine:
         self, requests: Sequence[tuple[str, str, Mapping[str, str], Mapping[str, str], int]]
     ) -> list[str]:
         """Start several runs: all are validated first, then all are committed in one transaction."""
+        checked = []
         for index, (namespace, graph_name, inputs, store, delay) in enumerate(requests):
             try:
-                self._check_trigger(namespace, graph_name, inputs, store, delay)
-            except (InvalidArgumentError, GraphNotFoundError) as exc:
+                checked.append(self._check_trigger(namespace, graph_name, inputs, store, delay))
+            except (InvalidArgumentError, GraphNotFoundError, ConflictError) as exc:
                 raise type(exc)(f"trigger #{index}: {exc}") from None
-        runs = [self._start_run(*request) for request in requests]
+        runs = [self._start_run(c, request[4]) for c, request in zip(checked, requests, strict=True)]
         await self._commit.wait()
         return [run.run_id for run in runs]
 
@@ -392,15 +394,14 @@ class Engine:
             raise InvalidArgumentError("; ".join(errors))
         return graph, root_inputs, run_store
 
-    def _start_run(
-        self, namespace: str, graph_name: str, inputs: Mapping[str, str], store: Mapping[str, str], start_delay_ms: int
-    ) -> Run:
-        graph, root_inputs, run_store = self._check_trigger(namespace, graph_name, inputs, store, start_delay_ms)
+    def _start_run(self, checked: tuple[CompiledGraph, dict[str, str], dict[str, str]], start_delay_ms: int) -> Run:
+        """Create a run from what ``_check_trigger`` accepted."""
+        graph, root_inputs, run_store = checked
         now = self._clock()
         run = Run(
             run_id=uuid.UUID(bytes=os.urandom(16), version=4).hex,
-            namespace=namespace,
-            graph_name=graph_name,
+            namespace=graph.namespace,
+            graph_name=graph.name,
             graph_version=graph.version,
             status=m.RUN_PENDING,
             store=run_store,

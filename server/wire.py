@@ -56,11 +56,10 @@ def _fields(namespace: str, node: str, label: str, descriptor: DescriptorProto) 
             raise InvalidArgumentError(f"{where}: must be TYPE_STRING, got {type_name}")
         if fd.label == FieldDescriptorProto.LABEL_REPEATED:
             raise InvalidArgumentError(f"{where}: repeated fields are not supported")
+        # Required when declared so, or when no label says otherwise and there is no default.
         required = fd.label == FieldDescriptorProto.LABEL_REQUIRED or (
             fd.label != FieldDescriptorProto.LABEL_OPTIONAL and not fd.HasField("default_value")
         )
-        if fd.label == FieldDescriptorProto.LABEL_OPTIONAL and not fd.HasField("default_value"):
-            required = False
         fields.append(FieldSpec(name=fd.name, required=required, default=fd.default_value))
     return tuple(fields)
 

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from exosphere import BaseNode, GraphNodeModel, RetryPolicyModel, RunStatus, Runtime, StateManager, StateStatus
 from tests.conftest import RuntimeFactory, assert_eventually
 from tests.nodes import Echo
+from tests.nodes import Echo as OldEcho
 
 
 class ReturnsInt(BaseNode):
@@ -96,29 +97,26 @@ async def test_misbehaving_nodes_fail_only_their_state(
     assert (await state_manager.trigger_and_wait("fine", timeout=10)).status is RunStatus.SUCCESS
 
 
-class Echo2(BaseNode):
-    """Registered under the name Echo with a different schema."""
-
-    class Inputs(BaseModel):
-        text: str
-        extra: str
-
-    class Outputs(BaseModel):
-        text: str
-
-    async def execute(self) -> Outputs:
-        return self.Outputs(text=self.inputs.text)
-
-
 async def test_conflicting_schema_is_refused_while_the_old_one_is_connected(
     server_address: str, namespace: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A rolling deploy: the new schema is refused (naming the fields) until the old runtime leaves, then taken."""
-    old = Runtime(namespace=namespace, name="old", nodes=[Echo], address=server_address)
+
+    class Echo(BaseNode):  # the same node name as tests.nodes.Echo (OldEcho), with one more input
+        class Inputs(BaseModel):
+            text: str
+            extra: str
+
+        class Outputs(BaseModel):
+            text: str
+
+        async def execute(self) -> Outputs:
+            return self.Outputs(text=self.inputs.text)
+
+    old = Runtime(namespace=namespace, name="old", nodes=[OldEcho], address=server_address)
     old_task = asyncio.get_running_loop().create_task(old.run())
     await old.wait_registered()
-    Echo2.__name__ = "Echo"
-    new = Runtime(namespace=namespace, name="new", nodes=[Echo2], address=server_address)
+    new = Runtime(namespace=namespace, name="new", nodes=[Echo], address=server_address)
     new_task = asyncio.get_running_loop().create_task(new.run())
     try:
         await assert_eventually(lambda: "node 'Echo': inputs added ['extra']" in caplog.text, timeout=10)

@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # run as a script: make `tests` and `exosphere` importable
     sys.path.insert(0, str(ROOT))
 
+from exosphere import GraphNodeModel, StateManager  # noqa: E402
 from tests.integration.process import ServerProcess  # noqa: E402 - needs ROOT on sys.path when run as a script
 
 
@@ -154,6 +155,10 @@ class ExecLog:
         return sum(counts.values()), len(counts), Counter({k: c for k, c in counts.items() if c > 1})
 
 
+def gnode(namespace: str, node_name: str, identifier: str, inputs: dict[str, str], **extra: Any) -> GraphNodeModel:
+    return GraphNodeModel(node_name=node_name, namespace=namespace, identifier=identifier, inputs=inputs, **extra)
+
+
 class Cluster:
     """One test's processes: a scheduler binary (restartable on its port) and runtime children.
 
@@ -219,6 +224,24 @@ class Cluster:
 
     def log(self) -> ExecLog:
         return ExecLog.read(self.exec_log)
+
+    async def sleeper_on_one_of_two(
+        self, sm: StateManager, seconds: float
+    ) -> tuple[str, RuntimeProcess, RuntimeProcess]:
+        """Start two runtimes hosting Sleeper, run one Sleeper state (key "k", no retries), and return the run id,
+        the runtime executing it, and the other one."""
+        runtimes = [self.start_runtime(f"rt{i}", ["Sleeper"], max_concurrency=4) for i in range(2)]
+        await self.wait_registered(*runtimes)
+        graph = [gnode(self.namespace, "Sleeper", "sleep", {"key": "k", "seconds": str(seconds)})]
+        await sm.upsert_graph("sleepy", graph, retry_policy={"max_retries": 0})
+        run_id = (await sm.trigger("sleepy")).run_id
+        from tests.conftest import assert_eventually
+
+        await assert_eventually(lambda: self.log().count("start", "k") == 1, timeout=10)
+        (holder_pid,) = self.log().pids("start", "k")
+        (holder,) = [r for r in runtimes if r.pid == holder_pid]
+        (other,) = [r for r in runtimes if r is not holder]
+        return run_id, holder, other
 
     async def close(self) -> None:
         for runtime in self.runtimes:

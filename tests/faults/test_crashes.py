@@ -12,19 +12,14 @@ import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from exosphere import GraphNodeModel, RunModel, RunStatus, StateManager, StateModel, StateStatus
 from tests.conftest import assert_eventually
-from tests.faults.fault_runtime import Cluster
+from tests.faults.fault_runtime import Cluster, gnode
 
 FAN_NODES = ["Spread", "Record", "Tally"]
-
-
-def gnode(namespace: str, node_name: str, identifier: str, inputs: dict[str, str], **extra: Any) -> GraphNodeModel:
-    return GraphNodeModel(node_name=node_name, namespace=namespace, identifier=identifier, inputs=inputs, **extra)
 
 
 def fan_graph(namespace: str, n: int, delay: float) -> list[GraphNodeModel]:
@@ -141,18 +136,8 @@ async def test_runtime_sigkilled_while_executing_its_state_moves_to_the_other_ru
     cluster: Cluster, namespace: str
 ) -> None:
     await cluster.start_server("--lease", "PT2S", "--heartbeat-interval", "PT0.5S")
-    runtimes = [cluster.start_runtime(f"rt{i}", ["Sleeper"], max_concurrency=4) for i in range(2)]
-    await cluster.wait_registered(*runtimes)
-    by_pid = {r.pid: r for r in runtimes}
-
     async with StateManager(namespace, address=cluster.address) as sm:
-        graph = [gnode(namespace, "Sleeper", "sleep", {"key": "k", "seconds": "3"})]
-        await sm.upsert_graph("sleepy", graph, retry_policy={"max_retries": 0})
-        run_id = (await sm.trigger("sleepy")).run_id
-        await assert_eventually(lambda: cluster.log().count("start", "k") == 1, timeout=10)
-        (holder_pid,) = cluster.log().pids("start", "k")
-        victim = by_pid[holder_pid]
-        (survivor,) = [r for r in runtimes if r is not victim]
+        run_id, victim, survivor = await cluster.sleeper_on_one_of_two(sm, seconds=3)
 
         killed_at = time.monotonic()
         victim.signal(signal.SIGKILL)

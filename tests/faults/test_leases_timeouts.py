@@ -23,7 +23,6 @@ import pytest
 from exosphere import (
     BaseNode,
     ExosphereTimeoutError,
-    GraphNodeModel,
     RunModel,
     RunStatus,
     Runtime,
@@ -35,13 +34,9 @@ from server.app import App
 from server.config import ServerConfig
 from tests.conftest import assert_eventually
 from tests.faults.fault_nodes import Concurrent, LongTimeout, NoTimeout, SlowWithTimeout, Spread
-from tests.faults.fault_runtime import Cluster
+from tests.faults.fault_runtime import Cluster, gnode
 
 SHORT_LEASE = ("--lease", "PT2S", "--heartbeat-interval", "PT0.5S")
-
-
-def gnode(namespace: str, node_name: str, identifier: str, inputs: dict[str, str], **extra: Any) -> GraphNodeModel:
-    return GraphNodeModel(node_name=node_name, namespace=namespace, identifier=identifier, inputs=inputs, **extra)
 
 
 def attempts(run: RunModel, identifier: str) -> list[StateModel]:
@@ -135,18 +130,8 @@ async def test_late_result_of_a_sigstopped_runtime_after_its_lease_expired_is_ig
 ) -> None:
     settings = {"lease": timedelta(seconds=2), "heartbeat_interval": timedelta(milliseconds=500)}
     async with in_process_scheduler(cluster, **settings) as app:
-        runtimes = [cluster.start_runtime(f"rt{i}", ["Sleeper"], max_concurrency=4) for i in range(2)]
-        await cluster.wait_registered(*runtimes)
-        by_pid = {r.pid: r for r in runtimes}
-
         async with StateManager(namespace, address=cluster.address) as sm:
-            graph = [gnode(namespace, "Sleeper", "sleep", {"key": "k", "seconds": "1.5"})]
-            await sm.upsert_graph("sleepy", graph, retry_policy={"max_retries": 0})
-            run_id = (await sm.trigger("sleepy")).run_id
-            await assert_eventually(lambda: cluster.log().count("start", "k") == 1, timeout=10)
-            (a_pid,) = cluster.log().pids("start", "k")
-            a = by_pid[a_pid]
-            (b,) = [r for r in runtimes if r is not a]
+            run_id, a, b = await cluster.sleeper_on_one_of_two(sm, seconds=1.5)
 
             stopped_at = time.monotonic()
             a.signal(signal.SIGSTOP)

@@ -12,7 +12,6 @@ import os
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from peer_common import (
     log,
     sigterm_as_exit,
     sizes,
+    timed_clients,
     wait_for_port,
 )
 
@@ -104,38 +104,19 @@ def _runs_once(url: str, m: int, clients: int) -> float:
     apps = [make_app(url, f"exo_bench_client_{i}") for i in range(clients)]
     for client in apps:  # connect before the clock starts
         client.send_task("bench.noop").get(timeout=TIMEOUT)
-    shares = [m // clients + (1 if i < m % clients else 0) for i in range(clients)]
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(clients + 1)
 
-    def client_thread(client: Celery, share: int) -> None:
-        try:
-            barrier.wait()
-            results: list[AsyncResult] = []
-            for _ in range(share):
-                sig = chain(
-                    client.signature("bench.noop"), client.signature("bench.noop"), client.signature("bench.noop")
-                )
-                results.append(sig.apply_async())
-            ResultSet(results, app=client).get(timeout=TIMEOUT)
-        except BaseException as exc:
-            errors.append(exc)
+    def work(client: Celery, share: int) -> None:
+        results: list[AsyncResult] = []
+        for _ in range(share):
+            sig = chain(client.signature("bench.noop"), client.signature("bench.noop"), client.signature("bench.noop"))
+            results.append(sig.apply_async())
+        ResultSet(results, app=client).get(timeout=TIMEOUT)
 
-    threads = [
-        threading.Thread(target=client_thread, args=(c, s), daemon=True) for c, s in zip(apps, shares, strict=True)
-    ]
-    for thread in threads:
-        thread.start()
-    barrier.wait()
-    started = time.perf_counter()
-    for thread in threads:
-        thread.join()
-    seconds = time.perf_counter() - started
-    for client in apps:
-        client.close()
-    if errors:
-        raise errors[0]
-    return seconds
+    try:
+        return timed_clients(apps, m, work)
+    finally:
+        for client in apps:
+            client.close()
 
 
 def main() -> int:

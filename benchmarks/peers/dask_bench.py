@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from typing import Any
 
-from peer_common import LOOPBACK, Recorder, base_parser, kill_pids, log, sigterm_as_exit, sizes
+from peer_common import LOOPBACK, Recorder, base_parser, kill_pids, log, sigterm_as_exit, sizes, timed_clients
 
 TIMEOUT = 600.0
 
@@ -93,39 +92,21 @@ def main() -> int:
                 m, clients = size["runs"], args.clients
                 # One Client per thread: 4 independent connections to the scheduler.
                 peers = [Client(cluster.scheduler_address, set_as_default=False) for _ in range(clients)]
-                shares = [m // clients + (1 if i < m % clients else 0) for i in range(clients)]
-                errors: list[BaseException] = []
-                barrier = threading.Barrier(clients + 1)
 
-                def client_thread(peer: Any, share: int) -> None:
-                    try:
-                        barrier.wait()
-                        lasts = []
-                        for _ in range(share):
-                            first = peer.submit(noop, pure=False)
-                            second = peer.submit(noop, first, pure=False)
-                            lasts.append(peer.submit(noop, second, pure=False))
-                        wait(lasts, timeout=TIMEOUT)
-                        peer.gather(lasts)
-                    except BaseException as exc:
-                        errors.append(exc)
+                def work(peer: Any, share: int) -> None:
+                    lasts = []
+                    for _ in range(share):
+                        first = peer.submit(noop, pure=False)
+                        second = peer.submit(noop, first, pure=False)
+                        lasts.append(peer.submit(noop, second, pure=False))
+                    wait(lasts, timeout=TIMEOUT)
+                    peer.gather(lasts)
 
-                threads = [
-                    threading.Thread(target=client_thread, args=(p, s), daemon=True)
-                    for p, s in zip(peers, shares, strict=True)
-                ]
-                for thread in threads:
-                    thread.start()
-                barrier.wait()
-                started = time.perf_counter()
-                for thread in threads:
-                    thread.join()
-                seconds = time.perf_counter() - started
-                for peer in peers:
-                    peer.close()
-                if errors:
-                    raise errors[0]
-                return seconds
+                try:
+                    return timed_clients(peers, m, work)
+                finally:
+                    for peer in peers:
+                        peer.close()
 
             if recorder.wanted("fanout"):
                 recorder.fanout(size["n"], fanout_once)

@@ -12,12 +12,15 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
+
+T = TypeVar("T")
 
 PEERS_DIR = Path(__file__).resolve().parent
 LOOPBACK = "127.0.0.1"
@@ -159,6 +162,35 @@ def sizes(args: argparse.Namespace, full: dict[str, int] | None = None) -> dict[
         if value is not None:
             base[key] = value
     return base
+
+
+def timed_clients(clients: Sequence[T], total: int, work: Callable[[T, int], None]) -> float:
+    """Seconds for ``total`` units of work split over one thread per client, all released at once.
+
+    ``work(client, share)`` does that client's share; the first error of any thread is raised.
+    """
+    shares = [total // len(clients) + (1 if i < total % len(clients) else 0) for i in range(len(clients))]
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(clients) + 1)
+
+    def run(client: T, share: int) -> None:
+        try:
+            barrier.wait()
+            work(client, share)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(c, n), daemon=True) for c, n in zip(clients, shares, strict=True)]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    started = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    seconds = time.perf_counter() - started
+    if errors:
+        raise errors[0]
+    return seconds
 
 
 def error_text(exc: BaseException) -> str:

@@ -10,6 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from exosphere import StateManager
+from tests.conftest import assert_eventually
+
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
@@ -31,15 +34,15 @@ async def test_quickstart_runtime_and_client(tmp_path: Path, server_address: str
     env = {**os.environ, "EXOSPHERE_SCHEDULER_ADDRESS": server_address}
     runtime = _spawn(tmp_path, env)
     try:
-        client = None
-        for _ in range(50):  # the runtime registers within a few hundred ms; the client's upsert needs it
-            client = await asyncio.to_thread(
-                subprocess.run, [sys.executable, "client.py"], cwd=tmp_path, env=env, capture_output=True, text=True
-            )
-            if client.returncode == 0 or "is not registered" not in client.stderr:
-                break
-            await asyncio.sleep(0.1)
-        assert client is not None
+        async with StateManager("MyProject", address=server_address) as sm:
+
+            async def registered() -> bool:
+                return await sm.list_nodes() == ["Greet"]
+
+            await assert_eventually(registered, timeout=20)
+        client = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "client.py"], cwd=tmp_path, env=env, capture_output=True, text=True
+        )
         assert client.returncode == 0, client.stderr
         assert "SUCCESS [{'greeting': 'Hello, Ada!'}]" in client.stdout
     finally:

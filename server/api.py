@@ -14,7 +14,6 @@ from server.auth import Authenticator
 from server.engine import Engine
 from server.errors import status_from_errors
 from server.models import RunRow
-from server.runstate import Run
 from server.wire import graph_spec_from_pb, graph_to_pb, run_to_pb, schema_to_pb, states_to_pb
 
 __all__ = ["SchedulerApi"]
@@ -132,8 +131,6 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
                         self._check_run(context, run)
                         first = False
                     message = run_to_pb(run)
-                    if isinstance(run, Run) and not run.end_committed:
-                        message.status = common_pb2.RUN_STATUS_PENDING  # its end is not committed yet
                     if request.run_only:
                         if message.status == common_pb2.RUN_STATUS_PENDING and request.HasField("trigger"):
                             continue  # trigger-and-wait: only the outcome is wanted, one message

@@ -464,7 +464,7 @@ class Engine:
             run.state_counts = run.counts()
             counted = time.monotonic()
             reported_end = run.end_committed
-            yield run, list(run.states)
+            yield _committed_view(run), list(run.states)
             # The run's end is reported once it is committed; that commit always notifies this queue, so no
             # event is lost even when it lands while the consumer is busy with the previous one.
             while not reported_end:
@@ -476,7 +476,7 @@ class Engine:
                 if reported_end or time.monotonic() - counted > 0.05:
                     run.state_counts = run.counts()
                     counted = time.monotonic()
-                yield run, list(changed)
+                yield _committed_view(run), list(changed)
         finally:
             if queue in run.watchers:
                 run.watchers.remove(queue)
@@ -925,6 +925,23 @@ class Engine:
 
     def graphs(self) -> list[CompiledGraph]:
         return list(self._graphs.values())
+
+
+def _committed_view(run: Run) -> RunRow:
+    """The run as committed: an end not yet committed is still PENDING to the outside."""
+    if run.end_committed or run.pending:
+        return run
+    return RunRow(
+        run_id=run.run_id,
+        namespace=run.namespace,
+        graph_name=run.graph_name,
+        graph_version=run.graph_version,
+        status=m.RUN_PENDING,
+        store=run.store,
+        created_at_ms=run.created_at_ms,
+        updated_at_ms=run.updated_at_ms,
+        state_counts=run.state_counts,
+    )
 
 
 def _render_inputs(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from exosphere import GraphNodeModel, NodeValidationError, RunStatus, Runtime, StateManager
-from tests.conftest import assert_eventually
+from tests.helpers.servers import stop_process
+from tests.helpers.waiting import assert_eventually
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "register_node"
 
@@ -94,10 +94,6 @@ async def test_registration_example_runs_in_dev_and_prod(server_address: str) ->
         await dev.close()
         await prod.close()
     finally:
-        for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            code = await asyncio.to_thread(proc.wait, 20)
-            output = proc.stdout.read() if proc.stdout else ""
+        for code, output in await asyncio.gather(*(stop_process(proc) for proc in procs)):
             assert code == 0, output
             assert "Traceback" not in output, output

@@ -15,7 +15,7 @@ from server.engine import Engine
 from server.models import CronSpec, FieldSpec, GraphNodeSpec, GraphSpec, NodeSchema, StoreConfigSpec
 from server.secrets import SecretBox, load_or_create_key
 from server.store import InMemoryStore
-from tests.conftest import assert_eventually
+from tests.helpers.waiting import assert_eventually
 
 NS = "cron-ns"
 ECHO = NodeSchema(

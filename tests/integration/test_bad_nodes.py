@@ -20,7 +20,7 @@ class ReturnsInt(BaseNode):
     class Outputs(BaseModel):
         text: str
 
-    async def execute(self) -> int:  # type: ignore[override]
+    async def execute(self) -> int:
         return 42
 
 
@@ -32,7 +32,7 @@ class ReturnsPartialDict(BaseNode):
         text: str
         other: str
 
-    async def execute(self) -> dict[str, str]:  # type: ignore[override]
+    async def execute(self) -> dict[str, str]:
         return {"text": "only one"}
 
 

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pydantic import BaseModel, Field
 
-from exosphere import BaseNode, GraphNodeModel, RetryPolicyModel, RunStatus, Runtime, StateManager
+from exosphere import BaseNode, GraphNodeModel, RetryPolicyModel, RunModel, RunStatus, Runtime, StateManager
 from exosphere.errors import (
     AuthenticationError,
     ConflictError,
@@ -65,7 +65,7 @@ def needs(namespace: str, text: str = "x") -> GraphNodeModel:
     return gnode(namespace, "Needs", "n", {"text": text})
 
 
-async def run_to_end(sm: StateManager, graph: str, timeout: float = 20) -> Any:
+async def run_to_end(sm: StateManager, graph: str, timeout: float = 20) -> RunModel:
     result = await sm.wait((await sm.trigger(graph)).run_id, timeout=timeout)
     assert result.status is not RunStatus.PENDING
     return result
@@ -609,7 +609,7 @@ def _config(db: Path, **kwargs: Any) -> ServerConfig:
     return ServerConfig(host="127.0.0.1", port=0, db=str(db), **kwargs)
 
 
-async def _needs_run(address: str, namespace: str) -> Any:
+async def _needs_run(address: str, namespace: str) -> RunModel:
     async with (
         running(Runtime(namespace, "rt", [Needs], address=address)),
         StateManager(namespace, address=address) as sm,

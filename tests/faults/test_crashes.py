@@ -18,6 +18,8 @@ from tests.helpers.cluster import Cluster
 from tests.helpers.graphs import gnode, states_of
 from tests.helpers.waiting import assert_eventually
 
+pytestmark = pytest.mark.slow
+
 FAN_NODES = ["Spread", "Record", "Tally"]
 
 

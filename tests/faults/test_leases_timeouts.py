@@ -30,6 +30,8 @@ from tests.helpers.graphs import attempts_of, gnode
 from tests.helpers.runtimes import running
 from tests.helpers.waiting import assert_eventually
 
+pytestmark = pytest.mark.slow
+
 SHORT_LEASE = ("--lease", "PT2S", "--heartbeat-interval", "PT0.5S")
 
 

@@ -752,6 +752,7 @@ class Session:
 # ---------------------------------------------------------------------------------------------- fixture
 
 pytestmark = [
+    pytest.mark.slow,
     # The scheduler, in this process, draws retry jitter from the global `random` module while hypothesis generates
     # the next example in another thread; hypothesis would take that for a strategy using `random`.
     pytest.mark.filterwarnings(

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 
 import pytest
 
 from exosphere import Runtime
 from tests.helpers.runtimes import RuntimeCrashedError, RuntimeGroup, running
+from tests.helpers.servers import stop_process
 from tests.helpers.waiting import assert_eventually
 from tests.nodes import Echo
 
@@ -168,3 +171,30 @@ async def test_assert_eventually_takes_async_predicates_and_lets_their_errors_th
 
     with pytest.raises(TimeoutError, match="the predicate's own"):
         await assert_eventually(times_out, timeout=5)
+
+
+def _child(on_sigterm: str) -> subprocess.Popen[str]:
+    """A Python child that prints ``up`` once its SIGTERM handler (``on_sigterm``) is installed, then sleeps."""
+    code = f"""
+import signal, sys, time
+signal.signal(signal.SIGTERM, {on_sigterm})
+print("up", flush=True)
+time.sleep(30)
+"""
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+async def test_stop_process_returns_the_exit_code_and_the_rest_of_the_output() -> None:
+    proc = _child('lambda *_: (print("bye"), sys.exit(3))')
+    assert proc.stdout is not None
+    assert await asyncio.to_thread(proc.stdout.readline) == "up\n"
+    assert await stop_process(proc) == (3, "bye\n")
+
+
+async def test_stop_process_kills_a_child_that_ignores_sigterm_and_fails() -> None:
+    proc = _child("signal.SIG_IGN")
+    assert proc.stdout is not None
+    assert await asyncio.to_thread(proc.stdout.readline) == "up\n"
+    with pytest.raises(AssertionError, match=r"did not exit within 0\.2s of SIGTERM"):
+        await stop_process(proc, timeout=0.2)
+    assert proc.returncode == -9

@@ -60,7 +60,8 @@ class RuntimeGroup:
             raise ValueError(f"runtime {runtime.name!r} is already running in this group")
         task = asyncio.get_running_loop().create_task(runtime.run(), name=f"test-runtime-{runtime.name}")
         self._tasks[runtime] = task
-        # Let run() begin: Runtime.stop() before that would be lost (see stop()).
+        # Let run() begin: it makes a fresh stop event, so a Runtime.stop() before that is lost and the runtime
+        # would run until cancelled.
         await asyncio.sleep(0)
         if registered:
             await self.wait_registered(runtime, timeout=timeout)

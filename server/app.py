@@ -186,7 +186,7 @@ class App:
         try:
             if server is not None and self._started:
                 await self._health.enter_graceful_shutdown()
-                self.engine.close_sessions("scheduler shutting down")
+                self.engine.runtimes.close_all("scheduler shutting down")
                 await server.stop(grace)
         finally:
             await self.cron.stop()

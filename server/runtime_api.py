@@ -49,7 +49,7 @@ class RuntimeApi(runtime_pb2_grpc.RuntimeServiceServicer):
             register = first.register
             self._auth.check(context, register.namespace)
             schemas = [schema_from_pb(register.namespace, s) for s in register.nodes]
-            session = engine.register_session(
+            session = engine.runtimes.register(
                 namespace=register.namespace,
                 runtime_name=register.runtime_name,
                 runtime_id=register.runtime_id,
@@ -85,7 +85,7 @@ class RuntimeApi(runtime_pb2_grpc.RuntimeServiceServicer):
                     task.cancel()
                 await asyncio.gather(reader, writer, closed, return_exceptions=True)
         finally:
-            engine.unregister_session(session)
+            engine.runtimes.unregister(session)
         if session.close_reason:
             # The runtime reconnects (with backoff) when its stream ends this way.
             await context.abort(grpc.StatusCode.UNAVAILABLE, session.close_reason)
@@ -93,14 +93,14 @@ class RuntimeApi(runtime_pb2_grpc.RuntimeServiceServicer):
     async def KeepAlive(
         self, request: pb.KeepAliveRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.KeepAliveResponse:
-        session = self._engine.session(request.session_id)
+        session = self._engine.runtimes.get(request.session_id)
         if session is None:
             return pb.KeepAliveResponse(known=False)
         try:
             self._auth.check(context, session.namespace)
         except ExosphereError as exc:
             await abort_with(context, exc)
-        self._engine.touch(session)
+        self._engine.runtimes.touch(session)
         return pb.KeepAliveResponse(known=True)
 
     async def _read_loop(self, context: grpc.aio.ServicerContext[Any, Any], session: Session) -> None:
@@ -113,10 +113,10 @@ class RuntimeApi(runtime_pb2_grpc.RuntimeServiceServicer):
             if kind == "results":
                 engine.handle_results(session, [result_from_pb(r) for r in message.results.results])
             elif kind == "heartbeat":
-                engine.touch(session)
+                engine.runtimes.touch(session)
             elif kind == "draining":
-                engine.touch(session)
-                engine.session_draining(session)
+                engine.runtimes.touch(session)
+                engine.runtimes.draining(session)
             elif kind == "register":
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "Register may only be sent once per stream")
 

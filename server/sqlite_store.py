@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from server.models import GraphSpec, RunRow, StateRow
+from server.status import RunStatus, StateStatus
 from server.store import WriteBatch
 
 __all__ = ["SqliteStore"]
@@ -98,7 +99,7 @@ def _state_from_row(row: sqlite3.Row | tuple[object, ...]) -> StateRow:
         run_id=str(run_id),
         identifier=str(identifier),
         node_name=str(node_name),
-        status=str(status),
+        status=StateStatus(str(status)),
         inputs=json.loads(str(inputs)),
         attempt=_int(attempt),
         parent_id=str(parent_id) if parent_id else None,
@@ -121,7 +122,7 @@ def _run_from_row(row: tuple[object, ...]) -> RunRow:
         namespace=str(namespace),
         graph_name=str(graph_name),
         graph_version=_int(version),
-        status=str(status),
+        status=RunStatus(str(status)),
         store=json.loads(str(store)),
         created_at_ms=_int(created),
         updated_at_ms=_int(updated),

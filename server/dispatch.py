@@ -85,6 +85,10 @@ class Dispatcher:
 
     def _on_timer(self) -> None:
         self._timer = None
+        self.release_due()
+
+    def release_due(self) -> None:
+        """Queue the delayed states whose start time has come (the timer does; the sweep double-checks)."""
         now = self._clock()
         while self._delayed and self._delayed[0][0] <= now:
             _, _, state = heapq.heappop(self._delayed)

@@ -26,7 +26,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from exosphere.errors import ConflictError, ExosphereError, RunNotFoundError, StateNotFoundError
+from exosphere.errors import ConflictError, ExosphereError, RunNotFoundError
 from server import watches
 from server.catalog import GraphCatalog
 from server.commit import GroupCommit
@@ -35,11 +35,12 @@ from server.graph import CompiledGraph
 from server.machine import StateMachine
 from server.models import GraphSpec, NodeSchema, RunRow, StateRow
 from server.recovery import recover
+from server.retries import ManualRetries
 from server.runstate import Run, Session, State
 from server.runtable import RunTable
 from server.secrets import SecretBox
 from server.sessions import Sessions
-from server.status import RETRYABLE_STATE_STATUSES, ResultKind, RunStatus, StateStatus
+from server.status import ResultKind, StateStatus
 from server.store import Store
 from server.triggers import CheckedTrigger, TriggerRequest, check_trigger
 
@@ -100,8 +101,10 @@ class Engine:
         self.runtimes = Sessions(store, self._table, self._dispatcher, clock=clock, lease_ms=settings.lease_ms)
         self.catalog = GraphCatalog(store, secret_box, self.runtimes.node_schema, clock=clock)
         self._machine = StateMachine(self._table, self._dispatcher, default_timeout_ms=settings.default_timeout_ms)
+        self._retries = ManualRetries(
+            store, self._table, self.catalog, self._machine, self._commit, clock=clock, forget=self._forget
+        )
         self._tasks: list[asyncio.Task[None]] = []
-        self._retrying: dict[str, str] = {}  # retry request keys not committed yet → the new state id
         self.ignored_results = 0
         # Set when a commit failed; the scheduler must then stop (see _commit_failed).
         self.fatal_error: BaseException | None = None
@@ -225,6 +228,10 @@ class Engine:
         await self._commit.wait()
         return [run.run_id for run in runs]
 
+    def is_live(self, run_id: str) -> bool:
+        """Whether the run is held in memory (pending, or ended and its end not committed yet)."""
+        return run_id in self._table.runs
+
     def get_run(self, run_id: str, page_size: int = 0, after_seq: int = -1) -> tuple[RunRow, list[StateRow], int]:
         """The run, a page of its states (by sequence), and the last sequence returned (-1 when none)."""
         run = self._table.runs.get(run_id)
@@ -274,64 +281,7 @@ class Engine:
 
     async def retry_state(self, state_id: str, request_id: str) -> str:
         """Create a new attempt of a failed state, once per (namespace, request id); reopens a finished run."""
-        run_id = state_id.rpartition("-")[0]
-        row = (self._table.runs.get(run_id) or self._store.get_run(run_id)) if run_id else None
-        if row is None:
-            raise StateNotFoundError(f"state {state_id!r} not found")
-        key = f"retry-request:{row.namespace}:{request_id}" if request_id else ""
-        previous = (self._retrying.get(key) or self._commit.get_kv(key)) if key else None
-        if previous is not None:
-            return previous
-        reopened = run_id not in self._table.runs
-        state = self._table.states.get(state_id) or self._reopen(row, state_id)
-        try:
-            self._check_retryable(state)
-        except ExosphereError:
-            if reopened:
-                self._forget(state.run)
-            raise
-        new = self._machine.retry(state, self._clock())
-        if key:
-            self._commit.put_kv(key, new.state_id)
-            self._retrying[key] = new.state_id
-        try:
-            await self._commit.wait()
-        finally:
-            self._retrying.pop(key, None)
-        logger.info("state retried by request state_id=%s new_state_id=%s", state_id, new.state_id)
-        return new.state_id
-
-    def _check_retryable(self, state: State) -> None:
-        run = state.run
-        later = any(
-            s.identifier == state.identifier
-            and s.parent_id == state.parent_id
-            and s.parent_output == state.parent_output
-            and s.attempt > state.attempt
-            for s in run.states
-        )
-        if state.status not in RETRYABLE_STATE_STATUSES or run.cancelled or later:
-            why = "a later attempt exists" if later else f"it is {state.status}"
-            raise ConflictError(f"state {state.state_id!r} cannot be retried: {why}; only the last failed attempt can")
-
-    def _reopen(self, row: RunRow, state_id: str) -> State:
-        """Load a finished run back into memory (for a manual retry of one of its states)."""
-        if row.status == RunStatus.CANCELLED:
-            raise ConflictError(f"run {row.run_id!r} was cancelled; its states cannot be retried")
-        states = self._store.get_states(row.run_id, -1, 0)
-        runs = self._table.load(
-            [row], states, lambda r: self.catalog.version(r.namespace, r.graph_name, r.graph_version)
-        )
-        for run in runs:
-            if run.graph is not None:
-                self.catalog.acquire(run.graph)
-        self._machine.resume(runs, self._clock(), end=False)
-        state = self._table.states.get(state_id)
-        if state is None:
-            for run in runs:
-                self._forget(run)
-            raise StateNotFoundError(f"state {state_id!r} not found")
-        return state
+        return await self._retries.retry(state_id, request_id)
 
     def _forget(self, run: Run) -> None:
         self._table.forget(run)
@@ -354,6 +304,7 @@ class Engine:
         now = self._clock()
         for state in list(self.runtimes.overdue(now)):
             self._machine.timed_out(state, now)
+        self._dispatcher.release_due()
         self._dispatcher.schedule()
 
     # ================================================================== after each commit (see server/commit.py)

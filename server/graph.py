@@ -411,8 +411,6 @@ def _check_references(
         if cnode.unites is not None and cnode.unites in compiled:
             compiled[cnode.unites].merges.append(cnode)
             collect.setdefault(cnode.unites, set()).update(aggregated - {cnode.unites})
-            if ancestors is not None and cnode.unites not in ancestors:
-                errors.append(f"{ident}: unites {cnode.unites!r}, which is not an ancestor")
     for ident, identifiers in collect.items():
         compiled[ident].collect = frozenset(identifiers)
 

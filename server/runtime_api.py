@@ -14,6 +14,7 @@ from exosphere.v1 import runtime_pb2_grpc
 from server.auth import Authenticator
 from server.engine import Engine
 from server.errors import abort_with
+from server.models import NodeSchema
 from server.runstate import Session
 from server.wire import result_from_pb, schema_from_pb
 
@@ -23,6 +24,8 @@ logger = logging.getLogger(__name__)
 
 # Cap a batch so the two processes overlap instead of taking turns on one huge message.
 MAX_BATCH = 256
+# Registrations with more node schemas than this are decoded off the event loop.
+MANY_NODES = 1000
 
 
 class RuntimeApi(runtime_pb2_grpc.RuntimeServiceServicer):
@@ -48,7 +51,10 @@ class RuntimeApi(runtime_pb2_grpc.RuntimeServiceServicer):
                 raise InvalidArgumentError("the first message on the runtime stream must be Register")
             register = first.register
             self._auth.check(context, register.namespace)
-            schemas = [schema_from_pb(register.namespace, s) for s in register.nodes]
+            if len(register.nodes) > MANY_NODES:  # decoding tens of thousands of schemas would stall the loop
+                schemas = await asyncio.to_thread(_schemas, register)
+            else:
+                schemas = _schemas(register)
             session = engine.runtimes.register(
                 namespace=register.namespace,
                 runtime_name=register.runtime_name,
@@ -133,6 +139,10 @@ class RuntimeApi(runtime_pb2_grpc.RuntimeServiceServicer):
                 items = [_execute(state) for state in batch if state.session is session]
                 if items:
                     await context.write(pb.SchedulerMessage(execute=pb.ExecuteBatch(items=items)))
+
+
+def _schemas(register: pb.Register) -> list[NodeSchema]:
+    return [schema_from_pb(register.namespace, s) for s in register.nodes]
 
 
 def _execute(state: Any) -> pb.Execute:

@@ -99,11 +99,14 @@ class Sessions:
             raise ConflictError(
                 "schema conflicts with runtimes still connected with the old schema: " + "; ".join(conflicts)
             )
+        changed = []
         for schema in schemas:
             old = self.nodes.get((namespace, schema.name))
             if old is None or old.fingerprint() != schema.fingerprint() or old.timeout_ms != schema.timeout_ms:
-                self._store.save_node(namespace, schema.name, schema.raw)
+                changed.append((schema.name, schema.raw))
             self.nodes[namespace, schema.name] = schema
+        if changed:
+            self._store.save_nodes(namespace, changed)
         session = Session(
             session_id=uuid.uuid4().hex,
             namespace=namespace,

@@ -7,6 +7,7 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -240,11 +241,12 @@ class SqliteStore:
         ).fetchone()
         return GraphSpec.model_validate_json(row[0]) if row else None
 
-    def save_node(self, namespace: str, name: str, schema: bytes) -> None:
+    def save_nodes(self, namespace: str, schemas: Sequence[tuple[str, bytes]]) -> None:
+        now = int(time.time() * 1000)
         with self._transaction():
-            self._db.execute(
+            self._db.executemany(
                 "INSERT OR REPLACE INTO nodes (namespace, name, schema, updated_at_ms) VALUES (?,?,?,?)",
-                (namespace, name, schema, int(time.time() * 1000)),
+                [(namespace, name, schema, now) for name, schema in schemas],
             )
 
     def load_nodes(self) -> list[tuple[str, str, bytes]]:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from exosphere import Runtime, StateManager
+from tests.conftest import assert_eventually
 from tests.integration.process import ServerProcess
 from tests.nodes import Echo
 
@@ -46,9 +47,7 @@ async def test_a_standby_waits_and_takes_over_when_the_first_is_killed(tmp_path:
 
         standby = ServerProcess(db, "--standby")
         starting = asyncio.get_running_loop().run_in_executor(None, standby.start, 60)
-        async with asyncio.timeout(20):
-            while "standing by" not in standby.output:
-                await asyncio.sleep(0.05)
+        await assert_eventually(lambda: "standing by" in standby.output, timeout=20)
         assert first.proc is not None
         assert f"pid {first.proc.pid}" in standby.output
         await asyncio.sleep(1)

@@ -14,8 +14,12 @@ from collections.abc import Sequence
 from exosphere.errors import ExosphereError
 from server.app import App
 from server.config import ServerConfig
+from server.dblock import DatabaseLockedError
 
 logger = logging.getLogger("server")
+
+# How often a standby scheduler tries the database lock.
+STANDBY_POLL_S = 0.25
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,6 +31,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--api-keys-file", help="YAML/JSON file of namespace-scoped keys (env EXOSPHERE_API_KEYS_FILE)")
     p.add_argument("--tls-cert", help="PEM certificate chain (env EXOSPHERE_TLS_CERT)")
     p.add_argument("--tls-key", help="PEM private key (env EXOSPHERE_TLS_KEY)")
+    p.add_argument(
+        "--standby",
+        action="store_true",
+        help="if another scheduler holds the SQLite database, wait and take over when it stops (env EXOSPHERE_STANDBY)",
+    )
     p.add_argument("--insecure", action="store_true", help="allow a non-loopback address without API keys")
     p.add_argument("--lease", help="runtime lease, e.g. PT5S (env EXOSPHERE_LEASE)")
     p.add_argument("--heartbeat-interval", help="runtime heartbeat interval, e.g. PT1S")
@@ -35,12 +44,34 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+async def _open(config: ServerConfig, stop: asyncio.Event) -> App | None:
+    """The App; with ``--standby``, once the scheduler that holds the database is gone (None if told to stop)."""
+    waiting = False
+    while True:
+        try:
+            return App(config)
+        except DatabaseLockedError as exc:
+            if not config.standby:
+                raise
+            if not waiting:
+                logger.info("standing by: %s", exc.holder)
+                print(f"exosphere-server standing by: {config.db} is held by {exc.holder}", flush=True)  # noqa: T201
+                waiting = True
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(STANDBY_POLL_S):
+                await stop.wait()
+        if stop.is_set():
+            return None
+
+
 async def _serve(config: ServerConfig) -> int:
-    app = App(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    app = await _open(config, stop)
+    if app is None:
+        return 0
     await app.start()
     # A line scripts can wait for; the log line says the same for humans.
     print(f"exosphere-server listening on {config.host}:{app.port}", flush=True)  # noqa: T201
@@ -75,6 +106,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
             insecure=args.insecure or None,
+            standby=args.standby or None,
             lease=args.lease,
             heartbeat_interval=args.heartbeat_interval,
             default_timeout=args.default_timeout,

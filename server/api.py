@@ -11,7 +11,7 @@ from exosphere.errors import InvalidArgumentError
 from exosphere.v1 import common_pb2, scheduler_pb2_grpc
 from exosphere.v1 import scheduler_pb2 as pb
 from server.auth import Authenticator
-from server.engine import Engine
+from server.engine import Engine, TriggerRequest
 from server.errors import status_from_errors
 from server.models import RunRow
 from server.wire import graph_spec_from_pb, graph_to_pb, run_to_pb, schema_to_pb, states_to_pb
@@ -73,25 +73,14 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
     async def TriggerGraph(self, request: pb.TriggerGraphRequest, context: Ctx) -> pb.TriggerGraphResponse:
         async with status_from_errors(context):
             self._auth.check(context, request.namespace)
-            run_id = await self._engine.trigger(
-                request.namespace,
-                request.graph_name,
-                _plain(request.inputs),
-                _plain(request.store),
-                request.start_delay_ms,
-            )
+            run_id = await self._engine.trigger(_trigger_request(request))
         return pb.TriggerGraphResponse(run_id=run_id)
 
     async def TriggerGraphs(self, request: pb.TriggerGraphsRequest, context: Ctx) -> pb.TriggerGraphsResponse:
         async with status_from_errors(context):
             for namespace in {t.namespace for t in request.triggers}:
                 self._auth.check(context, namespace)
-            run_ids = await self._engine.trigger_many(
-                [
-                    (t.namespace, t.graph_name, _plain(t.inputs), _plain(t.store), t.start_delay_ms)
-                    for t in request.triggers
-                ]
-            )
+            run_ids = await self._engine.trigger_many([_trigger_request(t) for t in request.triggers])
         return pb.TriggerGraphsResponse(run_ids=run_ids)
 
     async def GetRun(self, request: pb.GetRunRequest, context: Ctx) -> pb.GetRunResponse:
@@ -120,9 +109,7 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
             if request.HasField("trigger"):
                 t = request.trigger
                 self._auth.check(context, t.namespace)
-                run_id = await self._engine.trigger(
-                    t.namespace, t.graph_name, _plain(t.inputs), _plain(t.store), t.start_delay_ms
-                )
+                run_id = await self._engine.trigger(_trigger_request(t))
             events = self._engine.watch_run(run_id)
             try:
                 first = True
@@ -160,7 +147,7 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
     async def ListNodes(self, request: pb.ListNodesRequest, context: Ctx) -> pb.ListNodesResponse:
         async with status_from_errors(context):
             self._auth.check(context, request.namespace)
-            nodes = self._engine.nodes(request.namespace)
+            nodes = self._engine.runtimes.nodes_of(request.namespace)
         return pb.ListNodesResponse(nodes=[schema_to_pb(n) for n in nodes])
 
     async def ListNamespaces(self, request: pb.ListNamespacesRequest, context: Ctx) -> pb.ListNamespacesResponse:
@@ -173,7 +160,9 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
             if request.namespace:
                 self._auth.check(context, request.namespace)
             sessions = [
-                s for s in self._engine.sessions(request.namespace or None) if self._auth.allowed(context, s.namespace)
+                s
+                for s in self._engine.runtimes.connected(request.namespace or None)
+                if self._auth.allowed(context, s.namespace)
             ]
         return pb.ListRuntimesResponse(
             runtimes=[
@@ -197,3 +186,7 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
 
 def _plain(mapping: Any) -> dict[str, str]:
     return {k: mapping[k] for k in mapping}
+
+
+def _trigger_request(t: pb.TriggerGraphRequest) -> TriggerRequest:
+    return TriggerRequest(t.namespace, t.graph_name, _plain(t.inputs), _plain(t.store), t.start_delay_ms)

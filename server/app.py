@@ -21,6 +21,7 @@ from server.api import SchedulerApi
 from server.auth import ApiKey, Authenticator, AuthInterceptor, load_keys_file
 from server.config import ServerConfig
 from server.cron import CronScheduler
+from server.dblock import DatabaseLock
 from server.engine import Engine, EngineSettings
 from server.runtime_api import RuntimeApi
 from server.secrets import SecretBox, load_or_create_key
@@ -97,7 +98,16 @@ class App:
         secret_box = SecretBox(
             load_or_create_key(Path(config.secrets_key_file) if config.secrets_key_file else key_file)
         )
-        self.store = store if store is not None else SqliteStore(config.db)
+        # One scheduler per SQLite file (server/dblock.py); a store given by the caller is the caller's business.
+        self._db_lock = DatabaseLock(config.db) if store is None else None
+        if self._db_lock is not None:
+            self._db_lock.acquire()
+        try:
+            self.store = store if store is not None else SqliteStore(config.db)
+        except BaseException:
+            if self._db_lock is not None:
+                self._db_lock.release()
+            raise
         self.engine = Engine(
             self.store,
             secret_box=secret_box,
@@ -186,12 +196,14 @@ class App:
         try:
             if server is not None and self._started:
                 await self._health.enter_graceful_shutdown()
-                self.engine.close_sessions("scheduler shutting down")
+                self.engine.runtimes.close_all("scheduler shutting down")
                 await server.stop(grace)
         finally:
             await self.cron.stop()
             await self.engine.stop()
             self.store.close()
+            if self._db_lock is not None:
+                self._db_lock.release()
             logger.info("exosphere-server stopped")
 
     async def __aenter__(self) -> Self:

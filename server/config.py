@@ -26,6 +26,7 @@ class ServerConfig(BaseModel):
         "EXOSPHERE_HEARTBEAT_INTERVAL": "heartbeat_interval",
         "EXOSPHERE_LEASE": "lease",
         "EXOSPHERE_DEFAULT_TIMEOUT": "default_timeout",
+        "EXOSPHERE_STANDBY": "standby",
     }
     host: str = "127.0.0.1"
     port: int = 50051
@@ -43,6 +44,8 @@ class ServerConfig(BaseModel):
     lease: timedelta = timedelta(seconds=5)
     default_timeout: timedelta = timedelta(minutes=30)
     shutdown_grace: timedelta = timedelta(seconds=10)
+    # SQLite: wait for the scheduler holding the database to stop, then take over (instead of refusing to start).
+    standby: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ, **overrides: object) -> Self:

@@ -14,6 +14,7 @@ from exosphere.v1 import runtime_pb2_grpc
 from server.auth import Authenticator
 from server.engine import Engine
 from server.errors import abort_with
+from server.models import NodeSchema
 from server.runstate import Session
 from server.wire import result_from_pb, schema_from_pb
 
@@ -23,6 +24,8 @@ logger = logging.getLogger(__name__)
 
 # Cap a batch so the two processes overlap instead of taking turns on one huge message.
 MAX_BATCH = 256
+# Registrations with more node schemas than this are decoded off the event loop.
+MANY_NODES = 1000
 
 
 class RuntimeApi(runtime_pb2_grpc.RuntimeServiceServicer):
@@ -48,8 +51,11 @@ class RuntimeApi(runtime_pb2_grpc.RuntimeServiceServicer):
                 raise InvalidArgumentError("the first message on the runtime stream must be Register")
             register = first.register
             self._auth.check(context, register.namespace)
-            schemas = [schema_from_pb(register.namespace, s) for s in register.nodes]
-            session = engine.register_session(
+            if len(register.nodes) > MANY_NODES:  # decoding tens of thousands of schemas would stall the loop
+                schemas = await asyncio.to_thread(_schemas, register)
+            else:
+                schemas = _schemas(register)
+            session = engine.runtimes.register(
                 namespace=register.namespace,
                 runtime_name=register.runtime_name,
                 runtime_id=register.runtime_id,
@@ -85,7 +91,7 @@ class RuntimeApi(runtime_pb2_grpc.RuntimeServiceServicer):
                     task.cancel()
                 await asyncio.gather(reader, writer, closed, return_exceptions=True)
         finally:
-            engine.unregister_session(session)
+            engine.runtimes.unregister(session)
         if session.close_reason:
             # The runtime reconnects (with backoff) when its stream ends this way.
             await context.abort(grpc.StatusCode.UNAVAILABLE, session.close_reason)
@@ -93,14 +99,14 @@ class RuntimeApi(runtime_pb2_grpc.RuntimeServiceServicer):
     async def KeepAlive(
         self, request: pb.KeepAliveRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.KeepAliveResponse:
-        session = self._engine.session(request.session_id)
+        session = self._engine.runtimes.get(request.session_id)
         if session is None:
             return pb.KeepAliveResponse(known=False)
         try:
             self._auth.check(context, session.namespace)
         except ExosphereError as exc:
             await abort_with(context, exc)
-        self._engine.touch(session)
+        self._engine.runtimes.touch(session)
         return pb.KeepAliveResponse(known=True)
 
     async def _read_loop(self, context: grpc.aio.ServicerContext[Any, Any], session: Session) -> None:
@@ -113,10 +119,10 @@ class RuntimeApi(runtime_pb2_grpc.RuntimeServiceServicer):
             if kind == "results":
                 engine.handle_results(session, [result_from_pb(r) for r in message.results.results])
             elif kind == "heartbeat":
-                engine.touch(session)
+                engine.runtimes.touch(session)
             elif kind == "draining":
-                engine.touch(session)
-                engine.session_draining(session)
+                engine.runtimes.touch(session)
+                engine.runtimes.draining(session)
             elif kind == "register":
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "Register may only be sent once per stream")
 
@@ -133,6 +139,10 @@ class RuntimeApi(runtime_pb2_grpc.RuntimeServiceServicer):
                 items = [_execute(state) for state in batch if state.session is session]
                 if items:
                     await context.write(pb.SchedulerMessage(execute=pb.ExecuteBatch(items=items)))
+
+
+def _schemas(register: pb.Register) -> list[NodeSchema]:
+    return [schema_from_pb(register.namespace, s) for s in register.nodes]
 
 
 def _execute(state: Any) -> pb.Execute:

@@ -7,10 +7,12 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from server.models import GraphSpec, RunRow, StateRow
+from server.status import RunStatus, StateStatus
 from server.store import WriteBatch
 
 __all__ = ["SqliteStore"]
@@ -98,7 +100,7 @@ def _state_from_row(row: sqlite3.Row | tuple[object, ...]) -> StateRow:
         run_id=str(run_id),
         identifier=str(identifier),
         node_name=str(node_name),
-        status=str(status),
+        status=StateStatus(str(status)),
         inputs=json.loads(str(inputs)),
         attempt=_int(attempt),
         parent_id=str(parent_id) if parent_id else None,
@@ -121,7 +123,7 @@ def _run_from_row(row: tuple[object, ...]) -> RunRow:
         namespace=str(namespace),
         graph_name=str(graph_name),
         graph_version=_int(version),
-        status=str(status),
+        status=RunStatus(str(status)),
         store=json.loads(str(store)),
         created_at_ms=_int(created),
         updated_at_ms=_int(updated),
@@ -239,11 +241,12 @@ class SqliteStore:
         ).fetchone()
         return GraphSpec.model_validate_json(row[0]) if row else None
 
-    def save_node(self, namespace: str, name: str, schema: bytes) -> None:
+    def save_nodes(self, namespace: str, schemas: Sequence[tuple[str, bytes]]) -> None:
+        now = int(time.time() * 1000)
         with self._transaction():
-            self._db.execute(
+            self._db.executemany(
                 "INSERT OR REPLACE INTO nodes (namespace, name, schema, updated_at_ms) VALUES (?,?,?,?)",
-                (namespace, name, schema, int(time.time() * 1000)),
+                [(namespace, name, schema, now) for name, schema in schemas],
             )
 
     def load_nodes(self) -> list[tuple[str, str, bytes]]:

@@ -53,7 +53,8 @@ class Store(Protocol):
 
     def load_graph_version(self, namespace: str, name: str, version: int) -> GraphSpec | None: ...
 
-    def save_node(self, namespace: str, name: str, schema: bytes) -> None: ...
+    def save_nodes(self, namespace: str, schemas: Sequence[tuple[str, bytes]]) -> None:
+        """Save registered node schemas (name, serialized schema) in one transaction."""
 
     def load_nodes(self) -> list[tuple[str, str, bytes]]: ...
 
@@ -131,8 +132,9 @@ class InMemoryStore:
     def load_graph_version(self, namespace: str, name: str, version: int) -> GraphSpec | None:
         return self._versions.get((namespace, name, version))
 
-    def save_node(self, namespace: str, name: str, schema: bytes) -> None:
-        self._nodes[namespace, name] = schema
+    def save_nodes(self, namespace: str, schemas: Sequence[tuple[str, bytes]]) -> None:
+        for name, schema in schemas:
+            self._nodes[namespace, name] = schema
 
     def load_nodes(self) -> list[tuple[str, str, bytes]]:
         return [(ns, name, raw) for (ns, name), raw in self._nodes.items()]

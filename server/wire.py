@@ -23,6 +23,7 @@ from server.models import (
     StoreConfigSpec,
     UnitesSpec,
 )
+from server.status import ResultKind
 
 __all__ = [
     "graph_spec_from_pb",
@@ -234,13 +235,13 @@ def result_from_pb(result: runtime_pb2.Result) -> ResultIn:
         for out in result.executed.outputs:
             fields = out.fields
             outputs.append({k: fields[k] for k in fields})
-        return ResultIn(result.state_id, result.dispatch_id, "executed", outputs=outputs, store_writes=writes)
+        return ResultIn(result.state_id, result.dispatch_id, ResultKind.EXECUTED, outputs=outputs, store_writes=writes)
     if kind == "errored":
         e = result.errored
         return ResultIn(
             result.state_id,
             result.dispatch_id,
-            "errored",
+            ResultKind.ERRORED,
             error={"message": e.message, "type": e.type, "traceback": e.traceback},
         )
     if kind == "pruned":
@@ -249,13 +250,13 @@ def result_from_pb(result: runtime_pb2.Result) -> ResultIn:
             json.loads(data)
         except (ValueError, RecursionError):  # not JSON, or nested too deep to read: keep it as text
             data = json.dumps({"raw": data[:65536]})
-        return ResultIn(result.state_id, result.dispatch_id, "pruned", pruned_data=data)
+        return ResultIn(result.state_id, result.dispatch_id, ResultKind.PRUNED, pruned_data=data)
     if kind == "requeue_after":
-        return ResultIn(result.state_id, result.dispatch_id, "requeue", delay_ms=result.requeue_after.delay_ms)
+        return ResultIn(result.state_id, result.dispatch_id, ResultKind.REQUEUE, delay_ms=result.requeue_after.delay_ms)
     return ResultIn(
         result.state_id,
         result.dispatch_id,
-        "errored",
+        ResultKind.ERRORED,
         error={
             "message": "result has no outcome (executed, errored, pruned or requeue_after)",
             "type": "ProtocolError",

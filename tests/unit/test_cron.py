@@ -75,7 +75,7 @@ def graph(name: str = "g", triggers: list[CronSpec] | None = None, **kwargs: obj
 
 async def new_engine(store: InMemoryStore) -> Engine:
     engine = Engine(store, secret_box=SecretBox(load_or_create_key(None)))
-    engine._nodes[NS, "Echo"] = ECHO  # as if a runtime had registered it (recovery compiles graphs with it)
+    engine.runtimes.nodes[NS, "Echo"] = ECHO  # as if a runtime had registered it (recovery compiles graphs with it)
     await engine.start()
     return engine
 

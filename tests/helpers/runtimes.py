@@ -2,8 +2,8 @@
 
 Every runtime is stopped at the end of its block (or of its fixture). One whose task ended with an exception
 fails the test there with ``RuntimeCrashedError``, caused by the runtime's exception: a crash swallowed at
-teardown hides a bug. A runtime that is still busy ``stop_timeout`` seconds after ``stop()`` is cancelled, which
-is not a failure (a node may sleep longer than the test).
+teardown hides a bug. A runtime that is still busy ``stop_timeout`` seconds after ``stop()`` is cancelled; that
+fails the test only with ``strict_stop=True`` (by default a node may sleep longer than the test).
 """
 
 from __future__ import annotations
@@ -46,12 +46,14 @@ class RuntimeGroup:
     """Runtimes running as tasks of this loop. ``async with RuntimeGroup() as group: await group.start(rt)``.
 
     Leaving the block (or ``close()``) stops them all and raises ``RuntimeCrashedError`` for one that crashed
-    (an ``ExceptionGroup`` of them for several). When the block itself raised, the crashes are added to its
-    exception as notes instead, so neither is hidden.
+    (an ``ExceptionGroup`` for several). With ``strict_stop=True``, one still running ``stop_timeout`` seconds
+    after ``stop()`` fails too, for tests where stopping promptly is part of the behaviour. When the block itself
+    raised, these failures are added to its exception as notes instead, so neither is hidden.
     """
 
-    def __init__(self, *, stop_timeout: float = 10.0) -> None:
+    def __init__(self, *, stop_timeout: float = 10.0, strict_stop: bool = False) -> None:
         self.stop_timeout = stop_timeout
+        self.strict_stop = strict_stop
         self._tasks: dict[Runtime, asyncio.Task[None]] = {}
 
     async def start(self, runtime: R, *, registered: bool = True, timeout: float = 10.0) -> R:
@@ -89,32 +91,35 @@ class RuntimeGroup:
         raise crash or AssertionError(f"runtime {runtime.name!r} returned before it registered")
 
     async def stop(self, runtime: Runtime) -> None:
-        """Stop one runtime and wait for it; raise ``RuntimeCrashedError`` if it crashed."""
+        """Stop one runtime and wait for it; raise ``RuntimeCrashedError`` if it crashed (and, with ``strict_stop``,
+        ``AssertionError`` if it was still running ``stop_timeout`` seconds later)."""
         task = self._tasks.pop(runtime)
-        crash = await self._stopped(runtime, task)
-        if crash is not None:
-            raise crash
+        failure = await self._stopped(runtime, task)
+        if failure is not None:
+            raise failure
 
     async def close(self) -> None:
-        """Stop every runtime (all at once) and wait for them; raise for the ones that crashed. Idempotent."""
+        """Stop every runtime (all at once) and wait for them; raise for the ones that failed. Idempotent."""
         tasks, self._tasks = self._tasks, {}
-        crashes = [c for c in await asyncio.gather(*(self._stopped(r, t) for r, t in tasks.items())) if c]
-        if len(crashes) == 1:
-            raise crashes[0]
-        if crashes:
-            raise ExceptionGroup(f"{len(crashes)} runtimes crashed", crashes)
+        failures = [f for f in await asyncio.gather(*(self._stopped(r, t) for r, t in tasks.items())) if f]
+        if len(failures) == 1:
+            raise failures[0]
+        if failures:
+            raise ExceptionGroup(f"{len(failures)} runtimes failed", failures)
 
-    async def _stopped(self, runtime: Runtime, task: asyncio.Task[None]) -> RuntimeCrashedError | None:
+    async def _stopped(self, runtime: Runtime, task: asyncio.Task[None]) -> AssertionError | None:
         runtime.stop()
         if not task.done():
             await asyncio.wait({task}, timeout=self.stop_timeout)
-        if not task.done():
-            logger.warning(
-                "runtime still busy after stop, cancelled runtime=%s in_s=%s", runtime.name, self.stop_timeout
-            )
-            task.cancel()
-            await asyncio.wait({task})
-        return _crash(runtime, task)
+        if task.done():
+            return _crash(runtime, task)
+        logger.warning("runtime still busy after stop, cancelled runtime=%s in_s=%s", runtime.name, self.stop_timeout)
+        task.cancel()
+        await asyncio.wait({task})
+        crash = _crash(runtime, task)
+        if crash is None and self.strict_stop:
+            return AssertionError(f"runtime {runtime.name!r} still running {self.stop_timeout}s after stop()")
+        return crash
 
     async def __aenter__(self) -> Self:
         return self
@@ -124,10 +129,10 @@ class RuntimeGroup:
     ) -> None:
         try:
             await self.close()
-        except (RuntimeCrashedError, ExceptionGroup) as crash:
+        except (AssertionError, ExceptionGroup) as failure:
             if exc is None:
                 raise
-            exc.add_note("and at teardown:\n" + "".join(traceback.format_exception(crash)))
+            exc.add_note("and at teardown:\n" + "".join(traceback.format_exception(failure)))
 
 
 def _crash(runtime: Runtime, task: asyncio.Task[None]) -> RuntimeCrashedError | None:
@@ -138,7 +143,9 @@ def _crash(runtime: Runtime, task: asyncio.Task[None]) -> RuntimeCrashedError | 
 
 
 @asynccontextmanager
-async def running(runtime: R, *, registered: bool = True, timeout: float = 10.0) -> AsyncIterator[R]:
+async def running(
+    runtime: R, *, registered: bool = True, timeout: float = 10.0, stop_timeout: float = 10.0, strict_stop: bool = False
+) -> AsyncIterator[R]:
     """``async with running(Runtime(...)) as rt:`` runs one runtime for the block (see ``RuntimeGroup``)."""
-    async with RuntimeGroup() as group:
+    async with RuntimeGroup(stop_timeout=stop_timeout, strict_stop=strict_stop) as group:
         yield await group.start(runtime, registered=registered, timeout=timeout)

@@ -112,7 +112,7 @@ async def test_conflicting_schema_is_refused_while_the_old_one_is_connected(
         async def execute(self) -> Outputs:
             return self.Outputs(text=self.inputs.text)
 
-    async with RuntimeGroup() as runtimes:
+    async with RuntimeGroup(strict_stop=True) as runtimes:
         old = await runtimes.start(Runtime(namespace=namespace, name="old", nodes=[OldEcho], address=server_address))
         new = Runtime(namespace=namespace, name="new", nodes=[Echo], address=server_address)
         await runtimes.start(new, registered=False)

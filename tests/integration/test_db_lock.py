@@ -40,7 +40,8 @@ async def test_a_standby_waits_and_takes_over_when_the_first_is_killed(tmp_path:
     db = tmp_path / "one.db"
     first = ServerProcess(db).start()
     try:
-        async with running(Runtime(namespace="lock-test", name="rt", nodes=[Echo], address=first.address)):
+        runtime = Runtime(namespace="lock-test", name="rt", nodes=[Echo], address=first.address)
+        async with running(runtime, strict_stop=True):
             pass  # registered: the scheduler saved the node
 
         standby = ServerProcess(db, "--standby")

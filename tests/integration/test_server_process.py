@@ -58,7 +58,8 @@ async def test_graphs_and_runs_survive_a_restart_and_runtimes_reconnect(tmp_path
     server = await asyncio.to_thread(ServerProcess(db).start)
     port = server.port
     try:
-        async with running(Runtime(namespace="restart", name="rt", nodes=[Echo], address=server.address)) as runtime:
+        runtime = Runtime(namespace="restart", name="rt", nodes=[Echo], address=server.address)
+        async with running(runtime, strict_stop=True):
             async with StateManager("restart", address=server.address) as sm:
                 await sm.upsert_graph("g", [gnode("restart", "Echo", "e", {"text": "1"})])
                 first = await sm.wait((await sm.trigger("g")).run_id, timeout=10)

@@ -131,6 +131,16 @@ async def test_a_runtime_still_busy_after_stop_is_cancelled_without_failing() ->
         await group.start(FakeRuntime(deaf=True))
 
 
+async def test_with_strict_stop_a_runtime_still_busy_after_stop_fails_once_cancelled() -> None:
+    runtime = FakeRuntime(deaf=True)
+    with pytest.raises(AssertionError, match=r"runtime 'fake' still running 0\.05s after stop\(\)"):
+        async with RuntimeGroup(stop_timeout=0.05, strict_stop=True) as group:
+            await group.start(runtime)
+    with pytest.raises(AssertionError, match="still running"):
+        async with running(FakeRuntime(deaf=True), stop_timeout=0.05, strict_stop=True):
+            pass
+
+
 async def test_running_is_one_runtime_in_a_group() -> None:
     async with running(FakeRuntime()) as runtime:
         assert isinstance(runtime, FakeRuntime)

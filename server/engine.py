@@ -48,6 +48,14 @@ __all__ = ["Engine", "EngineSettings", "ResultIn", "TriggerRequest"]
 
 logger = logging.getLogger(__name__)
 
+# Enum members bound once: attribute access on an Enum class costs ~70 ns on Python 3.11 and the hot path makes
+# dozens per state.
+ERRORED = StateStatus.ERRORED
+KIND_ERRORED = ResultKind.ERRORED
+KIND_EXECUTED = ResultKind.EXECUTED
+KIND_PRUNED = ResultKind.PRUNED
+QUEUED = StateStatus.QUEUED
+
 
 @dataclass(frozen=True, slots=True)
 class EngineSettings:
@@ -156,17 +164,17 @@ class Engine:
                 self.ignored_results += 1  # not a dispatch of this session: the credit it holds stays held
                 continue
             del in_flight[result.dispatch_id]
-            if state.session is not session or state.status != StateStatus.QUEUED:
+            if state.session is not session or state.status != QUEUED:
                 self.ignored_results += 1  # cancelled or timed out meanwhile: only the credit returns
                 continue
             state.session = None
             kind = result.kind
-            if kind == ResultKind.EXECUTED:
+            if kind == KIND_EXECUTED:
                 machine.executed(state, result.outputs, result.store_writes, now)
-            elif kind == ResultKind.ERRORED:
+            elif kind == KIND_ERRORED:
                 error = result.error or {"message": "unknown error", "type": "Error"}
-                machine.failed(state, error, StateStatus.ERRORED, now)
-            elif kind == ResultKind.PRUNED:
+                machine.failed(state, error, ERRORED, now)
+            elif kind == KIND_PRUNED:
                 machine.pruned(state, result.pruned_data, now)
             else:
                 machine.requeued(state, result.delay_ms, now)

@@ -105,7 +105,7 @@ class Authenticator:
     def check(self, context: grpc.aio.ServicerContext[Any, Any], namespace: str) -> None:
         key = self.identify(context)
         if key is not None and not key.allows(namespace):
-            raise PermissionDeniedError(f"API key is not allowed in namespace {namespace!r}")
+            raise PermissionDeniedError(f"API key is not allowed in namespace {namespace!r}", namespace=namespace)
 
     def allowed(self, context: grpc.aio.ServicerContext[Any, Any], namespace: str) -> bool:
         key = self.identify(context)

@@ -14,7 +14,7 @@ from server.auth import Authenticator
 from server.engine import Engine, TriggerRequest
 from server.errors import status_from_errors
 from server.models import RunRow
-from server.wire import graph_spec_from_pb, graph_to_pb, run_to_pb, schema_to_pb, states_to_pb
+from server.wire import graph_spec_from_pb, graph_to_pb, run_status_from_pb, run_to_pb, schema_to_pb, states_to_pb
 
 __all__ = ["SchedulerApi"]
 
@@ -98,7 +98,7 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
             self._auth.check(context, request.namespace)
             limit = min(request.page_size or DEFAULT_PAGE, MAX_PAGE)
             before = _int_token(request.page_token, "ListRuns")
-            status = common_pb2.RunStatus.Name(request.status).removeprefix("RUN_STATUS_") if request.status else None
+            status = run_status_from_pb(request.status)
             runs = self._engine.list_runs(request.namespace, request.graph_name or None, limit, max(0, before), status)
             token = str(runs[-1].created_at_ms) if len(runs) == limit else ""
             return pb.ListRunsResponse(runs=[run_to_pb(r) for r in runs], next_page_token=token)

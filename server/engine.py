@@ -199,7 +199,9 @@ class Engine:
         pending = [r for r in self._table.runs.values() if r.namespace == namespace and r.graph_name == name]
         if pending and not force:
             raise ConflictError(
-                f"graph {name!r} has {len(pending)} pending run(s); cancel them or delete with force=True"
+                f"graph {name!r} has {len(pending)} pending run(s); cancel them or delete with force=True",
+                namespace=namespace,
+                graph_name=name,
             )
         now = self._clock()
         for run in pending:
@@ -221,7 +223,7 @@ class Engine:
             try:
                 checked.append(self._check(request))
             except ExosphereError as exc:
-                raise type(exc)(f"trigger #{index}: {exc}") from None
+                raise exc.with_message(f"trigger #{index}: {exc}") from None
         return await self._start_runs(checked)
 
     def _check(self, request: TriggerRequest) -> CheckedTrigger:
@@ -251,7 +253,7 @@ class Engine:
             return run, states, states[-1].seq if states else -1
         row = self._store.get_run(run_id)
         if row is None:
-            raise RunNotFoundError(f"run {run_id!r} not found")
+            raise RunNotFoundError(run_id)
         rows = self._store.get_states(run_id, after_seq, page_size)
         return row, rows, rows[-1].seq if rows else -1
 
@@ -281,7 +283,7 @@ class Engine:
         if run is None:
             row = self._store.get_run(run_id)
             if row is None:
-                raise RunNotFoundError(f"run {run_id!r} not found")
+                raise RunNotFoundError(run_id)
             return row
         self._machine.cancel(run, self._clock())
         await self._commit.wait()

@@ -101,7 +101,8 @@ class Sessions:
                 conflicts.append(f"node {schema.name!r}: {_schema_diff(old, schema)}")
         if conflicts:
             raise ConflictError(
-                "schema conflicts with runtimes still connected with the old schema: " + "; ".join(conflicts)
+                "schema conflicts with runtimes still connected with the old schema: " + "; ".join(conflicts),
+                namespace=namespace,
             )
         changed = []
         for schema in schemas:

@@ -6,6 +6,7 @@ import json
 from collections.abc import Iterable
 
 from google.protobuf.descriptor_pb2 import DescriptorProto, FieldDescriptorProto
+from google.protobuf.message import DecodeError
 
 from exosphere.errors import InvalidArgumentError
 from exosphere.v1 import common_pb2, runtime_pb2, scheduler_pb2
@@ -81,8 +82,12 @@ def schema_from_pb(namespace: str, schema: common_pb2.NodeSchema) -> NodeSchema:
 
 
 def decode_stored_schema(namespace: str, raw: bytes) -> NodeSchema:
+    """A node schema as stored; ValueError when the bytes are not a valid NodeSchema (recovery skips it)."""
     message = common_pb2.NodeSchema()
-    message.ParseFromString(raw)
+    try:
+        message.ParseFromString(raw)
+    except DecodeError as exc:  # not a ValueError
+        raise ValueError(f"not a NodeSchema message: {exc}") from None
     return schema_from_pb(namespace, message)
 
 

@@ -5,13 +5,14 @@ Runs triggered in one TriggerGraphs call share their creation millisecond; every
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 
 import pytest
 
 from exosphere import GraphNodeModel, RunModel, RunStatus, StateManager
 from exosphere.errors import InvalidArgumentError
-from tests.conftest import RuntimeFactory
+from tests.conftest import RuntimeFactory, assert_eventually
 from tests.engine_nodes import Tag
 
 RUNS = 3000
@@ -75,3 +76,17 @@ async def test_a_bad_page_token_is_an_invalid_argument_naming_the_problem(
         await state_manager.list_runs(page_token=token)
     assert "invalid ListRuns page_token" in str(caught.value)
     assert problem in str(caught.value)
+
+
+async def test_a_bare_millisecond_token_of_older_servers_still_pages(
+    state_manager: StateManager, start_runtime: RuntimeFactory, namespace: str
+) -> None:
+    await _graph_without_runtime(state_manager, start_runtime, namespace)
+    older = {r.run_id for r in await state_manager.trigger_many("many", [{}] * 3)}
+    listed, _ = await state_manager.list_runs()
+    last_ms = max(int(r.created_at.timestamp() * 1000) for r in listed if r.created_at is not None)
+    await assert_eventually(lambda: time.time() * 1000 >= last_ms + 2)
+    await state_manager.trigger_many("many", [{}] * 2)
+    # Such a token meant "created before this millisecond", and still does.
+    page, token = await state_manager.list_runs(page_token=str(last_ms + 1))
+    assert ({r.run_id for r in page}, token) == (older, "")

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from exosphere.errors import ExosphereError
 from server.config import ServerConfig
 from server.dblock import DatabaseLockedError
+from server.store import StoreError
 
 if TYPE_CHECKING:
     from server.app import App
@@ -43,6 +44,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="address to listen on (default 127.0.0.1, env EXOSPHERE_HOST)")
     p.add_argument("--port", type=int, help="port (default 50051, 0 picks a free one; env EXOSPHERE_PORT)")
     p.add_argument("--db", help="SQLite database file (default ./exosphere.db, env EXOSPHERE_DB)")
+    p.add_argument(
+        "--durability",
+        choices=("normal", "full"),
+        help="normal: commits survive a crash of the process; full: also a power loss, at an fsync per commit "
+        "(default normal, env EXOSPHERE_DURABILITY)",
+    )
     p.add_argument("--api-key", help="API key for every namespace (env EXOSPHERE_API_KEY)")
     p.add_argument("--api-keys-file", help="YAML/JSON file of namespace-scoped keys (env EXOSPHERE_API_KEYS_FILE)")
     p.add_argument("--tls-cert", help="PEM certificate chain (env EXOSPHERE_TLS_CERT)")
@@ -123,6 +130,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             host=args.host,
             port=args.port,
             db=args.db,
+            durability=args.durability,
             api_key=args.api_key,
             api_keys_file=args.api_keys_file,
             tls_cert=args.tls_cert,
@@ -144,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
             code = runner.run(_serve(config))
-    except (ExosphereError, OSError) as exc:
+    except (ExosphereError, StoreError, OSError) as exc:
         print(f"exosphere-server: {exc}", file=sys.stderr)  # noqa: T201
         sys.exit(1)
     sys.exit(code)

@@ -41,7 +41,7 @@ from server.runtable import RunTable
 from server.secrets import SecretBox
 from server.sessions import Sessions
 from server.status import ResultKind, StateStatus
-from server.store import Store
+from server.store import RunCursor, Store
 from server.triggers import CheckedTrigger, TriggerRequest, check_trigger
 
 __all__ = ["Engine", "EngineSettings", "ResultIn", "TriggerRequest"]
@@ -258,9 +258,9 @@ class Engine:
         return row, rows, rows[-1].seq if rows else -1
 
     def list_runs(
-        self, namespace: str, graph_name: str | None, limit: int, before_ms: int, status: str | None = None
+        self, namespace: str, graph_name: str | None, limit: int, after: RunCursor | None, status: str | None = None
     ) -> list[RunRow]:
-        rows = self._store.list_runs(namespace, graph_name, before_ms, limit, status)
+        rows = self._store.list_runs(namespace, graph_name, limit, after=after, status=status)
         for i, row in enumerate(rows):
             live = self._table.runs.get(row.run_id)
             if live is not None:

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from google.protobuf.descriptor_pb2 import DescriptorProto, FieldDescriptorProto
+from google.protobuf.message import DecodeError
 from pydantic import ValidationError
 
 from exosphere.errors import InvalidArgumentError
@@ -93,8 +94,12 @@ def schema_from_pb(namespace: str, schema: common_pb2.NodeSchema) -> NodeSchema:
 
 
 def decode_stored_schema(namespace: str, raw: bytes) -> NodeSchema:
+    """A node schema as stored; ValueError when the bytes are not a valid NodeSchema (recovery skips it)."""
     message = common_pb2.NodeSchema()
-    message.ParseFromString(raw)
+    try:
+        message.ParseFromString(raw)
+    except DecodeError as exc:  # not a ValueError
+        raise ValueError(f"not a NodeSchema message: {exc}") from None
     return schema_from_pb(namespace, message)
 
 

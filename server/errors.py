@@ -92,4 +92,7 @@ async def status_from_errors(context: grpc.aio.ServicerContext[Any, Any]) -> Asy
     except grpc.aio.AbortError:
         raise  # the handler already chose the status
     except Exception as exc:
+        if context.done():  # the call already ended (the peer left, the server is stopping): no one to tell
+            logger.debug("call ended before its handler finished: %r", exc)
+            return
         await abort_with(context, internal_error(exc))

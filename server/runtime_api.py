@@ -91,9 +91,14 @@ class RuntimeApi(runtime_pb2_grpc.RuntimeServiceServicer):
                 await asyncio.gather(reader, writer, closed, return_exceptions=True)
         finally:
             engine.runtimes.unregister(session)
-        if session.close_reason:
+        if session.close_reason and not context.done():
             # The runtime reconnects (with backoff) when its stream ends this way.
-            await context.abort(grpc.StatusCode.UNAVAILABLE, session.close_reason)
+            try:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, session.close_reason)
+            except grpc.aio.AbortError:
+                raise
+            except Exception:  # the stream ended meanwhile (scheduler stopping): no one to tell
+                logger.debug("stream gone before its status session=%s", session.session_id)
 
     async def KeepAlive(
         self, request: pb.KeepAliveRequest, context: grpc.aio.ServicerContext[Any, Any]

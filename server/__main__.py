@@ -5,28 +5,51 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.metadata
+import importlib.util
 import logging
 import os
 import signal
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from exosphere.errors import ExosphereError
-from server.app import App
 from server.config import ServerConfig
 from server.dblock import DatabaseLockedError
+from server.store import StoreError
+
+if TYPE_CHECKING:
+    from server.app import App
 
 logger = logging.getLogger("server")
 
 # How often a standby scheduler tries the database lock.
 STANDBY_POLL_S = 0.25
 
+# The scheduler's own dependencies (the `server` extra), beyond the SDK's.
+SERVER_MODULES = ("croniter", "cryptography", "grpc_health", "grpc_reflection", "yaml")
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("exosphere")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that is not installed
+        return "unknown"
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="exosphere-server", description="The Exosphere scheduler.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     p.add_argument("--host", help="address to listen on (default 127.0.0.1, env EXOSPHERE_HOST)")
     p.add_argument("--port", type=int, help="port (default 50051, 0 picks a free one; env EXOSPHERE_PORT)")
     p.add_argument("--db", help="SQLite database file (default ./exosphere.db, env EXOSPHERE_DB)")
+    p.add_argument(
+        "--durability",
+        choices=("normal", "full"),
+        help="normal: commits survive a crash of the process; full: also a power loss, at an fsync per commit "
+        "(default normal, env EXOSPHERE_DURABILITY)",
+    )
     p.add_argument("--api-key", help="API key for every namespace (env EXOSPHERE_API_KEY)")
     p.add_argument("--api-keys-file", help="YAML/JSON file of namespace-scoped keys (env EXOSPHERE_API_KEYS_FILE)")
     p.add_argument("--tls-cert", help="PEM certificate chain (env EXOSPHERE_TLS_CERT)")
@@ -46,6 +69,8 @@ def _parser() -> argparse.ArgumentParser:
 
 async def _open(config: ServerConfig, stop: asyncio.Event) -> App | None:
     """The App; with ``--standby``, once the scheduler that holds the database is gone (None if told to stop)."""
+    from server.app import App  # after the check for the `server` extra, in main()
+
     waiting = False
     while True:
         try:
@@ -92,6 +117,10 @@ async def _serve(config: ServerConfig) -> int:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
+    missing = [name for name in SERVER_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        names = ", ".join(missing)
+        sys.exit(f"exosphere-server needs the 'server' extra: pip install 'exosphere[server]' (missing: {names})")
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -101,6 +130,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             host=args.host,
             port=args.port,
             db=args.db,
+            durability=args.durability,
             api_key=args.api_key,
             api_keys_file=args.api_keys_file,
             tls_cert=args.tls_cert,
@@ -122,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
             code = runner.run(_serve(config))
-    except (ExosphereError, OSError) as exc:
+    except (ExosphereError, StoreError, OSError) as exc:
         print(f"exosphere-server: {exc}", file=sys.stderr)  # noqa: T201
         sys.exit(1)
     sys.exit(code)

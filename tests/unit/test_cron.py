@@ -118,10 +118,10 @@ class Harness:
         return self.cron
 
     def runs(self, name: str | None = "g") -> int:
-        return len(self.eng.list_runs(NS, name, 1000, 0))
+        return len(self.eng.list_runs(NS, name, 1000, None))
 
     def run_ids(self) -> set[str]:
-        return {r.run_id for r in self.eng.list_runs(NS, None, 1000, 0)}
+        return {r.run_id for r in self.eng.list_runs(NS, None, 1000, None)}
 
     async def tick(self) -> list[str]:
         """Fire what is due now; the run ids started. Counted from the store, not from tick()'s answer: the timer

@@ -6,10 +6,28 @@ import os
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import ClassVar, Self
+from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict
 
-__all__ = ["ServerConfig"]
+__all__ = ["ServerConfig", "describe_dsn", "is_postgres_dsn"]
+
+
+def is_postgres_dsn(db: str) -> bool:
+    """Whether ``--db`` names a PostgreSQL database rather than a SQLite file."""
+    return db.startswith(("postgresql://", "postgres://"))
+
+
+def describe_dsn(dsn: str) -> str:
+    """``user@host:port/database`` for messages and logs: never the password."""
+    parts = urlsplit(dsn)
+    user = unquote(parts.username or "")
+    try:
+        port = parts.port or 5432
+    except ValueError:
+        port = 5432
+    database = unquote(parts.path.lstrip("/")) or user
+    return f"{user + '@' if user else ''}{parts.hostname or 'localhost'}:{port}/{database}"
 
 
 class ServerConfig(BaseModel):
@@ -29,7 +47,7 @@ class ServerConfig(BaseModel):
     }
     host: str = "127.0.0.1"
     port: int = 50051
-    db: str = "./exosphere.db"
+    db: str = "./exosphere.db"  # a SQLite file, or postgresql://user@host:port/dbname
     api_key: str | None = None
     api_keys_file: str | None = None
     tls_cert: str | None = None
@@ -43,6 +61,15 @@ class ServerConfig(BaseModel):
     lease: timedelta = timedelta(seconds=5)
     default_timeout: timedelta = timedelta(minutes=30)
     shutdown_grace: timedelta = timedelta(seconds=10)
+
+    @property
+    def postgres(self) -> bool:
+        return is_postgres_dsn(self.db)
+
+    @property
+    def db_label(self) -> str:
+        """The database for logs and messages (a PostgreSQL DSN without its password)."""
+        return describe_dsn(self.db) if self.postgres else self.db
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ, **overrides: object) -> Self:

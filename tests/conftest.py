@@ -14,6 +14,7 @@ import pytest
 from exosphere import BaseNode, Runtime, StateManager
 from server.app import App
 from server.config import ServerConfig
+from tests.pg import pg_dsn  # noqa: F401  (a fixture: a fresh PostgreSQL database per test)
 
 
 async def assert_eventually(

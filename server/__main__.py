@@ -22,7 +22,15 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="exosphere-server", description="The Exosphere scheduler.")
     p.add_argument("--host", help="address to listen on (default 127.0.0.1, env EXOSPHERE_HOST)")
     p.add_argument("--port", type=int, help="port (default 50051, 0 picks a free one; env EXOSPHERE_PORT)")
-    p.add_argument("--db", help="SQLite database file (default ./exosphere.db, env EXOSPHERE_DB)")
+    p.add_argument(
+        "--db",
+        help="SQLite database file, or postgresql://user@host:port/dbname (default ./exosphere.db, env EXOSPHERE_DB)",
+    )
+    p.add_argument(
+        "--secrets-key-file",
+        help="file holding the secrets key (default: beside a SQLite database; required for PostgreSQL unless "
+        "EXOSPHERE_SECRETS_KEY is set; env EXOSPHERE_SECRETS_KEY_FILE)",
+    )
     p.add_argument("--api-key", help="API key for every namespace (env EXOSPHERE_API_KEY)")
     p.add_argument("--api-keys-file", help="YAML/JSON file of namespace-scoped keys (env EXOSPHERE_API_KEYS_FILE)")
     p.add_argument("--tls-cert", help="PEM certificate chain (env EXOSPHERE_TLS_CERT)")
@@ -74,6 +82,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             api_keys_file=args.api_keys_file,
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
+            secrets_key_file=args.secrets_key_file,
             insecure=args.insecure or None,
             lease=args.lease,
             heartbeat_interval=args.heartbeat_interval,

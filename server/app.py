@@ -23,7 +23,7 @@ from server.config import ServerConfig
 from server.cron import CronScheduler
 from server.engine import Engine, EngineSettings
 from server.runtime_api import RuntimeApi
-from server.secrets import SecretBox, load_or_create_key
+from server.secrets import SecretBox, load_or_create_key, load_shared_key
 from server.sqlite_store import SqliteStore
 from server.store import InMemoryStore, Store
 from server.wire import decode_stored_schema
@@ -73,6 +73,19 @@ def _read_pair(key: str, cert: str) -> tuple[bytes, bytes]:
     return key_pem, cert_pem
 
 
+def _open_store(config: ServerConfig) -> Store:
+    """SQLite for a file, PostgreSQL for a ``postgresql://`` URL (asyncpg is imported only then)."""
+    if not config.postgres:
+        return SqliteStore(config.db)
+    try:
+        from server.pg_store import PostgresStore
+    except ImportError as exc:
+        raise InvalidArgumentError(
+            f"--db {config.db_label} needs the PostgreSQL driver: pip install 'exosphere[postgres]' ({exc})"
+        ) from None
+    return PostgresStore(config.db)
+
+
 class App:
     """The scheduler: ``await App(config).start()`` serves on ``config.host:config.port`` (port 0 picks one)."""
 
@@ -92,12 +105,15 @@ class App:
             raise InvalidArgumentError("--tls-cert and --tls-key must be given together")
         self._tls_pair = _read_pair(config.tls_key, config.tls_cert) if config.tls_cert and config.tls_key else None
         self.auth = Authenticator(keys)
-        key_file = None if isinstance(store, InMemoryStore) else Path(f"{config.db}.key")
         # The key first: a bad key must fail before the database is opened.
-        secret_box = SecretBox(
-            load_or_create_key(Path(config.secrets_key_file) if config.secrets_key_file else key_file)
-        )
-        self.store = store if store is not None else SqliteStore(config.db)
+        given_key_file = Path(config.secrets_key_file) if config.secrets_key_file else None
+        if store is None and config.postgres:
+            key = load_shared_key(given_key_file, config.db_label)
+        else:
+            key_file = None if isinstance(store, InMemoryStore) else Path(f"{config.db}.key")
+            key = load_or_create_key(given_key_file or key_file)
+        secret_box = SecretBox(key)
+        self.store = store if store is not None else _open_store(config)
         self.engine = Engine(
             self.store,
             secret_box=secret_box,
@@ -169,7 +185,7 @@ class App:
         self._started = True
         for service in ("", "exosphere.v1.SchedulerService", "exosphere.v1.RuntimeService"):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        logger.info("exosphere-server listening on %s:%d db=%s", self.config.host, self.port, self.config.db)
+        logger.info("exosphere-server listening on %s:%d db=%s", self.config.host, self.port, self.config.db_label)
         return self.port
 
     async def stop(self, grace: float | None = None) -> None:

@@ -70,15 +70,16 @@ async def state_manager(namespace: str, server_address: str) -> AsyncIterator[St
 RuntimeFactory = Callable[..., Awaitable[Runtime]]
 
 
-@pytest.fixture
-async def start_runtime(namespace: str, server_address: str) -> AsyncIterator[RuntimeFactory]:
-    """Start runtimes in this loop; each is registered before the factory returns, stopped at teardown."""
+@contextlib.asynccontextmanager
+async def runtimes_on(namespace: str, address: str) -> AsyncIterator[RuntimeFactory]:
+    """Start runtimes in this loop against ``address``; each is registered before the factory returns, and all are
+    stopped on exit."""
     tasks: list[tuple[Runtime, asyncio.Task[Any]]] = []
 
     async def factory(nodes: Sequence[type[BaseNode]], **kwargs: Any) -> Runtime:
         kwargs.setdefault("namespace", namespace)
         kwargs.setdefault("name", "test-runtime")
-        kwargs.setdefault("address", server_address)
+        kwargs.setdefault("address", address)
         runtime = Runtime(nodes=nodes, **kwargs)
         task = asyncio.get_running_loop().create_task(runtime.run())
         tasks.append((runtime, task))
@@ -94,3 +95,10 @@ async def start_runtime(namespace: str, server_address: str) -> AsyncIterator[Ru
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 async with asyncio.timeout(10):
                     await task
+
+
+@pytest.fixture
+async def start_runtime(namespace: str, server_address: str) -> AsyncIterator[RuntimeFactory]:
+    """Start runtimes against the test's scheduler; stopped at teardown."""
+    async with runtimes_on(namespace, server_address) as factory:
+        yield factory

@@ -1,14 +1,22 @@
-"""The PostgreSQL store: the Store contract on SQLite and PostgreSQL alike, and PostgreSQL's own guarantees (one
-transaction per commit, migrations, refusals)."""
+"""The PostgreSQL store: the Store contract on SQLite and PostgreSQL alike, PostgreSQL's own guarantees (one
+transaction per commit, migrations, refusals), and the real scheduler running on it across a restart."""
 
 from __future__ import annotations
 
+import base64
+import json
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from exosphere import GraphNodeModel, RunStatus, StateManager, StateStatus
+from server.app import App
+from server.config import ServerConfig, describe_dsn
 from server.models import GraphSpec, RunRow, StateRow
 from server.pg_schema import SCHEMA_VERSION, ForeignSchemaError, SchemaTooNewError
 from server.pg_store import DatabaseUnavailableError, PostgresStore
@@ -16,6 +24,9 @@ from server.sqlite_store import SqliteStore
 from server.status import RunStatus as StoredRunStatus
 from server.status import StateStatus as StoredStateStatus
 from server.store import Store, WriteBatch
+from tests.conftest import assert_eventually, runtimes_on
+from tests.engine_nodes import Collect, Count, Waiter
+from tests.integration.process import ServerProcess
 from tests.pg import on_admin, run_sync
 
 Created = StoredStateStatus.CREATED
@@ -359,3 +370,104 @@ def test_calls_after_close_fail_clearly(pg_dsn: str) -> None:
     store.close()
     with pytest.raises(DatabaseUnavailableError, match="closed"):
         store.get_run("r1")
+
+
+# ---------------------------------------------------------------------------------------------------- the scheduler
+
+
+def config_for(dsn: str, tmp_path: Path) -> ServerConfig:
+    return ServerConfig(host="127.0.0.1", port=0, db=dsn, secrets_key_file=str(tmp_path / "secrets.key"))
+
+
+def fan_graph(namespace: str, node: str, n: str, **inputs: str) -> list[GraphNodeModel]:
+    """count(n) -> one ``node`` per item -> merge counting them."""
+    return [
+        GraphNodeModel(node_name="Count", namespace=namespace, identifier="count", inputs={"n": n}, next_nodes=["b"]),
+        GraphNodeModel(
+            node_name=node,
+            namespace=namespace,
+            identifier="b",
+            inputs={"item": "${{ count.outputs.item }}", **inputs},
+            next_nodes=["merge"],
+        ),
+        GraphNodeModel(
+            node_name="Collect",
+            namespace=namespace,
+            identifier="merge",
+            inputs={"values": "${{ b.outputs.text }}"},
+            unites={"identifier": "count", "strategy": "ALL_SUCCESS"},
+        ),
+    ]
+
+
+async def test_the_scheduler_on_postgres_runs_a_fan_out_and_resumes_dispatched_states_after_a_restart(
+    pg_dsn: str, tmp_path: Path, namespace: str
+) -> None:
+    key = f"pg-{namespace}"
+    config = config_for(pg_dsn, tmp_path)
+    async with App(config) as app:
+        address = f"127.0.0.1:{app.port}"
+        async with runtimes_on(namespace, address) as start, StateManager(namespace, address=address) as sm:
+            await start([Count, Waiter, Collect])
+            Waiter.release("open")
+            await sm.upsert_graph("fan", fan_graph(namespace, "Waiter", "40", key="open"))
+            done = await sm.wait((await sm.trigger("fan")).run_id, timeout=20)
+            assert done.status is RunStatus.SUCCESS
+            (merge,) = [s for s in done.states if s.identifier == "merge"]
+            assert merge.outputs == [{"count": "40"}]
+
+            await sm.upsert_graph("held", fan_graph(namespace, "Waiter", "3", key=key))
+            held = (await sm.trigger("held")).run_id
+            await assert_eventually(lambda: key in Waiter.started)  # dispatched: QUEUED, never finished here
+            await app.stop(grace=0.5)
+            Waiter.started.discard(key)
+            Waiter.release(key)  # the old runtime finishes, but its results have nowhere to go
+
+    async with App(config) as app:
+        address = f"127.0.0.1:{app.port}"
+        async with runtimes_on(namespace, address) as start, StateManager(namespace, address=address) as sm:
+            await start([Count, Waiter, Collect])
+            result = await sm.wait(held, timeout=20)
+            assert key in Waiter.started  # dispatched again after the restart
+            assert result.status is RunStatus.SUCCESS
+            (merge,) = [s for s in result.states if s.identifier == "merge"]
+            assert merge.outputs == [{"count": "3"}]
+            assert all(s.status is StateStatus.SUCCESS for s in result.states)
+            assert sorted(json.loads(merge.inputs["values"])) == ["0", "1", "2"]
+
+
+def test_postgres_needs_a_shared_secrets_key(pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("EXOSPHERE_SECRETS_KEY", raising=False)
+    with pytest.raises(ValueError, match=r"needs the secrets key that every scheduler on it shares: set EXOSPHERE_"):
+        App(ServerConfig(host="127.0.0.1", port=0, db=pg_dsn))
+
+
+def test_exosphere_server_serves_on_postgres_and_never_logs_the_password(pg_dsn: str) -> None:
+    dsn = pg_dsn.replace("postgres@", "postgres:hunter2@", 1)  # trust authentication ignores it
+    key = base64.b64encode(os.urandom(32)).decode()
+    server = ServerProcess(dsn, env={"EXOSPHERE_SECRETS_KEY": key}).start()
+    code = server.stop()
+    assert code == 0, server.output
+    assert f"db={describe_dsn(pg_dsn)}" in server.output
+    assert "hunter2" not in server.output and "Traceback" not in server.output
+
+
+@pytest.mark.parametrize(
+    ("key", "expected"),
+    [
+        ("", "exosphere-server: database someone@127.0.0.1:1/nowhere needs the secrets key that every scheduler"),
+        ("A" * 43 + "=", "exosphere-server: PostgreSQL at someone@127.0.0.1:1/nowhere is unavailable: cannot connect"),
+    ],
+)
+def test_exosphere_server_on_postgres_fails_in_one_line_without_a_key_or_a_server(key: str, expected: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EXOSPHERE_")}
+    if key:
+        env["EXOSPHERE_SECRETS_KEY"] = key
+    db = "postgresql://someone:hunter2@127.0.0.1:1/nowhere"
+    done = subprocess.run(
+        [sys.executable, "-m", "server", "--port", "0", "--db", db], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert done.stderr.splitlines() == [done.stderr.strip()] and done.stderr.startswith(expected), done.stderr
+    assert "hunter2" not in done.stderr

@@ -149,6 +149,16 @@ def test_an_insert_or_a_run_written_again_replaces_the_row(store: Store) -> None
     assert store.get_kv("k") == "2"
 
 
+def test_a_big_batch_of_new_states_that_repeats_stored_ones_replaces_them(store: Store) -> None:
+    store.write(WriteBatch(new_states=[state("r1", seq) for seq in range(300)], runs=[run("r1")]))
+    again = [state("r1", seq, identifier="again") for seq in range(100, 400)]  # 200 stored, 100 new
+    store.write(WriteBatch(new_states=again))
+
+    rows = store.get_states("r1", -1, 0)
+    assert [r.identifier for r in rows] == ["node"] * 100 + ["again"] * 300
+    assert rows[100:] == again
+
+
 def test_prepare_snapshots_the_batch_before_the_states_change_again(store: Store) -> None:
     live = state("r1", 0)
     prepared = store.prepare(WriteBatch(new_states=[live], runs=[run("r1")]))

@@ -375,6 +375,19 @@ def test_an_unreachable_server_fails_fast_naming_host_and_database() -> None:
         PostgresStore("postgresql://someone:hunter2@127.0.0.1:1/nowhere")
 
 
+def test_connections_the_server_cuts_are_replaced(pg_dsn: str) -> None:
+    store = PostgresStore(pg_dsn)
+    try:
+        store.write(WriteBatch(runs=[run("r1")]))
+        name = pg_dsn.rsplit("/", 1)[1]
+        run_sync(on_admin(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"))
+        assert store.get_run("r1") == run("r1")
+        store.write(WriteBatch(runs=[run("r2")]))
+        assert store.get_run("r2") == run("r2")
+    finally:
+        store.close()
+
+
 def test_calls_after_close_fail_clearly(pg_dsn: str) -> None:
     store = PostgresStore(pg_dsn)
     store.close()

@@ -14,7 +14,8 @@ from server.auth import Authenticator
 from server.engine import Engine, TriggerRequest
 from server.errors import status_from_errors
 from server.models import RunRow
-from server.wire import graph_spec_from_pb, graph_to_pb, run_to_pb, schema_to_pb, states_to_pb
+from server.store import RunCursor
+from server.wire import graph_spec_from_pb, graph_to_pb, run_status_from_pb, run_to_pb, schema_to_pb, states_to_pb
 
 __all__ = ["SchedulerApi"]
 
@@ -23,6 +24,7 @@ Ctx = grpc.aio.ServicerContext[Any, Any]
 DEFAULT_PAGE = 50
 MAX_PAGE = 1000
 MAX_STATE_PAGE = 10_000
+MAX_RUN_ID = 256
 # A WatchRun event carries at most this many states, so no message limit is hit by a big fan-out.
 WATCH_CHUNK = 5_000
 
@@ -37,6 +39,29 @@ def _int_token(token: str, what: str) -> int:
     if not 0 <= value < 2**62:
         raise InvalidArgumentError(f"invalid {what} page_token {token[:64]!r}: out of range")
     return value
+
+
+def _run_token(token: str) -> RunCursor | None:
+    """The place a ListRuns page starts after: ``<created_at_ms>:<run_id>`` of the previous page's last run."""
+    if not token:
+        return None
+    millis, sep, run_id = token.partition(":")
+    problem = ""
+    try:
+        created_at_ms = int(millis)
+    except ValueError:
+        problem = "it does not start with a creation time in milliseconds"
+    else:
+        if not 0 <= created_at_ms < 2**62:
+            problem = "its creation time is out of range"
+        elif sep and not 0 < len(run_id) <= MAX_RUN_ID:
+            problem = f"its run id must be 1 to {MAX_RUN_ID} characters"
+    if problem:
+        raise InvalidArgumentError(
+            f"invalid ListRuns page_token {token[:64]!r}: {problem}; pass the next_page_token of a ListRunsResponse"
+        )
+    # A bare number is the token of servers before the run id broke ties: everything older than that millisecond.
+    return RunCursor(created_at_ms, run_id)
 
 
 class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
@@ -97,10 +122,12 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
         async with status_from_errors(context):
             self._auth.check(context, request.namespace)
             limit = min(request.page_size or DEFAULT_PAGE, MAX_PAGE)
-            before = _int_token(request.page_token, "ListRuns")
-            status = common_pb2.RunStatus.Name(request.status).removeprefix("RUN_STATUS_") if request.status else None
-            runs = self._engine.list_runs(request.namespace, request.graph_name or None, limit, max(0, before), status)
-            token = str(runs[-1].created_at_ms) if len(runs) == limit else ""
+            after = _run_token(request.page_token)
+            status = run_status_from_pb(request.status)
+            # One more than the page: a token only when another page has runs (no empty last page).
+            runs = self._engine.list_runs(request.namespace, request.graph_name or None, limit + 1, after, status)
+            token = f"{runs[limit - 1].created_at_ms}:{runs[limit - 1].run_id}" if len(runs) > limit else ""
+            del runs[limit:]
             return pb.ListRunsResponse(runs=[run_to_pb(r) for r in runs], next_page_token=token)
 
     async def WatchRun(self, request: pb.WatchRunRequest, context: Ctx) -> AsyncIterator[pb.WatchRunResponse]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 from pathlib import Path
@@ -21,9 +22,11 @@ from server.api import SchedulerApi
 from server.auth import ApiKey, Authenticator, AuthInterceptor, load_keys_file
 from server.config import ServerConfig
 from server.cron import CronScheduler
+from server.dblock import DatabaseLock
 from server.engine import Engine, EngineSettings
 from server.runtime_api import RuntimeApi
 from server.secrets import SecretBox, load_or_create_key, load_shared_key
+from server.sqlite_schema import check_path
 from server.sqlite_store import SqliteStore
 from server.store import InMemoryStore, Store
 from server.wire import decode_stored_schema
@@ -73,17 +76,15 @@ def _read_pair(key: str, cert: str) -> tuple[bytes, bytes]:
     return key_pem, cert_pem
 
 
-def _open_store(config: ServerConfig) -> Store:
-    """SQLite for a file, PostgreSQL for a ``postgresql://`` URL (asyncpg is imported only then)."""
-    if not config.postgres:
-        return SqliteStore(config.db)
+def _open_postgres(config: ServerConfig) -> Store:
+    """The store for a ``postgresql://`` URL (asyncpg is imported only then)."""
     try:
         from server.pg_store import PostgresStore
     except ImportError as exc:
         raise InvalidArgumentError(
             f"--db {config.db_label} needs the PostgreSQL driver: pip install 'exosphere[postgres]' ({exc})"
         ) from None
-    return PostgresStore(config.db)
+    return PostgresStore(config.db, durable=config.durability == "full")
 
 
 class App:
@@ -105,15 +106,30 @@ class App:
             raise InvalidArgumentError("--tls-cert and --tls-key must be given together")
         self._tls_pair = _read_pair(config.tls_key, config.tls_cert) if config.tls_cert and config.tls_key else None
         self.auth = Authenticator(keys)
-        # The key first: a bad key must fail before the database is opened.
+        key_file = None if isinstance(store, InMemoryStore) else Path(f"{config.db}.key")
         given_key_file = Path(config.secrets_key_file) if config.secrets_key_file else None
-        if store is None and config.postgres:
-            key = load_shared_key(given_key_file, config.db_label)
-        else:
-            key_file = None if isinstance(store, InMemoryStore) else Path(f"{config.db}.key")
-            key = load_or_create_key(given_key_file or key_file)
-        secret_box = SecretBox(key)
-        self.store = store if store is not None else _open_store(config)
+        self._db_lock: DatabaseLock | None = None
+        with contextlib.ExitStack() as undo:  # a failure below undoes what was opened, in reverse
+            if store is None and config.postgres:
+                # Schedulers that share a PostgreSQL database share its secrets: the key must be given, and a
+                # missing one is said before connecting. PostgreSQL itself serializes them (no lock file).
+                key = load_shared_key(given_key_file, config.db_label)
+                store = _open_postgres(config)
+            else:
+                if store is None:
+                    # One scheduler per SQLite file (server/dblock.py); a store given by the caller is the caller's
+                    # business. The path is checked before the lock file is created beside it, and the database
+                    # before the key file, so a file that cannot be used gets no key file beside it.
+                    check_path(Path(config.db))
+                    self._db_lock = DatabaseLock(config.db)
+                    self._db_lock.acquire()
+                    undo.callback(self._db_lock.release)
+                    store = SqliteStore(config.db, durable=config.durability == "full")
+                    undo.callback(store.close)
+                key = load_or_create_key(given_key_file or key_file)
+            secret_box = SecretBox(key)
+            undo.pop_all()
+        self.store = store
         self.engine = Engine(
             self.store,
             secret_box=secret_box,
@@ -208,7 +224,10 @@ class App:
             await self.cron.stop()
             await self.engine.stop()
             self.store.close()
-            logger.info("exosphere-server stopped")
+            if self._db_lock is not None:
+                self._db_lock.release()
+            if self._started:  # a start that failed has said why, in one line
+                logger.info("exosphere-server stopped")
 
     async def __aenter__(self) -> Self:
         await self.start()

@@ -44,7 +44,7 @@ class GraphCatalog:
     def get(self, namespace: str, name: str) -> CompiledGraph:
         graph = self._current.get((namespace, name))
         if graph is None:
-            raise GraphNotFoundError(f"graph {name!r} not found in namespace {namespace!r}")
+            raise GraphNotFoundError(namespace, name)
         return graph
 
     def find(self, namespace: str, name: str) -> CompiledGraph | None:

@@ -15,6 +15,14 @@ from server.status import FAILED_STATE_STATUSES, StateStatus
 
 __all__ = ["closed", "due_merges", "opened", "recount_failures", "release", "replaced", "restore", "watchers_of"]
 
+# Enum members bound once: attribute access on an Enum class costs ~70 ns on Python 3.11 and the hot path makes
+# dozens per state.
+CANCELLED = StateStatus.CANCELLED
+CREATED = StateStatus.CREATED
+EXECUTED = StateStatus.EXECUTED
+QUEUED = StateStatus.QUEUED
+SUCCESS = StateStatus.SUCCESS
+
 
 def watchers_of(parent: State | None, node: CompiledNode) -> tuple[State, ...]:
     """The united states that a new state of ``node``, created below ``parent``, reports to."""
@@ -43,9 +51,9 @@ def closed(state: State, *, failed: bool) -> list[State]:
     ident = state.identifier
     for watcher in state.watchers:
         watcher.open_descendants -= 1
-        if failed or state.status == StateStatus.CANCELLED:
+        if failed or state.status == CANCELLED:
             watcher.descendant_failed = True
-        elif state.status == StateStatus.SUCCESS and ident in watcher.node.collect:
+        elif state.status == SUCCESS and ident in watcher.node.collect:
             _collect(watcher, state)
         if watcher.open_descendants == 0:
             ready.append(watcher)
@@ -54,7 +62,7 @@ def closed(state: State, *, failed: bool) -> list[State]:
 
 def due_merges(united: State) -> list[CompiledNode]:
     """The merge nodes of ``united`` to create now; each is returned once (marked fired)."""
-    if united.status != StateStatus.SUCCESS or united.open_descendants > 0 or not united.node.merges:
+    if united.status != SUCCESS or united.open_descendants > 0 or not united.node.merges:
         return []
     if united.fired is None:
         united.fired = set()
@@ -81,14 +89,14 @@ def restore(state: State, *, superseded: bool) -> None:
         if state.parent.fired is None:
             state.parent.fired = set()
         state.parent.fired.add(state.identifier)
-    if state.status in (StateStatus.CREATED, StateStatus.QUEUED, StateStatus.EXECUTED):
+    if state.status in (CREATED, QUEUED, EXECUTED):
         opened(state)
     elif superseded:
         return
     elif state.status in FAILED_STATE_STATUSES:
         for watcher in state.watchers:
             watcher.descendant_failed = True
-    elif state.status == StateStatus.SUCCESS:
+    elif state.status == SUCCESS:
         for watcher in state.watchers:
             if state.identifier in watcher.node.collect:
                 _collect(watcher, state)
@@ -105,7 +113,7 @@ def recount_failures(run: Run) -> None:
         for watcher in s.watchers:
             watcher.descendant_failed = False
     for s in run.states:
-        if s.status in FAILED_STATE_STATUSES and s.status != StateStatus.CANCELLED:
+        if s.status in FAILED_STATE_STATUSES and s.status != CANCELLED:
             if latest[s.parent_id, s.identifier, s.parent_output] > s.attempt:
                 continue
             run.failed = True

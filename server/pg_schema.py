@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from exosphere.errors import ConflictError
+from server.store import StoreError
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "ForeignSchemaError", "SchemaTooNewError", "migrate"]
 
@@ -86,7 +86,7 @@ OUR_TABLES = frozenset(
 )
 
 
-class SchemaTooNewError(ConflictError):
+class SchemaTooNewError(StoreError):
     """The database was migrated by a newer exosphere-server than this one."""
 
     def __init__(self, where: str, found: int) -> None:
@@ -97,7 +97,7 @@ class SchemaTooNewError(ConflictError):
         self.found = found
 
 
-class ForeignSchemaError(ConflictError):
+class ForeignSchemaError(StoreError):
     """Tables with our names exist but were not created by exosphere."""
 
     def __init__(self, where: str, tables: list[str]) -> None:

@@ -52,7 +52,7 @@ class ManualRetries:
         run_id = state_id.rpartition("-")[0]
         row = (self._table.runs.get(run_id) or self._store.get_run(run_id)) if run_id else None
         if row is None:
-            raise StateNotFoundError(f"state {state_id!r} not found")
+            raise StateNotFoundError(state_id)
         key = f"retry-request:{row.namespace}:{request_id}" if request_id else ""
         previous = (self._pending.get(key) or self._commit.get_kv(key)) if key else None
         if previous is not None:
@@ -79,7 +79,9 @@ class ManualRetries:
     def _reopen(self, row: RunRow, state_id: str) -> State:
         """Load a finished run back into memory."""
         if row.status == RunStatus.CANCELLED:
-            raise ConflictError(f"run {row.run_id!r} was cancelled; its states cannot be retried")
+            raise ConflictError(
+                f"run {row.run_id!r} was cancelled; its states cannot be retried", run_id=row.run_id, state_id=state_id
+            )
         rows = self._store.get_states(row.run_id, -1, 0)
         runs = self._table.load(
             [row], rows, lambda r: self._catalog.version(r.namespace, r.graph_name, r.graph_version)
@@ -92,7 +94,7 @@ class ManualRetries:
         if state is None:
             for run in runs:
                 self._forget(run)
-            raise StateNotFoundError(f"state {state_id!r} not found")
+            raise StateNotFoundError(state_id)
         return state
 
 
@@ -107,4 +109,8 @@ def _check_retryable(state: State) -> None:
     )
     if state.status not in RETRYABLE_STATE_STATUSES or run.cancelled or later:
         why = "a later attempt exists" if later else f"it is {state.status}"
-        raise ConflictError(f"state {state.state_id!r} cannot be retried: {why}; only the last failed attempt can")
+        raise ConflictError(
+            f"state {state.state_id!r} cannot be retried: {why}; only the last failed attempt can",
+            run_id=run.run_id,
+            state_id=state.state_id,
+        )

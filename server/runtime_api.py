@@ -8,12 +8,12 @@ from typing import Any
 
 import grpc
 
-from exosphere.errors import ExosphereError, InvalidArgumentError
+from exosphere.errors import InvalidArgumentError
 from exosphere.v1 import runtime_pb2 as pb
 from exosphere.v1 import runtime_pb2_grpc
 from server.auth import Authenticator
 from server.engine import Engine
-from server.errors import abort_with
+from server.errors import status_from_errors
 from server.models import NodeSchema
 from server.runstate import Session
 from server.wire import result_from_pb, schema_from_pb
@@ -37,6 +37,10 @@ class RuntimeApi(runtime_pb2_grpc.RuntimeServiceServicer):
     async def Connect(  # type: ignore[override]
         self, request_iterator: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> None:
+        async with status_from_errors(context):
+            await self._connect(context)
+
+    async def _connect(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         engine = self._engine
         try:
             first = await asyncio.wait_for(context.read(), timeout=30)
@@ -45,27 +49,22 @@ class RuntimeApi(runtime_pb2_grpc.RuntimeServiceServicer):
             return
         if first is grpc.aio.EOF:
             return
-        session: Session | None = None
-        try:
-            if not first.HasField("register"):
-                raise InvalidArgumentError("the first message on the runtime stream must be Register")
-            register = first.register
-            self._auth.check(context, register.namespace)
-            if len(register.nodes) > MANY_NODES:  # decoding tens of thousands of schemas would stall the loop
-                schemas = await asyncio.to_thread(_schemas, register)
-            else:
-                schemas = _schemas(register)
-            session = engine.runtimes.register(
-                namespace=register.namespace,
-                runtime_name=register.runtime_name,
-                runtime_id=register.runtime_id,
-                sdk_version=register.sdk_version,
-                schemas=schemas,
-                max_concurrency=register.max_concurrency,
-            )
-        except ExosphereError as exc:
-            await abort_with(context, exc)
-            return
+        if not first.HasField("register"):
+            raise InvalidArgumentError("the first message on the runtime stream must be Register")
+        register = first.register
+        self._auth.check(context, register.namespace)
+        if len(register.nodes) > MANY_NODES:  # decoding tens of thousands of schemas would stall the loop
+            schemas = await asyncio.to_thread(_schemas, register)
+        else:
+            schemas = _schemas(register)
+        session = engine.runtimes.register(
+            namespace=register.namespace,
+            runtime_name=register.runtime_name,
+            runtime_id=register.runtime_id,
+            sdk_version=register.sdk_version,
+            schemas=schemas,
+            max_concurrency=register.max_concurrency,
+        )
         try:
             await context.write(
                 pb.SchedulerMessage(
@@ -92,21 +91,24 @@ class RuntimeApi(runtime_pb2_grpc.RuntimeServiceServicer):
                 await asyncio.gather(reader, writer, closed, return_exceptions=True)
         finally:
             engine.runtimes.unregister(session)
-        if session.close_reason:
+        if session.close_reason and not context.done():
             # The runtime reconnects (with backoff) when its stream ends this way.
-            await context.abort(grpc.StatusCode.UNAVAILABLE, session.close_reason)
+            try:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, session.close_reason)
+            except grpc.aio.AbortError:
+                raise
+            except Exception:  # the stream ended meanwhile (scheduler stopping): no one to tell
+                logger.debug("stream gone before its status session=%s", session.session_id)
 
     async def KeepAlive(
         self, request: pb.KeepAliveRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.KeepAliveResponse:
-        session = self._engine.runtimes.get(request.session_id)
-        if session is None:
-            return pb.KeepAliveResponse(known=False)
-        try:
+        async with status_from_errors(context):
+            session = self._engine.runtimes.get(request.session_id)
+            if session is None:
+                return pb.KeepAliveResponse(known=False)
             self._auth.check(context, session.namespace)
-        except ExosphereError as exc:
-            await abort_with(context, exc)
-        self._engine.runtimes.touch(session)
+            self._engine.runtimes.touch(session)
         return pb.KeepAliveResponse(known=True)
 
     async def _read_loop(self, context: grpc.aio.ServicerContext[Any, Any], session: Session) -> None:

@@ -26,6 +26,10 @@ __all__ = ["Sessions", "withdraw"]
 
 logger = logging.getLogger(__name__)
 
+# Enum members bound once: attribute access on an Enum class costs ~70 ns on Python 3.11 and the hot path makes
+# dozens per state.
+QUEUED = StateStatus.QUEUED
+
 
 def withdraw(state: State) -> None:
     """Ask the runtime that holds ``state`` to stop it. Its credit returns with the runtime's acknowledgement, or
@@ -97,7 +101,8 @@ class Sessions:
                 conflicts.append(f"node {schema.name!r}: {_schema_diff(old, schema)}")
         if conflicts:
             raise ConflictError(
-                "schema conflicts with runtimes still connected with the old schema: " + "; ".join(conflicts)
+                "schema conflicts with runtimes still connected with the old schema: " + "; ".join(conflicts),
+                namespace=namespace,
             )
         changed = []
         for schema in schemas:
@@ -135,7 +140,7 @@ class Sessions:
         self._dispatcher.remove_session(session)
         requeued = 0
         for state in session.in_flight.values():
-            if state.status == StateStatus.QUEUED and state.session is session:
+            if state.status == QUEUED and state.session is session:
                 self._table.undispatched(state)
                 self._dispatcher.enqueue(state)
                 requeued += 1
@@ -190,7 +195,7 @@ class Sessions:
         """States still running on a runtime past their deadline."""
         for session in list(self._sessions.values()):
             for state in list(session.in_flight.values()):
-                if state.status == StateStatus.QUEUED and state.session is session and now > state.deadline_ms:
+                if state.status == QUEUED and state.session is session and now > state.deadline_ms:
                     yield state
 
 

@@ -39,7 +39,7 @@ def check_trigger(request: TriggerRequest, graph: CompiledGraph, root_schema: No
     if not 0 <= request.start_delay_ms <= MAX_DELAY_MS:
         raise InvalidArgumentError(f"start_delay must be between 0 and {MAX_DELAY_MS} ms, got {request.start_delay_ms}")
     if graph.problem:
-        raise ConflictError(graph.problem)
+        raise ConflictError(graph.problem, namespace=request.namespace, graph_name=request.graph_name)
     errors = []
     root = graph.root
     declared = root_schema.input_names() if root_schema else set(root.inputs)

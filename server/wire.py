@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from typing import Any
 
 from google.protobuf.descriptor_pb2 import DescriptorProto, FieldDescriptorProto
+from google.protobuf.message import DecodeError
+from pydantic import ValidationError
 
 from exosphere.errors import InvalidArgumentError
 from exosphere.v1 import common_pb2, runtime_pb2, scheduler_pb2
@@ -29,6 +32,7 @@ __all__ = [
     "graph_spec_from_pb",
     "graph_to_pb",
     "result_from_pb",
+    "run_status_from_pb",
     "run_to_pb",
     "schema_from_pb",
     "state_to_pb",
@@ -40,6 +44,15 @@ _RUN_STATUS = {name.removeprefix("RUN_STATUS_"): value for name, value in common
 # Limits on what a client may send, so no request can exhaust the scheduler.
 MAX_NAME = 256
 MAX_GRAPH_NODES = 10_000
+
+
+def _enum_name(enum: Any, value: int, prefix: str) -> str:
+    """The name of ``value`` without ``prefix``; proto3 enums are open, so a client may send any number."""
+    try:
+        name: str = enum.Name(value)
+    except ValueError:
+        raise InvalidArgumentError(f"unknown {prefix.rstrip('_')} value {value}") from None
+    return name.removeprefix(prefix)
 
 
 def _fields(namespace: str, node: str, label: str, descriptor: DescriptorProto) -> tuple[FieldSpec, ...]:
@@ -81,13 +94,17 @@ def schema_from_pb(namespace: str, schema: common_pb2.NodeSchema) -> NodeSchema:
 
 
 def decode_stored_schema(namespace: str, raw: bytes) -> NodeSchema:
+    """A node schema as stored; ValueError when the bytes are not a valid NodeSchema (recovery skips it)."""
     message = common_pb2.NodeSchema()
-    message.ParseFromString(raw)
+    try:
+        message.ParseFromString(raw)
+    except DecodeError as exc:  # not a ValueError
+        raise ValueError(f"not a NodeSchema message: {exc}") from None
     return schema_from_pb(namespace, message)
 
 
 def _retry_from_pb(policy: scheduler_pb2.RetryPolicy) -> RetryPolicySpec:
-    strategy = scheduler_pb2.RetryStrategy.Name(policy.strategy).removeprefix("RETRY_STRATEGY_")
+    strategy = _enum_name(scheduler_pb2.RetryStrategy, policy.strategy, "RETRY_STRATEGY_")
     return RetryPolicySpec(
         max_retries=policy.max_retries,
         strategy="EXPONENTIAL" if strategy == "UNSPECIFIED" else strategy,
@@ -115,11 +132,19 @@ def graph_spec_from_pb(graph: scheduler_pb2.Graph) -> GraphSpec:
         raise InvalidArgumentError(f"graph name must be 1 to {MAX_NAME} characters")
     if len(graph.nodes) > MAX_GRAPH_NODES:
         raise InvalidArgumentError(f"a graph may have at most {MAX_GRAPH_NODES} nodes, got {len(graph.nodes)}")
+    try:
+        return _graph_spec(graph)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise InvalidArgumentError(f"invalid graph {graph.name!r}: {problems}") from None
+
+
+def _graph_spec(graph: scheduler_pb2.Graph) -> GraphSpec:
     nodes = []
     for node in graph.nodes:
         unites = None
         if node.HasField("unites"):
-            strategy = scheduler_pb2.UnitesStrategy.Name(node.unites.strategy).removeprefix("UNITES_STRATEGY_")
+            strategy = _enum_name(scheduler_pb2.UnitesStrategy, node.unites.strategy, "UNITES_STRATEGY_")
             unites = UnitesSpec(
                 identifier=node.unites.identifier.strip(),
                 strategy="ALL_SUCCESS" if strategy == "UNSPECIFIED" else strategy,
@@ -152,6 +177,11 @@ def graph_spec_from_pb(graph: scheduler_pb2.Graph) -> GraphSpec:
             for t in graph.triggers
         ],
     )
+
+
+def run_status_from_pb(status: int) -> str | None:
+    """A run status filter sent by a client (None when unset)."""
+    return _enum_name(common_pb2.RunStatus, status, "RUN_STATUS_") if status else None
 
 
 def graph_to_pb(spec: GraphSpec) -> scheduler_pb2.Graph:

@@ -1,5 +1,5 @@
-"""The PostgreSQL store: the Store contract on SQLite and PostgreSQL alike, PostgreSQL's own guarantees (one
-transaction per commit, migrations, refusals), and the real scheduler running on it across a restart."""
+"""The PostgreSQL store beyond the Store contract (tests/unit/test_store_contract.py runs that on it too): big
+batches, migrations and refusals, connections lost, and the real scheduler and binary running on it."""
 
 from __future__ import annotations
 
@@ -9,25 +9,24 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from exosphere import GraphNodeModel, RunStatus, StateManager, StateStatus
+from exosphere import GraphNodeModel, RunStatus, Runtime, StateManager, StateStatus
 from server.app import App
 from server.config import ServerConfig, describe_dsn
 from server.models import GraphSpec, RunRow, StateRow
 from server.pg_schema import SCHEMA_VERSION, ForeignSchemaError, SchemaTooNewError
 from server.pg_store import DatabaseUnavailableError, PostgresStore
-from server.sqlite_store import SqliteStore
 from server.status import RunStatus as StoredRunStatus
 from server.status import StateStatus as StoredStateStatus
-from server.store import Store, WriteBatch
-from tests.conftest import assert_eventually, runtimes_on
+from server.store import WriteBatch
 from tests.engine_nodes import Collect, Count, Waiter
-from tests.integration.process import ServerProcess
-from tests.pg import on_admin, run_sync
+from tests.helpers.pg import on_admin, run_sync
+from tests.helpers.runtimes import RuntimeGroup
+from tests.helpers.servers import ServerProcess
+from tests.helpers.waiting import assert_eventually
 
 Created = StoredStateStatus.CREATED
 
@@ -81,179 +80,7 @@ def graph(version: int, name: str = "g") -> GraphSpec:
     )
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    """Each backend, fresh: the contract tests below must pass on both."""
-    opened: Store
-    if request.param == "sqlite":
-        opened = SqliteStore(tmp_path / "contract.db")
-    else:
-        opened = PostgresStore(request.getfixturevalue("pg_dsn"))
-    try:
-        yield opened
-    finally:
-        opened.close()
-
-
-# ---------------------------------------------------------------------------------------------------- contract
-
-
-def test_states_runs_and_kv_read_back_field_for_field(store: Store) -> None:
-    full = state(
-        "r1",
-        1,
-        status=StoredStateStatus.ERRORED,
-        parent_id="r1-0",
-        parent_output=3,
-        path=(0, 3),
-        outputs=[{"a": "1"}, {"a": "2"}],
-        error={"message": "boom", "type": "ValueError"},
-        pruned_data='{"why": "x"}',
-        attempt=2,
-    )
-    store.write(WriteBatch(new_states=[state("r1", 0), full], runs=[run("r1")], kv={"cron:x": "42"}))
-
-    assert store.get_run("r1") == run("r1")
-    assert store.get_states("r1", -1, 0) == [state("r1", 0), full]
-    assert store.get_kv("cron:x") == "42"
-    assert store.get_run("nope") is None
-    assert store.get_states("nope", -1, 0) == []
-    assert store.get_kv("nope") is None
-
-
-def test_get_states_pages_by_sequence_and_zero_means_all(store: Store) -> None:
-    store.write(WriteBatch(new_states=[state("r1", seq) for seq in (4, 0, 2, 1, 3)], runs=[run("r1")]))
-
-    assert [s.seq for s in store.get_states("r1", -1, 0)] == [0, 1, 2, 3, 4]
-    assert [s.seq for s in store.get_states("r1", 1, 2)] == [2, 3]
-    assert [s.seq for s in store.get_states("r1", 3, 10)] == [4]
-    assert store.get_states("r1", 4, 0) == []
-
-
-def test_updates_change_the_mutable_fields_of_stored_states_only(store: Store) -> None:
-    store.write(WriteBatch(new_states=[state("r1", 0)], runs=[run("r1")]))
-    done = state("r1", 0, status=StoredStateStatus.SUCCESS, outputs=[{"a": "b"}], attempt=1, updated_at_ms=5000)
-    store.write(WriteBatch(updated_states=[done, state("r1", 7, status=StoredStateStatus.SUCCESS)]))
-
-    assert store.get_states("r1", -1, 0) == [done]  # seq 7 was never inserted: an update does not create it
-
-
-def test_an_insert_or_a_run_written_again_replaces_the_row(store: Store) -> None:
-    store.write(WriteBatch(new_states=[state("r1", 0)], runs=[run("r1")], kv={"k": "1"}))
-    again = state("r1", 0, identifier="other", inputs={"x": "y"})
-    ended = run("r1", status=StoredRunStatus.SUCCESS, store={"k": "w"}, state_counts={"SUCCESS": 1})
-    store.write(WriteBatch(new_states=[again], runs=[ended], kv={"k": "2"}))
-
-    assert store.get_states("r1", -1, 0) == [again]
-    assert store.get_run("r1") == ended
-    assert store.get_kv("k") == "2"
-
-
-def test_a_big_batch_of_new_states_that_repeats_stored_ones_replaces_them(store: Store) -> None:
-    store.write(WriteBatch(new_states=[state("r1", seq) for seq in range(300)], runs=[run("r1")]))
-    again = [state("r1", seq, identifier="again") for seq in range(100, 400)]  # 200 stored, 100 new
-    store.write(WriteBatch(new_states=again))
-
-    rows = store.get_states("r1", -1, 0)
-    assert [r.identifier for r in rows] == ["node"] * 100 + ["again"] * 300
-    assert rows[100:] == again
-
-
-def test_prepare_snapshots_the_batch_before_the_states_change_again(store: Store) -> None:
-    live = state("r1", 0)
-    prepared = store.prepare(WriteBatch(new_states=[live], runs=[run("r1")]))
-    live.status = StoredStateStatus.SUCCESS
-    live.inputs["text"] = "changed after the tick"
-    store.commit(prepared)
-
-    assert store.get_states("r1", -1, 0) == [state("r1", 0)]
-
-
-def test_graph_versions_stay_readable_after_a_new_version_and_a_delete(store: Store) -> None:
-    store.save_graph(graph(1))
-    store.save_graph(graph(2))
-    store.save_graph(graph(1, name="other"))
-
-    assert sorted((g.name, g.version) for g in store.load_graphs()) == [("g", 2), ("other", 1)]
-    assert store.load_graph_version("ns", "g", 1) == graph(1)
-    assert store.load_graph_version("ns", "g", 2) == graph(2)
-    assert store.load_graph_version("ns", "g", 3) is None
-    store.delete_graph("ns", "g")
-    assert [g.name for g in store.load_graphs()] == ["other"]
-    assert store.load_graph_version("ns", "g", 2) == graph(2)  # runs started on it can still load it
-
-
-def test_node_schemas_are_saved_per_namespace_and_replaced(store: Store) -> None:
-    store.save_nodes("ns", [("A", b"\x00a"), ("B", b"b")])
-    store.save_nodes("ns", [("A", b"a2")])
-    store.save_nodes("other", [("A", b"x")])
-
-    assert sorted(store.load_nodes()) == [("ns", "A", b"a2"), ("ns", "B", b"b"), ("other", "A", b"x")]
-
-
-def test_load_pending_gives_pending_runs_with_their_states_by_run_then_sequence(store: Store) -> None:
-    store.write(
-        WriteBatch(
-            new_states=[state("r2", 1), state("r1", 1), state("done", 0), state("r2", 0), state("r1", 0)],
-            runs=[run("r1", created=1), run("r2", created=2), run("done", status=StoredRunStatus.SUCCESS)],
-        )
-    )
-    runs, states = store.load_pending()
-
-    assert sorted(r.run_id for r in runs) == ["r1", "r2"]
-    order = [r.run_id for r in runs]
-    assert [(s.run_id, s.seq) for s in states] == [(run_id, seq) for run_id in order for seq in (0, 1)]
-
-
-def test_list_runs_newest_first_filtered_and_strictly_before(store: Store) -> None:
-    store.write(
-        WriteBatch(
-            runs=[
-                run("a", created=100),
-                run("b", created=200, status=StoredRunStatus.SUCCESS),
-                run("c", created=300, graph="h"),
-                run("d", created=400),
-                run("x", created=500, namespace="elsewhere"),
-            ]
-        )
-    )
-
-    def ids(graph_name: str | None, before_ms: int, limit: int, status: str | None = None) -> list[str]:
-        return [r.run_id for r in store.list_runs("ns", graph_name, before_ms, limit, status)]
-
-    assert ids(None, 0, 10) == ["d", "c", "b", "a"]
-    assert ids(None, 0, 2) == ["d", "c"]
-    assert ids(None, 300, 10) == ["b", "a"]
-    assert ids("g", 0, 10) == ["d", "b", "a"]
-    assert ids(None, 0, 10, "SUCCESS") == ["b"]
-    assert ids("", 0, 10, "") == ["d", "c", "b", "a"]  # empty filters filter nothing, as over gRPC
-    assert store.list_runs("nowhere", None, 0, 10) == []
-
-
 # ---------------------------------------------------------------------------------------------------- PostgreSQL
-
-
-def test_a_commit_that_fails_leaves_nothing_and_the_store_goes_on(pg_dsn: str) -> None:
-    store = PostgresStore(pg_dsn)
-    try:
-        store.write(WriteBatch(new_states=[state("r1", 0)], runs=[run("r1")]))
-        updated = state("r1", 0, status=StoredStateStatus.SUCCESS)
-        bad = WriteBatch(
-            new_states=[state("r2", 0)],
-            updated_states=[updated],
-            runs=[run("r2")],
-            kv={"k": None},  # type: ignore[dict-item]  # NOT NULL: the last statement of the commit fails
-        )
-        with pytest.raises(Exception, match="null value"):
-            store.write(bad)
-
-        assert store.get_run("r2") is None
-        assert store.get_states("r2", -1, 0) == []
-        assert store.get_states("r1", -1, 0) == [state("r1", 0)]
-        store.write(WriteBatch(updated_states=[updated]))
-        assert store.get_states("r1", -1, 0) == [updated]
-    finally:
-        store.close()
 
 
 def test_a_fan_out_of_25000_states_commits_in_one_transaction_across_statement_chunks(pg_dsn: str) -> None:
@@ -268,24 +95,6 @@ def test_a_fan_out_of_25000_states_commits_in_one_transaction_across_statement_c
         assert len(rows) == 25_000
         assert rows[24_999] == states[24_999]
         assert sum(r.status == "SUCCESS" for r in rows) == 12_500
-    finally:
-        store.close()
-
-
-def test_list_runs_page_is_exact_across_equal_creation_times(pg_dsn: str) -> None:
-    store = PostgresStore(pg_dsn)
-    try:
-        store.write(WriteBatch(runs=[run(f"r{i}", created=100 * (i // 3)) for i in range(10)]))
-        pages: list[list[str]] = []
-        before: tuple[int, str] | None = None
-        while True:
-            page = store.list_runs_page("ns", limit=4, before=before)
-            if not page:
-                break
-            pages.append([r.run_id for r in page])
-            before = (page[-1].created_at_ms, page[-1].run_id)
-
-        assert pages == [["r9", "r8", "r7", "r6"], ["r5", "r4", "r3", "r2"], ["r1", "r0"]]
     finally:
         store.close()
 
@@ -430,8 +239,8 @@ async def test_the_scheduler_on_postgres_runs_a_fan_out_and_resumes_dispatched_s
     config = config_for(pg_dsn, tmp_path)
     async with App(config) as app:
         address = f"127.0.0.1:{app.port}"
-        async with runtimes_on(namespace, address) as start, StateManager(namespace, address=address) as sm:
-            await start([Count, Waiter, Collect])
+        async with RuntimeGroup() as group, StateManager(namespace, address=address) as sm:
+            await group.start(Runtime(namespace=namespace, name="rt", nodes=[Count, Waiter, Collect], address=address))
             Waiter.release("open")
             await sm.upsert_graph("fan", fan_graph(namespace, "Waiter", "40", key="open"))
             done = await sm.wait((await sm.trigger("fan")).run_id, timeout=20)
@@ -448,8 +257,8 @@ async def test_the_scheduler_on_postgres_runs_a_fan_out_and_resumes_dispatched_s
 
     async with App(config) as app:
         address = f"127.0.0.1:{app.port}"
-        async with runtimes_on(namespace, address) as start, StateManager(namespace, address=address) as sm:
-            await start([Count, Waiter, Collect])
+        async with RuntimeGroup() as group, StateManager(namespace, address=address) as sm:
+            await group.start(Runtime(namespace=namespace, name="rt", nodes=[Count, Waiter, Collect], address=address))
             result = await sm.wait(held, timeout=20)
             assert key in Waiter.started  # dispatched again after the restart
             assert result.status is RunStatus.SUCCESS

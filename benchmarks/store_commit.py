@@ -7,9 +7,9 @@ Per backend, medians over ``--repeat`` fresh runs of:
 - finish: one batch updating every one of them to SUCCESS with an output (results arriving together);
 - lone: one batch updating a single state and its run (a lone state's commit: the latency floor);
 each split into ``prepare`` (the event loop's thread) and ``commit`` (the writer thread).
-PostgreSQL runs on a database made for the run and dropped after it; SQLite in a temporary directory, in WAL
-with ``synchronous=NORMAL`` as the scheduler uses it (no fsync per commit), while PostgreSQL's default
-``synchronous_commit=on`` fsyncs the WAL at every commit: ``--pg-async-commit`` measures it without that wait.
+PostgreSQL runs on a database made for the run and dropped after it; SQLite in a temporary directory. Both at
+the scheduler's two ``--durability`` levels: normal (SQLite ``synchronous=NORMAL``, PostgreSQL
+``synchronous_commit=off``: no fsync per commit) and full (an fsync per commit).
 """
 
 from __future__ import annotations
@@ -109,19 +109,19 @@ def main() -> None:
     p.add_argument("--states", type=int, default=10_000)
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--dsn", default=DEFAULT_DSN, help="a PostgreSQL server and a database to CREATE DATABASE from")
-    p.add_argument("--pg-async-commit", action="store_true", help="also PostgreSQL with synchronous_commit=off")
     args = p.parse_args()
     print(f"one batch of {args.states:,} states; medians of {args.repeat} rounds; times in ms")
-    with tempfile.TemporaryDirectory() as tmp:
-        measure("sqlite (WAL, NORMAL)", lambda: SqliteStore(Path(tmp) / "bench.db"), args.states, args.repeat)
+    for durable in (False, True):
+        with tempfile.TemporaryDirectory() as tmp:
+            level = "full" if durable else "normal"
+            open_sqlite = lambda: SqliteStore(Path(tmp) / "bench.db", durable=durable)  # noqa: E731, B023
+            measure(f"sqlite {level}", open_sqlite, args.states, args.repeat)
     name = f"exo_bench_{uuid.uuid4().hex[:12]}"
     asyncio.run(_admin(args.dsn, f'CREATE DATABASE "{name}"'))
     try:
         dsn = urlunsplit(urlsplit(args.dsn)._replace(path=f"/{name}"))
-        measure("postgres (sync commit)", lambda: PostgresStore(dsn), args.states, args.repeat)
-        if args.pg_async_commit:
-            async_dsn = dsn + ("&" if "?" in dsn else "?") + "synchronous_commit=off"
-            measure("postgres (async commit)", lambda: PostgresStore(async_dsn), args.states, args.repeat)
+        measure("postgres normal", lambda: PostgresStore(dsn), args.states, args.repeat)
+        measure("postgres full", lambda: PostgresStore(dsn, durable=True), args.states, args.repeat)
     finally:
         asyncio.run(_admin(args.dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 

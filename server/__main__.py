@@ -43,7 +43,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     p.add_argument("--host", help="address to listen on (default 127.0.0.1, env EXOSPHERE_HOST)")
     p.add_argument("--port", type=int, help="port (default 50051, 0 picks a free one; env EXOSPHERE_PORT)")
-    p.add_argument("--db", help="SQLite database file (default ./exosphere.db, env EXOSPHERE_DB)")
+    p.add_argument(
+        "--db",
+        help="SQLite database file, or postgresql://user@host:port/dbname (default ./exosphere.db, env EXOSPHERE_DB)",
+    )
+    p.add_argument(
+        "--secrets-key-file",
+        help="file holding the secrets key (default: beside a SQLite database; required for PostgreSQL unless "
+        "EXOSPHERE_SECRETS_KEY is set; env EXOSPHERE_SECRETS_KEY_FILE)",
+    )
     p.add_argument(
         "--durability",
         choices=("normal", "full"),
@@ -135,6 +143,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             api_keys_file=args.api_keys_file,
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
+            secrets_key_file=args.secrets_key_file,
             insecure=args.insecure or None,
             standby=args.standby or None,
             lease=args.lease,

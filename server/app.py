@@ -25,7 +25,7 @@ from server.cron import CronScheduler
 from server.dblock import DatabaseLock
 from server.engine import Engine, EngineSettings
 from server.runtime_api import RuntimeApi
-from server.secrets import SecretBox, load_or_create_key
+from server.secrets import SecretBox, load_or_create_key, load_shared_key
 from server.sqlite_schema import check_path
 from server.sqlite_store import SqliteStore
 from server.store import InMemoryStore, Store
@@ -76,6 +76,17 @@ def _read_pair(key: str, cert: str) -> tuple[bytes, bytes]:
     return key_pem, cert_pem
 
 
+def _open_postgres(config: ServerConfig) -> Store:
+    """The store for a ``postgresql://`` URL (asyncpg is imported only then)."""
+    try:
+        from server.pg_store import PostgresStore
+    except ImportError as exc:
+        raise InvalidArgumentError(
+            f"--db {config.db_label} needs the PostgreSQL driver: pip install 'exosphere[postgres]' ({exc})"
+        ) from None
+    return PostgresStore(config.db, durable=config.durability == "full")
+
+
 class App:
     """The scheduler: ``await App(config).start()`` serves on ``config.host:config.port`` (port 0 picks one)."""
 
@@ -96,21 +107,27 @@ class App:
         self._tls_pair = _read_pair(config.tls_key, config.tls_cert) if config.tls_cert and config.tls_key else None
         self.auth = Authenticator(keys)
         key_file = None if isinstance(store, InMemoryStore) else Path(f"{config.db}.key")
+        given_key_file = Path(config.secrets_key_file) if config.secrets_key_file else None
         self._db_lock: DatabaseLock | None = None
         with contextlib.ExitStack() as undo:  # a failure below undoes what was opened, in reverse
-            if store is None:
-                # One scheduler per SQLite file (server/dblock.py); a store given by the caller is the caller's
-                # business. The path is checked before the lock file is created beside it, and the database
-                # before the key file, so a file that cannot be used gets no key file beside it.
-                check_path(Path(config.db))
-                self._db_lock = DatabaseLock(config.db)
-                self._db_lock.acquire()
-                undo.callback(self._db_lock.release)
-                store = SqliteStore(config.db, durable=config.durability == "full")
-                undo.callback(store.close)
-            secret_box = SecretBox(
-                load_or_create_key(Path(config.secrets_key_file) if config.secrets_key_file else key_file)
-            )
+            if store is None and config.postgres:
+                # Schedulers that share a PostgreSQL database share its secrets: the key must be given, and a
+                # missing one is said before connecting. PostgreSQL itself serializes them (no lock file).
+                key = load_shared_key(given_key_file, config.db_label)
+                store = _open_postgres(config)
+            else:
+                if store is None:
+                    # One scheduler per SQLite file (server/dblock.py); a store given by the caller is the caller's
+                    # business. The path is checked before the lock file is created beside it, and the database
+                    # before the key file, so a file that cannot be used gets no key file beside it.
+                    check_path(Path(config.db))
+                    self._db_lock = DatabaseLock(config.db)
+                    self._db_lock.acquire()
+                    undo.callback(self._db_lock.release)
+                    store = SqliteStore(config.db, durable=config.durability == "full")
+                    undo.callback(store.close)
+                key = load_or_create_key(given_key_file or key_file)
+            secret_box = SecretBox(key)
             undo.pop_all()
         self.store = store
         self.engine = Engine(
@@ -184,7 +201,7 @@ class App:
         self._started = True
         for service in ("", "exosphere.v1.SchedulerService", "exosphere.v1.RuntimeService"):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        logger.info("exosphere-server listening on %s:%d db=%s", self.config.host, self.port, self.config.db)
+        logger.info("exosphere-server listening on %s:%d db=%s", self.config.host, self.port, self.config.db_label)
         return self.port
 
     async def stop(self, grace: float | None = None) -> None:

@@ -6,10 +6,28 @@ import os
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import ClassVar, Literal, Self
+from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict
 
-__all__ = ["ServerConfig"]
+__all__ = ["ServerConfig", "describe_dsn", "is_postgres_dsn"]
+
+
+def is_postgres_dsn(db: str) -> bool:
+    """Whether ``--db`` names a PostgreSQL database rather than a SQLite file."""
+    return db.startswith(("postgresql://", "postgres://"))
+
+
+def describe_dsn(dsn: str) -> str:
+    """``user@host:port/database`` for messages and logs: never the password."""
+    parts = urlsplit(dsn)
+    user = unquote(parts.username or "")
+    try:
+        port = parts.port or 5432
+    except ValueError:
+        port = 5432
+    database = unquote(parts.path.lstrip("/")) or user
+    return f"{user + '@' if user else ''}{parts.hostname or 'localhost'}:{port}/{database}"
 
 
 class ServerConfig(BaseModel):
@@ -31,7 +49,7 @@ class ServerConfig(BaseModel):
     }
     host: str = "127.0.0.1"
     port: int = 50051
-    db: str = "./exosphere.db"
+    db: str = "./exosphere.db"  # a SQLite file, or postgresql://user@host:port/dbname
     # normal: a commit survives a crash of the process; full: also a power loss or OS crash (an fsync per commit).
     durability: Literal["normal", "full"] = "normal"
     api_key: str | None = None
@@ -49,6 +67,15 @@ class ServerConfig(BaseModel):
     shutdown_grace: timedelta = timedelta(seconds=10)
     # SQLite: wait for the scheduler holding the database to stop, then take over (instead of refusing to start).
     standby: bool = False
+
+    @property
+    def postgres(self) -> bool:
+        return is_postgres_dsn(self.db)
+
+    @property
+    def db_label(self) -> str:
+        """The database for logs and messages (a PostgreSQL DSN without its password)."""
+        return describe_dsn(self.db) if self.postgres else self.db
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ, **overrides: object) -> Self:

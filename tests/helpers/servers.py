@@ -61,7 +61,7 @@ async def stop_process(proc: subprocess.Popen[str], timeout: float = 20) -> tupl
 class ServerProcess:
     """``python -m server`` on a port (0 picks one); the output is collected for assertions."""
 
-    def __init__(self, db: Path, *extra: str, port: int = 0, env: dict[str, str] | None = None) -> None:
+    def __init__(self, db: Path | str, *extra: str, port: int = 0, env: dict[str, str] | None = None) -> None:
         self.db = db
         self.args = [sys.executable, "-m", "server", "--port", str(port), "--db", str(db), *extra]
         self.env = {**os.environ, **(env or {})}

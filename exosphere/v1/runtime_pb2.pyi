@@ -157,7 +157,9 @@ Global___Register: _TypeAlias = Register  # noqa: Y015
 
 @_typing.final
 class ResultBatch(_message.Message):
-    """A batch of results. Each result frees one credit."""
+    """A batch of results. Each result frees one credit. A runtime cuts its batches by size so each message stays below
+    LIMIT_MAX_MESSAGE_BYTES; a single result that cannot fit is sent as errored instead.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -219,7 +221,9 @@ class Result(_message.Message):
     """The dispatch token from the Execute item."""
     @_builtins.property
     def executed(self) -> Global___Executed:
-        """The node returned: zero, one or several sets of outputs (several fan out)."""
+        """The node returned: zero, one or several sets of outputs (several fan out), at most
+        LIMIT_MAX_OUTPUTS_PER_RESULT; beyond it the scheduler fails the state (TooManyOutputsError).
+        """
 
     @_builtins.property
     def errored(self) -> _common_pb2.StateError:
@@ -438,7 +442,10 @@ Global___Registered: _TypeAlias = Registered  # noqa: Y015
 
 @_typing.final
 class ExecuteBatch(_message.Message):
-    """States to execute, never more than the runtime's free credit."""
+    """States to execute, never more than the runtime's free credit. The scheduler cuts its batches by size so each
+    message stays below LIMIT_MAX_MESSAGE_BYTES; a state whose item alone cannot fit is never sent: it fails
+    (ERRORED, type MessageTooLargeError).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -24,8 +24,8 @@ from exosphere.config import ClientConfig
 from exosphere.errors import AuthenticationError, ExosphereError, InvalidArgumentError, PermissionDeniedError
 from exosphere.logs import setup_default_logging
 from exosphere.node import BaseNode, validate_nodes
+from exosphere.v1 import common_pb2, runtime_pb2_grpc
 from exosphere.v1 import runtime_pb2 as pb
-from exosphere.v1 import runtime_pb2_grpc
 
 __all__ = ["Runtime"]
 
@@ -33,6 +33,10 @@ logger = logging.getLogger(__name__)
 
 # Cap a batch so the two processes overlap instead of taking turns on one huge message.
 MAX_BATCH = 256
+# The wire counts bytes: a batch also stops growing at BATCH_BYTES (a bigger result still travels alone), and a
+# result that cannot fit in one message at all is sent as errored (room is kept for the batch around it).
+BATCH_BYTES = 4 * 1024 * 1024
+MAX_RESULT_MESSAGE_BYTES = common_pb2.LIMIT_MAX_MESSAGE_BYTES - 64 * 1024
 # Registration errors no retry can fix: the runtime stops and raises them.
 _FATAL = (InvalidArgumentError, AuthenticationError, PermissionDeniedError)
 
@@ -257,7 +261,20 @@ class Runtime:
         while self._outbox:
             batch = self._outbox[:MAX_BATCH]
             del self._outbox[:MAX_BATCH]
-            await call.write(pb.RuntimeMessage(results=pb.ResultBatch(results=batch)))
+            size = 0
+            results: list[pb.Result] = []
+            for result in batch:
+                result_size = _framed_size(result.ByteSize())
+                if result_size > MAX_RESULT_MESSAGE_BYTES:
+                    result = _too_large(result, result_size)
+                    result_size = _framed_size(result.ByteSize())
+                if results and size + result_size > BATCH_BYTES:
+                    await call.write(pb.RuntimeMessage(results=pb.ResultBatch(results=results)))
+                    results, size = [], 0
+                results.append(result)
+                size += result_size
+            if results:
+                await call.write(pb.RuntimeMessage(results=pb.ResultBatch(results=results)))
 
     async def _write_loop(self, call: Any, heartbeat_s: float) -> None:
         assert self._wake_writer is not None
@@ -310,6 +327,23 @@ class _LazyEvent:
 
     async def wait(self) -> None:
         await self._get().wait()
+
+
+def _framed_size(size: int) -> int:
+    """Bytes an item of ``size`` bytes takes as one element of a repeated field (tag and length prefix)."""
+    return size + 1 + (size.bit_length() + 6) // 7 if size else 2
+
+
+def _too_large(result: pb.Result, size: int) -> pb.Result:
+    """An errored result in place of one too large for any message (its state fails instead of the stream)."""
+    logger.error("result too large to send state_id=%s bytes=%d", result.state_id, size)
+    errored = pb.Result(state_id=result.state_id, attempt=result.attempt, dispatch_id=result.dispatch_id)
+    errored.errored.message = (
+        f"the result of state {result.state_id} is {size} bytes, over the {MAX_RESULT_MESSAGE_BYTES}-byte limit "
+        "of one result (LIMIT_MAX_MESSAGE_BYTES less room for the batch); return or store less data"
+    )
+    errored.errored.type = "ResultTooLargeError"
+    return errored
 
 
 def _first_leaf(group: BaseExceptionGroup[Any]) -> BaseException:

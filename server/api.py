@@ -14,7 +14,18 @@ from server.auth import Authenticator
 from server.engine import Engine
 from server.errors import status_from_errors
 from server.models import RunRow
-from server.wire import graph_spec_from_pb, graph_to_pb, run_to_pb, schema_to_pb, states_to_pb
+from server.names import check_name, check_names
+from server.wire import (
+    cut_by_size,
+    framed_size,
+    graph_spec_from_pb,
+    graph_to_pb,
+    run_to_pb,
+    schema_to_pb,
+    split_by_size,
+    states_to_pb,
+    take_by_size,
+)
 
 __all__ = ["SchedulerApi"]
 
@@ -23,8 +34,8 @@ Ctx = grpc.aio.ServicerContext[Any, Any]
 DEFAULT_PAGE = 50
 MAX_PAGE = 1000
 MAX_STATE_PAGE = 10_000
-# A WatchRun event carries at most this many states, so no message limit is hit by a big fan-out.
-WATCH_CHUNK = 5_000
+# Every page and event is also cut by size (server/wire.py PAGE_BYTES), so no message limit is hit by big states,
+# stores or graphs.
 
 
 def _int_token(token: str, what: str) -> int:
@@ -61,8 +72,10 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
     async def ListGraphs(self, request: pb.ListGraphsRequest, context: Ctx) -> pb.ListGraphsResponse:
         async with status_from_errors(context):
             self._auth.check(context, request.namespace)
-            specs = self._engine.list_graphs(request.namespace)
-        return pb.ListGraphsResponse(graphs=[graph_to_pb(s) for s in specs])
+            after = request.page_token
+            specs = (s for s in self._engine.list_graphs(request.namespace) if s.name > after)
+            graphs, complete = take_by_size(specs, graph_to_pb)
+        return pb.ListGraphsResponse(graphs=graphs, next_page_token="" if complete else graphs[-1].name)
 
     async def DeleteGraph(self, request: pb.DeleteGraphRequest, context: Ctx) -> pb.DeleteGraphResponse:
         async with status_from_errors(context):
@@ -73,25 +86,14 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
     async def TriggerGraph(self, request: pb.TriggerGraphRequest, context: Ctx) -> pb.TriggerGraphResponse:
         async with status_from_errors(context):
             self._auth.check(context, request.namespace)
-            run_id = await self._engine.trigger(
-                request.namespace,
-                request.graph_name,
-                _plain(request.inputs),
-                _plain(request.store),
-                request.start_delay_ms,
-            )
+            run_id = await self._engine.trigger(*_trigger_args(request))
         return pb.TriggerGraphResponse(run_id=run_id)
 
     async def TriggerGraphs(self, request: pb.TriggerGraphsRequest, context: Ctx) -> pb.TriggerGraphsResponse:
         async with status_from_errors(context):
             for namespace in {t.namespace for t in request.triggers}:
                 self._auth.check(context, namespace)
-            run_ids = await self._engine.trigger_many(
-                [
-                    (t.namespace, t.graph_name, _plain(t.inputs), _plain(t.store), t.start_delay_ms)
-                    for t in request.triggers
-                ]
-            )
+            run_ids = await self._engine.trigger_many([_trigger_args(t) for t in request.triggers])
         return pb.TriggerGraphsResponse(run_ids=run_ids)
 
     async def GetRun(self, request: pb.GetRunRequest, context: Ctx) -> pb.GetRunResponse:
@@ -101,8 +103,14 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
                 request.run_id, page_size, _int_token(request.page_token, "GetRun")
             )
             self._check_run(context, run)
-            token = str(last) if len(states) == page_size and last >= 0 else ""
-            return pb.GetRunResponse(run=run_to_pb(run), states=states_to_pb(states), next_page_token=token)
+            run_message = run_to_pb(run)
+            messages = states_to_pb(states)
+            count = cut_by_size(messages, reserved=framed_size(run_message.ByteSize()))
+            if count < len(messages):
+                token = str(states[count - 1].seq)
+            else:
+                token = str(last) if len(states) == page_size and last >= 0 else ""
+            return pb.GetRunResponse(run=run_message, states=messages[:count], next_page_token=token)
 
     async def ListRuns(self, request: pb.ListRunsRequest, context: Ctx) -> pb.ListRunsResponse:
         async with status_from_errors(context):
@@ -111,8 +119,9 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
             before = _int_token(request.page_token, "ListRuns")
             status = common_pb2.RunStatus.Name(request.status).removeprefix("RUN_STATUS_") if request.status else None
             runs = self._engine.list_runs(request.namespace, request.graph_name or None, limit, max(0, before), status)
-            token = str(runs[-1].created_at_ms) if len(runs) == limit else ""
-            return pb.ListRunsResponse(runs=[run_to_pb(r) for r in runs], next_page_token=token)
+            messages, complete = take_by_size(runs, run_to_pb)
+            token = str(messages[-1].created_at_unix_ms) if not complete or len(runs) == limit else ""
+            return pb.ListRunsResponse(runs=messages, next_page_token=token)
 
     async def WatchRun(self, request: pb.WatchRunRequest, context: Ctx) -> AsyncIterator[pb.WatchRunResponse]:
         async with status_from_errors(context):
@@ -120,9 +129,7 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
             if request.HasField("trigger"):
                 t = request.trigger
                 self._auth.check(context, t.namespace)
-                run_id = await self._engine.trigger(
-                    t.namespace, t.graph_name, _plain(t.inputs), _plain(t.store), t.start_delay_ms
-                )
+                run_id = await self._engine.trigger(*_trigger_args(t))
             events = self._engine.watch_run(run_id)
             try:
                 first = True
@@ -136,8 +143,9 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
                             continue  # trigger-and-wait: only the outcome is wanted, one message
                         yield pb.WatchRunResponse(run=message)
                         continue
-                    for start in range(0, max(1, len(states)), WATCH_CHUNK):
-                        yield pb.WatchRunResponse(run=message, states=states_to_pb(states[start : start + WATCH_CHUNK]))
+                    reserved = framed_size(message.ByteSize())
+                    for chunk in split_by_size(states_to_pb(states), reserved=reserved):
+                        yield pb.WatchRunResponse(run=message, states=chunk)
             finally:
                 await events.aclose()  # type: ignore[attr-defined]
 
@@ -160,8 +168,10 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
     async def ListNodes(self, request: pb.ListNodesRequest, context: Ctx) -> pb.ListNodesResponse:
         async with status_from_errors(context):
             self._auth.check(context, request.namespace)
-            nodes = self._engine.nodes(request.namespace)
-        return pb.ListNodesResponse(nodes=[schema_to_pb(n) for n in nodes])
+            after = request.page_token
+            nodes = (n for n in self._engine.nodes(request.namespace) if n.name > after)
+            schemas, complete = take_by_size(nodes, schema_to_pb)
+        return pb.ListNodesResponse(nodes=schemas, next_page_token="" if complete else schemas[-1].name)
 
     async def ListNamespaces(self, request: pb.ListNamespacesRequest, context: Ctx) -> pb.ListNamespacesResponse:
         async with status_from_errors(context):
@@ -197,3 +207,11 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
 
 def _plain(mapping: Any) -> dict[str, str]:
     return {k: mapping[k] for k in mapping}
+
+
+def _trigger_args(t: pb.TriggerGraphRequest) -> tuple[str, str, dict[str, str], dict[str, str], int]:
+    """A trigger's arguments, with its names checked (an unknown graph is the engine's to report)."""
+    check_name("namespace", t.namespace)
+    check_name("graph_name", t.graph_name)
+    check_names("store key", t.store)
+    return t.namespace, t.graph_name, _plain(t.inputs), _plain(t.store), t.start_delay_ms

@@ -664,14 +664,14 @@ class Engine:
             for watcher in state.watchers:
                 watcher.open_descendants -= 1
             logger.info(
-                "state retry state_id=%s identifier=%s attempt=%d delay_ms=%d error=%s",
+                "state retry state_id=%s identifier=%s attempt=%d delay_ms=%d error=%r",
                 state.state_id, state.identifier, new.attempt, delay, error.get("message", ""),
             )  # fmt: skip
             return
         state.status = status
         self._commit.mark(state)
         logger.warning(
-            "state failed state_id=%s run_id=%s identifier=%s status=%s error=%s",
+            "state failed state_id=%s run_id=%s identifier=%s status=%s error=%r",
             state.state_id, run.run_id, state.identifier, status, error.get("message", ""),
         )  # fmt: skip
         self._finish(state, failed=True)

@@ -12,10 +12,12 @@ from exosphere.errors import ExosphereError, InvalidArgumentError
 from exosphere.v1 import runtime_pb2 as pb
 from exosphere.v1 import runtime_pb2_grpc
 from server.auth import Authenticator
-from server.engine import Engine
+from server.decode import BadRequest, refuse
+from server.engine import Engine, ResultIn
 from server.errors import abort_with
+from server.names import check_name, check_text
 from server.runstate import Session
-from server.wire import result_from_pb, schema_from_pb
+from server.wire import BATCH_BYTES, MAX_ITEM_BYTES, framed_size, result_from_pb, schema_from_pb
 
 __all__ = ["RuntimeApi"]
 
@@ -42,11 +44,17 @@ class RuntimeApi(runtime_pb2_grpc.RuntimeServiceServicer):
             return
         if first is grpc.aio.EOF:
             return
+        if isinstance(first, BadRequest):
+            await refuse(context, first)
         session: Session | None = None
         try:
             if not first.HasField("register"):
                 raise InvalidArgumentError("the first message on the runtime stream must be Register")
             register = first.register
+            check_name("namespace", register.namespace)
+            check_name("runtime_name", register.runtime_name)
+            check_name("runtime_id", register.runtime_id)
+            check_text("sdk_version", register.sdk_version)
             self._auth.check(context, register.namespace)
             schemas = [schema_from_pb(register.namespace, s) for s in register.nodes]
             session = engine.register_session(
@@ -109,6 +117,8 @@ class RuntimeApi(runtime_pb2_grpc.RuntimeServiceServicer):
             message = await context.read()
             if message is grpc.aio.EOF:
                 return
+            if isinstance(message, BadRequest):
+                await refuse(context, message)
             kind = message.WhichOneof("kind")
             if kind == "results":
                 engine.handle_results(session, [result_from_pb(r) for r in message.results.results])
@@ -130,9 +140,46 @@ class RuntimeApi(runtime_pb2_grpc.RuntimeServiceServicer):
             while session.outbox:
                 batch = session.outbox[:MAX_BATCH]
                 del session.outbox[:MAX_BATCH]
-                items = [_execute(state) for state in batch if state.session is session]
-                if items:
-                    await context.write(pb.SchedulerMessage(execute=pb.ExecuteBatch(items=items)))
+                await self._send(context, session, batch)
+
+    async def _send(self, context: grpc.aio.ServicerContext[Any, Any], session: Session, states: list[Any]) -> None:
+        """Write ``states`` in batches cut by size; a state whose item alone cannot fit fails instead."""
+        items: list[pb.Execute] = []
+        size = 0
+        undeliverable: list[ResultIn] = []
+        for state in states:
+            if state.session is not session:
+                continue
+            item = _execute(state)
+            item_size = framed_size(item.ByteSize())
+            if item_size > MAX_ITEM_BYTES:
+                undeliverable.append(_too_large(state, item, item_size))
+                continue
+            if items and size + item_size > BATCH_BYTES:
+                await context.write(pb.SchedulerMessage(execute=pb.ExecuteBatch(items=items)))
+                items, size = [], 0
+            items.append(item)
+            size += item_size
+        if items:
+            await context.write(pb.SchedulerMessage(execute=pb.ExecuteBatch(items=items)))
+        if undeliverable:
+            # Through the runtime-result path, so the failure is committed, retried and reported like any other.
+            self._engine.handle_results(session, undeliverable)
+
+
+def _too_large(state: Any, item: pb.Execute, size: int) -> ResultIn:
+    parts = {"inputs": item.inputs, "store": item.store, "secrets": item.secrets}
+    sizes = ", ".join(
+        f"{name} {sum(len(k.encode()) + len(v.encode()) for k, v in m.items())}" for name, m in parts.items()
+    )
+    message = (
+        f"state {state.state_id} cannot be sent to a runtime: its Execute message is {size} bytes ({sizes}), over "
+        f"the {MAX_ITEM_BYTES}-byte limit of one item (LIMIT_MAX_MESSAGE_BYTES less room for the batch)"
+    )
+    logger.warning("state undeliverable state_id=%s node=%r bytes=%d", state.state_id, state.node_name, size)
+    return ResultIn(
+        state.state_id, state.dispatch_id, "errored", error={"message": message, "type": "MessageTooLargeError"}
+    )
 
 
 def _execute(state: Any) -> pb.Execute:

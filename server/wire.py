@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TypeVar
 
 from google.protobuf.descriptor_pb2 import DescriptorProto, FieldDescriptorProto
+from google.protobuf.message import Message
 
 from exosphere.errors import InvalidArgumentError
 from exosphere.v1 import common_pb2, runtime_pb2, scheduler_pb2
@@ -23,6 +25,7 @@ from server.models import (
     StoreConfigSpec,
     UnitesSpec,
 )
+from server.names import check_name, check_names, name_problem
 
 __all__ = [
     "graph_spec_from_pb",
@@ -33,12 +36,79 @@ __all__ = [
     "state_to_pb",
 ]
 
+T = TypeVar("T", bound=Message)
+R = TypeVar("R")
+
 _STATE_STATUS = {name.removeprefix("STATE_STATUS_"): value for name, value in common_pb2.StateStatus.items()}
 _RUN_STATUS = {name.removeprefix("RUN_STATUS_"): value for name, value in common_pb2.RunStatus.items()}
 
 # Limits on what a client may send, so no request can exhaust the scheduler.
-MAX_NAME = 256
 MAX_GRAPH_NODES = 10_000
+# A result fanning out wider than this fails its state: 100,000 outputs in one result stalled the event loop for a
+# second and took 150 MB; 10,000 is the widest fan-out we benchmark and keeps one result's work near 0.1 s.
+MAX_OUTPUTS_PER_RESULT = common_pb2.LIMIT_MAX_OUTPUTS_PER_RESULT
+
+# The wire counts bytes, so batches and pages are cut by size (measured with ByteSize as they are built).
+MAX_MESSAGE_BYTES = common_pb2.LIMIT_MAX_MESSAGE_BYTES
+# Room kept in every message for what surrounds the items (the run of a page, oneof and length prefixes).
+_ENVELOPE_BYTES = 64 * 1024
+# The largest single item (Execute, State, Run...) a message can carry.
+MAX_ITEM_BYTES = MAX_MESSAGE_BYTES - _ENVELOPE_BYTES
+# A batch on the runtime stream stops growing here (a bigger item still travels alone): small messages let the two
+# processes overlap, as the item-count cap does.
+BATCH_BYTES = 4 * 1024 * 1024
+# A page of a read (GetRun, ListRuns, WatchRun events...) stops growing here.
+PAGE_BYTES = 16 * 1024 * 1024
+
+
+def framed_size(size: int) -> int:
+    """Bytes an item of ``size`` bytes takes as one element of a repeated field (tag and length prefix)."""
+    return size + 1 + (size.bit_length() + 6) // 7 if size else 2
+
+
+def cut_by_size(items: Sequence[T], *, budget: int = PAGE_BYTES, reserved: int = 0) -> int:
+    """How many leading ``items`` (protobuf messages) fit in ``budget`` bytes; at least one when any."""
+    size = reserved
+    for count, item in enumerate(items):
+        size += framed_size(item.ByteSize())
+        if size > budget and count:
+            return count
+    return len(items)
+
+
+def take_by_size(
+    rows: Iterable[R], to_pb: Callable[[R], T], *, budget: int = PAGE_BYTES, reserved: int = 0
+) -> tuple[list[T], bool]:
+    """Convert ``rows`` until the next would pass ``budget`` bytes (at least one); returns them and whether every
+    row was taken."""
+    size = reserved
+    messages: list[T] = []
+    for row in rows:
+        message = to_pb(row)
+        size += framed_size(message.ByteSize())
+        if size > budget and messages:
+            return messages, False
+        messages.append(message)
+    return messages, True
+
+
+def split_by_size(items: Sequence[T], *, budget: int = PAGE_BYTES, reserved: int = 0) -> Iterator[Sequence[T]]:
+    """``items`` in consecutive chunks that each fit in ``budget`` bytes; one empty chunk when there are none."""
+    start = 0
+    while True:
+        count = cut_by_size(items[start:], budget=budget, reserved=reserved)
+        yield items[start : start + count]
+        start += count
+        if start >= len(items):
+            return
+
+
+def too_many_outputs(count: int) -> str:
+    """The error of a result with more outputs than allowed (exosphere/_executor.py words it the same)."""
+    return (
+        f"a result may carry at most {MAX_OUTPUTS_PER_RESULT} outputs (LIMIT_MAX_OUTPUTS_PER_RESULT), got {count}: "
+        "fan out in stages, or return fewer, larger outputs"
+    )
 
 
 def _fields(namespace: str, node: str, label: str, descriptor: DescriptorProto) -> tuple[FieldSpec, ...]:
@@ -66,8 +136,7 @@ def _fields(namespace: str, node: str, label: str, descriptor: DescriptorProto) 
 
 def schema_from_pb(namespace: str, schema: common_pb2.NodeSchema) -> NodeSchema:
     """A registered node schema; raises InvalidArgumentError naming a bad field."""
-    if not schema.name.strip() or len(schema.name) > MAX_NAME:
-        raise InvalidArgumentError(f"node name must be 1 to {MAX_NAME} characters, got {schema.name!r}")
+    check_name("node name", schema.name)
     return NodeSchema(
         namespace=namespace,
         name=schema.name,
@@ -108,14 +177,22 @@ def _retry_to_pb(policy: RetryPolicySpec) -> scheduler_pb2.RetryPolicy:
 
 def graph_spec_from_pb(graph: scheduler_pb2.Graph) -> GraphSpec:
     """The stored form of a graph sent by a client (validation happens in the engine)."""
-    if not graph.namespace.strip() or len(graph.namespace) > MAX_NAME:
-        raise InvalidArgumentError(f"namespace must be 1 to {MAX_NAME} characters")
-    if not graph.name.strip() or len(graph.name) > MAX_NAME:
-        raise InvalidArgumentError(f"graph name must be 1 to {MAX_NAME} characters")
+    check_name("namespace", graph.namespace.strip())
+    check_name("graph name", graph.name.strip())
     if len(graph.nodes) > MAX_GRAPH_NODES:
         raise InvalidArgumentError(f"a graph may have at most {MAX_GRAPH_NODES} nodes, got {len(graph.nodes)}")
     nodes = []
-    for node in graph.nodes:
+    for index, node in enumerate(graph.nodes):
+        # Empty names are left to graph validation, which reports them with every other problem.
+        where = f"node #{index}"
+        for label, value in (("node_name", node.node_name), ("namespace", node.namespace)):
+            if value.strip():
+                check_name(f"{where} {label}", value.strip())
+        if node.identifier.strip():
+            check_name(f"{where} identifier", node.identifier.strip())
+        check_names(f"{where} next_nodes entry", (n.strip() for n in node.next_nodes if n.strip()))
+        if node.unites.identifier.strip():
+            check_name(f"{where} unites identifier", node.unites.identifier.strip())
         unites = None
         if node.HasField("unites"):
             strategy = scheduler_pb2.UnitesStrategy.Name(node.unites.strategy).removeprefix("UNITES_STRATEGY_")
@@ -135,6 +212,12 @@ def graph_spec_from_pb(graph: scheduler_pb2.Graph) -> GraphSpec:
                 timeout_ms=node.timeout_ms,
             )
         )
+    if graph.HasField("store_config"):
+        config = graph.store_config
+        check_names("store_config required key", (k.strip() for k in config.required_keys if k.strip()))
+        check_names("store_config default key", (k.strip() for k in config.default_values if k.strip()))
+    for index, trigger in enumerate(graph.triggers):
+        check_names(f"trigger #{index} store key", trigger.store)
     return GraphSpec(
         namespace=graph.namespace.strip(),
         name=graph.name.strip(),
@@ -229,7 +312,21 @@ def run_to_pb(run: RunRow) -> scheduler_pb2.Run:
 def result_from_pb(result: runtime_pb2.Result) -> ResultIn:
     kind = result.WhichOneof("outcome")
     writes = {k: result.store_writes[k] for k in result.store_writes} if result.store_writes else None
+    bad_key = next((k for k in writes or () if name_problem(k) is not None), None)
+    if bad_key is not None and kind == "executed":
+        message = f"store key {bad_key[:80]!r} written by the node: {name_problem(bad_key)}"
+        return ResultIn(
+            result.state_id, result.dispatch_id, "errored", error={"message": message, "type": "StoreKeyError"}
+        )
     if kind == "executed":
+        count = len(result.executed.outputs)
+        if count > MAX_OUTPUTS_PER_RESULT:  # refused before a dict is built for any of them
+            return ResultIn(
+                result.state_id,
+                result.dispatch_id,
+                "errored",
+                error={"message": too_many_outputs(count), "type": "TooManyOutputsError"},
+            )
         outputs = []
         for out in result.executed.outputs:
             fields = out.fields

@@ -1,0 +1,312 @@
+"""Issue 9, bounded by bytes: no batch, page or event passes the gRPC message limit, whatever the data.
+
+Each test moves tens of megabytes through a real scheduler and real runtimes, so most are marked slow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from typing import Any, ClassVar
+
+import grpc
+import pytest
+from pydantic import BaseModel
+
+from exosphere import BaseNode, GraphNodeModel, RunStatus, StateManager, StateStatus
+from exosphere.v1 import common_pb2, runtime_pb2, runtime_pb2_grpc
+from tests.conftest import RuntimeFactory, assert_eventually
+
+MB = 1024 * 1024
+LIMIT = common_pb2.LIMIT_MAX_MESSAGE_BYTES
+
+
+def gnode(namespace: str, node_name: str, identifier: str, inputs: dict[str, str], **extra: Any) -> GraphNodeModel:
+    return GraphNodeModel(node_name=node_name, namespace=namespace, identifier=identifier, inputs=inputs, **extra)
+
+
+NO_RETRY = {"max_retries": 0}
+
+
+class Fan(BaseNode):
+    """``n`` outputs; reads nothing from the store, but every dispatch carries it."""
+
+    class Inputs(BaseModel):
+        n: str
+
+    class Outputs(BaseModel):
+        item: str
+
+    async def execute(self) -> list[Outputs]:
+        return [self.Outputs(item=str(i)) for i in range(int(self.inputs.n))]
+
+
+class Leaf(BaseNode):
+    class Inputs(BaseModel):
+        item: str
+
+    class Outputs(BaseModel):
+        item: str
+
+    async def execute(self) -> Outputs:
+        return self.Outputs(item=self.inputs.item)
+
+
+class Big(BaseNode):
+    """Returns ``mb`` megabytes of output (plus ``store_mb`` written to the store) once ``together`` states of its
+    ``key`` are running, so their results leave the runtime in one flush."""
+
+    waiting: ClassVar[dict[str, int]] = defaultdict(int)
+
+    class Inputs(BaseModel):
+        item: str
+        key: str
+        together: str = "1"
+        mb: str = "15"
+        store_mb: str = "0"
+
+    class Outputs(BaseModel):
+        blob: str
+
+    async def execute(self) -> Outputs:
+        Big.waiting[self.inputs.key] += 1
+        await assert_eventually(lambda: Big.waiting[self.inputs.key] >= int(self.inputs.together), timeout=20)
+        if self.inputs.store_mb != "0":
+            self.store["big"] = "s" * int(float(self.inputs.store_mb) * MB)
+        return self.Outputs(blob=self.inputs.item * int(float(self.inputs.mb) * MB))
+
+
+class Secretive(BaseNode):
+    class Inputs(BaseModel):
+        x: str
+
+    class Secrets(BaseModel):
+        token: str
+
+    async def execute(self) -> None:
+        return None
+
+
+_BIG = [("grpc.max_send_message_length", LIMIT), ("grpc.max_receive_message_length", LIMIT)]
+
+
+def _schema(name: str, *, default: str | None = None) -> common_pb2.NodeSchema:
+    """A node with one input ``x`` (optional with ``default`` when given) and one required output ``item``."""
+    schema = common_pb2.NodeSchema(name=name)
+    schema.inputs.name = "Inputs"
+    if default is not None:
+        schema.inputs.field.add(name="x", number=1, type=9, label=1, default_value=default)  # TYPE_STRING, OPTIONAL
+    schema.outputs.name = "Outputs"
+    schema.outputs.field.add(name="item", number=1, type=9, label=2)  # LABEL_REQUIRED
+    schema.secrets.name = "Secrets"
+    return schema
+
+
+async def raw_runtime(channel: grpc.aio.Channel, namespace: str, schemas: list[common_pb2.NodeSchema]) -> Any:
+    """A runtime stream spoken by hand (as a runtime in another language would), registered."""
+    call = runtime_pb2_grpc.RuntimeServiceStub(channel).Connect()
+    register = runtime_pb2.Register(
+        namespace=namespace, runtime_name="raw", runtime_id="raw-1", nodes=schemas, max_concurrency=1
+    )
+    await call.write(runtime_pb2.RuntimeMessage(register=register))
+    assert (await call.read()).HasField("registered")
+    return call
+
+
+# ---------------------------------------------------------------------------------------------------- dispatch
+
+
+@pytest.mark.slow
+async def test_big_store_fanned_out_to_one_runtime_finishes(
+    state_manager: StateManager, start_runtime: RuntimeFactory, namespace: str
+) -> None:
+    # 300 dispatches of a 300 KB store: 256 of them in one batch would be 77 MB, over the 64 MiB limit.
+    await start_runtime([Fan, Leaf], max_concurrency=400)
+    await state_manager.upsert_graph(
+        "wide",
+        [
+            gnode(namespace, "Fan", "fan", {"n": "300"}, next_nodes=["leaf"]),
+            gnode(namespace, "Leaf", "leaf", {"item": "${{ fan.outputs.item }}"}),
+        ],
+    )
+    run = await state_manager.trigger("wide", store={"blob": "x" * 300_000})
+    result = await state_manager.wait(run.run_id, timeout=30)
+    assert result.status is RunStatus.SUCCESS
+    assert result.state_counts == {"SUCCESS": 301}
+
+
+@pytest.mark.slow
+async def test_a_state_too_large_to_dispatch_fails_alone_with_a_clear_error(
+    state_manager: StateManager, start_runtime: RuntimeFactory, namespace: str
+) -> None:
+    # A 60 MB secret and a 10 MB store: each fits its request, but one Execute carrying both cannot.
+    runtime = await start_runtime([Secretive, Leaf])
+    await state_manager.upsert_graph(
+        "huge",
+        [gnode(namespace, "Secretive", "s", {"x": "1"})],
+        secrets={"token": "k" * 60 * MB},
+        retry_policy=NO_RETRY,
+    )
+    await state_manager.upsert_graph("small", [gnode(namespace, "Leaf", "leaf", {"item": "ok"})])
+    run = await state_manager.trigger("huge", store={"pad": "p" * 10 * MB})
+    result = await state_manager.wait(run.run_id, timeout=20)
+
+    assert result.status is RunStatus.FAILED
+    [state] = result.states
+    assert state.status is StateStatus.ERRORED
+    assert state.error is not None and state.error["type"] == "MessageTooLargeError"
+    assert f"over the {LIMIT - 64 * 1024}-byte limit" in state.error["message"]
+    # The stream survived: the same runtime still executes other states, and never saw the big one.
+    other = await state_manager.trigger("small")
+    assert (await state_manager.wait(other.run_id, timeout=10)).status is RunStatus.SUCCESS
+    assert runtime.executed_count == 1
+
+
+# ---------------------------------------------------------------------------------------------------- results
+
+
+@pytest.mark.slow
+async def test_results_together_over_the_limit_are_sent_in_several_batches_and_the_run_reads_back(
+    state_manager: StateManager, start_runtime: RuntimeFactory, namespace: str
+) -> None:
+    # Five 15 MB results finish together: one batch would be 75 MB. The finished run (75 MB of states) must read.
+    await start_runtime([Fan, Big], max_concurrency=8)
+    await state_manager.upsert_graph(
+        "bigs",
+        [
+            gnode(namespace, "Fan", "fan", {"n": "5"}, next_nodes=["big"]),
+            gnode(namespace, "Big", "big", {"item": "${{ fan.outputs.item }}", "key": namespace, "together": "5"}),
+        ],
+        retry_policy=NO_RETRY,
+    )
+    run = await state_manager.trigger("bigs")
+    result = await state_manager.wait(run.run_id, timeout=30)
+
+    assert result.status is RunStatus.SUCCESS
+    bigs = sorted((s for s in result.states if s.identifier == "big"), key=lambda s: s.outputs[0]["blob"][0])
+    assert [s.outputs[0]["blob"][:1] for s in bigs] == ["0", "1", "2", "3", "4"]
+    assert all(len(s.outputs[0]["blob"]) == 15 * MB for s in bigs)
+    # The watch stream of the finished run splits its one big event too.
+    seen = []
+    async for _, states in state_manager.watch(run.run_id):
+        seen.extend(states)
+    assert len(seen) == 6
+
+
+@pytest.mark.slow
+async def test_a_result_too_large_for_any_message_fails_its_state_not_the_stream(
+    state_manager: StateManager, start_runtime: RuntimeFactory, namespace: str
+) -> None:
+    # 10 MB of outputs (under the 16 MiB outputs limit) plus 60 MB written to the store: 70 MB in one result.
+    await start_runtime([Big, Leaf])
+    await state_manager.upsert_graph(
+        "toobig",
+        [gnode(namespace, "Big", "big", {"item": "b", "key": namespace, "mb": "10", "store_mb": "60"})],
+        retry_policy=NO_RETRY,
+    )
+    await state_manager.upsert_graph("small", [gnode(namespace, "Leaf", "leaf", {"item": "ok"})])
+    run = await state_manager.trigger("toobig")
+    result = await state_manager.wait(run.run_id, timeout=20)
+
+    assert result.status is RunStatus.FAILED
+    [state] = result.states
+    assert state.error is not None and state.error["type"] == "ResultTooLargeError"
+    assert "bytes, over the" in state.error["message"] and "LIMIT_MAX_MESSAGE_BYTES" in state.error["message"]
+    assert "big" not in result.store
+    other = await state_manager.trigger("small")
+    assert (await state_manager.wait(other.run_id, timeout=10)).status is RunStatus.SUCCESS
+
+
+# ---------------------------------------------------------------------------------------------------- reads
+
+
+@pytest.mark.slow
+async def test_list_runs_and_list_graphs_page_by_size(
+    state_manager: StateManager, start_runtime: RuntimeFactory, namespace: str
+) -> None:
+    # Five graphs and five runs of 15 MB each: 75 MB in one response before paging by size.
+    await start_runtime([Leaf])
+    for i in range(5):
+        await state_manager.upsert_graph(f"g{i}", [gnode(namespace, "Leaf", "leaf", {"item": str(i) * 15 * MB})])
+    graphs = await state_manager.list_graphs()
+    assert [g.name for g in graphs] == [f"g{i}" for i in range(5)]
+    assert all(len(g.nodes[0].inputs["item"]) == 15 * MB for g in graphs)
+
+    for i in range(5):
+        await state_manager.trigger("g0", store={"blob": str(i) * 15 * MB}, start_delay=3_600_000)
+    runs, token = await state_manager.list_runs(page_size=50)
+    while token:
+        more, token = await state_manager.list_runs(page_size=50, page_token=token)
+        runs.extend(more)
+    assert len(runs) == 5
+    assert len(runs) == len({r.run_id for r in runs})
+
+
+@pytest.mark.slow
+async def test_list_nodes_pages_by_size(state_manager: StateManager, server_address: str, namespace: str) -> None:
+    # 70 node schemas carrying a 1 MB default each, registered by two runtimes (each Register fits one message).
+    names = [f"N{i:02d}" for i in range(70)]
+    async with grpc.aio.insecure_channel(server_address, options=_BIG) as channel:
+        calls = [
+            await raw_runtime(channel, namespace, [_schema(n, default="d" * MB) for n in half])
+            for half in (names[:35], names[35:])
+        ]
+        assert await state_manager.list_nodes() == names
+        for call in calls:
+            call.cancel()
+
+
+# ---------------------------------------------------------------------------------------------------- outputs
+
+
+class Wide(BaseNode):
+    class Inputs(BaseModel):
+        n: str
+
+    class Outputs(BaseModel):
+        item: str
+
+    async def execute(self) -> list[Outputs]:
+        return [self.Outputs(item="x")] * int(self.inputs.n)
+
+
+async def test_python_runtime_refuses_more_outputs_than_a_result_may_carry(
+    state_manager: StateManager, start_runtime: RuntimeFactory, namespace: str
+) -> None:
+    await start_runtime([Wide, Leaf])
+    await state_manager.upsert_graph(
+        "wide",
+        [
+            gnode(namespace, "Wide", "wide", {"n": "10001"}, next_nodes=["leaf"]),
+            gnode(namespace, "Leaf", "leaf", {"item": "${{ wide.outputs.item }}"}),
+        ],
+        retry_policy=NO_RETRY,
+    )
+    run = await state_manager.trigger("wide")
+    result = await state_manager.wait(run.run_id, timeout=20)
+    [state] = result.states
+    assert state.status is StateStatus.ERRORED
+    assert state.error is not None and state.error["type"] == "TooManyOutputsError"
+    assert "at most 10000 outputs (LIMIT_MAX_OUTPUTS_PER_RESULT), got 10001" in state.error["message"]
+
+
+async def test_scheduler_refuses_more_outputs_than_a_result_may_carry(
+    state_manager: StateManager, server_address: str, namespace: str
+) -> None:
+    # A runtime in another language may skip the check: the scheduler enforces it, with the same words.
+    async with grpc.aio.insecure_channel(server_address) as channel:
+        call = await raw_runtime(channel, namespace, [_schema("Raw")])
+        await state_manager.upsert_graph("raw", [gnode(namespace, "Raw", "raw", {})], retry_policy=NO_RETRY)
+        run = await state_manager.trigger("raw")
+        message = await asyncio.wait_for(call.read(), timeout=10)
+        [item] = message.execute.items
+        result = runtime_pb2.Result(state_id=item.state_id, attempt=item.attempt, dispatch_id=item.dispatch_id)
+        for _ in range(10_001):
+            result.executed.outputs.add().fields["item"] = "x"
+        await call.write(runtime_pb2.RuntimeMessage(results=runtime_pb2.ResultBatch(results=[result])))
+        finished = await state_manager.wait(run.run_id, timeout=10)
+        call.cancel()
+    [state] = finished.states
+    assert state.status is StateStatus.ERRORED
+    assert state.error is not None and state.error["type"] == "TooManyOutputsError"
+    assert "at most 10000 outputs (LIMIT_MAX_OUTPUTS_PER_RESULT), got 10001" in state.error["message"]

@@ -80,8 +80,11 @@ def _outputs_list(node_cls: type[BaseNode], returned: Any) -> list[dict[str, str
     return outputs
 
 
-async def execute_item(node_cls: type[BaseNode], item: runtime_pb2.Execute) -> runtime_pb2.Result:
-    """Execute one state. Never raises except ``CancelledError``: every failure becomes an errored result."""
+async def execute_item(node_cls: type[BaseNode], item: runtime_pb2.Execute, store: Any = None) -> runtime_pb2.Result:
+    """Execute one state. Never raises except ``CancelledError``: every failure becomes an errored result.
+
+    ``store`` is the run's store when it did not travel in ``item`` (Execute.store_as_previous).
+    """
     result = runtime_pb2.Result(state_id=item.state_id, attempt=item.attempt, dispatch_id=item.dispatch_id)
     node = node_cls()
     try:
@@ -98,7 +101,8 @@ async def execute_item(node_cls: type[BaseNode], item: runtime_pb2.Execute) -> r
             for e in exc.errors(include_input=False, include_url=False)
         )
         return _errored(result, "SecretsValidationError", f"{node_cls.__name__} got invalid secrets: {problems}")
-    store_before = _plain(item.store) if item.store else {}
+    store = item.store if store is None else store
+    store_before = _plain(store) if store else {}
     node.store = dict(store_before)
     try:
         returned = await node.execute()

@@ -166,6 +166,7 @@ class Runtime:
             sdk_version=f"exosphere-python/{__version__}",
             nodes=schemas,
             max_concurrency=self.max_concurrency,
+            shares_stores=True,
         )
         stack = contextlib.ExitStack()
         try:
@@ -225,15 +226,20 @@ class Runtime:
                 raise ExosphereError("scheduler closed the runtime stream")
             kind = message.WhichOneof("kind")
             if kind == "execute":
+                stores: dict[str, Any] = {}  # run id -> its store, sent once per batch (Execute.store_as_previous)
                 for item in message.execute.items:
-                    self._start(item)
+                    if item.store_as_previous:
+                        store = stores.get(item.run_id, item.store)
+                    else:
+                        store = stores[item.run_id] = item.store
+                    self._start(item, store)
             elif kind == "cancel":
                 self._cancel(set(message.cancel.state_ids))
             elif kind == "drain":
                 logger.info("scheduler asked runtime to drain runtime=%s", self.name)
                 self.stop()
 
-    def _start(self, item: pb.Execute) -> None:
+    def _start(self, item: pb.Execute, store: Any) -> None:
         node_cls = self._nodes.get(item.node_name)
         if node_cls is None:  # the scheduler never sends these; answer instead of hanging the state
             result = pb.Result(state_id=item.state_id, attempt=item.attempt, dispatch_id=item.dispatch_id)
@@ -241,12 +247,12 @@ class Runtime:
             result.errored.type = "UnknownNodeError"
             self._push(result)
             return
-        task = asyncio.get_running_loop().create_task(self._run_item(node_cls, item))
+        task = asyncio.get_running_loop().create_task(self._run_item(node_cls, item, store))
         self._in_flight[item.dispatch_id] = (task, item)
 
-    async def _run_item(self, node_cls: type[BaseNode], item: pb.Execute) -> None:
+    async def _run_item(self, node_cls: type[BaseNode], item: pb.Execute, store: Any) -> None:
         try:
-            result = await execute_item(node_cls, item)
+            result = await execute_item(node_cls, item, store)
         finally:
             self._in_flight.pop(item.dispatch_id, None)
         self.executed_count += 1

@@ -79,7 +79,8 @@ class RuntimeApi(runtime_pb2_grpc.RuntimeServiceServicer):
                 )
             )
             writer = asyncio.create_task(
-                self._write_loop(context, session), name=f"session-writer-{session.session_id}"
+                self._write_loop(context, session, shares_stores=register.shares_stores),
+                name=f"session-writer-{session.session_id}",
             )
             reader = asyncio.create_task(self._read_loop(context, session), name=f"session-reader-{session.session_id}")
             closed = asyncio.create_task(session.closed_event.wait(), name=f"session-closed-{session.session_id}")
@@ -130,7 +131,9 @@ class RuntimeApi(runtime_pb2_grpc.RuntimeServiceServicer):
             elif kind == "register":
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "Register may only be sent once per stream")
 
-    async def _write_loop(self, context: grpc.aio.ServicerContext[Any, Any], session: Session) -> None:
+    async def _write_loop(
+        self, context: grpc.aio.ServicerContext[Any, Any], session: Session, *, shares_stores: bool
+    ) -> None:
         while not session.closed:
             await session.wake.wait()
             session.wake.clear()
@@ -140,17 +143,24 @@ class RuntimeApi(runtime_pb2_grpc.RuntimeServiceServicer):
             while session.outbox:
                 batch = session.outbox[:MAX_BATCH]
                 del session.outbox[:MAX_BATCH]
-                await self._send(context, session, batch)
+                await self._send(context, session, batch, shares_stores)
 
-    async def _send(self, context: grpc.aio.ServicerContext[Any, Any], session: Session, states: list[Any]) -> None:
-        """Write ``states`` in batches cut by size; a state whose item alone cannot fit fails instead."""
+    async def _send(
+        self, context: grpc.aio.ServicerContext[Any, Any], session: Session, states: list[Any], shares_stores: bool
+    ) -> None:
+        """Write ``states`` in batches cut by size; a state whose item alone cannot fit fails instead.
+
+        To a runtime that shares stores, a run's store travels once per batch (Execute.store_as_previous). Items are
+        built without awaiting in between, so every item of one batch sees the same store.
+        """
         items: list[pb.Execute] = []
         size = 0
         undeliverable: list[ResultIn] = []
+        in_batch: set[str] = set()  # runs whose store an earlier item of this batch carries
         for state in states:
             if state.session is not session:
                 continue
-            item = _execute(state)
+            item = _execute(state, shared=state.run_id in in_batch)
             item_size = framed_size(item.ByteSize())
             if item_size > MAX_ITEM_BYTES:
                 undeliverable.append(_too_large(state, item, item_size))
@@ -158,7 +168,16 @@ class RuntimeApi(runtime_pb2_grpc.RuntimeServiceServicer):
             if items and size + item_size > BATCH_BYTES:
                 await context.write(pb.SchedulerMessage(execute=pb.ExecuteBatch(items=items)))
                 items, size = [], 0
+                in_batch.clear()
+                if item.store_as_previous:  # its store went with the batch just written
+                    item = _execute(state, shared=False)
+                    item_size = framed_size(item.ByteSize())
+                    if item_size > MAX_ITEM_BYTES:
+                        undeliverable.append(_too_large(state, item, item_size))
+                        continue
             items.append(item)
+            if shares_stores:
+                in_batch.add(state.run_id)
             size += item_size
         if items:
             await context.write(pb.SchedulerMessage(execute=pb.ExecuteBatch(items=items)))
@@ -182,9 +201,22 @@ def _too_large(state: Any, item: pb.Execute, size: int) -> ResultIn:
     )
 
 
-def _execute(state: Any) -> pb.Execute:
+def _execute(state: Any, *, shared: bool = False) -> pb.Execute:
     node = state.node
     run = state.run
+    if shared:
+        return pb.Execute(
+            state_id=state.state_id,
+            run_id=state.run_id,
+            node_name=state.node_name,
+            inputs=state.inputs,
+            secrets=node.secrets,
+            attempt=state.attempt,
+            deadline_unix_ms=state.deadline_ms,
+            dispatch_id=state.dispatch_id,
+            graph_name=run.graph_name,
+            store_as_previous=True,
+        )
     return pb.Execute(
         state_id=state.state_id,
         run_id=state.run_id,

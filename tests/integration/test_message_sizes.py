@@ -52,6 +52,19 @@ class Leaf(BaseNode):
         return self.Outputs(item=self.inputs.item)
 
 
+class StoreSize(BaseNode):
+    """Outputs how many characters of the store's ``blob`` it saw: every dispatch must see the whole store."""
+
+    class Inputs(BaseModel):
+        item: str
+
+    class Outputs(BaseModel):
+        size: str
+
+    async def execute(self) -> Outputs:
+        return self.Outputs(size=str(len(self.store.get("blob", ""))))
+
+
 class Big(BaseNode):
     """Returns ``mb`` megabytes of output (plus ``store_mb`` written to the store) once ``together`` states of its
     ``key`` are running, so their results leave the runtime in one flush."""
@@ -102,11 +115,23 @@ def _schema(name: str, *, default: str | None = None) -> common_pb2.NodeSchema:
     return schema
 
 
-async def raw_runtime(channel: grpc.aio.Channel, namespace: str, schemas: list[common_pb2.NodeSchema]) -> Any:
+async def raw_runtime(
+    channel: grpc.aio.Channel,
+    namespace: str,
+    schemas: list[common_pb2.NodeSchema],
+    *,
+    credit: int = 1,
+    shares_stores: bool = False,
+) -> Any:
     """A runtime stream spoken by hand (as a runtime in another language would), registered."""
     call = runtime_pb2_grpc.RuntimeServiceStub(channel).Connect()
     register = runtime_pb2.Register(
-        namespace=namespace, runtime_name="raw", runtime_id="raw-1", nodes=schemas, max_concurrency=1
+        namespace=namespace,
+        runtime_name="raw",
+        runtime_id="raw-1",
+        nodes=schemas,
+        max_concurrency=credit,
+        shares_stores=shares_stores,
     )
     await call.write(runtime_pb2.RuntimeMessage(register=register))
     assert (await call.read()).HasField("registered")
@@ -121,45 +146,60 @@ async def test_big_store_fanned_out_to_one_runtime_finishes(
     state_manager: StateManager, start_runtime: RuntimeFactory, namespace: str
 ) -> None:
     # 300 dispatches of a 300 KB store: 256 of them in one batch would be 77 MB, over the 64 MiB limit.
-    await start_runtime([Fan, Leaf], max_concurrency=400)
+    await start_runtime([Fan, StoreSize], max_concurrency=400)
     await state_manager.upsert_graph(
         "wide",
         [
-            gnode(namespace, "Fan", "fan", {"n": "300"}, next_nodes=["leaf"]),
-            gnode(namespace, "Leaf", "leaf", {"item": "${{ fan.outputs.item }}"}),
+            gnode(namespace, "Fan", "fan", {"n": "300"}, next_nodes=["size"]),
+            gnode(namespace, "StoreSize", "size", {"item": "${{ fan.outputs.item }}"}),
         ],
     )
     run = await state_manager.trigger("wide", store={"blob": "x" * 300_000})
     result = await state_manager.wait(run.run_id, timeout=30)
     assert result.status is RunStatus.SUCCESS
     assert result.state_counts == {"SUCCESS": 301}
+    assert {s.outputs[0]["size"] for s in result.states if s.identifier == "size"} == {"300000"}
 
 
-@pytest.mark.slow
-async def test_a_state_too_large_to_dispatch_fails_alone_with_a_clear_error(
-    state_manager: StateManager, start_runtime: RuntimeFactory, namespace: str
+@pytest.mark.parametrize(
+    ("shares_stores", "width", "blob"),
+    [
+        (True, 3, 1000),
+        # Without sharing, 256 items of a 300 KB store would be 77 MB in one batch: the batch must be cut by size.
+        pytest.param(False, 300, 300_000, marks=pytest.mark.slow),
+    ],
+)
+async def test_a_store_travels_once_per_batch_to_runtimes_that_share_stores(
+    state_manager: StateManager,
+    start_runtime: RuntimeFactory,
+    server_address: str,
+    namespace: str,
+    shares_stores: bool,
+    width: int,
+    blob: int,
 ) -> None:
-    # A 60 MB secret and a 10 MB store: each fits its request, but one Execute carrying both cannot.
-    runtime = await start_runtime([Secretive, Leaf])
-    await state_manager.upsert_graph(
-        "huge",
-        [gnode(namespace, "Secretive", "s", {"x": "1"})],
-        secrets={"token": "k" * 60 * MB},
-        retry_policy=NO_RETRY,
-    )
-    await state_manager.upsert_graph("small", [gnode(namespace, "Leaf", "leaf", {"item": "ok"})])
-    run = await state_manager.trigger("huge", store={"pad": "p" * 10 * MB})
-    result = await state_manager.wait(run.run_id, timeout=20)
-
-    assert result.status is RunStatus.FAILED
-    [state] = result.states
-    assert state.status is StateStatus.ERRORED
-    assert state.error is not None and state.error["type"] == "MessageTooLargeError"
-    assert f"over the {LIMIT - 64 * 1024}-byte limit" in state.error["message"]
-    # The stream survived: the same runtime still executes other states, and never saw the big one.
-    other = await state_manager.trigger("small")
-    assert (await state_manager.wait(other.run_id, timeout=10)).status is RunStatus.SUCCESS
-    assert runtime.executed_count == 1
+    # Runtimes that do not announce Register.shares_stores (older SDKs, other languages) get it in every item.
+    await start_runtime([Fan])
+    async with grpc.aio.insecure_channel(server_address, options=_BIG) as channel:
+        call = await raw_runtime(channel, namespace, [_schema("Raw")], credit=400, shares_stores=shares_stores)
+        await state_manager.upsert_graph(
+            "fan",
+            [gnode(namespace, "Fan", "fan", {"n": str(width)}, next_nodes=["raw"]), gnode(namespace, "Raw", "raw", {})],
+        )
+        await state_manager.trigger("fan", store={"blob": "b" * blob})
+        items: list[runtime_pb2.Execute] = []
+        while len(items) < width:
+            message = await asyncio.wait_for(call.read(), timeout=10)
+            assert message.ByteSize() < LIMIT
+            items.extend(message.execute.items)
+        call.cancel()
+    assert len({item.state_id for item in items}) == width
+    first, *rest = items
+    assert first.store == {"blob": "b" * blob} and not first.store_as_previous
+    if shares_stores:
+        assert all(item.store_as_previous and not item.store for item in rest)
+    else:
+        assert all(item.store == first.store and not item.store_as_previous for item in rest)
 
 
 # ---------------------------------------------------------------------------------------------------- results

@@ -7,7 +7,7 @@ from typing import Any
 
 import grpc
 
-from exosphere.errors import InvalidArgumentError
+from exosphere.errors import GraphNotFoundError, InvalidArgumentError
 from exosphere.v1 import common_pb2, scheduler_pb2_grpc
 from exosphere.v1 import scheduler_pb2 as pb
 from server.auth import Authenticator
@@ -16,6 +16,7 @@ from server.errors import status_from_errors
 from server.models import RunRow
 from server.names import check_name, check_names
 from server.wire import (
+    check_store_size,
     cut_by_size,
     framed_size,
     graph_spec_from_pb,
@@ -86,14 +87,14 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
     async def TriggerGraph(self, request: pb.TriggerGraphRequest, context: Ctx) -> pb.TriggerGraphResponse:
         async with status_from_errors(context):
             self._auth.check(context, request.namespace)
-            run_id = await self._engine.trigger(*_trigger_args(request))
+            run_id = await self._engine.trigger(*_trigger_args(self._engine, request))
         return pb.TriggerGraphResponse(run_id=run_id)
 
     async def TriggerGraphs(self, request: pb.TriggerGraphsRequest, context: Ctx) -> pb.TriggerGraphsResponse:
         async with status_from_errors(context):
             for namespace in {t.namespace for t in request.triggers}:
                 self._auth.check(context, namespace)
-            run_ids = await self._engine.trigger_many([_trigger_args(t) for t in request.triggers])
+            run_ids = await self._engine.trigger_many([_trigger_args(self._engine, t) for t in request.triggers])
         return pb.TriggerGraphsResponse(run_ids=run_ids)
 
     async def GetRun(self, request: pb.GetRunRequest, context: Ctx) -> pb.GetRunResponse:
@@ -129,7 +130,7 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
             if request.HasField("trigger"):
                 t = request.trigger
                 self._auth.check(context, t.namespace)
-                run_id = await self._engine.trigger(*_trigger_args(t))
+                run_id = await self._engine.trigger(*_trigger_args(self._engine, t))
             events = self._engine.watch_run(run_id)
             try:
                 first = True
@@ -209,9 +210,15 @@ def _plain(mapping: Any) -> dict[str, str]:
     return {k: mapping[k] for k in mapping}
 
 
-def _trigger_args(t: pb.TriggerGraphRequest) -> tuple[str, str, dict[str, str], dict[str, str], int]:
-    """A trigger's arguments, with its names checked (an unknown graph is the engine's to report)."""
+def _trigger_args(engine: Engine, t: pb.TriggerGraphRequest) -> tuple[str, str, dict[str, str], dict[str, str], int]:
+    """A trigger's arguments, with its names and store size checked (an unknown graph is the engine's to report)."""
     check_name("namespace", t.namespace)
     check_name("graph_name", t.graph_name)
     check_names("store key", t.store)
-    return t.namespace, t.graph_name, _plain(t.inputs), _plain(t.store), t.start_delay_ms
+    store = _plain(t.store)
+    try:
+        config = engine.get_graph(t.namespace, t.graph_name).store_config
+    except GraphNotFoundError:
+        config = None
+    check_store_size("the run's store", {**config.default_values, **store} if config else store)
+    return t.namespace, t.graph_name, _plain(t.inputs), store, t.start_delay_ms

@@ -17,7 +17,16 @@ from server.engine import Engine, ResultIn
 from server.errors import abort_with
 from server.names import check_name, check_text
 from server.runstate import Session
-from server.wire import BATCH_BYTES, MAX_ITEM_BYTES, framed_size, result_from_pb, schema_from_pb
+from server.wire import (
+    BATCH_BYTES,
+    MAX_ITEM_BYTES,
+    MAX_STORE_BYTES,
+    framed_size,
+    result_from_pb,
+    schema_from_pb,
+    store_bytes,
+    text_bytes,
+)
 
 __all__ = ["RuntimeApi"]
 
@@ -122,7 +131,9 @@ class RuntimeApi(runtime_pb2_grpc.RuntimeServiceServicer):
                 await refuse(context, message)
             kind = message.WhichOneof("kind")
             if kind == "results":
-                engine.handle_results(session, [result_from_pb(r) for r in message.results.results])
+                results = [result_from_pb(r) for r in message.results.results]
+                _bound_store_writes(session, results)
+                engine.handle_results(session, results)
             elif kind == "heartbeat":
                 engine.touch(session)
             elif kind == "draining":
@@ -184,6 +195,34 @@ class RuntimeApi(runtime_pb2_grpc.RuntimeServiceServicer):
         if undeliverable:
             # Through the runtime-result path, so the failure is committed, retried and reported like any other.
             self._engine.handle_results(session, undeliverable)
+
+
+def _bound_store_writes(session: Session, results: list[ResultIn]) -> None:
+    """Turn results whose store writes would grow their run's store past MAX_STORE_BYTES into errored ones."""
+    sizes: dict[str, int] = {}  # run id -> its store's size with the writes of this batch accepted so far
+    written: dict[str, dict[str, str]] = {}
+    for result in results:
+        writes = result.store_writes
+        if result.kind != "executed" or not writes:
+            continue
+        state = session.in_flight.get(result.dispatch_id)
+        if state is None:
+            continue  # a stale result, ignored by the engine
+        store, earlier = state.run.store, written.setdefault(state.run_id, {})
+        size = sizes[state.run_id] if state.run_id in sizes else store_bytes(store)
+        for key, value in writes.items():
+            old = earlier.get(key, store.get(key))
+            size += text_bytes(value) - (text_bytes(old) if old is not None else -text_bytes(key))
+        if size > MAX_STORE_BYTES:
+            result.kind, result.outputs, result.store_writes = "errored", [], None
+            result.error = {
+                "message": f"the node's store writes would make its run's store {size} bytes; a run's store may "
+                f"hold at most {MAX_STORE_BYTES}",
+                "type": "StoreTooLargeError",
+            }
+            continue
+        sizes[state.run_id] = size
+        earlier.update(writes)
 
 
 def _too_large(state: Any, item: pb.Execute, size: int) -> ResultIn:

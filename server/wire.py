@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TypeVar
 
 from google.protobuf.descriptor_pb2 import DescriptorProto, FieldDescriptorProto
@@ -47,6 +47,10 @@ MAX_GRAPH_NODES = 10_000
 # A result fanning out wider than this fails its state: 100,000 outputs in one result stalled the event loop for a
 # second and took 150 MB; 10,000 is the widest fan-out we benchmark and keeps one result's work near 0.1 s.
 MAX_OUTPUTS_PER_RESULT = common_pb2.LIMIT_MAX_OUTPUTS_PER_RESULT
+
+# A run's store travels with every dispatch and every read of the run, so it is bounded: keys and values together,
+# UTF-8 bytes. 16 MiB, as a node's outputs: an Execute item then has room for inputs and secrets.
+MAX_STORE_BYTES = 16 * 1024 * 1024
 
 # The wire counts bytes, so batches and pages are cut by size (measured with ByteSize as they are built).
 MAX_MESSAGE_BYTES = common_pb2.LIMIT_MAX_MESSAGE_BYTES
@@ -101,6 +105,22 @@ def split_by_size(items: Sequence[T], *, budget: int = PAGE_BYTES, reserved: int
         start += count
         if start >= len(items):
             return
+
+
+def text_bytes(text: str) -> int:
+    """UTF-8 size of ``text``; O(1) for ASCII (CPython knows a string is ASCII without scanning it)."""
+    return len(text) if text.isascii() else len(text.encode())
+
+
+def store_bytes(store: Mapping[str, str]) -> int:
+    """Size of a run's store as the limit counts it: UTF-8 bytes of every key and value."""
+    return sum(text_bytes(k) + text_bytes(v) for k, v in store.items())
+
+
+def check_store_size(what: str, store: Mapping[str, str]) -> None:
+    size = store_bytes(store)
+    if size > MAX_STORE_BYTES:
+        raise InvalidArgumentError(f"{what} is {size} bytes; a run's store may hold at most {MAX_STORE_BYTES}")
 
 
 def too_many_outputs(count: int) -> str:
@@ -216,8 +236,12 @@ def graph_spec_from_pb(graph: scheduler_pb2.Graph) -> GraphSpec:
         config = graph.store_config
         check_names("store_config required key", (k.strip() for k in config.required_keys if k.strip()))
         check_names("store_config default key", (k.strip() for k in config.default_values if k.strip()))
+        check_store_size("store_config default_values", config.default_values)
     for index, trigger in enumerate(graph.triggers):
         check_names(f"trigger #{index} store key", trigger.store)
+        check_store_size(
+            f"trigger #{index} store with the defaults", {**graph.store_config.default_values, **trigger.store}
+        )
     return GraphSpec(
         namespace=graph.namespace.strip(),
         name=graph.name.strip(),

@@ -14,6 +14,7 @@ import pytest
 from pydantic import BaseModel
 
 from exosphere import BaseNode, GraphNodeModel, RunStatus, StateManager, StateStatus
+from exosphere.errors import InvalidArgumentError
 from exosphere.v1 import common_pb2, runtime_pb2, runtime_pb2_grpc
 from tests.conftest import RuntimeFactory, assert_eventually
 
@@ -202,6 +203,33 @@ async def test_a_store_travels_once_per_batch_to_runtimes_that_share_stores(
         assert all(item.store == first.store and not item.store_as_previous for item in rest)
 
 
+@pytest.mark.slow
+async def test_a_state_too_large_to_dispatch_fails_alone_with_a_clear_error(
+    state_manager: StateManager, start_runtime: RuntimeFactory, namespace: str
+) -> None:
+    # A 60 MB secret and a 10 MB store: each fits its request, but one Execute carrying both cannot.
+    runtime = await start_runtime([Secretive, Leaf])
+    await state_manager.upsert_graph(
+        "huge",
+        [gnode(namespace, "Secretive", "s", {"x": "1"})],
+        secrets={"token": "k" * 60 * MB},
+        retry_policy=NO_RETRY,
+    )
+    await state_manager.upsert_graph("small", [gnode(namespace, "Leaf", "leaf", {"item": "ok"})])
+    run = await state_manager.trigger("huge", store={"pad": "p" * 10 * MB})
+    result = await state_manager.wait(run.run_id, timeout=20)
+
+    assert result.status is RunStatus.FAILED
+    [state] = result.states
+    assert state.status is StateStatus.ERRORED
+    assert state.error is not None and state.error["type"] == "MessageTooLargeError"
+    assert f"over the {LIMIT - 64 * 1024}-byte limit" in state.error["message"]
+    # The stream survived: the same runtime still executes other states, and never saw the big one.
+    other = await state_manager.trigger("small")
+    assert (await state_manager.wait(other.run_id, timeout=10)).status is RunStatus.SUCCESS
+    assert runtime.executed_count == 1
+
+
 # ---------------------------------------------------------------------------------------------------- results
 
 
@@ -350,3 +378,48 @@ async def test_scheduler_refuses_more_outputs_than_a_result_may_carry(
     assert state.status is StateStatus.ERRORED
     assert state.error is not None and state.error["type"] == "TooManyOutputsError"
     assert "at most 10000 outputs (LIMIT_MAX_OUTPUTS_PER_RESULT), got 10001" in state.error["message"]
+
+
+# ---------------------------------------------------------------------------------------------------- the store
+
+
+class Writes(BaseNode):
+    """Writes ``mb`` megabytes to the store key ``key``."""
+
+    class Inputs(BaseModel):
+        key: str
+        mb: str
+
+    class Outputs(BaseModel):
+        key: str
+
+    async def execute(self) -> Outputs:
+        self.store[self.inputs.key] = "w" * int(float(self.inputs.mb) * MB)
+        return self.Outputs(key=self.inputs.key)
+
+
+@pytest.mark.slow
+async def test_a_run_store_is_bounded_so_the_run_stays_readable(
+    state_manager: StateManager, start_runtime: RuntimeFactory, namespace: str
+) -> None:
+    # Each write fits a result, but a store growing without bound would make every read of the run fail.
+    await start_runtime([Writes])
+    await state_manager.upsert_graph(
+        "grow",
+        [
+            gnode(namespace, "Writes", "first", {"key": "a", "mb": "10"}, next_nodes=["second"]),
+            gnode(namespace, "Writes", "second", {"key": "b", "mb": "10"}),
+        ],
+        retry_policy=NO_RETRY,
+    )
+    run = await state_manager.trigger("grow")
+    result = await state_manager.wait(run.run_id, timeout=20)
+    first, second = sorted(result.states, key=lambda s: s.identifier)
+    assert first.status is StateStatus.SUCCESS
+    assert second.status is StateStatus.ERRORED
+    assert second.error is not None and second.error["type"] == "StoreTooLargeError"
+    assert f"at most {16 * MB}" in second.error["message"]
+    assert set(result.store) == {"a"}
+
+    with pytest.raises(InvalidArgumentError, match=f"a run's store may hold at most {16 * MB}"):
+        await state_manager.trigger("grow", store={"big": "x" * 17 * MB})

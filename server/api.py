@@ -117,11 +117,30 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
         async with status_from_errors(context):
             self._auth.check(context, request.namespace)
             limit = min(request.page_size or DEFAULT_PAGE, MAX_PAGE)
-            before = _int_token(request.page_token, "ListRuns")
+            # The token is "<ms>:<n>": runs created at or before ms, less the n created at ms already listed. Runs
+            # started together (TriggerGraphs) share a millisecond, so "before ms" alone would skip some of them.
+            # A bare "<ms>" (older servers' token) means runs created before ms.
+            ms_text, _, skip_text = request.page_token.partition(":")
+            before = _int_token(ms_text, "ListRuns")
+            skip = _int_token(skip_text, "ListRuns") if skip_text else 0
             status = common_pb2.RunStatus.Name(request.status).removeprefix("RUN_STATUS_") if request.status else None
-            runs = self._engine.list_runs(request.namespace, request.graph_name or None, limit, max(0, before), status)
+            runs = self._engine.list_runs(
+                request.namespace,
+                request.graph_name or None,
+                limit + skip,
+                before + 1 if skip else max(0, before),
+                status,
+            )
+            listed = 0
+            while listed < skip and listed < len(runs) and runs[listed].created_at_ms == before:
+                listed += 1
+            runs = runs[listed:]
             messages, complete = take_by_size(runs, run_to_pb)
-            token = str(messages[-1].created_at_unix_ms) if not complete or len(runs) == limit else ""
+            token = ""
+            if messages and (not complete or len(runs) == limit):
+                last = messages[-1].created_at_unix_ms
+                same = sum(1 for m in messages if m.created_at_unix_ms == last) + (listed if last == before else 0)
+                token = f"{last}:{same}"
             return pb.ListRunsResponse(runs=messages, next_page_token=token)
 
     async def WatchRun(self, request: pb.WatchRunRequest, context: Ctx) -> AsyncIterator[pb.WatchRunResponse]:

@@ -285,7 +285,7 @@ class SqliteStore:
         if before_ms:
             query += " AND created_at_ms<?"
             params.append(before_ms)
-        query += " ORDER BY created_at_ms DESC LIMIT ?"
+        query += " ORDER BY created_at_ms DESC, run_id DESC LIMIT ?"
         params.append(limit)
         return [_run_from_row(r) for r in self._reader.execute(query, params)]
 

@@ -68,7 +68,8 @@ class Store(Protocol):
     def list_runs(
         self, namespace: str, graph_name: str | None, before_ms: int, limit: int, status: str | None = None
     ) -> list[RunRow]:
-        """Runs created strictly before ``before_ms`` (0: any), newest first, optionally of one status."""
+        """Runs created strictly before ``before_ms`` (0: any), newest first (ties by run id, descending, so pages
+        are stable), optionally of one status."""
 
     def get_kv(self, key: str) -> str | None: ...
 
@@ -160,7 +161,7 @@ class InMemoryStore:
             and (status is None or r.status == status)
             and (not before_ms or r.created_at_ms < before_ms)
         ]
-        runs.sort(key=lambda r: r.created_at_ms, reverse=True)
+        runs.sort(key=lambda r: (r.created_at_ms, r.run_id), reverse=True)
         return runs[:limit]
 
     def get_kv(self, key: str) -> str | None:

@@ -310,6 +310,20 @@ async def test_list_runs_and_list_graphs_page_by_size(
     assert len(runs) == len({r.run_id for r in runs})
 
 
+async def test_list_runs_pages_lose_no_run_started_in_the_same_millisecond(
+    state_manager: StateManager, start_runtime: RuntimeFactory, namespace: str
+) -> None:
+    # TriggerGraphs starts its runs in one millisecond; a page boundary among them used to skip the rest.
+    await start_runtime([Leaf])
+    await state_manager.upsert_graph("g", [gnode(namespace, "Leaf", "leaf", {"item": "x"})])
+    started = {r.run_id for r in await state_manager.trigger_many("g", [{} for _ in range(120)])}
+    runs, token = await state_manager.list_runs(page_size=50)
+    while token:
+        more, token = await state_manager.list_runs(page_size=50, page_token=token)
+        runs.extend(more)
+    assert sorted(r.run_id for r in runs) == sorted(started)
+
+
 @pytest.mark.slow
 async def test_list_nodes_pages_by_size(state_manager: StateManager, server_address: str, namespace: str) -> None:
     # 70 node schemas carrying a 1 MB default each, registered by two runtimes (each Register fits one message).

@@ -161,6 +161,8 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
                     if request.run_only:
                         if message.status == common_pb2.RUN_STATUS_PENDING and request.HasField("trigger"):
                             continue  # trigger-and-wait: only the outcome is wanted, one message
+                        if message.status == common_pb2.RUN_STATUS_PENDING:
+                            message.ClearField("store")  # up to 16 MiB; a waiting client needs it once, at the end
                         yield pb.WatchRunResponse(run=message)
                         continue
                     reserved = framed_size(message.ByteSize())

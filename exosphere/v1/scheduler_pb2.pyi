@@ -1043,7 +1043,9 @@ class WatchRunRequest(_message.Message):
     run_id: _builtins.str
     """The run to watch. Leave empty when `trigger` is set."""
     run_only: _builtins.bool
-    """Send only run-level events (status and counts), no states: what a client waiting for the outcome needs."""
+    """Send only run-level events (status and counts), no states: what a client waiting for the outcome needs. The
+    run's store is left out of these events while the run is pending, and sent with the final one.
+    """
     @_builtins.property
     def trigger(self) -> Global___TriggerGraphRequest:
         """Start this run and watch it: trigger-and-wait in one round trip. Every event carries the new run id; with

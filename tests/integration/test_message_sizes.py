@@ -437,3 +437,30 @@ async def test_a_run_store_is_bounded_so_the_run_stays_readable(
 
     with pytest.raises(InvalidArgumentError, match=f"a run's store may hold at most {16 * MB}"):
         await state_manager.trigger("grow", store={"big": "x" * 17 * MB})
+
+
+class Held(BaseNode):
+    """Runs until the test releases its ``key``."""
+
+    released: ClassVar[set[str]] = set()
+
+    class Inputs(BaseModel):
+        key: str
+
+    async def execute(self) -> None:
+        await assert_eventually(lambda: self.inputs.key in Held.released, timeout=20)
+
+
+async def test_a_run_only_watch_sends_the_store_once_with_the_outcome(
+    state_manager: StateManager, start_runtime: RuntimeFactory, namespace: str
+) -> None:
+    # A client waiting for the outcome would otherwise receive the whole store (up to 16 MiB) at every commit.
+    await start_runtime([Held])
+    await state_manager.upsert_graph("held", [gnode(namespace, "Held", "held", {"key": namespace})])
+    run = await state_manager.trigger("held", store={"k": "v" * 1000})
+    events = []
+    async for event, _ in state_manager.watch(run.run_id, states=False):
+        events.append(event)
+        Held.released.add(namespace)
+    assert events[0].status is RunStatus.PENDING and events[0].store == {}
+    assert events[-1].status is RunStatus.SUCCESS and events[-1].store == {"k": "v" * 1000}

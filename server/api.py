@@ -60,6 +60,7 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
         async with status_from_errors(context):
             self._auth.check(context, request.graph.namespace)
             spec = graph_spec_from_pb(request.graph)
+            check_names("secret name", request.secrets)
             secrets = dict(request.secrets) if request.secrets else None
             stored = await self._engine.upsert_graph(spec, secrets)
         return pb.UpsertGraphResponse(graph=graph_to_pb(stored))

@@ -1,4 +1,4 @@
-"""What a name may be: the one rule for namespaces, graph, node and runtime names, identifiers and store keys.
+"""What a name may be: one rule for namespaces, graph, node, runtime and secret names, identifiers and store keys.
 
 A name is 1 to ``MAX_NAME`` (256, ``LIMIT_MAX_NAME_LENGTH``) characters, each a letter or a digit (Unicode, as in
 Python identifiers, so every node class name qualifies) or one of ``_ - . :``. No whitespace, control, format

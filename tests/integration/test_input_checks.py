@@ -223,3 +223,12 @@ async def test_a_runtime_with_a_bad_name_is_refused_at_registration(
     runtime = Runtime(nodes=[Echo], address=server_address, **kwargs)
     with pytest.raises(InvalidArgumentError, match=f"^{field} "):
         await runtime.run()
+
+
+async def test_a_bad_secret_name_is_refused(
+    state_manager: StateManager, start_runtime: RuntimeFactory, namespace: str
+) -> None:
+    await start_runtime([Echo])
+    node = GraphNodeModel(node_name="Echo", namespace=namespace, identifier="a", inputs={"text": "x"})
+    with pytest.raises(InvalidArgumentError, match=r"secret name 'api\\nkey'"):
+        await state_manager.upsert_graph("g", [node], secrets={"api\nkey": "v"})

@@ -6,11 +6,18 @@ import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from urllib.parse import unquote
 
 import grpc
 
 from exosphere.config import ClientConfig
-from exosphere.errors import ExosphereError, InvalidArgumentError, error_class
+from exosphere.errors import (
+    ERROR_TRAILER,
+    SUBJECT_TRAILER_PREFIX,
+    ExosphereError,
+    InvalidArgumentError,
+    error_class,
+)
 
 __all__ = ["MAX_MESSAGE_BYTES", "Backoff", "metadata", "open_channel", "translate_errors"]
 
@@ -50,17 +57,21 @@ def metadata(config: ClientConfig) -> tuple[tuple[str, str], ...]:
 
 
 def to_exosphere_error(exc: grpc.aio.AioRpcError) -> ExosphereError:
-    """The Exosphere error a failed RPC stands for."""
+    """The Exosphere error a failed RPC stands for, with the ids the scheduler sent beside it."""
     name = None
+    subject = {}
     for key, value in exc.trailing_metadata() or ():
-        if key == "exosphere-error":
-            name = value if isinstance(value, str) else value.decode()
+        text = value if isinstance(value, str) else value.decode(errors="replace")
+        if key == ERROR_TRAILER:
+            name = text
+        elif key.startswith(SUBJECT_TRAILER_PREFIX):
+            subject[key.removeprefix(SUBJECT_TRAILER_PREFIX).replace("-", "_")] = unquote(text)
     code = exc.code()
     cls = error_class(name, code)
     message = exc.details() or code.name
     if code == grpc.StatusCode.UNAVAILABLE and name is None:
         message = f"scheduler unavailable: {message}"
-    return cls(message)
+    return cls.from_wire(message, subject)
 
 
 @asynccontextmanager

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import json
 import os
 import sys
@@ -427,6 +428,13 @@ def _connection_options() -> _Parser:
     return parser
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("exosphere")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that is not installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``exosphere`` argument parser; each command sets ``handler``."""
     common = _connection_options()
@@ -436,6 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         epilog="Run 'exosphere COMMAND --help' for a command's options.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def command(

@@ -1,32 +1,39 @@
 """Errors raised by Exosphere, shared by the SDK and the scheduler.
 
 Each error travels over gRPC as the status code in its ``status`` attribute, with the class name in the
-``exosphere-error`` trailing metadata, so the SDK raises the same class the scheduler raised.
+``exosphere-error`` trailing metadata, so the SDK raises the same class the scheduler raised. The ids an error is
+about (its ``subject``: ``run_id``, ``state_id``, ``namespace``, ``graph_name``, ...) travel beside it, one trailer
+each, named ``exosphere-error-`` plus the attribute with ``-`` for ``_`` (``exosphere-error-run-id``) and holding
+the id percent-encoded as UTF-8 like ``grpc-message``. The SDK rebuilds the error with the same attributes, so
+``except RunNotFoundError as e: e.run_id`` works on either side of the wire.
 
     ExosphereError
     ├── NodeValidationError          invalid node classes given to Runtime(...)
     ├── InvalidArgumentError         a request that can never succeed as written
     │   └── GraphValidationError     a graph template with problems (all of them listed)
     ├── NotFoundError
-    │   ├── GraphNotFoundError
-    │   ├── RunNotFoundError
-    │   └── StateNotFoundError
-    ├── ConflictError                a request that contradicts the current state (FAILED_PRECONDITION)
+    │   ├── GraphNotFoundError       .namespace, .graph_name
+    │   ├── RunNotFoundError         .run_id
+    │   └── StateNotFoundError       .state_id
+    ├── ConflictError                a request that contradicts the current state (FAILED_PRECONDITION);
+    │                                .namespace, .graph_name, .run_id, .state_id when it is about one
     ├── AuthenticationError          missing or wrong API key
-    ├── PermissionDeniedError        a key used outside its namespaces
+    ├── PermissionDeniedError        a key used outside its namespaces (.namespace)
     ├── ConnectionFailedError        the scheduler cannot be reached (also an OSError)
     ├── ExosphereTimeoutError        a wait ran out of time (also a TimeoutError)
-    └── InternalError                a bug: please report it
+    └── InternalError                a bug: please report it, with its .incident_id
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import ClassVar
+from collections.abc import Mapping, Sequence
+from typing import ClassVar, Self
 
 import grpc
 
 __all__ = [
+    "ERROR_TRAILER",
+    "SUBJECT_TRAILER_PREFIX",
     "AuthenticationError",
     "ConflictError",
     "ConnectionFailedError",
@@ -44,11 +51,42 @@ __all__ = [
     "error_class",
 ]
 
+ERROR_TRAILER = "exosphere-error"  # the class name
+SUBJECT_TRAILER_PREFIX = "exosphere-error-"  # + one subject attribute, e.g. exosphere-error-run-id
+
 
 class ExosphereError(Exception):
     """Root of every Exosphere error."""
 
     status: ClassVar[grpc.StatusCode] = grpc.StatusCode.INTERNAL
+    # The attributes naming what the error is about; they travel with it over gRPC.
+    subject_fields: ClassVar[tuple[str, ...]] = ()
+
+    @property
+    def subject(self) -> dict[str, str]:
+        """The ids this error is about, by attribute name; only those that are set."""
+        return {name: value for name in self.subject_fields if (value := getattr(self, name, None)) is not None}
+
+    @classmethod
+    def from_wire(cls, message: str, subject: Mapping[str, str]) -> Self:
+        """The error as raised on the other side of the wire: its exact message, and the ids it was about.
+
+        An id the sender did not send (an older scheduler) is ``""`` when the constructor requires it and ``None``
+        when it is optional.
+        """
+        error = cls.__new__(cls)
+        Exception.__init__(error, message)
+        for name in cls.subject_fields:
+            setattr(error, name, subject.get(name, getattr(cls, name, "")))
+        return error
+
+    def with_message(self, message: str) -> Self:
+        """The same error about the same ids, with another message (to add where it happened, for example)."""
+        return self.from_wire(message, self.subject)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Exception pickles as cls(*args), which does not fit constructors that take ids (copy uses this too).
+        return type(self).from_wire, (str(self), self.subject), self.__dict__
 
 
 class NodeValidationError(ExosphereError, TypeError):
@@ -59,6 +97,12 @@ class NodeValidationError(ExosphereError, TypeError):
     def __init__(self, errors: Sequence[str]) -> None:
         super().__init__("Following errors while validating nodes:\n" + "\n".join(f"  - {e}" for e in errors))
         self.errors = list(errors)
+
+    @classmethod
+    def from_wire(cls, message: str, subject: Mapping[str, str]) -> Self:
+        error = super().from_wire(message, subject)
+        error.errors = [line.removeprefix("  - ") for line in message.splitlines()[1:]]
+        return error
 
 
 class InvalidArgumentError(ExosphereError, ValueError):
@@ -80,6 +124,10 @@ class GraphValidationError(InvalidArgumentError):
         super().__init__(message)
         self.errors = lines
 
+    @classmethod
+    def from_wire(cls, message: str, subject: Mapping[str, str]) -> Self:
+        return cls(message)
+
 
 class NotFoundError(ExosphereError, LookupError):
     """Raised when something asked for does not exist."""
@@ -88,21 +136,64 @@ class NotFoundError(ExosphereError, LookupError):
 
 
 class GraphNotFoundError(NotFoundError):
-    """Raised when a graph template does not exist in the namespace."""
+    """Raised when a graph template does not exist in the namespace; ``namespace`` and ``graph_name`` name it."""
+
+    subject_fields = ("namespace", "graph_name")
+
+    def __init__(self, namespace: str, graph_name: str) -> None:
+        super().__init__(f"graph {graph_name!r} not found in namespace {namespace!r}")
+        self.namespace = namespace
+        self.graph_name = graph_name
 
 
 class RunNotFoundError(NotFoundError):
-    """Raised when a run id is unknown."""
+    """Raised when a run id is unknown; ``run_id`` is that id."""
+
+    subject_fields = ("run_id",)
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"run {run_id!r} not found")
+        self.run_id = run_id
 
 
 class StateNotFoundError(NotFoundError):
-    """Raised when a state id is unknown."""
+    """Raised when a state id is unknown; ``state_id`` is that id."""
+
+    subject_fields = ("state_id",)
+
+    def __init__(self, state_id: str) -> None:
+        super().__init__(f"state {state_id!r} not found")
+        self.state_id = state_id
 
 
 class ConflictError(ExosphereError):
-    """Raised when a request contradicts the current state, for example deleting a graph with pending runs."""
+    """Raised when a request contradicts the current state, for example deleting a graph with pending runs.
+
+    ``namespace``, ``graph_name``, ``run_id`` and ``state_id`` name what it is about, when it is about one (else
+    ``None``).
+    """
 
     status = grpc.StatusCode.FAILED_PRECONDITION
+    subject_fields = ("namespace", "graph_name", "run_id", "state_id")
+    namespace: str | None = None
+    graph_name: str | None = None
+    run_id: str | None = None
+    state_id: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        namespace: str | None = None,
+        graph_name: str | None = None,
+        run_id: str | None = None,
+        state_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.namespace = namespace
+        self.graph_name = graph_name
+        self.run_id = run_id
+        self.state_id = state_id
 
 
 class AuthenticationError(ExosphereError, PermissionError):
@@ -112,9 +203,15 @@ class AuthenticationError(ExosphereError, PermissionError):
 
 
 class PermissionDeniedError(ExosphereError, PermissionError):
-    """Raised when an API key is used outside its namespaces."""
+    """Raised when an API key is used outside its namespaces; ``namespace`` is the one refused, when known."""
 
     status = grpc.StatusCode.PERMISSION_DENIED
+    subject_fields = ("namespace",)
+    namespace: str | None = None
+
+    def __init__(self, message: str, *, namespace: str | None = None) -> None:
+        super().__init__(message)
+        self.namespace = namespace
 
 
 class ConnectionFailedError(ExosphereError, OSError):
@@ -130,7 +227,14 @@ class ExosphereTimeoutError(ExosphereError, TimeoutError):
 
 
 class InternalError(ExosphereError):
-    """Raised for an unexpected failure inside the scheduler."""
+    """Raised for an unexpected failure inside the scheduler; ``incident_id`` finds it in the scheduler's log."""
+
+    subject_fields = ("incident_id",)
+    incident_id: str | None = None
+
+    def __init__(self, message: str, *, incident_id: str | None = None) -> None:
+        super().__init__(message)
+        self.incident_id = incident_id
 
 
 _BY_NAME: dict[str, type[ExosphereError]] = {

@@ -5,28 +5,60 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.metadata
+import importlib.util
 import logging
 import os
 import signal
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from exosphere.errors import ExosphereError
-from server.app import App
 from server.config import ServerConfig
+from server.dblock import DatabaseLockedError
+from server.store import StoreError
+
+if TYPE_CHECKING:
+    from server.app import App
 
 logger = logging.getLogger("server")
+
+# How often a standby scheduler tries the database lock.
+STANDBY_POLL_S = 0.25
+
+# The scheduler's own dependencies (the `server` extra), beyond the SDK's.
+SERVER_MODULES = ("croniter", "cryptography", "grpc_health", "grpc_reflection", "yaml")
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("exosphere")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that is not installed
+        return "unknown"
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="exosphere-server", description="The Exosphere scheduler.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     p.add_argument("--host", help="address to listen on (default 127.0.0.1, env EXOSPHERE_HOST)")
     p.add_argument("--port", type=int, help="port (default 50051, 0 picks a free one; env EXOSPHERE_PORT)")
     p.add_argument("--db", help="SQLite database file (default ./exosphere.db, env EXOSPHERE_DB)")
+    p.add_argument(
+        "--durability",
+        choices=("normal", "full"),
+        help="normal: commits survive a crash of the process; full: also a power loss, at an fsync per commit "
+        "(default normal, env EXOSPHERE_DURABILITY)",
+    )
     p.add_argument("--api-key", help="API key for every namespace (env EXOSPHERE_API_KEY)")
     p.add_argument("--api-keys-file", help="YAML/JSON file of namespace-scoped keys (env EXOSPHERE_API_KEYS_FILE)")
     p.add_argument("--tls-cert", help="PEM certificate chain (env EXOSPHERE_TLS_CERT)")
     p.add_argument("--tls-key", help="PEM private key (env EXOSPHERE_TLS_KEY)")
+    p.add_argument(
+        "--standby",
+        action="store_true",
+        help="if another scheduler holds the SQLite database, wait and take over when it stops (env EXOSPHERE_STANDBY)",
+    )
     p.add_argument("--insecure", action="store_true", help="allow a non-loopback address without API keys")
     p.add_argument("--lease", help="runtime lease, e.g. PT5S (env EXOSPHERE_LEASE)")
     p.add_argument("--heartbeat-interval", help="runtime heartbeat interval, e.g. PT1S")
@@ -35,12 +67,36 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+async def _open(config: ServerConfig, stop: asyncio.Event) -> App | None:
+    """The App; with ``--standby``, once the scheduler that holds the database is gone (None if told to stop)."""
+    from server.app import App  # after the check for the `server` extra, in main()
+
+    waiting = False
+    while True:
+        try:
+            return App(config)
+        except DatabaseLockedError as exc:
+            if not config.standby:
+                raise
+            if not waiting:
+                logger.info("standing by: %s", exc.holder)
+                print(f"exosphere-server standing by: {config.db} is held by {exc.holder}", flush=True)  # noqa: T201
+                waiting = True
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(STANDBY_POLL_S):
+                await stop.wait()
+        if stop.is_set():
+            return None
+
+
 async def _serve(config: ServerConfig) -> int:
-    app = App(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    app = await _open(config, stop)
+    if app is None:
+        return 0
     await app.start()
     # A line scripts can wait for; the log line says the same for humans.
     print(f"exosphere-server listening on {config.host}:{app.port}", flush=True)  # noqa: T201
@@ -61,6 +117,10 @@ async def _serve(config: ServerConfig) -> int:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
+    missing = [name for name in SERVER_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        names = ", ".join(missing)
+        sys.exit(f"exosphere-server needs the 'server' extra: pip install 'exosphere[server]' (missing: {names})")
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -70,11 +130,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             host=args.host,
             port=args.port,
             db=args.db,
+            durability=args.durability,
             api_key=args.api_key,
             api_keys_file=args.api_keys_file,
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
             insecure=args.insecure or None,
+            standby=args.standby or None,
             lease=args.lease,
             heartbeat_interval=args.heartbeat_interval,
             default_timeout=args.default_timeout,
@@ -90,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
             code = runner.run(_serve(config))
-    except (ExosphereError, OSError) as exc:
+    except (ExosphereError, StoreError, OSError) as exc:
         print(f"exosphere-server: {exc}", file=sys.stderr)  # noqa: T201
         sys.exit(1)
     sys.exit(code)

@@ -11,16 +11,18 @@ from exosphere.errors import GraphNotFoundError, InvalidArgumentError
 from exosphere.v1 import common_pb2, scheduler_pb2_grpc
 from exosphere.v1 import scheduler_pb2 as pb
 from server.auth import Authenticator
-from server.engine import Engine
+from server.engine import Engine, TriggerRequest
 from server.errors import status_from_errors
 from server.models import RunRow
 from server.names import check_name, check_names
+from server.store import RunCursor
 from server.wire import (
     check_store_size,
     cut_by_size,
     framed_size,
     graph_spec_from_pb,
     graph_to_pb,
+    run_status_from_pb,
     run_to_pb,
     schema_to_pb,
     split_by_size,
@@ -35,6 +37,7 @@ Ctx = grpc.aio.ServicerContext[Any, Any]
 DEFAULT_PAGE = 50
 MAX_PAGE = 1000
 MAX_STATE_PAGE = 10_000
+MAX_RUN_ID = 256
 # Every page and event is also cut by size (server/wire.py PAGE_BYTES), so no message limit is hit by big states,
 # stores or graphs.
 
@@ -49,6 +52,29 @@ def _int_token(token: str, what: str) -> int:
     if not 0 <= value < 2**62:
         raise InvalidArgumentError(f"invalid {what} page_token {token[:64]!r}: out of range")
     return value
+
+
+def _run_token(token: str) -> RunCursor | None:
+    """The place a ListRuns page starts after: ``<created_at_ms>:<run_id>`` of the previous page's last run."""
+    if not token:
+        return None
+    millis, sep, run_id = token.partition(":")
+    problem = ""
+    try:
+        created_at_ms = int(millis)
+    except ValueError:
+        problem = "it does not start with a creation time in milliseconds"
+    else:
+        if not 0 <= created_at_ms < 2**62:
+            problem = "its creation time is out of range"
+        elif sep and not 0 < len(run_id) <= MAX_RUN_ID:
+            problem = f"its run id must be 1 to {MAX_RUN_ID} characters"
+    if problem:
+        raise InvalidArgumentError(
+            f"invalid ListRuns page_token {token[:64]!r}: {problem}; pass the next_page_token of a ListRunsResponse"
+        )
+    # A bare number is the token of servers before the run id broke ties: everything older than that millisecond.
+    return RunCursor(created_at_ms, run_id)
 
 
 class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
@@ -88,14 +114,14 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
     async def TriggerGraph(self, request: pb.TriggerGraphRequest, context: Ctx) -> pb.TriggerGraphResponse:
         async with status_from_errors(context):
             self._auth.check(context, request.namespace)
-            run_id = await self._engine.trigger(*_trigger_args(self._engine, request))
+            run_id = await self._engine.trigger(_trigger_request(self._engine, request))
         return pb.TriggerGraphResponse(run_id=run_id)
 
     async def TriggerGraphs(self, request: pb.TriggerGraphsRequest, context: Ctx) -> pb.TriggerGraphsResponse:
         async with status_from_errors(context):
             for namespace in {t.namespace for t in request.triggers}:
                 self._auth.check(context, namespace)
-            run_ids = await self._engine.trigger_many([_trigger_args(self._engine, t) for t in request.triggers])
+            run_ids = await self._engine.trigger_many([_trigger_request(self._engine, t) for t in request.triggers])
         return pb.TriggerGraphsResponse(run_ids=run_ids)
 
     async def GetRun(self, request: pb.GetRunRequest, context: Ctx) -> pb.GetRunResponse:
@@ -118,30 +144,14 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
         async with status_from_errors(context):
             self._auth.check(context, request.namespace)
             limit = min(request.page_size or DEFAULT_PAGE, MAX_PAGE)
-            # The token is "<ms>:<n>": runs created at or before ms, less the n created at ms already listed. Runs
-            # started together (TriggerGraphs) share a millisecond, so "before ms" alone would skip some of them.
-            # A bare "<ms>" (older servers' token) means runs created before ms.
-            ms_text, _, skip_text = request.page_token.partition(":")
-            before = _int_token(ms_text, "ListRuns")
-            skip = _int_token(skip_text, "ListRuns") if skip_text else 0
-            status = common_pb2.RunStatus.Name(request.status).removeprefix("RUN_STATUS_") if request.status else None
-            runs = self._engine.list_runs(
-                request.namespace,
-                request.graph_name or None,
-                limit + skip,
-                before + 1 if skip else max(0, before),
-                status,
-            )
-            listed = 0
-            while listed < skip and listed < len(runs) and runs[listed].created_at_ms == before:
-                listed += 1
-            runs = runs[listed:]
-            messages, complete = take_by_size(runs, run_to_pb)
-            token = ""
-            if messages and (not complete or len(runs) == limit):
-                last = messages[-1].created_at_unix_ms
-                same = sum(1 for m in messages if m.created_at_unix_ms == last) + (listed if last == before else 0)
-                token = f"{last}:{same}"
+            after = _run_token(request.page_token)
+            status = run_status_from_pb(request.status)
+            # One more than the page: a token only when another page has runs (no empty last page).
+            runs = self._engine.list_runs(request.namespace, request.graph_name or None, limit + 1, after, status)
+            # A page also ends before the size budget (runs carry their store).
+            messages, complete = take_by_size(runs[:limit], run_to_pb)
+            last = runs[len(messages) - 1] if messages else None
+            token = f"{last.created_at_ms}:{last.run_id}" if last and (not complete or len(runs) > limit) else ""
             return pb.ListRunsResponse(runs=messages, next_page_token=token)
 
     async def WatchRun(self, request: pb.WatchRunRequest, context: Ctx) -> AsyncIterator[pb.WatchRunResponse]:
@@ -150,7 +160,7 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
             if request.HasField("trigger"):
                 t = request.trigger
                 self._auth.check(context, t.namespace)
-                run_id = await self._engine.trigger(*_trigger_args(self._engine, t))
+                run_id = await self._engine.trigger(_trigger_request(self._engine, t))
             events = self._engine.watch_run(run_id)
             try:
                 first = True
@@ -192,7 +202,7 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
         async with status_from_errors(context):
             self._auth.check(context, request.namespace)
             after = request.page_token
-            nodes = (n for n in self._engine.nodes(request.namespace) if n.name > after)
+            nodes = (n for n in self._engine.runtimes.nodes_of(request.namespace) if n.name > after)
             schemas, complete = take_by_size(nodes, schema_to_pb)
         return pb.ListNodesResponse(nodes=schemas, next_page_token="" if complete else schemas[-1].name)
 
@@ -206,7 +216,9 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
             if request.namespace:
                 self._auth.check(context, request.namespace)
             sessions = [
-                s for s in self._engine.sessions(request.namespace or None) if self._auth.allowed(context, s.namespace)
+                s
+                for s in self._engine.runtimes.connected(request.namespace or None)
+                if self._auth.allowed(context, s.namespace)
             ]
         return pb.ListRuntimesResponse(
             runtimes=[
@@ -232,8 +244,8 @@ def _plain(mapping: Any) -> dict[str, str]:
     return {k: mapping[k] for k in mapping}
 
 
-def _trigger_args(engine: Engine, t: pb.TriggerGraphRequest) -> tuple[str, str, dict[str, str], dict[str, str], int]:
-    """A trigger's arguments, with its names and store size checked (an unknown graph is the engine's to report)."""
+def _trigger_request(engine: Engine, t: pb.TriggerGraphRequest) -> TriggerRequest:
+    """A trigger, with its names and store size checked (an unknown graph is the engine's to report)."""
     check_name("namespace", t.namespace)
     check_name("graph_name", t.graph_name)
     check_names("store key", t.store)
@@ -243,4 +255,4 @@ def _trigger_args(engine: Engine, t: pb.TriggerGraphRequest) -> tuple[str, str, 
     except GraphNotFoundError:
         config = None
     check_store_size("the run's store", {**config.default_values, **store} if config else store)
-    return t.namespace, t.graph_name, _plain(t.inputs), store, t.start_delay_ms
+    return TriggerRequest(t.namespace, t.graph_name, _plain(t.inputs), store, t.start_delay_ms)

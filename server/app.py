@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 from pathlib import Path
@@ -21,10 +22,12 @@ from server.api import SchedulerApi
 from server.auth import ApiKey, Authenticator, AuthInterceptor, load_keys_file
 from server.config import ServerConfig
 from server.cron import CronScheduler
+from server.dblock import DatabaseLock
 from server.decode import DecodeInterceptor
 from server.engine import Engine, EngineSettings
 from server.runtime_api import RuntimeApi
 from server.secrets import SecretBox, load_or_create_key
+from server.sqlite_schema import check_path
 from server.sqlite_store import SqliteStore
 from server.store import InMemoryStore, Store
 from server.wire import decode_stored_schema
@@ -94,11 +97,23 @@ class App:
         self._tls_pair = _read_pair(config.tls_key, config.tls_cert) if config.tls_cert and config.tls_key else None
         self.auth = Authenticator(keys)
         key_file = None if isinstance(store, InMemoryStore) else Path(f"{config.db}.key")
-        # The key first: a bad key must fail before the database is opened.
-        secret_box = SecretBox(
-            load_or_create_key(Path(config.secrets_key_file) if config.secrets_key_file else key_file)
-        )
-        self.store = store if store is not None else SqliteStore(config.db)
+        self._db_lock: DatabaseLock | None = None
+        with contextlib.ExitStack() as undo:  # a failure below undoes what was opened, in reverse
+            if store is None:
+                # One scheduler per SQLite file (server/dblock.py); a store given by the caller is the caller's
+                # business. The path is checked before the lock file is created beside it, and the database
+                # before the key file, so a file that cannot be used gets no key file beside it.
+                check_path(Path(config.db))
+                self._db_lock = DatabaseLock(config.db)
+                self._db_lock.acquire()
+                undo.callback(self._db_lock.release)
+                store = SqliteStore(config.db, durable=config.durability == "full")
+                undo.callback(store.close)
+            secret_box = SecretBox(
+                load_or_create_key(Path(config.secrets_key_file) if config.secrets_key_file else key_file)
+            )
+            undo.pop_all()
+        self.store = store
         self.engine = Engine(
             self.store,
             secret_box=secret_box,
@@ -187,13 +202,16 @@ class App:
         try:
             if server is not None and self._started:
                 await self._health.enter_graceful_shutdown()
-                self.engine.close_sessions("scheduler shutting down")
+                self.engine.runtimes.close_all("scheduler shutting down")
                 await server.stop(grace)
         finally:
             await self.cron.stop()
             await self.engine.stop()
             self.store.close()
-            logger.info("exosphere-server stopped")
+            if self._db_lock is not None:
+                self._db_lock.release()
+            if self._started:  # a start that failed has said why, in one line
+                logger.info("exosphere-server stopped")
 
     async def __aenter__(self) -> Self:
         await self.start()

@@ -25,7 +25,7 @@ from typing import Any
 import grpc
 import yaml
 
-from exosphere.errors import AuthenticationError, InvalidArgumentError, PermissionDeniedError
+from exosphere.errors import ERROR_TRAILER, AuthenticationError, InvalidArgumentError, PermissionDeniedError
 
 __all__ = ["ApiKey", "Authenticator", "load_keys_file"]
 
@@ -105,7 +105,7 @@ class Authenticator:
     def check(self, context: grpc.aio.ServicerContext[Any, Any], namespace: str) -> None:
         key = self.identify(context)
         if key is not None and not key.allows(namespace):
-            raise PermissionDeniedError(f"API key is not allowed in namespace {namespace!r}")
+            raise PermissionDeniedError(f"API key is not allowed in namespace {namespace!r}", namespace=namespace)
 
     def allowed(self, context: grpc.aio.ServicerContext[Any, Any], namespace: str) -> bool:
         key = self.identify(context)
@@ -142,7 +142,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 def _refusal(handler: grpc.RpcMethodHandler[Any, Any], message: str) -> grpc.RpcMethodHandler[Any, Any]:
     async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         await context.abort(
-            grpc.StatusCode.UNAUTHENTICATED, message, trailing_metadata=(("exosphere-error", "AuthenticationError"),)
+            grpc.StatusCode.UNAUTHENTICATED, message, trailing_metadata=((ERROR_TRAILER, "AuthenticationError"),)
         )
 
     if handler.request_streaming and handler.response_streaming:

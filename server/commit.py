@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import uuid
 from collections.abc import Callable
 
 from exosphere.errors import InternalError
@@ -157,11 +158,16 @@ class GroupCommit:
         self._on_committed(changed, finished)
 
     def _failed(self, exc: BaseException, waiters: list[asyncio.Future[None]], count: int) -> None:
-        logger.critical("commit failed; %d state changes not saved: %s", count, exc, exc_info=exc)
+        incident_id = uuid.uuid4().hex[:16]
+        logger.critical(
+            "commit failed; %d state changes not saved incident_id=%s: %s", count, incident_id, exc, exc_info=exc
+        )
         self._on_failed(exc)
+        # The database's own words stay in the log: clients get the incident id that finds them there.
+        message = f"could not commit to the database (incident {incident_id}); the scheduler's log says why"
         for waiter in waiters:
             if not waiter.done():
-                waiter.set_exception(InternalError(f"could not commit to the database: {exc}"))
+                waiter.set_exception(InternalError(message, incident_id=incident_id))
 
     async def drain(self) -> None:
         """Commit what is pending, wait for every batch, stop the writer thread."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from datetime import timedelta
-from typing import ClassVar, Self
+from typing import ClassVar, Literal, Self
 
 from pydantic import BaseModel, ConfigDict
 
@@ -18,6 +18,7 @@ class ServerConfig(BaseModel):
         "EXOSPHERE_HOST": "host",
         "EXOSPHERE_PORT": "port",
         "EXOSPHERE_DB": "db",
+        "EXOSPHERE_DURABILITY": "durability",
         "EXOSPHERE_API_KEY": "api_key",
         "EXOSPHERE_API_KEYS_FILE": "api_keys_file",
         "EXOSPHERE_TLS_CERT": "tls_cert",
@@ -26,10 +27,13 @@ class ServerConfig(BaseModel):
         "EXOSPHERE_HEARTBEAT_INTERVAL": "heartbeat_interval",
         "EXOSPHERE_LEASE": "lease",
         "EXOSPHERE_DEFAULT_TIMEOUT": "default_timeout",
+        "EXOSPHERE_STANDBY": "standby",
     }
     host: str = "127.0.0.1"
     port: int = 50051
     db: str = "./exosphere.db"
+    # normal: a commit survives a crash of the process; full: also a power loss or OS crash (an fsync per commit).
+    durability: Literal["normal", "full"] = "normal"
     api_key: str | None = None
     api_keys_file: str | None = None
     tls_cert: str | None = None
@@ -43,6 +47,8 @@ class ServerConfig(BaseModel):
     lease: timedelta = timedelta(seconds=5)
     default_timeout: timedelta = timedelta(minutes=30)
     shutdown_grace: timedelta = timedelta(seconds=10)
+    # SQLite: wait for the scheduler holding the database to stop, then take over (instead of refusing to start).
+    standby: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ, **overrides: object) -> Self:

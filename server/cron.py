@@ -27,6 +27,7 @@ from croniter import CroniterError, croniter
 
 from exosphere.errors import ExosphereError
 from server.models import CronSpec
+from server.triggers import TriggerRequest
 
 if TYPE_CHECKING:
     from server.engine import Engine
@@ -247,7 +248,9 @@ class CronScheduler:
         # saves the watermark too: in one transaction. A crash leaves both or neither, hence exactly once.
         engine.put_kv(trigger.key, str(due))
         try:
-            run_id = await engine.trigger(trigger.namespace, trigger.graph, trigger.spec.inputs, trigger.spec.store)
+            run_id = await engine.trigger(
+                TriggerRequest(trigger.namespace, trigger.graph, trigger.spec.inputs, trigger.spec.store)
+            )
         except Exception as exc:
             self.failed += 1
             if isinstance(exc, ExosphereError):

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from croniter import croniter
 
 from server.models import GraphSpec, NodeSchema, RetryPolicySpec
-from server.templating import OutputRef, StoreRef, Template, TemplateSyntaxError, parse_template
+from server.templating import StoreRef, Template, TemplateSyntaxError, parse_template
 
 __all__ = ["CompiledGraph", "CompiledNode", "compile_graph"]
 
@@ -175,6 +175,21 @@ def _check_policy(where: str, policy: RetryPolicySpec, errors: list[str]) -> Non
         errors.append(f"{where}: max_delay must be between 0 and {MAX_DELAY_MS} ms, got {policy.max_delay_ms}")
 
 
+@dataclass(slots=True)
+class _Shape:
+    """The template's structure, as the phases of ``compile_graph`` find it."""
+
+    by_id: dict[str, int]  # identifier -> index in spec.nodes (first occurrence)
+    children: dict[str, list[str]]  # next_nodes, plus united -> merge edges
+    parents: dict[str, set[str]]
+    roots: list[str]
+    cycle: list[str] | None
+
+    @property
+    def root(self) -> str | None:
+        return self.roots[0] if len(self.roots) == 1 else None
+
+
 def compile_graph(
     spec: GraphSpec,
     registry: Callable[[str, str], NodeSchema | None],
@@ -184,8 +199,9 @@ def compile_graph(
 ) -> tuple[CompiledGraph | None, list[str]]:
     """Validate ``spec`` against the registered nodes; return the compiled graph, or every problem found.
 
-    With ``strict=False`` (recovery of a graph that was valid when saved) problems that do not break the structure,
-    such as a node whose registration changed since, are returned beside the compiled graph.
+    Linear in the size of the template (ancestor sets are bitsets). With ``strict=False`` (recovery of a graph that
+    was valid when saved) problems that do not break the structure, such as a node whose registration changed since,
+    are returned beside the compiled graph.
     """
     errors: list[str] = []
     if not spec.name.strip():
@@ -193,7 +209,21 @@ def compile_graph(
     if not spec.nodes:
         errors.append("graph has no nodes")
         return None, errors
+    by_id = _check_nodes(spec, errors)
+    shape = _check_shape(spec, by_id, errors)
+    store_keys = _check_store_and_triggers(spec, errors)
+    compiled, schemas = _compile_nodes(spec, shape, registry, secret_values, errors)
+    _check_references(shape, compiled, schemas, store_keys, errors)
+    for ident, cnode in compiled.items():
+        source = spec.nodes[by_id[ident]]
+        cnode.next = [compiled[t] for t in source.next_nodes if t in compiled and compiled[t].unites is None]
+    if shape.root is None or shape.cycle or (errors and strict):
+        return None, errors
+    return CompiledGraph(spec=spec, nodes=compiled, root=compiled[shape.root]), errors
 
+
+def _check_nodes(spec: GraphSpec, errors: list[str]) -> dict[str, int]:
+    """Phase 1, each node on its own: identifiers, names, timeouts, retry policies. Returns identifier -> index."""
     by_id: dict[str, int] = {}
     for index, node in enumerate(spec.nodes):
         label = node.identifier or f"node #{index}"
@@ -219,35 +249,36 @@ def compile_graph(
             _check_policy(label, node.retry_policy, errors)
     if spec.retry_policy is not None:
         _check_policy("graph retry_policy", spec.retry_policy, errors)
+    return by_id
 
-    ids = list(by_id)
-    children: dict[str, list[str]] = {i: [] for i in ids}
-    parents: dict[str, set[str]] = {i: set() for i in ids}
-    for node in spec.nodes:
-        if node.identifier not in by_id or spec.nodes[by_id[node.identifier]] is not node:
-            continue
+
+def _check_shape(spec: GraphSpec, by_id: dict[str, int], errors: list[str]) -> _Shape:
+    """Phase 2, the edges: targets exist, unites are sound, one root, no cycle, everything reachable."""
+    children: dict[str, list[str]] = {i: [] for i in by_id}
+    parents: dict[str, set[str]] = {i: set() for i in by_id}
+    for ident, index in by_id.items():
+        node = spec.nodes[index]
         for target in node.next_nodes:
             if target not in by_id:
-                errors.append(f"{node.identifier}: next_nodes target {target!r} does not exist")
+                errors.append(f"{ident}: next_nodes target {target!r} does not exist")
                 continue
-            children[node.identifier].append(target)
-            parents[target].add(node.identifier)
+            children[ident].append(target)
+            parents[target].add(ident)
         if node.unites is not None:
             target = node.unites.identifier
             if node.unites.strategy not in UNITES_STRATEGIES:
-                errors.append(f"{node.identifier}: unknown unites strategy {node.unites.strategy!r}")
+                errors.append(f"{ident}: unknown unites strategy {node.unites.strategy!r}")
             if not target.strip():
-                errors.append(f"{node.identifier}: unites identifier cannot be empty")
-            elif target == node.identifier:
-                errors.append(f"{node.identifier}: unites cannot name the node itself")
+                errors.append(f"{ident}: unites identifier cannot be empty")
+            elif target == ident:
+                errors.append(f"{ident}: unites cannot name the node itself")
             elif target not in by_id:
-                errors.append(f"{node.identifier}: unites target {target!r} does not exist")
-            elif node.identifier not in children[target]:
+                errors.append(f"{ident}: unites target {target!r} does not exist")
+            elif target not in parents[ident]:
                 # A merge node counts as a child of the node it unites (also for reachability).
-                children[target].append(node.identifier)
-                parents[node.identifier].add(target)
-
-    roots = [i for i in ids if not parents[i]]
+                children[target].append(ident)
+                parents[ident].add(target)
+    roots = [i for i in by_id if not parents[i]]
     if len(roots) != 1:
         errors.append(
             f"graph must have exactly one root (a node no other node points to), found {len(roots)}: {sorted(roots)}"
@@ -257,29 +288,41 @@ def compile_graph(
         errors.append(f"graph has a cycle: {' -> '.join(cycle)}")
     if len(roots) == 1:
         reachable = {roots[0]} | _descendants(children, roots[0])
-        unreachable = sorted(set(ids) - reachable)
+        unreachable = sorted(set(by_id) - reachable)
         if unreachable:
             errors.append(f"nodes not connected to the root {roots[0]!r}: {unreachable}")
+    return _Shape(by_id, children, parents, roots, cycle)
 
+
+def _check_store_and_triggers(spec: GraphSpec, errors: list[str]) -> set[str]:
+    """Phase 3: store keys and cron triggers. Returns the declared store keys."""
     store_keys: set[str] = set()
     if spec.store_config is not None:
         store_keys = set(spec.store_config.required_keys) | set(spec.store_config.default_values)
         for key in store_keys:
             if not key.strip() or "." in key:
                 errors.append(f"store key {key!r} must be non-empty and contain no '.'")
-
     for index, trigger in enumerate(spec.triggers):
         if not croniter.is_valid(trigger.expression) or len(trigger.expression.split()) != 5:
             errors.append(f"trigger #{index}: invalid cron expression {trigger.expression!r} (expected 5 fields)")
         if not valid_timezone(trigger.timezone or "UTC"):
             errors.append(f"trigger #{index}: unknown timezone {trigger.timezone[:100]!r}")
+    return store_keys
 
+
+def _compile_nodes(
+    spec: GraphSpec,
+    shape: _Shape,
+    registry: Callable[[str, str], NodeSchema | None],
+    secret_values: Mapping[str, str],
+    errors: list[str],
+) -> tuple[dict[str, CompiledNode], dict[str, NodeSchema]]:
+    """Phase 4, each node against its registered schema: inputs declared and present, secrets given, templates
+    parsed. Returns the compiled nodes (not linked yet) and the schemas found."""
     schemas: dict[str, NodeSchema] = {}
     compiled: dict[str, CompiledNode] = {}
-    for node in spec.nodes:
-        ident = node.identifier
-        if ident not in by_id or spec.nodes[by_id[ident]] is not node:
-            continue
+    for ident, index in shape.by_id.items():
+        node = spec.nodes[index]
         schema = registry(spec.namespace, node.node_name)
         if schema is None:
             errors.append(f"{ident}: node {node.node_name!r} is not registered in namespace {spec.namespace!r}")
@@ -288,10 +331,10 @@ def compile_graph(
             declared = schema.input_names()
             for name in sorted(set(node.inputs) - declared):
                 errors.append(f"{ident}: input {name!r} is not declared by node {node.node_name!r}")
-            is_root = len(roots) == 1 and ident == roots[0]
-            for fs in schema.inputs:
-                if fs.required and fs.name not in node.inputs and not is_root:
-                    errors.append(f"{ident}: required input {fs.name!r} of node {node.node_name!r} is missing")
+            if ident != shape.root:
+                for fs in schema.inputs:
+                    if fs.required and fs.name not in node.inputs:
+                        errors.append(f"{ident}: required input {fs.name!r} of node {node.node_name!r} is missing")
             missing_secrets = [f.name for f in schema.secrets if f.required and f.name not in secret_values]
             if missing_secrets:
                 errors.append(
@@ -303,9 +346,6 @@ def compile_graph(
                 templates[name] = parse_template(value)
             except TemplateSyntaxError as exc:
                 errors.append(f"{ident}: input {name!r}: {exc}")
-        secrets = {}
-        if schema is not None:
-            secrets = {f.name: secret_values[f.name] for f in schema.secrets if f.name in secret_values}
         compiled[ident] = CompiledNode(
             identifier=ident,
             node_name=node.node_name,
@@ -314,21 +354,33 @@ def compile_graph(
             literal_inputs={k: v.literal() for k, v in templates.items() if v.is_literal},
             retry=node.retry_policy or spec.retry_policy or DEFAULT_RETRY,
             timeout_ms=node.timeout_ms or (schema.timeout_ms if schema else 0),
-            secrets=secrets,
+            secrets={f.name: secret_values[f.name] for f in schema.secrets if f.name in secret_values}
+            if schema is not None
+            else {},
             unites=node.unites.identifier if node.unites else None,
             unites_strategy=node.unites.strategy if node.unites else "ALL_SUCCESS",
             output_fields=frozenset(schema.output_names()) if schema else frozenset(),
             required_outputs=frozenset(f.name for f in schema.outputs if f.required) if schema else frozenset(),
         )
+    return compiled, schemas
 
-    # References: ancestors only, declared output fields, declared store keys; the root reads only the store.
-    ancestor_sets = _all_ancestors(children, parents)
+
+def _check_references(
+    shape: _Shape,
+    compiled: dict[str, CompiledNode],
+    schemas: dict[str, NodeSchema],
+    store_keys: set[str],
+    errors: list[str],
+) -> None:
+    """Phase 5, the references: ancestors only, declared output fields, declared store keys, the root reads only the
+    store. Links each merge node to the node it unites, with what the merge aggregates."""
+    ancestor_sets = _all_ancestors(shape.children, shape.parents)
+    collect: dict[str, set[str]] = {}
     for ident, cnode in compiled.items():
         # A node on a cycle has no ancestor set (the cycle is reported); its other references are still checked.
         ancestors = ancestor_sets[ident] if ident in ancestor_sets else None
         referenced: set[str] = set()
         aggregated: set[str] = set()
-        below_united = _descendants(children, cnode.unites) if cnode.unites in children else set()
         for name, template in cnode.inputs.items():
             for ref in template.refs:
                 if isinstance(ref, StoreRef):
@@ -338,9 +390,8 @@ def compile_graph(
                             "nor defaulted in store_config"
                         )
                     continue
-                assert isinstance(ref, OutputRef)
                 referenced.add(ref.identifier)
-                if len(roots) == 1 and ident == roots[0]:
+                if ident == shape.root:
                     errors.append(f"{ident}: input {name!r}: the root node may reference only the store")
                 elif ref.identifier not in compiled:
                     errors.append(f"{ident}: input {name!r} references unknown node {ref.identifier!r}")
@@ -351,24 +402,22 @@ def compile_graph(
                         f"{ident}: input {name!r} references output {ref.field!r}, which node "
                         f"{compiled[ref.identifier].node_name!r} ({ref.identifier}) does not declare"
                     )
-                if cnode.unites is not None and (ref.identifier in below_united or ref.identifier == cnode.unites):
+                if cnode.unites is not None and (
+                    ref.identifier == cnode.unites or _below(ancestor_sets, ref.identifier, cnode.unites)
+                ):
                     aggregated.add(ref.identifier)
         cnode.referenced = frozenset(referenced)
         cnode.aggregated = frozenset(aggregated)
         if cnode.unites is not None and cnode.unites in compiled:
-            united = compiled[cnode.unites]
-            united.merges.append(cnode)
-            united.collect = united.collect | (cnode.aggregated - {cnode.unites})
-            if ancestors is not None and cnode.unites not in ancestors:
-                errors.append(f"{ident}: unites {cnode.unites!r}, which is not an ancestor")
+            compiled[cnode.unites].merges.append(cnode)
+            collect.setdefault(cnode.unites, set()).update(aggregated - {cnode.unites})
+    for ident, identifiers in collect.items():
+        compiled[ident].collect = frozenset(identifiers)
 
-    for ident, cnode in compiled.items():
-        source = spec.nodes[by_id[ident]]
-        cnode.next = [compiled[t] for t in source.next_nodes if t in compiled and compiled[t].unites is None]
 
-    if len(roots) != 1 or cycle or (errors and strict):
-        return None, errors
-    return CompiledGraph(spec=spec, nodes=compiled, root=compiled[roots[0]]), errors
+def _below(ancestor_sets: _Ancestors, ident: str, above: str) -> bool:
+    """Whether ``ident`` is strictly below ``above`` (false on a cycle, which is reported anyway)."""
+    return ident in ancestor_sets and above in ancestor_sets[ident]
 
 
 def _descendants(children: Mapping[str, list[str]], start: str | None) -> set[str]:

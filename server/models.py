@@ -10,8 +10,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from server.status import RunStatus, StateStatus
+
 __all__ = [
-    "TERMINAL_STATE_STATUSES",
     "CronSpec",
     "FieldSpec",
     "GraphNodeSpec",
@@ -22,27 +23,6 @@ __all__ = [
     "StateRow",
     "StoreConfigSpec",
 ]
-
-# State statuses (the names of the StateStatus enum of common.proto without its prefix).
-CREATED = "CREATED"
-QUEUED = "QUEUED"
-EXECUTED = "EXECUTED"
-SUCCESS = "SUCCESS"
-ERRORED = "ERRORED"
-RETRY_CREATED = "RETRY_CREATED"
-PRUNED = "PRUNED"
-NEXT_CREATED_ERROR = "NEXT_CREATED_ERROR"
-TIMEDOUT = "TIMEDOUT"
-CANCELLED = "CANCELLED"
-
-TERMINAL_STATE_STATUSES = frozenset({SUCCESS, ERRORED, RETRY_CREATED, PRUNED, NEXT_CREATED_ERROR, TIMEDOUT, CANCELLED})
-FAILED_STATE_STATUSES = frozenset({ERRORED, NEXT_CREATED_ERROR, TIMEDOUT, CANCELLED})
-
-# Run statuses.
-RUN_PENDING = "PENDING"
-RUN_SUCCESS = "SUCCESS"
-RUN_FAILED = "FAILED"
-RUN_CANCELLED = "CANCELLED"
 
 
 class _Spec(BaseModel):
@@ -136,7 +116,7 @@ class StateRow:
     run_id: str
     identifier: str
     node_name: str
-    status: str
+    status: StateStatus
     inputs: dict[str, str]
     attempt: int
     parent_id: str | None
@@ -159,7 +139,7 @@ class RunRow:
     namespace: str
     graph_name: str
     graph_version: int
-    status: str
+    status: RunStatus
     store: dict[str, str] = field(default_factory=dict)
     created_at_ms: int = 0
     updated_at_ms: int = 0

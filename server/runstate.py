@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from server.graph import CompiledGraph, CompiledNode
-from server.models import RUN_PENDING, RunRow, StateRow
+from server.models import RunRow, StateRow
+from server.status import RunStatus
 
 __all__ = ["Run", "Session", "State"]
 
@@ -20,7 +21,7 @@ class State(StateRow):
     run: Run = None  # type: ignore[assignment]
     node: CompiledNode = None  # type: ignore[assignment]
     parent: State | None = None
-    # States above this one whose merge nodes wait for it (see Engine._finish).
+    # States above this one whose merge nodes wait for it (see server/fanin.py).
     watchers: tuple[State, ...] = ()
     session: Session | None = None
     dispatch_id: int = 0
@@ -48,7 +49,7 @@ class Run(RunRow):
 
     @property
     def pending(self) -> bool:
-        return self.status == RUN_PENDING
+        return self.status == RunStatus.PENDING
 
     def counts(self) -> dict[str, int]:
         return dict(Counter(s.status for s in self.states))

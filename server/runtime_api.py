@@ -8,15 +8,17 @@ from typing import Any
 
 import grpc
 
-from exosphere.errors import ExosphereError, InvalidArgumentError
+from exosphere.errors import InvalidArgumentError
 from exosphere.v1 import runtime_pb2 as pb
 from exosphere.v1 import runtime_pb2_grpc
 from server.auth import Authenticator
 from server.decode import BadRequest, refuse
 from server.engine import Engine, ResultIn
-from server.errors import abort_with
+from server.errors import status_from_errors
+from server.models import NodeSchema
 from server.names import check_name, check_text
 from server.runstate import Session
+from server.status import ResultKind
 from server.wire import (
     BATCH_BYTES,
     MAX_ITEM_BYTES,
@@ -34,6 +36,8 @@ logger = logging.getLogger(__name__)
 
 # Cap a batch so the two processes overlap instead of taking turns on one huge message.
 MAX_BATCH = 256
+# Registrations with more node schemas than this are decoded off the event loop.
+MANY_NODES = 1000
 
 
 class RuntimeApi(runtime_pb2_grpc.RuntimeServiceServicer):
@@ -45,6 +49,10 @@ class RuntimeApi(runtime_pb2_grpc.RuntimeServiceServicer):
     async def Connect(  # type: ignore[override]
         self, request_iterator: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> None:
+        async with status_from_errors(context):
+            await self._connect(context)
+
+    async def _connect(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         engine = self._engine
         try:
             first = await asyncio.wait_for(context.read(), timeout=30)
@@ -55,28 +63,27 @@ class RuntimeApi(runtime_pb2_grpc.RuntimeServiceServicer):
             return
         if isinstance(first, BadRequest):
             await refuse(context, first)
-        session: Session | None = None
-        try:
-            if not first.HasField("register"):
-                raise InvalidArgumentError("the first message on the runtime stream must be Register")
-            register = first.register
-            check_name("namespace", register.namespace)
-            check_name("runtime_name", register.runtime_name)
+        if not first.HasField("register"):
+            raise InvalidArgumentError("the first message on the runtime stream must be Register")
+        register = first.register
+        check_name("namespace", register.namespace)
+        check_name("runtime_name", register.runtime_name)
+        if register.runtime_id:  # optional: runtimes in other languages may leave it out
             check_name("runtime_id", register.runtime_id)
-            check_text("sdk_version", register.sdk_version)
-            self._auth.check(context, register.namespace)
-            schemas = [schema_from_pb(register.namespace, s) for s in register.nodes]
-            session = engine.register_session(
-                namespace=register.namespace,
-                runtime_name=register.runtime_name,
-                runtime_id=register.runtime_id,
-                sdk_version=register.sdk_version,
-                schemas=schemas,
-                max_concurrency=register.max_concurrency,
-            )
-        except ExosphereError as exc:
-            await abort_with(context, exc)
-            return
+        check_text("sdk_version", register.sdk_version)
+        self._auth.check(context, register.namespace)
+        if len(register.nodes) > MANY_NODES:  # decoding tens of thousands of schemas would stall the loop
+            schemas = await asyncio.to_thread(_schemas, register)
+        else:
+            schemas = _schemas(register)
+        session = engine.runtimes.register(
+            namespace=register.namespace,
+            runtime_name=register.runtime_name,
+            runtime_id=register.runtime_id,
+            sdk_version=register.sdk_version,
+            schemas=schemas,
+            max_concurrency=register.max_concurrency,
+        )
         try:
             await context.write(
                 pb.SchedulerMessage(
@@ -103,22 +110,25 @@ class RuntimeApi(runtime_pb2_grpc.RuntimeServiceServicer):
                     task.cancel()
                 await asyncio.gather(reader, writer, closed, return_exceptions=True)
         finally:
-            engine.unregister_session(session)
-        if session.close_reason:
+            engine.runtimes.unregister(session)
+        if session.close_reason and not context.done():
             # The runtime reconnects (with backoff) when its stream ends this way.
-            await context.abort(grpc.StatusCode.UNAVAILABLE, session.close_reason)
+            try:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, session.close_reason)
+            except grpc.aio.AbortError:
+                raise
+            except Exception:  # the stream ended meanwhile (scheduler stopping): no one to tell
+                logger.debug("stream gone before its status session=%s", session.session_id)
 
     async def KeepAlive(
         self, request: pb.KeepAliveRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.KeepAliveResponse:
-        session = self._engine.session(request.session_id)
-        if session is None:
-            return pb.KeepAliveResponse(known=False)
-        try:
+        async with status_from_errors(context):
+            session = self._engine.runtimes.get(request.session_id)
+            if session is None:
+                return pb.KeepAliveResponse(known=False)
             self._auth.check(context, session.namespace)
-        except ExosphereError as exc:
-            await abort_with(context, exc)
-        self._engine.touch(session)
+            self._engine.runtimes.touch(session)
         return pb.KeepAliveResponse(known=True)
 
     async def _read_loop(self, context: grpc.aio.ServicerContext[Any, Any], session: Session) -> None:
@@ -135,10 +145,10 @@ class RuntimeApi(runtime_pb2_grpc.RuntimeServiceServicer):
                 _bound_store_writes(session, results)
                 engine.handle_results(session, results)
             elif kind == "heartbeat":
-                engine.touch(session)
+                engine.runtimes.touch(session)
             elif kind == "draining":
-                engine.touch(session)
-                engine.session_draining(session)
+                engine.runtimes.touch(session)
+                engine.runtimes.draining(session)
             elif kind == "register":
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "Register may only be sent once per stream")
 
@@ -197,13 +207,17 @@ class RuntimeApi(runtime_pb2_grpc.RuntimeServiceServicer):
             self._engine.handle_results(session, undeliverable)
 
 
+def _schemas(register: pb.Register) -> list[NodeSchema]:
+    return [schema_from_pb(register.namespace, s) for s in register.nodes]
+
+
 def _bound_store_writes(session: Session, results: list[ResultIn]) -> None:
     """Turn results whose store writes would grow their run's store past MAX_STORE_BYTES into errored ones."""
     sizes: dict[str, int] = {}  # run id -> its store's size with the writes of this batch accepted so far
     written: dict[str, dict[str, str]] = {}
     for result in results:
         writes = result.store_writes
-        if result.kind != "executed" or not writes:
+        if result.kind != ResultKind.EXECUTED or not writes:
             continue
         state = session.in_flight.get(result.dispatch_id)
         if state is None:
@@ -214,7 +228,7 @@ def _bound_store_writes(session: Session, results: list[ResultIn]) -> None:
             old = earlier.get(key, store.get(key))
             size += text_bytes(value) - (text_bytes(old) if old is not None else -text_bytes(key))
         if size > MAX_STORE_BYTES:
-            result.kind, result.outputs, result.store_writes = "errored", [], None
+            result.kind, result.outputs, result.store_writes = ResultKind.ERRORED, [], None
             result.error = {
                 "message": f"the node's store writes would make its run's store {size} bytes; a run's store may "
                 f"hold at most {MAX_STORE_BYTES}",
@@ -236,7 +250,10 @@ def _too_large(state: Any, item: pb.Execute, size: int) -> ResultIn:
     )
     logger.warning("state undeliverable state_id=%s node=%r bytes=%d", state.state_id, state.node_name, size)
     return ResultIn(
-        state.state_id, state.dispatch_id, "errored", error={"message": message, "type": "MessageTooLargeError"}
+        state.state_id,
+        state.dispatch_id,
+        ResultKind.ERRORED,
+        error={"message": message, "type": "MessageTooLargeError"},
     )
 
 

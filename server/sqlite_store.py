@@ -7,40 +7,21 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
+
+import pydantic
 
 from server.models import GraphSpec, RunRow, StateRow
-from server.store import WriteBatch
+from server.sqlite_schema import connect, open_database, store_error
+from server.status import RunStatus, StateStatus
+from server.store import RunCursor, WriteBatch
 
 __all__ = ["SqliteStore"]
 
 logger = logging.getLogger(__name__)
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS graphs (
-    namespace TEXT NOT NULL, name TEXT NOT NULL, version INTEGER NOT NULL, spec TEXT NOT NULL,
-    PRIMARY KEY (namespace, name));
-CREATE TABLE IF NOT EXISTS graph_versions (
-    namespace TEXT NOT NULL, name TEXT NOT NULL, version INTEGER NOT NULL, spec TEXT NOT NULL,
-    PRIMARY KEY (namespace, name, version));
-CREATE TABLE IF NOT EXISTS nodes (
-    namespace TEXT NOT NULL, name TEXT NOT NULL, schema BLOB NOT NULL, updated_at_ms INTEGER NOT NULL,
-    PRIMARY KEY (namespace, name));
-CREATE TABLE IF NOT EXISTS runs (
-    run_id TEXT PRIMARY KEY, namespace TEXT NOT NULL, graph_name TEXT NOT NULL, graph_version INTEGER NOT NULL,
-    status TEXT NOT NULL, store TEXT NOT NULL, created_at_ms INTEGER NOT NULL, updated_at_ms INTEGER NOT NULL,
-    state_counts TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS runs_by_namespace ON runs (namespace, created_at_ms DESC);
-CREATE INDEX IF NOT EXISTS runs_pending ON runs (status) WHERE status = 'PENDING';
-CREATE TABLE IF NOT EXISTS states (
-    run_id TEXT NOT NULL, seq INTEGER NOT NULL, identifier TEXT NOT NULL, node_name TEXT NOT NULL,
-    status TEXT NOT NULL, inputs TEXT NOT NULL, attempt INTEGER NOT NULL, parent_id TEXT,
-    parent_output INTEGER NOT NULL, path TEXT NOT NULL, outputs TEXT, error TEXT, pruned_data TEXT,
-    created_at_ms INTEGER NOT NULL, updated_at_ms INTEGER NOT NULL, run_at_ms INTEGER NOT NULL,
-    PRIMARY KEY (run_id, seq)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
 
 _STATE_COLUMNS = (
     "run_id, seq, identifier, node_name, status, inputs, attempt, parent_id, parent_output, path, outputs, error, "
@@ -85,9 +66,35 @@ def _update_params(s: StateRow) -> tuple[object, ...]:
     )
 
 
+_J = TypeVar("_J", dict, list)  # type: ignore[type-arg]
+_S = TypeVar("_S", RunStatus, StateStatus)
+
+
+class _RowError(Exception):
+    """A stored row that cannot be read back (a column of the wrong type or not JSON)."""
+
+
 def _int(value: object) -> int:
-    assert isinstance(value, int)
+    if not isinstance(value, int):
+        raise _RowError(f"expected an integer, found {value!r:.80}")
     return value
+
+
+def _status(kind: type[_S], value: object) -> _S:
+    try:
+        return kind(str(value))
+    except ValueError:
+        raise _RowError(f"not a {kind.__name__}: {value!r:.80}") from None
+
+
+def _json(value: object, kind: type[_J]) -> _J:
+    try:
+        data = json.loads(str(value))
+    except ValueError as exc:
+        raise _RowError(f"not JSON: {exc}") from None
+    if not isinstance(data, kind):
+        raise _RowError(f"expected a JSON {kind.__name__}, found {value!r:.80}")
+    return data
 
 
 def _state_from_row(row: sqlite3.Row | tuple[object, ...]) -> StateRow:
@@ -98,14 +105,14 @@ def _state_from_row(row: sqlite3.Row | tuple[object, ...]) -> StateRow:
         run_id=str(run_id),
         identifier=str(identifier),
         node_name=str(node_name),
-        status=str(status),
-        inputs=json.loads(str(inputs)),
+        status=_status(StateStatus, status),
+        inputs=_json(inputs, dict),
         attempt=_int(attempt),
         parent_id=str(parent_id) if parent_id else None,
         parent_output=_int(parent_output),
-        path=tuple(json.loads(str(path))),
-        outputs=json.loads(str(outputs)) if outputs is not None else None,
-        error=json.loads(str(error)) if error is not None else None,
+        path=tuple(_json(path, list)),
+        outputs=_json(outputs, list) if outputs is not None else None,
+        error=_json(error, dict) if error is not None else None,
         pruned_data=str(pruned) if pruned is not None else None,
         created_at_ms=_int(created),
         updated_at_ms=_int(updated),
@@ -121,11 +128,11 @@ def _run_from_row(row: tuple[object, ...]) -> RunRow:
         namespace=str(namespace),
         graph_name=str(graph_name),
         graph_version=_int(version),
-        status=str(status),
-        store=json.loads(str(store)),
+        status=_status(RunStatus, status),
+        store=_json(store, dict),
         created_at_ms=_int(created),
         updated_at_ms=_int(updated),
-        state_counts=json.loads(str(counts)),
+        state_counts=_json(counts, dict),
     )
 
 
@@ -136,7 +143,10 @@ class SqliteStore:
     """Graphs, nodes, runs and states in one SQLite file, in WAL mode.
 
     ``synchronous=NORMAL`` with WAL keeps every committed transaction across a crash of the process (kill -9);
-    only a power loss can drop the last transactions. Set ``durable=True`` for ``synchronous=FULL``.
+    only a power loss or an OS crash can drop the last transactions. ``durable=True`` sets ``synchronous=FULL``:
+    an fsync per commit, and committed transactions survive a power loss too.
+
+    Opening checks the file (server/sqlite_schema.py) and raises StoreError naming the problem.
     """
 
     def __init__(self, path: str | Path, *, durable: bool = False) -> None:
@@ -144,13 +154,8 @@ class SqliteStore:
         # One connection writes (from the engine's writer thread, or under the lock from the loop); another
         # reads, so reads never see a transaction in progress. WAL lets them run at the same time.
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.execute("PRAGMA cache_size=-65536")
-        self._db.executescript(_SCHEMA)
-        self._reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db = open_database(self.path, synchronous="FULL" if durable else "NORMAL")
+        self._reader = connect(self.path)
         self._reader.execute("PRAGMA busy_timeout=5000")
         # Checkpoints (which fsync) run on a thread of their own, not inside a commit on the hot path: a commit
         # that happened to trigger SQLite's automatic checkpoint took milliseconds, the runs' tail latency.
@@ -158,6 +163,13 @@ class SqliteStore:
         self._checkpoint_stop = threading.Event()
         self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="exosphere-checkpoint", daemon=True)
         self._checkpointer.start()
+
+    @property
+    def synchronous(self) -> str:
+        """The ``synchronous`` level commits run with: NORMAL, or FULL when opened ``durable``."""
+        with self._lock:
+            level = self._db.execute("PRAGMA synchronous").fetchone()[0]
+        return {1: "NORMAL", 2: "FULL"}.get(level, str(level))
 
     def prepare(self, batch: WriteBatch) -> _Prepared:
         """Serialize the batch now (its states keep changing after this tick); cheap to hand to another thread."""
@@ -230,34 +242,55 @@ class SqliteStore:
             self._db.execute("DELETE FROM graphs WHERE namespace=? AND name=?", (namespace, name))
 
     def load_graphs(self) -> list[GraphSpec]:
-        rows = self._reader.execute("SELECT spec FROM graphs").fetchall()
-        return [GraphSpec.model_validate_json(r[0]) for r in rows]
+        rows = self._start_read("SELECT namespace, name, version, spec FROM graphs")
+        specs = []
+        for namespace, name, version, text in rows:
+            spec = _graph_spec(text, f"graphs namespace={namespace} name={name} version={version}")
+            if spec is not None:
+                specs.append(spec)
+        return specs
 
     def load_graph_version(self, namespace: str, name: str, version: int) -> GraphSpec | None:
         row = self._reader.execute(
             "SELECT spec FROM graph_versions WHERE namespace=? AND name=? AND version=?", (namespace, name, version)
         ).fetchone()
-        return GraphSpec.model_validate_json(row[0]) if row else None
+        where = f"graph_versions namespace={namespace} name={name} version={version}"
+        return _graph_spec(row[0], where) if row else None
 
-    def save_node(self, namespace: str, name: str, schema: bytes) -> None:
+    def save_nodes(self, namespace: str, schemas: Sequence[tuple[str, bytes]]) -> None:
+        now = int(time.time() * 1000)
         with self._transaction():
-            self._db.execute(
+            self._db.executemany(
                 "INSERT OR REPLACE INTO nodes (namespace, name, schema, updated_at_ms) VALUES (?,?,?,?)",
-                (namespace, name, schema, int(time.time() * 1000)),
+                [(namespace, name, schema, now) for name, schema in schemas],
             )
 
     def load_nodes(self) -> list[tuple[str, str, bytes]]:
-        return [
-            (str(a), str(b), bytes(c)) for a, b, c in self._reader.execute("SELECT namespace, name, schema FROM nodes")
-        ]
+        nodes = []
+        for namespace, name, schema in self._start_read("SELECT namespace, name, schema FROM nodes"):
+            if isinstance(schema, bytes):
+                nodes.append((str(namespace), str(name), schema))
+            else:
+                logger.error("stored row unreadable, skipped: nodes namespace=%s name=%s: not a blob", namespace, name)
+        return nodes
 
     def load_pending(self) -> tuple[list[RunRow], list[StateRow]]:
-        runs = [
-            _run_from_row(r) for r in self._reader.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE status='PENDING'")
-        ]
+        runs: list[RunRow] = []
         states: list[StateRow] = []
-        for run in runs:
-            states.extend(self.get_states(run.run_id, -1, 0))
+        for raw in self._start_read(f"SELECT {_RUN_COLUMNS} FROM runs WHERE status='PENDING'"):
+            where = f"runs run_id={raw[0]}"
+            try:
+                run = _run_from_row(raw)
+                rows = self._start_read(f"SELECT {_STATE_COLUMNS} FROM states WHERE run_id=? ORDER BY seq", run.run_id)
+                run_states = []
+                for row in rows:
+                    where = f"states run_id={run.run_id} seq={row[1]}"
+                    run_states.append(_state_from_row(row))
+            except _RowError as exc:
+                logger.error("stored row unreadable, run not recovered: %s: %s", where, exc)
+                continue
+            runs.append(run)
+            states.extend(run_states)
         return runs, states
 
     def get_run(self, run_id: str) -> RunRow | None:
@@ -272,19 +305,26 @@ class SqliteStore:
         return [_state_from_row(r) for r in rows]
 
     def list_runs(
-        self, namespace: str, graph_name: str | None, before_ms: int, limit: int, status: str | None = None
+        self,
+        namespace: str,
+        graph_name: str | None,
+        limit: int,
+        *,
+        after: RunCursor | None = None,
+        status: str | None = None,
     ) -> list[RunRow]:
+        # Served by the runs_by_time / runs_by_graph indexes, which hold exactly this order.
         query = f"SELECT {_RUN_COLUMNS} FROM runs WHERE namespace=?"
         params: list[object] = [namespace]
-        if status:
-            query += " AND status=?"
-            params.append(status)
         if graph_name:
             query += " AND graph_name=?"
             params.append(graph_name)
-        if before_ms:
-            query += " AND created_at_ms<?"
-            params.append(before_ms)
+        if status:
+            query += " AND status=?"
+            params.append(status)
+        if after is not None:
+            query += " AND (created_at_ms, run_id) < (?, ?)"
+            params += (after.created_at_ms, after.run_id)
         query += " ORDER BY created_at_ms DESC, run_id DESC LIMIT ?"
         params.append(limit)
         return [_run_from_row(r) for r in self._reader.execute(query, params)]
@@ -292,6 +332,13 @@ class SqliteStore:
     def get_kv(self, key: str) -> str | None:
         row = self._reader.execute("SELECT value FROM kv WHERE key=?", (key,)).fetchone()
         return str(row[0]) if row else None
+
+    def _start_read(self, query: str, *params: object) -> list[tuple[object, ...]]:
+        """Rows read at start-up; a file that cannot be read there is reported (StoreError), not a traceback."""
+        try:
+            return self._reader.execute(query, params).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise store_error(self.path, exc) from None
 
     def _checkpoint_loop(self, interval_s: float = 0.5) -> None:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -314,6 +361,14 @@ class SqliteStore:
 
     def _transaction(self) -> _Tx:
         return _Tx(self._db, self._lock)
+
+
+def _graph_spec(text: object, where: str) -> GraphSpec | None:
+    try:
+        return GraphSpec.model_validate_json(str(text))
+    except pydantic.ValidationError as exc:
+        logger.error("stored row unreadable, skipped: %s: %s", where, str(exc).replace("\n", " "))
+        return None
 
 
 @dataclass(slots=True)

@@ -14,8 +14,31 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from server.models import GraphSpec, RunRow, StateRow
+from server.status import RunStatus
 
-__all__ = ["InMemoryStore", "Store", "WriteBatch"]
+__all__ = ["InMemoryStore", "RunCursor", "Store", "StoreError", "WriteBatch"]
+
+
+class StoreError(Exception):
+    """The database cannot be used (opened, checked or read at start-up); the message names the file and why.
+
+    ``exosphere-server`` prints it as one line and exits non-zero.
+    """
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class RunCursor:
+    """A place in the order runs are listed in: ``created_at_ms`` descending, then ``run_id`` descending.
+
+    The run id breaks ties, so runs created in the same millisecond are neither skipped nor repeated across pages.
+    """
+
+    created_at_ms: int
+    run_id: str
+
+    @classmethod
+    def of(cls, run: RunRow) -> RunCursor:
+        return cls(run.created_at_ms, run.run_id)
 
 
 @dataclass(slots=True)
@@ -49,16 +72,22 @@ class Store(Protocol):
     def delete_graph(self, namespace: str, name: str) -> None: ...
 
     def load_graphs(self) -> list[GraphSpec]:
-        """The current version of every graph."""
+        """The current version of every graph; a stored graph that cannot be read is logged and left out."""
 
-    def load_graph_version(self, namespace: str, name: str, version: int) -> GraphSpec | None: ...
+    def load_graph_version(self, namespace: str, name: str, version: int) -> GraphSpec | None:
+        """That version of the graph; None when it is not stored or cannot be read (logged)."""
 
-    def save_node(self, namespace: str, name: str, schema: bytes) -> None: ...
+    def save_nodes(self, namespace: str, schemas: Sequence[tuple[str, bytes]]) -> None:
+        """Save registered node schemas (name, serialized schema) in one transaction."""
 
     def load_nodes(self) -> list[tuple[str, str, bytes]]: ...
 
     def load_pending(self) -> tuple[list[RunRow], list[StateRow]]:
-        """Runs still PENDING, and all their states ordered by run and sequence."""
+        """Runs still PENDING, and all their states ordered by run and sequence.
+
+        A run whose row or any of whose states cannot be read is logged and left out whole: half a run would
+        run wrongly (a unites would fire without the missing branch).
+        """
 
     def get_run(self, run_id: str) -> RunRow | None: ...
 
@@ -66,10 +95,16 @@ class Store(Protocol):
         """States of a run with ``seq > after_seq``, by sequence, at most ``limit`` (0: all)."""
 
     def list_runs(
-        self, namespace: str, graph_name: str | None, before_ms: int, limit: int, status: str | None = None
+        self,
+        namespace: str,
+        graph_name: str | None,
+        limit: int,
+        *,
+        after: RunCursor | None = None,
+        status: str | None = None,
     ) -> list[RunRow]:
-        """Runs created strictly before ``before_ms`` (0: any), newest first (ties by run id, descending, so pages
-        are stable), optionally of one status."""
+        """At most ``limit`` runs of the namespace (of one graph and one status when given; "" means any), newest
+        first in ``RunCursor`` order, starting after ``after`` (the cursor of the previous page's last run)."""
 
     def get_kv(self, key: str) -> str | None: ...
 
@@ -91,30 +126,27 @@ class InMemoryStore:
         self.commit(self.prepare(batch))
 
     def prepare(self, batch: WriteBatch) -> object:
-        runs = [
-            RunRow(
-                run_id=run.run_id,
-                namespace=run.namespace,
-                graph_name=run.graph_name,
-                graph_version=run.graph_version,
-                status=run.status,
-                store=dict(run.store),
-                created_at_ms=run.created_at_ms,
-                updated_at_ms=run.updated_at_ms,
-                state_counts=dict(run.state_counts),
-            )
-            for run in batch.runs
-        ]
-        states = [_snapshot(s) for s in (*batch.new_states, *batch.updated_states)]
-        return states, runs, dict(batch.kv)
+        return (
+            [_snapshot(s) for s in batch.new_states],
+            [_snapshot(s) for s in batch.updated_states],
+            [_copy_run(r) for r in batch.runs],
+            dict(batch.kv),
+        )
 
     def commit(self, prepared: object) -> None:
         assert isinstance(prepared, tuple)
-        states: list[StateRow] = prepared[0]
-        runs: list[RunRow] = prepared[1]
-        kv: dict[str, str] = prepared[2]
-        for state in states:
+        inserts: list[StateRow] = prepared[0]
+        updates: list[StateRow] = prepared[1]
+        runs: list[RunRow] = prepared[2]
+        kv: dict[str, str] = prepared[3]
+        for state in inserts:
             self._states.setdefault(state.run_id, {})[state.seq] = state
+        for state in updates:  # like SQL's UPDATE: the result columns of a state already stored, else nothing
+            stored = self._states.get(state.run_id, {}).get(state.seq)
+            if stored is not None:
+                stored.status, stored.attempt, stored.outputs = state.status, state.attempt, state.outputs
+                stored.error, stored.pruned_data = state.error, state.pruned_data
+                stored.updated_at_ms, stored.run_at_ms = state.updated_at_ms, state.run_at_ms
         for run in runs:
             self._runs[run.run_id] = run
         self._kv.update(kv)
@@ -132,43 +164,66 @@ class InMemoryStore:
     def load_graph_version(self, namespace: str, name: str, version: int) -> GraphSpec | None:
         return self._versions.get((namespace, name, version))
 
-    def save_node(self, namespace: str, name: str, schema: bytes) -> None:
-        self._nodes[namespace, name] = schema
+    def save_nodes(self, namespace: str, schemas: Sequence[tuple[str, bytes]]) -> None:
+        for name, schema in schemas:
+            self._nodes[namespace, name] = schema
 
     def load_nodes(self) -> list[tuple[str, str, bytes]]:
         return [(ns, name, raw) for (ns, name), raw in self._nodes.items()]
 
     def load_pending(self) -> tuple[list[RunRow], list[StateRow]]:
-        runs = [r for r in self._runs.values() if r.status == "PENDING"]
+        runs = [_copy_run(r) for r in self._runs.values() if r.status == RunStatus.PENDING]
         states = [_snapshot(s) for r in runs for _, s in sorted(self._states.get(r.run_id, {}).items())]
         return runs, states
 
     def get_run(self, run_id: str) -> RunRow | None:
-        return self._runs.get(run_id)
+        run = self._runs.get(run_id)
+        return _copy_run(run) if run is not None else None
 
     def get_states(self, run_id: str, after_seq: int, limit: int) -> list[StateRow]:
         rows = [s for seq, s in sorted(self._states.get(run_id, {}).items()) if seq > after_seq]
-        return rows[:limit] if limit else rows
+        return [_snapshot(s) for s in (rows[:limit] if limit else rows)]
 
     def list_runs(
-        self, namespace: str, graph_name: str | None, before_ms: int, limit: int, status: str | None = None
+        self,
+        namespace: str,
+        graph_name: str | None,
+        limit: int,
+        *,
+        after: RunCursor | None = None,
+        status: str | None = None,
     ) -> list[RunRow]:
         runs = [
             r
             for r in self._runs.values()
             if r.namespace == namespace
-            and (graph_name is None or r.graph_name == graph_name)
-            and (status is None or r.status == status)
-            and (not before_ms or r.created_at_ms < before_ms)
+            and (not graph_name or r.graph_name == graph_name)
+            and (not status or r.status == status)
+            and (after is None or RunCursor.of(r) < after)
         ]
-        runs.sort(key=lambda r: (r.created_at_ms, r.run_id), reverse=True)
-        return runs[:limit]
+        runs.sort(key=RunCursor.of, reverse=True)
+        return [_copy_run(r) for r in runs[:limit]]
 
     def get_kv(self, key: str) -> str | None:
         return self._kv.get(key)
 
     def close(self) -> None:
         pass
+
+
+def _copy_run(run: RunRow) -> RunRow:
+    """A copy the caller may change (the SQL stores hand out fresh rows too)."""
+    return RunRow(
+        run_id=run.run_id,
+        namespace=run.namespace,
+        graph_name=run.graph_name,
+        graph_version=run.graph_version,
+        status=run.status,
+        store=dict(run.store),
+        created_at_ms=run.created_at_ms,
+        updated_at_ms=run.updated_at_ms,
+        state_counts=dict(run.state_counts),
+    )
 
 
 def _snapshot(state: StateRow) -> StateRow:

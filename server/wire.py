@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from google.protobuf.descriptor_pb2 import DescriptorProto, FieldDescriptorProto
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
+from pydantic import ValidationError
 
 from exosphere.errors import InvalidArgumentError
 from exosphere.v1 import common_pb2, runtime_pb2, scheduler_pb2
@@ -26,11 +27,13 @@ from server.models import (
     UnitesSpec,
 )
 from server.names import check_name, check_names, name_problem
+from server.status import ResultKind
 
 __all__ = [
     "graph_spec_from_pb",
     "graph_to_pb",
     "result_from_pb",
+    "run_status_from_pb",
     "run_to_pb",
     "schema_from_pb",
     "state_to_pb",
@@ -131,6 +134,15 @@ def too_many_outputs(count: int) -> str:
     )
 
 
+def _enum_name(enum: Any, value: int, prefix: str) -> str:
+    """The name of ``value`` without ``prefix``; proto3 enums are open, so a client may send any number."""
+    try:
+        name: str = enum.Name(value)
+    except ValueError:
+        raise InvalidArgumentError(f"unknown {prefix.rstrip('_')} value {value}") from None
+    return name.removeprefix(prefix)
+
+
 def _fields(namespace: str, node: str, label: str, descriptor: DescriptorProto) -> tuple[FieldSpec, ...]:
     fields = []
     seen = set()
@@ -169,13 +181,17 @@ def schema_from_pb(namespace: str, schema: common_pb2.NodeSchema) -> NodeSchema:
 
 
 def decode_stored_schema(namespace: str, raw: bytes) -> NodeSchema:
+    """A node schema as stored; ValueError when the bytes are not a valid NodeSchema (recovery skips it)."""
     message = common_pb2.NodeSchema()
-    message.ParseFromString(raw)
+    try:
+        message.ParseFromString(raw)
+    except DecodeError as exc:  # not a ValueError
+        raise ValueError(f"not a NodeSchema message: {exc}") from None
     return schema_from_pb(namespace, message)
 
 
 def _retry_from_pb(policy: scheduler_pb2.RetryPolicy) -> RetryPolicySpec:
-    strategy = scheduler_pb2.RetryStrategy.Name(policy.strategy).removeprefix("RETRY_STRATEGY_")
+    strategy = _enum_name(scheduler_pb2.RetryStrategy, policy.strategy, "RETRY_STRATEGY_")
     return RetryPolicySpec(
         max_retries=policy.max_retries,
         strategy="EXPONENTIAL" if strategy == "UNSPECIFIED" else strategy,
@@ -201,6 +217,14 @@ def graph_spec_from_pb(graph: scheduler_pb2.Graph) -> GraphSpec:
     check_name("graph name", graph.name.strip())
     if len(graph.nodes) > MAX_GRAPH_NODES:
         raise InvalidArgumentError(f"a graph may have at most {MAX_GRAPH_NODES} nodes, got {len(graph.nodes)}")
+    try:
+        return _graph_spec(graph)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise InvalidArgumentError(f"invalid graph {graph.name!r}: {problems}") from None
+
+
+def _graph_spec(graph: scheduler_pb2.Graph) -> GraphSpec:
     nodes = []
     for index, node in enumerate(graph.nodes):
         # Empty names are left to graph validation, which reports them with every other problem.
@@ -215,7 +239,7 @@ def graph_spec_from_pb(graph: scheduler_pb2.Graph) -> GraphSpec:
             check_name(f"{where} unites identifier", node.unites.identifier.strip())
         unites = None
         if node.HasField("unites"):
-            strategy = scheduler_pb2.UnitesStrategy.Name(node.unites.strategy).removeprefix("UNITES_STRATEGY_")
+            strategy = _enum_name(scheduler_pb2.UnitesStrategy, node.unites.strategy, "UNITES_STRATEGY_")
             unites = UnitesSpec(
                 identifier=node.unites.identifier.strip(),
                 strategy="ALL_SUCCESS" if strategy == "UNSPECIFIED" else strategy,
@@ -258,6 +282,11 @@ def graph_spec_from_pb(graph: scheduler_pb2.Graph) -> GraphSpec:
             for t in graph.triggers
         ],
     )
+
+
+def run_status_from_pb(status: int) -> str | None:
+    """A run status filter sent by a client (None when unset)."""
+    return _enum_name(common_pb2.RunStatus, status, "RUN_STATUS_") if status else None
 
 
 def graph_to_pb(spec: GraphSpec) -> scheduler_pb2.Graph:
@@ -340,7 +369,7 @@ def result_from_pb(result: runtime_pb2.Result) -> ResultIn:
     if bad_key is not None and kind == "executed":
         message = f"store key {bad_key[:80]!r} written by the node: {name_problem(bad_key)}"
         return ResultIn(
-            result.state_id, result.dispatch_id, "errored", error={"message": message, "type": "StoreKeyError"}
+            result.state_id, result.dispatch_id, ResultKind.ERRORED, error={"message": message, "type": "StoreKeyError"}
         )
     if kind == "executed":
         count = len(result.executed.outputs)
@@ -348,20 +377,20 @@ def result_from_pb(result: runtime_pb2.Result) -> ResultIn:
             return ResultIn(
                 result.state_id,
                 result.dispatch_id,
-                "errored",
+                ResultKind.ERRORED,
                 error={"message": too_many_outputs(count), "type": "TooManyOutputsError"},
             )
         outputs = []
         for out in result.executed.outputs:
             fields = out.fields
             outputs.append({k: fields[k] for k in fields})
-        return ResultIn(result.state_id, result.dispatch_id, "executed", outputs=outputs, store_writes=writes)
+        return ResultIn(result.state_id, result.dispatch_id, ResultKind.EXECUTED, outputs=outputs, store_writes=writes)
     if kind == "errored":
         e = result.errored
         return ResultIn(
             result.state_id,
             result.dispatch_id,
-            "errored",
+            ResultKind.ERRORED,
             error={"message": e.message, "type": e.type, "traceback": e.traceback},
         )
     if kind == "pruned":
@@ -370,13 +399,13 @@ def result_from_pb(result: runtime_pb2.Result) -> ResultIn:
             json.loads(data)
         except (ValueError, RecursionError):  # not JSON, or nested too deep to read: keep it as text
             data = json.dumps({"raw": data[:65536]})
-        return ResultIn(result.state_id, result.dispatch_id, "pruned", pruned_data=data)
+        return ResultIn(result.state_id, result.dispatch_id, ResultKind.PRUNED, pruned_data=data)
     if kind == "requeue_after":
-        return ResultIn(result.state_id, result.dispatch_id, "requeue", delay_ms=result.requeue_after.delay_ms)
+        return ResultIn(result.state_id, result.dispatch_id, ResultKind.REQUEUE, delay_ms=result.requeue_after.delay_ms)
     return ResultIn(
         result.state_id,
         result.dispatch_id,
-        "errored",
+        ResultKind.ERRORED,
         error={
             "message": "result has no outcome (executed, errored, pruned or requeue_after)",
             "type": "ProtocolError",

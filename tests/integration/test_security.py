@@ -163,7 +163,7 @@ async def world(secure_app: App, address: str) -> AsyncIterator[World]:
             await sm.upsert_graph("g", [echo(ns)])
             result = await run_to_end(sm, "g")
             assert result.status is RunStatus.SUCCESS
-            [session] = secure_app.engine.sessions(ns)
+            [session] = secure_app.engine.runtimes.connected(ns)
             ids[ns] = (result.run_id, result.states[0].state_id, session.session_id)
         yield World(*ids["alpha"], *ids["beta"])
 

@@ -75,7 +75,7 @@ def graph(name: str = "g", triggers: list[CronSpec] | None = None, **kwargs: obj
 
 async def new_engine(store: InMemoryStore) -> Engine:
     engine = Engine(store, secret_box=SecretBox(load_or_create_key(None)))
-    engine._nodes[NS, "Echo"] = ECHO  # as if a runtime had registered it (recovery compiles graphs with it)
+    engine.runtimes.nodes[NS, "Echo"] = ECHO  # as if a runtime had registered it (recovery compiles graphs with it)
     await engine.start()
     return engine
 
@@ -118,10 +118,10 @@ class Harness:
         return self.cron
 
     def runs(self, name: str | None = "g") -> int:
-        return len(self.eng.list_runs(NS, name, 1000, 0))
+        return len(self.eng.list_runs(NS, name, 1000, None))
 
     def run_ids(self) -> set[str]:
-        return {r.run_id for r in self.eng.list_runs(NS, None, 1000, 0)}
+        return {r.run_id for r in self.eng.list_runs(NS, None, 1000, None)}
 
     async def tick(self) -> list[str]:
         """Fire what is due now; the run ids started. Counted from the store, not from tick()'s answer: the timer

@@ -1,0 +1,142 @@
+"""Reference resolution: the inputs of a new state, spliced from its ancestors' outputs and the run's store.
+
+References were parsed once at upsert (server/templating.py); here they are looked up in the lineage of the state
+that creates the new one. ``${{ id.outputs.f }}`` reads the nearest ancestor ``id`` (its output on this branch);
+below a fan-out that is not re-united it is that branch's value, and in a merge state it is a JSON array of every
+branch's value, ordered by branch.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import NamedTuple
+
+from server.graph import CompiledNode
+from server.runstate import State
+from server.templating import OutputRef, StoreRef
+
+__all__ = ["Child", "ResolutionError", "children_of", "merge_inputs", "render_inputs", "root_inputs"]
+
+
+class ResolutionError(Exception):
+    """An input reference has no value in this branch (a state's next states cannot be created)."""
+
+
+class Child(NamedTuple):
+    """A next state to create: which node, below which output of the parent, with what inputs."""
+
+    node: CompiledNode
+    parent_output: int
+    path: tuple[int, ...]
+    inputs: dict[str, str]
+
+
+def render_inputs(
+    node: CompiledNode,
+    store: Mapping[str, str],
+    output: Callable[[OutputRef, str], str],
+    skip: Collection[str] = (),
+) -> dict[str, str]:
+    """Splice store values and outputs (read through ``output``) into ``node``'s input templates."""
+    resolved = {k: v for k, v in node.literal_inputs.items() if k not in skip}
+    for name, template in node.inputs.items():
+        if name in resolved or name in skip:
+            continue
+        parts = []
+        for seg in template.segments:
+            if isinstance(seg, str):
+                parts.append(seg)
+            elif isinstance(seg, StoreRef):
+                value = store.get(seg.key)
+                if value is None:
+                    raise ResolutionError(f"{node.identifier}: input {name!r}: store key {seg.key!r} is not set")
+                parts.append(value)
+            else:
+                parts.append(output(seg, name))
+        resolved[name] = "".join(parts)
+    return resolved
+
+
+def root_inputs(root: CompiledNode, store: Mapping[str, str], given: Mapping[str, str]) -> dict[str, str]:
+    """The root's inputs: the template's (which may read only the store), overridden by the trigger's."""
+    resolved = render_inputs(root, store, _no_outputs, skip=given.keys())
+    resolved.update(given)
+    return resolved
+
+
+def children_of(parent: State) -> list[Child]:
+    """The next states of a succeeded state: one per output (one when none) per next node.
+
+    Resolves every input before anything is created, so a reference without a value creates nothing.
+    """
+    nexts = parent.node.next
+    if not nexts:
+        return []
+    outputs = parent.outputs or ()
+    count = max(1, len(outputs))
+    multi = count > 1
+    store = parent.run.store
+    children = []
+    for k in range(count):
+        path = (*parent.path, k) if multi else parent.path
+        for node in nexts:
+
+            def output(ref: OutputRef, name: str, k: int = k, node: CompiledNode = node) -> str:
+                return _lookup(ref, parent, k, node, name)
+
+            children.append(Child(node, k, path, render_inputs(node, store, output)))
+    return children
+
+
+def merge_inputs(merge: CompiledNode, united: State) -> dict[str, str]:
+    """Inputs of a merge state: references below the united state read every branch, as a JSON array."""
+
+    def output(ref: OutputRef, name: str) -> str:
+        if ref.identifier == united.identifier:
+            return _json_array(ref.field, [united])
+        if ref.identifier in merge.aggregated:
+            states = (united.collected or {}).get(ref.identifier, [])
+            states.sort(key=_path_key)
+            return _json_array(ref.field, states)
+        return _lookup(ref, united, -1, merge, name)
+
+    return render_inputs(merge, united.run.store, output)
+
+
+def _no_outputs(ref: OutputRef, name: str) -> str:
+    raise ResolutionError(f"input {name!r}: the root node may reference only the store")
+
+
+def _lookup(ref: OutputRef, state: State | None, k: int, node: CompiledNode, name: str) -> str:
+    """The value of ``${{ ref }}`` in the lineage of ``state`` (its output ``k``)."""
+    cur, index = state, k
+    while cur is not None:
+        if cur.identifier == ref.identifier:
+            outputs = cur.outputs
+            if not outputs:
+                raise ResolutionError(
+                    f"{node.identifier}: input {name!r}: {ref.identifier} returned no outputs, so "
+                    f"${{{{ {ref.identifier}.outputs.{ref.field} }}}} has no value"
+                )
+            if index < 0:
+                if len(outputs) > 1:
+                    return _json_array(ref.field, [cur])
+                index = 0
+            value = outputs[index].get(ref.field)
+            if value is None:
+                raise ResolutionError(
+                    f"{node.identifier}: input {name!r}: {ref.identifier} has no output {ref.field!r}"
+                )
+            return value
+        index = cur.parent_output
+        cur = cur.parent
+    raise ResolutionError(f"{node.identifier}: input {name!r}: no ancestor {ref.identifier!r} in this branch")
+
+
+def _json_array(field_name: str, states: Sequence[State]) -> str:
+    return json.dumps([o[field_name] for s in states for o in (s.outputs or ()) if field_name in o], ensure_ascii=False)
+
+
+def _path_key(state: State) -> tuple[int, ...]:
+    return state.path

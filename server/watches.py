@@ -1,0 +1,81 @@
+"""Watches: a client following a live run hears of each committed change, and of the run's end once committed.
+
+Each watcher of a run has a queue. After every group commit the engine calls :func:`notify` with the states that
+commit saved; each watcher of their runs gets them as one event. A run's end is part of the run only once it is
+committed: until then a watcher (and any reader) sees it PENDING (:func:`committed_view`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+
+from server.models import RunRow, StateRow
+from server.runstate import Run, State
+from server.status import RunStatus
+
+__all__ = ["committed_view", "follow", "notify"]
+
+# Counting a run's states by status is O(states): while it goes on, a watcher refreshes the counts at most this often.
+COUNT_INTERVAL_S = 0.05
+
+
+def committed_view(run: Run) -> RunRow:
+    """The run as committed: an end not yet committed is still PENDING to the outside."""
+    if run.end_committed or run.pending:
+        return run
+    return RunRow(
+        run_id=run.run_id,
+        namespace=run.namespace,
+        graph_name=run.graph_name,
+        graph_version=run.graph_version,
+        status=RunStatus.PENDING,
+        store=run.store,
+        created_at_ms=run.created_at_ms,
+        updated_at_ms=run.updated_at_ms,
+        state_counts=run.state_counts,
+    )
+
+
+async def follow(run: Run) -> AsyncIterator[tuple[RunRow, list[StateRow]]]:
+    """Yield the run with all its states, then the states of each commit that changed it, until its end."""
+    queue: asyncio.Queue[list[State] | None] = asyncio.Queue()
+    run.watchers.append(queue)
+    try:
+        run.state_counts = run.counts()
+        counted = time.monotonic()
+        reported_end = run.end_committed
+        yield committed_view(run), list(run.states)
+        # The run's end is reported once it is committed; that commit always notifies this queue, so no event is
+        # lost even when it lands while the consumer is busy with the previous one.
+        while not reported_end:
+            changed = await queue.get()
+            if changed is None:
+                break
+            reported_end = run.end_committed
+            if reported_end or time.monotonic() - counted > COUNT_INTERVAL_S:
+                run.state_counts = run.counts()
+                counted = time.monotonic()
+            yield committed_view(run), list(changed)
+    finally:
+        if queue in run.watchers:
+            run.watchers.remove(queue)
+
+
+def notify(changed: Sequence[State], finished: Sequence[Run]) -> None:
+    """Hand each watcher of a changed or finished run the states one commit saved."""
+    by_run: dict[str, tuple[Run, list[State]]] = {}
+    for state in changed:
+        run = state.run
+        if run.watchers:
+            entry = by_run.get(run.run_id)
+            if entry is None:
+                entry = by_run[run.run_id] = (run, [])
+            entry[1].append(state)
+    for run in finished:
+        if run.watchers and run.run_id not in by_run:
+            by_run[run.run_id] = (run, [])
+    for run, states in by_run.values():
+        for queue in run.watchers:
+            queue.put_nowait(states)

@@ -464,3 +464,38 @@ async def test_a_run_only_watch_sends_the_store_once_with_the_outcome(
         Held.released.add(namespace)
     assert events[0].status is RunStatus.PENDING and events[0].store == {}
     assert events[-1].status is RunStatus.SUCCESS and events[-1].store == {"k": "v" * 1000}
+
+
+class Gather(BaseNode):
+    class Inputs(BaseModel):
+        blobs: str
+
+    async def execute(self) -> None:
+        return None
+
+
+@pytest.mark.slow
+async def test_a_merge_whose_inputs_cannot_fit_fails_and_the_run_stays_readable(
+    state_manager: StateManager, start_runtime: RuntimeFactory, namespace: str
+) -> None:
+    # Five 14 MB branches: a merge reading all of them would have 70 MB of inputs, a state no message can carry.
+    await start_runtime([Fan, Big, Gather], max_concurrency=8)
+    await state_manager.upsert_graph(
+        "gather",
+        [
+            gnode(namespace, "Fan", "fan", {"n": "5"}, next_nodes=["big"]),
+            gnode(namespace, "Big", "big", {"item": "${{ fan.outputs.item }}", "key": namespace, "mb": "14"},
+                  next_nodes=["gather"]),
+            gnode(namespace, "Gather", "gather", {"blobs": "${{ big.outputs.blob }}"},
+                  unites={"identifier": "fan"}),
+        ],
+        retry_policy=NO_RETRY,
+    )  # fmt: skip
+    run = await state_manager.trigger("gather")
+    result = await state_manager.wait(run.run_id, timeout=30)
+
+    assert result.status is RunStatus.FAILED
+    [fan] = [s for s in result.states if s.identifier == "fan"]
+    assert fan.status is StateStatus.NEXT_CREATED_ERROR
+    assert fan.error is not None and "a state's inputs may be at most 33554432" in fan.error["message"]
+    assert not [s for s in result.states if s.identifier == "gather"]

@@ -51,6 +51,10 @@ MAX_GRAPH_NODES = 10_000
 # second and took 150 MB; 10,000 is the widest fan-out we benchmark and keeps one result's work near 0.1 s.
 MAX_OUTPUTS_PER_RESULT = common_pb2.LIMIT_MAX_OUTPUTS_PER_RESULT
 
+# A state's outputs, values in UTF-8 bytes (as exosphere/_executor.py MAX_RESULT_BYTES): with its inputs (at most
+# 32 MiB, server/resolve.py) a state always fits one message of a read.
+MAX_OUTPUTS_BYTES = 16 * 1024 * 1024
+
 # A run's store travels with every dispatch and every read of the run, so it is bounded: keys and values together,
 # UTF-8 bytes. 16 MiB, as a node's outputs: an Execute item then has room for inputs and secrets.
 MAX_STORE_BYTES = 16 * 1024 * 1024
@@ -381,9 +385,22 @@ def result_from_pb(result: runtime_pb2.Result) -> ResultIn:
                 error={"message": too_many_outputs(count), "type": "TooManyOutputsError"},
             )
         outputs = []
+        size = 0
         for out in result.executed.outputs:
             fields = out.fields
-            outputs.append({k: fields[k] for k in fields})
+            values = {k: fields[k] for k in fields}
+            size += sum(text_bytes(v) for v in values.values())
+            outputs.append(values)
+        if size > MAX_OUTPUTS_BYTES:  # the Python runtime refuses it first; runtimes in other languages may not
+            return ResultIn(
+                result.state_id,
+                result.dispatch_id,
+                ResultKind.ERRORED,
+                error={
+                    "message": f"the node returned {size} bytes of outputs; limit {MAX_OUTPUTS_BYTES}",
+                    "type": "ResultTooLargeError",
+                },
+            )
         return ResultIn(result.state_id, result.dispatch_id, ResultKind.EXECUTED, outputs=outputs, store_writes=writes)
     if kind == "errored":
         e = result.errored

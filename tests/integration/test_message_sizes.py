@@ -499,3 +499,24 @@ async def test_a_merge_whose_inputs_cannot_fit_fails_and_the_run_stays_readable(
     assert fan.status is StateStatus.NEXT_CREATED_ERROR
     assert fan.error is not None and "a state's inputs may be at most 33554432" in fan.error["message"]
     assert not [s for s in result.states if s.identifier == "gather"]
+
+
+@pytest.mark.slow
+async def test_scheduler_refuses_outputs_over_16_mib_from_any_runtime(
+    state_manager: StateManager, server_address: str, namespace: str
+) -> None:
+    async with grpc.aio.insecure_channel(server_address, options=_BIG) as channel:
+        call = await raw_runtime(channel, namespace, [_schema("Raw")])
+        await state_manager.upsert_graph("raw", [gnode(namespace, "Raw", "raw", {})], retry_policy=NO_RETRY)
+        run = await state_manager.trigger("raw")
+        message = await asyncio.wait_for(call.read(), timeout=10)
+        [item] = message.execute.items
+        result = runtime_pb2.Result(state_id=item.state_id, attempt=item.attempt, dispatch_id=item.dispatch_id)
+        result.executed.outputs.add().fields["item"] = "x" * (16 * MB + 1)
+        await call.write(runtime_pb2.RuntimeMessage(results=runtime_pb2.ResultBatch(results=[result])))
+        finished = await state_manager.wait(run.run_id, timeout=10)
+        call.cancel()
+    [state] = finished.states
+    assert state.status is StateStatus.ERRORED
+    assert state.error is not None and state.error["type"] == "ResultTooLargeError"
+    assert f"{16 * MB + 1} bytes of outputs; limit {16 * MB}" in state.error["message"]

@@ -55,6 +55,11 @@ MAX_OUTPUTS_PER_RESULT = common_pb2.LIMIT_MAX_OUTPUTS_PER_RESULT
 # 32 MiB, server/resolve.py) a state always fits one message of a read.
 MAX_OUTPUTS_BYTES = 16 * 1024 * 1024
 
+# An error's message and traceback are kept to this many characters each (and its type to MAX_ERROR_TYPE): they are
+# for people, and a state (read with its inputs and outputs) must fit one message.
+MAX_ERROR_TEXT = 64 * 1024
+MAX_ERROR_TYPE = 256
+
 # A run's store travels with every dispatch and every read of the run, so it is bounded: keys and values together,
 # UTF-8 bytes. 16 MiB, as a node's outputs: an Execute item then has room for inputs and secrets.
 MAX_STORE_BYTES = 16 * 1024 * 1024
@@ -128,6 +133,13 @@ def check_store_size(what: str, store: Mapping[str, str]) -> None:
     size = store_bytes(store)
     if size > MAX_STORE_BYTES:
         raise InvalidArgumentError(f"{what} is {size} bytes; a run's store may hold at most {MAX_STORE_BYTES}")
+
+
+def _cut(text: str, limit: int) -> str:
+    """``text``, cut to ``limit`` characters saying how much was left out (error text is for people)."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters)"
 
 
 def too_many_outputs(count: int) -> str:
@@ -408,10 +420,24 @@ def result_from_pb(result: runtime_pb2.Result) -> ResultIn:
             result.state_id,
             result.dispatch_id,
             ResultKind.ERRORED,
-            error={"message": e.message, "type": e.type, "traceback": e.traceback},
+            error={
+                "message": _cut(e.message, MAX_ERROR_TEXT),
+                "type": _cut(e.type, MAX_ERROR_TYPE),
+                "traceback": _cut(e.traceback, MAX_ERROR_TEXT),
+            },
         )
     if kind == "pruned":
         data = result.pruned.data_json or "{}"
+        if text_bytes(data) > MAX_OUTPUTS_BYTES:
+            return ResultIn(
+                result.state_id,
+                result.dispatch_id,
+                ResultKind.ERRORED,
+                error={
+                    "message": f"PruneSignal data is {text_bytes(data)} bytes; limit {MAX_OUTPUTS_BYTES}",
+                    "type": "ResultTooLargeError",
+                },
+            )
         try:
             json.loads(data)
         except (ValueError, RecursionError):  # not JSON, or nested too deep to read: keep it as text

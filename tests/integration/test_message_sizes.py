@@ -520,3 +520,31 @@ async def test_scheduler_refuses_outputs_over_16_mib_from_any_runtime(
     assert state.status is StateStatus.ERRORED
     assert state.error is not None and state.error["type"] == "ResultTooLargeError"
     assert f"{16 * MB + 1} bytes of outputs; limit {16 * MB}" in state.error["message"]
+
+
+@pytest.mark.slow
+async def test_error_text_is_cut_and_huge_prune_data_refused_for_runtimes_in_any_language(
+    state_manager: StateManager, server_address: str, namespace: str
+) -> None:
+    async with grpc.aio.insecure_channel(server_address, options=_BIG) as channel:
+        call = await raw_runtime(channel, namespace, [_schema("Raw")], credit=2)
+        await state_manager.upsert_graph("raw", [gnode(namespace, "Raw", "raw", {})], retry_policy=NO_RETRY)
+        runs = [(await state_manager.trigger("raw")).run_id for _ in range(2)]
+        items: list[runtime_pb2.Execute] = []
+        while len(items) < 2:
+            items.extend((await asyncio.wait_for(call.read(), timeout=10)).execute.items)
+        results = [runtime_pb2.Result(state_id=i.state_id, attempt=i.attempt, dispatch_id=i.dispatch_id) for i in items]
+        results[0].errored.message = "m" * 30 * MB
+        results[0].errored.traceback = "t" * 30 * MB
+        results[1].pruned.data_json = '"' + "p" * 20 * MB + '"'
+        for result in results:
+            await call.write(runtime_pb2.RuntimeMessage(results=runtime_pb2.ResultBatch(results=[result])))
+        finished = [await state_manager.wait(run_id, timeout=10) for run_id in runs]
+        call.cancel()
+    by_state = {s.state_id: s for run in finished for s in run.states}
+    errored, pruned = (by_state[i.state_id] for i in items)
+    assert errored.error is not None
+    assert errored.error["message"].endswith(f"... ({30 * MB - 64 * 1024} more characters)")
+    assert len(errored.error["traceback"]) < 70 * 1024
+    assert pruned.status is StateStatus.ERRORED
+    assert pruned.error is not None and pruned.error["type"] == "ResultTooLargeError"

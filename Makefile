@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install proto proto-check format lint typecheck test check run bench bench-peers clean
+.PHONY: install proto proto-check format lint typecheck test test-quick check run bench bench-peers clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,7 +20,10 @@ proto: $(STAMP) ## regenerate exosphere/v1 from protos/
 	touch exosphere/v1/__init__.py
 
 proto-check: proto ## fails when the committed generated code drifts from protos/
-	test -z "$$(git status --porcelain -- exosphere/v1)"
+	@git rev-parse --is-inside-work-tree >/dev/null 2>&1 || { echo "proto-check: not a git checkout"; exit 1; }
+	@drift="$$(git status --porcelain -- exosphere/v1)"; test -z "$$drift" || { \
+	    echo "$$drift"; echo "proto-check: exosphere/v1 differs from what protos/ generates; run make proto, commit"; \
+	    exit 1; }
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format exosphere server tests examples benchmarks exospherehost
@@ -29,13 +32,16 @@ format: $(STAMP)
 lint: $(STAMP) ## ruff
 	$(VENV)/bin/ruff check exosphere server tests examples benchmarks exospherehost
 
-typecheck: $(STAMP) ## mypy --strict on exosphere/ and server/
+typecheck: $(STAMP) ## mypy --strict on exosphere/, server/ and tests/
 	$(VENV)/bin/mypy
 
-test: $(STAMP) ## the whole suite
+test: lint typecheck proto-check ## the checks, then the whole suite (what CI runs)
 	$(PY) -m pytest
 
-check: lint typecheck proto-check test
+test-quick: $(STAMP) ## the suite without the tests marked slow (faults, fuzzing, > ~2 s)
+	$(PY) -m pytest -m "not slow"
+
+check: test
 
 run: $(STAMP) ## scheduler + example runtime + example graph, prints the run
 	$(PY) examples/run_demo.py

@@ -79,6 +79,11 @@ class Runtime:
         self._config = ClientConfig.resolve(address=address, api_key=key, tls_ca_file=tls_ca_file)
         self._shutdown_grace = shutdown_grace
         self._created = _LazyEvent()
+        # A stop asked for before run() made its event (``start()`` then ``stop()`` at once) still counts.
+        self._stop_requested = False
+        # Set when run() returns or raises, with what it raised: wait_registered() must not outwait a dead runtime.
+        self._ended: asyncio.Event | None = None
+        self._error: BaseException | None = None
         self._stopping: asyncio.Event | None = None
         self._registered: asyncio.Event | None = None
         # Executing states by dispatch id.
@@ -111,6 +116,7 @@ class Runtime:
 
     def stop(self) -> None:
         """Stop taking work, finish in-flight states within the grace period, then return from ``run()``."""
+        self._stop_requested = True
         if self._stopping is not None:
             self._stopping.set()
 
@@ -118,15 +124,40 @@ class Runtime:
         """Wait until the runtime's nodes are registered with the scheduler (useful in tests and scripts)."""
         async with asyncio.timeout(timeout):
             await self._created.wait()
-            assert self._registered is not None
-            await self._registered.wait()
+            assert self._registered is not None and self._ended is not None
+            registered = asyncio.ensure_future(self._registered.wait())
+            ended = asyncio.ensure_future(self._ended.wait())
+            try:
+                await asyncio.wait({registered, ended}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                registered.cancel()
+                ended.cancel()
+            if not self._registered.is_set():
+                if self._error is not None:
+                    raise self._error
+                raise ExosphereError(f"runtime {self.name!r} stopped before it registered")
 
     async def run(self) -> None:
         """Connect, register and execute until ``stop()``; reconnects with backoff when the stream is lost."""
         self._stopping = asyncio.Event()
+        if self._stop_requested:
+            self._stopping.set()
         self._registered = asyncio.Event()
+        self._ended = asyncio.Event()
+        self._error = None
         self._wake_writer = asyncio.Event()
         self._created.set()
+        try:
+            await self._run()
+        except BaseException as exc:
+            self._error = exc
+            raise
+        finally:
+            self._stop_requested = False
+            self._ended.set()
+
+    async def _run(self) -> None:
+        assert self._stopping is not None and self._registered is not None
         backoff = Backoff()
         schemas = [node_to_schema(node) for node in self._nodes.values()]
         while not self._stopping.is_set():

@@ -3,4 +3,5 @@
 from __future__ import annotations
 
 from exosphere import *  # noqa: F403
-from exosphere import __all__, __version__  # noqa: F401
+from exosphere import __all__ as __all__
+from exosphere import __version__ as __version__

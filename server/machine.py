@@ -251,6 +251,9 @@ class StateMachine:
 def _output_problems(node: CompiledNode, outputs: list[dict[str, str]]) -> str:
     if not node.output_fields and not node.required_outputs:
         return ""
+    declared = node.output_fields
+    if all(fields.keys() == declared for fields in outputs):  # the common case, without building sets
+        return ""
     for index, fields in enumerate(outputs):
         unknown = fields.keys() - node.output_fields
         missing = node.required_outputs - fields.keys()

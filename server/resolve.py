@@ -43,7 +43,7 @@ def render_inputs(
     skip: Collection[str] = (),
 ) -> dict[str, str]:
     """Splice store values and outputs (read through ``output``) into ``node``'s input templates."""
-    resolved = {k: v for k, v in node.literal_inputs.items() if k not in skip}
+    resolved = {k: v for k, v in node.literal_inputs.items() if k not in skip} if skip else dict(node.literal_inputs)
     for name, template in node.inputs.items():
         if name in resolved or name in skip:
             continue

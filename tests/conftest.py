@@ -1,11 +1,12 @@
-"""Fixtures: a real scheduler on 127.0.0.1:0 over a real SQLite file, real runtimes, a fresh namespace per test."""
+"""Fixtures: a real scheduler on 127.0.0.1:0 over a real SQLite file, real runtimes, a fresh namespace per test.
+
+The helpers these are built on (and that tests use directly) are in ``tests/helpers``.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,20 +15,8 @@ import pytest
 from exosphere import BaseNode, Runtime, StateManager
 from server.app import App
 from server.config import ServerConfig
-
-
-async def assert_eventually(
-    predicate: Callable[[], Awaitable[bool]] | Callable[[], bool], timeout: float = 10.0, interval: float = 0.01
-) -> None:
-    """Wait until ``predicate`` is true; fail with a clear message after ``timeout`` seconds."""
-    async with asyncio.timeout(timeout):
-        while True:
-            result = predicate()
-            if asyncio.iscoroutine(result):
-                result = await result
-            if result:
-                return
-            await asyncio.sleep(interval)
+from tests.helpers.runtimes import RuntimeFactory, RuntimeGroup
+from tests.helpers.servers import serving
 
 
 @pytest.fixture
@@ -47,12 +36,8 @@ def server_config(db_path: Path) -> ServerConfig:
 
 @pytest.fixture
 async def app(server_config: ServerConfig) -> AsyncIterator[App]:
-    app = App(server_config)
-    await app.start()
-    try:
+    async with serving(server_config) as app:
         yield app
-    finally:
-        await app.stop(grace=0.5)
 
 
 @pytest.fixture
@@ -66,30 +51,16 @@ async def state_manager(namespace: str, server_address: str) -> AsyncIterator[St
         yield sm
 
 
-RuntimeFactory = Callable[..., Awaitable[Runtime]]
-
-
 @pytest.fixture
 async def start_runtime(namespace: str, server_address: str) -> AsyncIterator[RuntimeFactory]:
-    """Start runtimes in this loop; each is registered before the factory returns, stopped at teardown."""
-    tasks: list[tuple[Runtime, asyncio.Task[Any]]] = []
+    """Start runtimes in this loop; each is registered before the factory returns. At teardown they are stopped,
+    and one that crashed fails the test (``tests.helpers.runtimes.RuntimeGroup``)."""
+    async with RuntimeGroup() as group:
 
-    async def factory(nodes: Sequence[type[BaseNode]], **kwargs: Any) -> Runtime:
-        kwargs.setdefault("namespace", namespace)
-        kwargs.setdefault("name", "test-runtime")
-        kwargs.setdefault("address", server_address)
-        runtime = Runtime(nodes=nodes, **kwargs)
-        task = asyncio.get_running_loop().create_task(runtime.run())
-        tasks.append((runtime, task))
-        await runtime.wait_registered()
-        return runtime
+        async def factory(nodes: Sequence[type[BaseNode]], **options: Any) -> Runtime:
+            options.setdefault("namespace", namespace)
+            options.setdefault("name", "test-runtime")
+            options.setdefault("address", server_address)
+            return await group.start(Runtime(nodes=nodes, **options))
 
-    try:
         yield factory
-    finally:
-        for runtime, _ in tasks:
-            runtime.stop()
-        for _, task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                async with asyncio.timeout(10):
-                    await task

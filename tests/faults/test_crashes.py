@@ -10,14 +10,15 @@ import asyncio
 import re
 import signal
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
-from exosphere import GraphNodeModel, RunModel, RunStatus, StateManager, StateModel, StateStatus
-from tests.conftest import assert_eventually
-from tests.faults.fault_runtime import Cluster, gnode
+from exosphere import GraphNodeModel, RunModel, RunStatus, StateManager, StateStatus
+from tests.helpers.cluster import Cluster
+from tests.helpers.graphs import gnode, states_of
+from tests.helpers.waiting import assert_eventually
+
+pytestmark = pytest.mark.slow
 
 FAN_NODES = ["Spread", "Record", "Tally"]
 
@@ -43,10 +44,6 @@ def fan_graph(namespace: str, n: int, delay: float) -> list[GraphNodeModel]:
     ]
 
 
-def of(run: RunModel, identifier: str) -> list[StateModel]:
-    return [s for s in run.states if s.identifier == identifier]
-
-
 def lost_states(before: list[RunModel], after: dict[str, RunModel]) -> list[str]:
     """States SUCCESS in a snapshot taken before the fault that are not SUCCESS with the same outputs after it."""
     lost = []
@@ -58,15 +55,6 @@ def lost_states(before: list[RunModel], after: dict[str, RunModel]) -> list[str]
                 if again is None or again.status is not StateStatus.SUCCESS or again.outputs != state.outputs:
                     lost.append(f"{state.state_id}: {state.outputs} -> {again and (again.status, again.outputs)}")
     return lost
-
-
-@pytest.fixture
-async def cluster(tmp_path: Path, namespace: str) -> AsyncIterator[Cluster]:
-    c = Cluster(tmp_path, namespace)
-    try:
-        yield c
-    finally:
-        await c.close()
 
 
 # ---------------------------------------------------------------------------------------------------- scheduler
@@ -106,9 +94,9 @@ async def test_scheduler_sigkill_mid_ten_thousand_fan_out_recovers_on_the_same_d
 
     assert after.status is RunStatus.SUCCESS, after.state_counts
     assert after.state_counts == {"SUCCESS": n + 2}
-    (tally,) = of(after, "tally")
+    (tally,) = states_of(after, "tally")
     assert tally.outputs == [{"count": str(n), "distinct": str(n)}]
-    records = of(after, "record")
+    records = states_of(after, "record")
     assert sorted(int(s.outputs[0]["item"]) for s in records) == list(range(n))
     lost = lost_states([before], {run_id: after})
     assert lost == [], f"{len(lost)} acknowledged states lost, e.g. {lost[:5]}"
@@ -238,7 +226,7 @@ async def test_sigterm_scheduler_with_runs_in_flight_exits_0_and_the_runs_finish
     for run in after.values():
         assert run.status is RunStatus.SUCCESS, run.state_counts
         assert run.state_counts == {"SUCCESS": n + 2}
-        (tally,) = of(run, "tally")
+        (tally,) = states_of(run, "tally")
         assert tally.outputs == [{"count": str(n), "distinct": str(n)}]
     lost = lost_states(before, after)
     assert lost == [], f"{len(lost)} acknowledged states lost, e.g. {lost[:5]}"

@@ -8,39 +8,31 @@ so they can be SIGSTOPped or block their own event loop without blocking the sch
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
-from pathlib import Path
-from typing import Any
 
 import pytest
 
 from exosphere import (
-    BaseNode,
     ExosphereTimeoutError,
-    RunModel,
     RunStatus,
     Runtime,
     StateManager,
     StateModel,
     StateStatus,
 )
-from server.app import App
-from server.config import ServerConfig
-from tests.conftest import assert_eventually
 from tests.faults.fault_nodes import Concurrent, LongTimeout, NoTimeout, SlowWithTimeout, Spread
-from tests.faults.fault_runtime import Cluster, gnode
+from tests.helpers.cluster import Cluster
+from tests.helpers.graphs import attempts_of, gnode
+from tests.helpers.runtimes import running
+from tests.helpers.waiting import assert_eventually
+
+pytestmark = pytest.mark.slow
 
 SHORT_LEASE = ("--lease", "PT2S", "--heartbeat-interval", "PT0.5S")
-
-
-def attempts(run: RunModel, identifier: str) -> list[StateModel]:
-    return sorted((s for s in run.states if s.identifier == identifier), key=lambda s: s.attempt)
 
 
 def ms_between(a: StateModel) -> float:
@@ -48,43 +40,6 @@ def ms_between(a: StateModel) -> float:
     start = a.run_at or a.created_at
     assert start is not None and a.updated_at is not None
     return (a.updated_at - start).total_seconds() * 1000
-
-
-@pytest.fixture
-async def cluster(tmp_path: Path, namespace: str) -> AsyncIterator[Cluster]:
-    c = Cluster(tmp_path, namespace)
-    try:
-        yield c
-    finally:
-        await c.close()
-
-
-@contextlib.asynccontextmanager
-async def in_process_scheduler(cluster: Cluster, **settings: Any) -> AsyncIterator[App]:
-    """The scheduler App in this loop (to read ``engine.ignored_results``); runtimes of ``cluster`` connect to it."""
-    app = App(ServerConfig(host="127.0.0.1", port=0, db=str(cluster.db), **settings))
-    await app.start()
-    cluster.scheduler_address = f"127.0.0.1:{app.port}"
-    try:
-        yield app
-    finally:
-        await app.stop(grace=0.5)
-
-
-@contextlib.asynccontextmanager
-async def in_process_runtime(
-    namespace: str, address: str, nodes: Sequence[type[BaseNode]], **kwargs: Any
-) -> AsyncIterator[Runtime]:
-    runtime = Runtime(namespace=namespace, name="inproc", nodes=nodes, address=address, **kwargs)
-    task = asyncio.get_running_loop().create_task(runtime.run())
-    try:
-        await runtime.wait_registered()
-        yield runtime
-    finally:
-        runtime.stop()
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(10):
-                await task
 
 
 # ---------------------------------------------------------------------------------------------------- leases
@@ -129,7 +84,7 @@ async def test_late_result_of_a_sigstopped_runtime_after_its_lease_expired_is_ig
     cluster: Cluster, namespace: str
 ) -> None:
     settings = {"lease": timedelta(seconds=2), "heartbeat_interval": timedelta(milliseconds=500)}
-    async with in_process_scheduler(cluster, **settings) as app:
+    async with cluster.in_process_scheduler(**settings) as app:
         async with StateManager(namespace, address=cluster.address) as sm:
             run_id, a, b = await cluster.sleeper_on_one_of_two(sm, seconds=1.5)
 
@@ -169,7 +124,7 @@ async def test_late_result_of_a_sigstopped_runtime_after_its_lease_expired_is_ig
 async def test_result_arriving_after_its_state_timed_out_and_was_retried_is_ignored_exactly_once(
     cluster: Cluster, namespace: str
 ) -> None:
-    async with in_process_scheduler(cluster) as app:
+    async with cluster.in_process_scheduler() as app:
         runtime = cluster.start_runtime("blocky", ["BlockOnce"], max_concurrency=1)
         await cluster.wait_registered(runtime)
         async with StateManager(namespace, address=cluster.address) as sm:
@@ -203,7 +158,7 @@ async def test_node_class_timeout_times_out_cancels_on_the_runtime_and_retries_p
 ) -> None:
     await cluster.start_server("--default-timeout", "PT1S")
     key = uuid.uuid4().hex
-    async with in_process_runtime(namespace, cluster.address, [SlowWithTimeout]):
+    async with running(Runtime(namespace, "inproc", [SlowWithTimeout], address=cluster.address)):
         async with StateManager(namespace, address=cluster.address) as sm:
             graph = [gnode(namespace, "SlowWithTimeout", "slow", {"key": key, "seconds": "5"})]
             await sm.upsert_graph(
@@ -214,7 +169,7 @@ async def test_node_class_timeout_times_out_cancels_on_the_runtime_and_retries_p
             await assert_eventually(lambda: SlowWithTimeout.cancels.get(key) == 2, timeout=5)
 
     assert result.status is RunStatus.FAILED
-    states = attempts(result, "slow")
+    states = attempts_of(result, "slow")
     assert [(s.status, s.attempt) for s in states] == [(StateStatus.TIMEDOUT, 1), (StateStatus.TIMEDOUT, 2)]
     for state in states:
         assert state.error is not None
@@ -231,7 +186,7 @@ async def test_graph_node_timeout_ms_overrides_the_node_class_timeout_both_ways(
 ) -> None:
     await cluster.start_server("--default-timeout", "PT1S")
     key = uuid.uuid4().hex
-    async with in_process_runtime(namespace, cluster.address, [LongTimeout, SlowWithTimeout]):
+    async with running(Runtime(namespace, "inproc", [LongTimeout, SlowWithTimeout], address=cluster.address)):
         async with StateManager(namespace, address=cluster.address) as sm:
             # Class says 20 s, graph says 300 ms: times out after 300 ms.
             shorter = [gnode(namespace, "LongTimeout", "n", {"key": key, "seconds": "3"}, timeout_ms=300)]
@@ -259,7 +214,7 @@ async def test_scheduler_default_timeout_applies_when_neither_node_nor_graph_set
 ) -> None:
     await cluster.start_server("--default-timeout", "PT1S")
     key = uuid.uuid4().hex
-    async with in_process_runtime(namespace, cluster.address, [NoTimeout]):
+    async with running(Runtime(namespace, "inproc", [NoTimeout], address=cluster.address)):
         async with StateManager(namespace, address=cluster.address) as sm:
             graph = [gnode(namespace, "NoTimeout", "n", {"key": key, "seconds": "4"})]
             await sm.upsert_graph("default", graph, retry_policy={"max_retries": 0})
@@ -279,7 +234,7 @@ async def test_timed_out_state_gives_its_runtime_slot_back(cluster: Cluster, nam
     """With max_concurrency=1, the retry of a timed-out (and cancelled) state must still be dispatched."""
     await cluster.start_server()
     key = uuid.uuid4().hex
-    async with in_process_runtime(namespace, cluster.address, [SlowWithTimeout], max_concurrency=1):
+    async with running(Runtime(namespace, "inproc", [SlowWithTimeout], address=cluster.address, max_concurrency=1)):
         async with StateManager(namespace, address=cluster.address) as sm:
             graph = [gnode(namespace, "SlowWithTimeout", "slow", {"key": key, "seconds": "5"})]
             await sm.upsert_graph(
@@ -291,10 +246,10 @@ async def test_timed_out_state_gives_its_runtime_slot_back(cluster: Cluster, nam
             except ExosphereTimeoutError:
                 result = await sm.get_run(run_id)
 
-    observed = f"run={result.status} states={[(s.status.value, s.attempt) for s in attempts(result, 'slow')]}"
+    observed = f"run={result.status} states={[(s.status.value, s.attempt) for s in attempts_of(result, 'slow')]}"
     print(f"\nOBSERVED timeout with max_concurrency=1: {observed} starts={SlowWithTimeout.starts.get(key)}")
     assert result.status is RunStatus.FAILED, observed
-    assert [(s.status, s.attempt) for s in attempts(result, "slow")] == [
+    assert [(s.status, s.attempt) for s in attempts_of(result, "slow")] == [
         (StateStatus.TIMEDOUT, 1),
         (StateStatus.TIMEDOUT, 2),
     ], observed
@@ -307,7 +262,9 @@ async def test_timed_out_state_gives_its_runtime_slot_back(cluster: Cluster, nam
 async def test_runtime_never_holds_more_than_its_max_concurrency(cluster: Cluster, namespace: str) -> None:
     await cluster.start_server()
     Concurrent.running = Concurrent.peak = Concurrent.executed = 0
-    async with in_process_runtime(namespace, cluster.address, [Spread, Concurrent], max_concurrency=4) as runtime:
+    async with running(
+        Runtime(namespace, "inproc", [Spread, Concurrent], address=cluster.address, max_concurrency=4)
+    ) as runtime:
         async with StateManager(namespace, address=cluster.address) as sm:
             await sm.upsert_graph(
                 "wide",
@@ -333,7 +290,7 @@ async def test_cancelled_run_gives_its_runtime_slot_back(cluster: Cluster, names
     """With max_concurrency=1, cancelling the run that holds the only slot must let the next run execute."""
     await cluster.start_server()
     key, after = uuid.uuid4().hex, uuid.uuid4().hex
-    async with in_process_runtime(namespace, cluster.address, [NoTimeout], max_concurrency=1):
+    async with running(Runtime(namespace, "inproc", [NoTimeout], address=cluster.address, max_concurrency=1)):
         async with StateManager(namespace, address=cluster.address) as sm:
             graph = [gnode(namespace, "NoTimeout", "n", {"key": "${{ store.key }}", "seconds": "${{ store.s }}"})]
             await sm.upsert_graph("cancel", graph, store_config={"required_keys": ["key", "s"]})

@@ -55,6 +55,7 @@ from exosphere.v1 import common_pb2, runtime_pb2, runtime_pb2_grpc, scheduler_pb
 from server.app import App
 from server.config import ServerConfig
 from tests.fuzz import strategies as fz
+from tests.helpers.runtimes import RuntimeGroup
 from tests.nodes import Echo
 
 T = TypeVar("T")
@@ -201,6 +202,7 @@ class Harness:
     collecting: bool = False  # record failures instead of raising the first (while checking the whole scheduler)
     session_ids: list[str] = field(default_factory=list)
     app: App | None = None
+    runtimes: RuntimeGroup = field(default_factory=RuntimeGroup)
     thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ thread and loop
@@ -257,20 +259,17 @@ class Harness:
         await self._set_up_playground()
 
     async def _stop(self) -> None:
-        self.good_runtime.stop()
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(10):
-                await self.good_task
-        await self.channel.close()
-        self.sync_channel.close()
-        assert self.app is not None
-        await self.app.stop(grace=0.5)
+        try:
+            await self.runtimes.close()  # a crashed runtime fails the module's last test at teardown
+        finally:
+            await self.channel.close()
+            self.sync_channel.close()
+            assert self.app is not None
+            await self.app.stop(grace=0.5)
 
     async def _set_up_protected(self) -> None:
         assert self.app is not None
-        self.good_runtime = Runtime(PROTECTED, "good-runtime", [Echo], address=self.app.address, key=ADMIN_KEY)
-        self.good_task = self.loop.create_task(self.good_runtime.run())
-        await self.good_runtime.wait_registered()
+        await self.runtimes.start(Runtime(PROTECTED, "good-runtime", [Echo], address=self.app.address, key=ADMIN_KEY))
         graph = scheduler_pb2.Graph(
             namespace=PROTECTED,
             name="good",
@@ -753,6 +752,7 @@ class Session:
 # ---------------------------------------------------------------------------------------------- fixture
 
 pytestmark = [
+    pytest.mark.slow,
     # The scheduler, in this process, draws retry jitter from the global `random` module while hypothesis generates
     # the next example in another thread; hypothesis would take that for a strategy using `random`.
     pytest.mark.filterwarnings(

@@ -3,13 +3,12 @@ refused while runtimes with the old one are connected."""
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 from pydantic import BaseModel
 
 from exosphere import BaseNode, GraphNodeModel, RetryPolicyModel, RunStatus, Runtime, StateManager, StateStatus
-from tests.conftest import RuntimeFactory, assert_eventually
+from tests.helpers.runtimes import RuntimeFactory, RuntimeGroup
+from tests.helpers.waiting import assert_eventually
 from tests.nodes import Echo
 from tests.nodes import Echo as OldEcho
 
@@ -21,7 +20,7 @@ class ReturnsInt(BaseNode):
     class Outputs(BaseModel):
         text: str
 
-    async def execute(self) -> int:  # type: ignore[override]
+    async def execute(self) -> int:
         return 42
 
 
@@ -33,7 +32,7 @@ class ReturnsPartialDict(BaseNode):
         text: str
         other: str
 
-    async def execute(self) -> dict[str, str]:  # type: ignore[override]
+    async def execute(self) -> dict[str, str]:
         return {"text": "only one"}
 
 
@@ -113,16 +112,10 @@ async def test_conflicting_schema_is_refused_while_the_old_one_is_connected(
         async def execute(self) -> Outputs:
             return self.Outputs(text=self.inputs.text)
 
-    old = Runtime(namespace=namespace, name="old", nodes=[OldEcho], address=server_address)
-    old_task = asyncio.get_running_loop().create_task(old.run())
-    await old.wait_registered()
-    new = Runtime(namespace=namespace, name="new", nodes=[Echo], address=server_address)
-    new_task = asyncio.get_running_loop().create_task(new.run())
-    try:
+    async with RuntimeGroup(strict_stop=True) as runtimes:
+        old = await runtimes.start(Runtime(namespace=namespace, name="old", nodes=[OldEcho], address=server_address))
+        new = Runtime(namespace=namespace, name="new", nodes=[Echo], address=server_address)
+        await runtimes.start(new, registered=False)
         await assert_eventually(lambda: "node 'Echo': inputs added ['extra']" in caplog.text, timeout=10)
-        old.stop()
-        await asyncio.wait_for(old_task, 10)
-        await new.wait_registered(timeout=20)
-    finally:
-        new.stop()
-        await asyncio.wait_for(new_task, 10)
+        await runtimes.stop(old)
+        await runtimes.wait_registered(new, timeout=20)

@@ -19,7 +19,7 @@ from rich.console import Console
 
 from exosphere import RunStatus, StateManager
 from exosphere.cli import main
-from tests.conftest import RuntimeFactory
+from tests.helpers.runtimes import RuntimeFactory
 from tests.nodes import Echo
 
 

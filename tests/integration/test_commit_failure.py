@@ -7,10 +7,10 @@ import pytest
 
 from exosphere import GraphNodeModel, StateManager
 from exosphere.errors import ExosphereError
-from server.app import App
 from server.config import ServerConfig
 from server.store import InMemoryStore
-from tests.conftest import RuntimeFactory
+from tests.helpers.runtimes import RuntimeFactory
+from tests.helpers.servers import serving
 from tests.nodes import Echo
 
 
@@ -27,9 +27,8 @@ class BrokenDisk(InMemoryStore):
 
 async def test_failed_commit_fails_the_call_and_stops_the_scheduler(start_runtime: RuntimeFactory) -> None:
     store = BrokenDisk()
-    app = App(ServerConfig(host="127.0.0.1", port=0, db=":memory:"), store=store)
-    await app.start()
-    try:
+    config = ServerConfig(host="127.0.0.1", port=0, db=":memory:")
+    async with serving(config, store=store) as app:
         address = f"127.0.0.1:{app.port}"
         await start_runtime([Echo], namespace="disk", address=address)
         async with StateManager("disk", address=address) as sm:
@@ -41,5 +40,3 @@ async def test_failed_commit_fails_the_call_and_stops_the_scheduler(start_runtim
                 await sm.trigger("g")
         assert app.failed.is_set()
         assert isinstance(app.engine.fatal_error, OSError)
-    finally:
-        await app.stop(grace=0.5)

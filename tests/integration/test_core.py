@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from exosphere import (
-    GraphNodeModel,
     GraphNotFoundError,
     GraphValidationError,
     InvalidArgumentError,
@@ -14,12 +13,9 @@ from exosphere import (
     StoreConfigModel,
 )
 from exosphere.errors import RunNotFoundError
-from tests.conftest import RuntimeFactory
+from tests.helpers.graphs import gnode
+from tests.helpers.runtimes import RuntimeFactory
 from tests.nodes import Concat, Echo, Needs, SeesSecrets, Upper
-
-
-def node(namespace: str, name: str, ident: str, inputs: dict[str, str], nxt: list[str] | None = None) -> GraphNodeModel:
-    return GraphNodeModel(node_name=name, namespace=namespace, identifier=ident, inputs=inputs, next_nodes=nxt or [])
 
 
 async def test_three_node_chain_with_references_and_store(
@@ -29,9 +25,11 @@ async def test_three_node_chain_with_references_and_store(
     await state_manager.upsert_graph(
         "chain",
         [
-            node(namespace, "Echo", "first", {"text": "${{ store.greeting }}, ${{ store.name }}"}, ["second"]),
-            node(namespace, "Upper", "second", {"text": "${{ first.outputs.text }}!"}, ["third"]),
-            node(
+            gnode(
+                namespace, "Echo", "first", {"text": "${{ store.greeting }}, ${{ store.name }}"}, next_nodes=["second"]
+            ),
+            gnode(namespace, "Upper", "second", {"text": "${{ first.outputs.text }}!"}, next_nodes=["third"]),
+            gnode(
                 namespace,
                 "Concat",
                 "third",
@@ -55,7 +53,7 @@ async def test_trigger_inputs_override_root_template(
     state_manager: StateManager, start_runtime: RuntimeFactory, namespace: str
 ) -> None:
     await start_runtime([Echo])
-    await state_manager.upsert_graph("g", [node(namespace, "Echo", "e", {"text": "template"})])
+    await state_manager.upsert_graph("g", [gnode(namespace, "Echo", "e", {"text": "template"})])
     result = await state_manager.wait((await state_manager.trigger("g", inputs={"text": "given"})).run_id, timeout=10)
     assert result.states[0].outputs == [{"text": "given"}]
     with pytest.raises(InvalidArgumentError, match="'nope'"):
@@ -67,13 +65,13 @@ async def test_validation_reports_every_problem_at_once(
 ) -> None:
     await start_runtime([Echo, Concat, Needs])
     nodes = [
-        node(namespace, "Echo", "a", {"text": "${{ store.missing }}"}, ["b", "ghost"]),
-        node(namespace, "Echo", "b", {"text": "${{ c.outputs.text }}", "extra": "x"}, ["c"]),
-        node(namespace, "Concat", "c", {"right": "${{ a.outputs.nope }}"}, ["b"]),
-        node(namespace, "Echo", "lonely", {"text": "${{ a.outputs.text"}),
-        node(namespace, "Unknown", "u", {}),
-        node(namespace, "Needs", "n", {"text": "x"}),
-        node(namespace, "Echo", "a", {"text": "dup"}),
+        gnode(namespace, "Echo", "a", {"text": "${{ store.missing }}"}, next_nodes=["b", "ghost"]),
+        gnode(namespace, "Echo", "b", {"text": "${{ c.outputs.text }}", "extra": "x"}, next_nodes=["c"]),
+        gnode(namespace, "Concat", "c", {"right": "${{ a.outputs.nope }}"}, next_nodes=["b"]),
+        gnode(namespace, "Echo", "lonely", {"text": "${{ a.outputs.text"}),
+        gnode(namespace, "Unknown", "u", {}),
+        gnode(namespace, "Needs", "n", {"text": "x"}),
+        gnode(namespace, "Echo", "a", {"text": "dup"}),
     ]
     with pytest.raises(GraphValidationError) as info:
         await state_manager.upsert_graph("bad", nodes)
@@ -100,16 +98,16 @@ async def test_reserved_identifier_and_non_ancestor_reference(
 ) -> None:
     await start_runtime([Echo])
     with pytest.raises(ValueError, match="reserved"):
-        node(namespace, "Echo", "store", {"text": "x"})
+        gnode(namespace, "Echo", "store", {"text": "x"})
     nodes = [
-        node(namespace, "Echo", "root", {"text": "x"}, ["left", "right"]),
-        node(namespace, "Echo", "left", {"text": "${{ right.outputs.text }}"}),
-        node(namespace, "Echo", "right", {"text": "${{ root.outputs.text }}"}),
+        gnode(namespace, "Echo", "root", {"text": "x"}, next_nodes=["left", "right"]),
+        gnode(namespace, "Echo", "left", {"text": "${{ right.outputs.text }}"}),
+        gnode(namespace, "Echo", "right", {"text": "${{ root.outputs.text }}"}),
     ]
     with pytest.raises(GraphValidationError, match="'right', which is not an ancestor"):
         await state_manager.upsert_graph("g", nodes)
     with pytest.raises(GraphValidationError, match="root"):
-        await state_manager.upsert_graph("g2", [node(namespace, "Echo", "r", {"text": "${{ r.outputs.text }}"})])
+        await state_manager.upsert_graph("g2", [gnode(namespace, "Echo", "r", {"text": "${{ r.outputs.text }}"})])
 
 
 async def test_namespaces_are_isolated(server_address: str, start_runtime: RuntimeFactory) -> None:
@@ -121,8 +119,8 @@ async def test_namespaces_are_isolated(server_address: str, start_runtime: Runti
     ):
         # Upper is registered in prod only: a dev graph may not use it.
         with pytest.raises(GraphValidationError, match="not registered in namespace 'dev-iso'"):
-            await dev.upsert_graph("g", [node("dev-iso", "Upper", "u", {"text": "x"})])
-        await dev.upsert_graph("g", [node("dev-iso", "Echo", "e", {"text": "x"})])
+            await dev.upsert_graph("g", [gnode("dev-iso", "Upper", "u", {"text": "x"})])
+        await dev.upsert_graph("g", [gnode("dev-iso", "Echo", "e", {"text": "x"})])
         with pytest.raises(GraphNotFoundError):
             await prod.trigger("g")
         result = await dev.wait((await dev.trigger("g")).run_id, timeout=10)
@@ -137,8 +135,8 @@ async def test_secrets_reach_only_the_nodes_that_declare_them(
     await state_manager.upsert_graph(
         "s",
         [
-            node(namespace, "Needs", "needs", {"text": "x"}, ["sees"]),
-            node(namespace, "SeesSecrets", "sees", {"text": "${{ needs.outputs.text }}"}),
+            gnode(namespace, "Needs", "needs", {"text": "x"}, next_nodes=["sees"]),
+            gnode(namespace, "SeesSecrets", "sees", {"text": "${{ needs.outputs.text }}"}),
         ],
         secrets={"token": "s3cr3t-value", "unrelated": "other"},
     )
@@ -160,8 +158,8 @@ async def test_list_graphs_and_get_graph(
     state_manager: StateManager, start_runtime: RuntimeFactory, namespace: str
 ) -> None:
     await start_runtime([Echo])
-    await state_manager.upsert_graph("a", [node(namespace, "Echo", "e", {"text": "1"})])
-    saved = await state_manager.upsert_graph("a", [node(namespace, "Echo", "e", {"text": "2"})])
+    await state_manager.upsert_graph("a", [gnode(namespace, "Echo", "e", {"text": "1"})])
+    saved = await state_manager.upsert_graph("a", [gnode(namespace, "Echo", "e", {"text": "2"})])
     assert saved.version == 2
     assert [g.name for g in await state_manager.list_graphs()] == ["a"]
     assert (await state_manager.get_graph("a")).nodes[0].inputs == {"text": "2"}
@@ -171,7 +169,7 @@ async def test_trigger_and_wait_in_one_call(
     state_manager: StateManager, start_runtime: RuntimeFactory, namespace: str
 ) -> None:
     await start_runtime([Echo])
-    await state_manager.upsert_graph("tw", [node(namespace, "Echo", "e", {"text": "once"})])
+    await state_manager.upsert_graph("tw", [gnode(namespace, "Echo", "e", {"text": "once"})])
     quick = await state_manager.trigger_and_wait("tw", inputs={"text": "fast"}, states=False, timeout=10)
     assert quick.status is RunStatus.SUCCESS and quick.states == []
     full = await state_manager.trigger_and_wait("tw", timeout=10)

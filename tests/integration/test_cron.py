@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 
 import pytest
@@ -13,7 +12,7 @@ from exosphere import CronTrigger, GraphNodeModel, RunStatus, Runtime, StateMana
 from server.app import App
 from server.config import ServerConfig
 from server.cron import CronScheduler
-from tests.conftest import RuntimeFactory
+from tests.helpers.runtimes import RuntimeFactory, running
 from tests.nodes import Echo
 
 T0 = datetime(2025, 1, 6, 10, 0, 30, tzinfo=UTC).timestamp()  # half a minute past a due time
@@ -56,18 +55,8 @@ async def _stop_app(app: App, cron: CronScheduler) -> None:
     await app.stop(grace=0.5)
 
 
-@contextlib.asynccontextmanager
-async def _runtime(namespace: str, address: str) -> AsyncIterator[Runtime]:
-    runtime = Runtime(namespace=namespace, name="cron-runtime", nodes=[Echo], address=address)
-    task = asyncio.get_running_loop().create_task(runtime.run())
-    try:
-        await runtime.wait_registered()
-        yield runtime
-    finally:
-        runtime.stop()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            async with asyncio.timeout(10):
-                await task
+def _runtime(namespace: str, address: str) -> AbstractAsyncContextManager[Runtime]:
+    return running(Runtime(namespace=namespace, name="cron-runtime", nodes=[Echo], address=address))
 
 
 async def _all_succeeded(sm: StateManager, expected: int) -> list[str]:

@@ -15,8 +15,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import pytest
@@ -27,7 +26,8 @@ from server.config import ServerConfig
 from server.sqlite_schema import APPLICATION_ID, SCHEMA_VERSION
 from server.sqlite_store import SqliteStore
 from server.store import WriteBatch
-from tests.integration.process import ServerProcess
+from tests.helpers.runtimes import running
+from tests.helpers.servers import ServerProcess
 from tests.nodes import Echo
 from tests.unit.test_store_contract import run, state
 
@@ -231,17 +231,8 @@ def test_durability_sets_how_commits_are_synced(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------ unreadable rows
 
 
-@asynccontextmanager
-async def registered(address: str) -> AsyncIterator[Runtime]:
-    runtime = Runtime(namespace="rows", name="rt", nodes=[Echo], address=address)
-    task = asyncio.get_running_loop().create_task(runtime.run())
-    try:
-        await runtime.wait_registered()
-        yield runtime
-    finally:
-        runtime.stop()
-        async with asyncio.timeout(10):
-            await task
+def registered(address: str) -> AbstractAsyncContextManager[Runtime]:
+    return running(Runtime(namespace="rows", name="rt", nodes=[Echo], address=address), strict_stop=True)
 
 
 async def test_one_unreadable_row_is_reported_and_the_rest_is_served(tmp_path: Path) -> None:

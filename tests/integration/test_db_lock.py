@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from exosphere import Runtime, StateManager
-from tests.conftest import assert_eventually
-from tests.integration.process import ServerProcess
+from tests.helpers.runtimes import running
+from tests.helpers.servers import ServerProcess
+from tests.helpers.waiting import assert_eventually
 from tests.nodes import Echo
 
 
@@ -40,10 +41,8 @@ async def test_a_standby_waits_and_takes_over_when_the_first_is_killed(tmp_path:
     first = ServerProcess(db).start()
     try:
         runtime = Runtime(namespace="lock-test", name="rt", nodes=[Echo], address=first.address)
-        task = asyncio.get_running_loop().create_task(runtime.run())
-        await runtime.wait_registered()
-        runtime.stop()
-        await asyncio.wait_for(task, 10)
+        async with running(runtime, strict_stop=True):
+            pass  # registered: the scheduler saved the node
 
         standby = ServerProcess(db, "--standby")
         starting = asyncio.get_running_loop().run_in_executor(None, standby.start, 60)

@@ -14,8 +14,8 @@ from google.protobuf.descriptor_pb2 import DescriptorProto, FieldDescriptorProto
 from exosphere import GraphNodeModel, RetryPolicyModel, RunStatus, StateManager, StateStatus
 from exosphere.v1 import common_pb2, runtime_pb2, runtime_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
 from server.app import App
-from tests.conftest import RuntimeFactory
 from tests.engine_nodes import Flaky
+from tests.helpers.runtimes import RuntimeFactory
 
 
 def _descriptor(name: str, *fields: str) -> DescriptorProto:
@@ -41,7 +41,7 @@ class RawRuntime:
 
     def __init__(self, address: str, namespace: str, nodes: list[common_pb2.NodeSchema], credit: int = 8) -> None:
         self._channel = grpc.aio.insecure_channel(address)
-        self._call = runtime_pb2_grpc.RuntimeServiceStub(self._channel).Connect()  # type: ignore[no-untyped-call]
+        self._call = runtime_pb2_grpc.RuntimeServiceStub(self._channel).Connect()
         self._register = runtime_pb2.Register(
             namespace=namespace, runtime_name="raw", runtime_id=uuid.uuid4().hex, sdk_version="raw/0",
             nodes=nodes, max_concurrency=credit,
@@ -49,7 +49,7 @@ class RawRuntime:
 
     async def __aenter__(self) -> RawRuntime:
         await self._call.write(runtime_pb2.RuntimeMessage(register=self._register))
-        first = await self._call.read()
+        first = await self._read()
         assert first.HasField("registered"), first
         return self
 
@@ -59,9 +59,14 @@ class RawRuntime:
 
     async def executes(self) -> list[runtime_pb2.Execute]:
         while True:
-            message = await asyncio.wait_for(self._call.read(), 10)
+            message = await asyncio.wait_for(self._read(), 10)
             if message.HasField("execute"):
                 return list(message.execute.items)
+
+    async def _read(self) -> runtime_pb2.SchedulerMessage:
+        message = await self._call.read()
+        assert isinstance(message, runtime_pb2.SchedulerMessage), f"the stream ended: {message!r}"  # grpc.aio.EOF
+        return message
 
     async def answer(self, *results: runtime_pb2.Result) -> None:
         await self._call.write(runtime_pb2.RuntimeMessage(results=runtime_pb2.ResultBatch(results=results)))
@@ -150,7 +155,7 @@ async def test_registering_many_nodes_and_saving_a_huge_graph_do_not_stall_other
     (quadratic) and the second blocked every other call for about 13 s."""
     nodes = [_schema(f"N{i}") for i in range(20_000)]
     async with grpc.aio.insecure_channel(server_address) as channel:
-        api = scheduler_pb2_grpc.SchedulerServiceStub(channel)  # type: ignore[no-untyped-call]
+        api = scheduler_pb2_grpc.SchedulerServiceStub(channel)
         slowest = 0.0
         stop = asyncio.Event()
 

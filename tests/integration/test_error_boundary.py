@@ -21,7 +21,7 @@ from exosphere import (
 from exosphere.errors import InternalError
 from exosphere.v1 import common_pb2, runtime_pb2, runtime_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
 from server.app import App
-from tests.conftest import RuntimeFactory
+from tests.helpers.runtimes import RuntimeFactory
 from tests.nodes import Echo
 
 SECRET = "internal detail 7f3a"  # text of an injected bug; it must never reach a client

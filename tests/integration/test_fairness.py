@@ -8,8 +8,9 @@ import time
 from pydantic import BaseModel
 
 from exosphere import BaseNode, GraphNodeModel, RunStatus, StateManager
-from tests.conftest import RuntimeFactory, assert_eventually
 from tests.engine_nodes import Count
+from tests.helpers.runtimes import RuntimeFactory
+from tests.helpers.waiting import assert_eventually
 from tests.nodes import Echo
 
 

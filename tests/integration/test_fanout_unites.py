@@ -8,17 +8,10 @@ from typing import Any
 
 import pytest
 
-from exosphere import GraphNodeModel, RunModel, RunStatus, StateManager, StateModel, StateStatus
-from tests.conftest import RuntimeFactory
+from exosphere import GraphNodeModel, RunStatus, StateManager, StateStatus
 from tests.engine_nodes import Act, Collect, Count, Gate, Nothing, Split, Tag
-
-
-def gnode(namespace: str, node_name: str, identifier: str, inputs: dict[str, str], **extra: Any) -> GraphNodeModel:
-    return GraphNodeModel(node_name=node_name, namespace=namespace, identifier=identifier, inputs=inputs, **extra)
-
-
-def states_of(run: RunModel, identifier: str) -> list[StateModel]:
-    return [s for s in run.states if s.identifier == identifier]
+from tests.helpers.graphs import gnode, states_of
+from tests.helpers.runtimes import RuntimeFactory
 
 
 def merge_graph(namespace: str, csv: str, strategy: str, **act_extra: Any) -> list[GraphNodeModel]:

@@ -12,8 +12,9 @@ import pytest
 
 from exosphere import GraphNodeModel, RunModel, RunStatus, StateManager
 from exosphere.errors import InvalidArgumentError
-from tests.conftest import RuntimeFactory, assert_eventually
 from tests.engine_nodes import Tag
+from tests.helpers.runtimes import RuntimeFactory
+from tests.helpers.waiting import assert_eventually
 
 RUNS = 3000
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import uuid
 
 from exosphere import GraphNodeModel, RetryPolicyModel, RunStatus, StateManager, StateStatus, UnitesModel
-from tests.conftest import RuntimeFactory
 from tests.engine_nodes import Collect, Flaky, Split
+from tests.helpers.runtimes import RuntimeFactory
 
 
 async def test_retrying_the_failed_state_of_a_failed_run_makes_it_succeed(

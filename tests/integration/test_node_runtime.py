@@ -53,6 +53,7 @@ async def _stop(proc: asyncio.subprocess.Process) -> int:
         raise AssertionError("node runtime did not exit within 10 s of SIGTERM") from None
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)  # a first `npm ci` may take a while
 async def test_node_runtime_runs_a_graph(server_address: str, namespace: str) -> None:
     from exosphere import GraphNodeModel, StateManager

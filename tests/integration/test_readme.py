@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 from exosphere import StateManager
-from tests.conftest import assert_eventually
+from tests.helpers.servers import stop_process
+from tests.helpers.waiting import assert_eventually
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -46,6 +46,5 @@ async def test_quickstart_runtime_and_client(tmp_path: Path, server_address: str
         assert client.returncode == 0, client.stderr
         assert "SUCCESS [{'greeting': 'Hello, Ada!'}]" in client.stdout
     finally:
-        runtime.send_signal(signal.SIGTERM)
-        output = await asyncio.to_thread(runtime.communicate, timeout=20)
-        assert runtime.returncode == 0, output[0]
+        code, output = await stop_process(runtime)
+        assert code == 0, output

@@ -4,38 +4,41 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from exosphere import GraphNodeModel, NodeValidationError, RunStatus, Runtime, StateManager
-from tests.conftest import assert_eventually
+from exosphere import BaseNode, GraphNodeModel, NodeValidationError, RunStatus, Runtime, StateManager
+from tests.helpers.servers import stop_process
+from tests.helpers.waiting import assert_eventually
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "register_node"
 
 
-def _load(name: str) -> dict[str, object]:
+def _load(name: str, node: str) -> type[BaseNode]:
+    """The class ``node`` of the page's example ``name``.py, run as written."""
     namespace: dict[str, object] = {"__name__": f"docs_{name}"}
     exec(compile((EXAMPLES / f"{name}.py").read_text(), str(EXAMPLES / f"{name}.py"), "exec"), namespace)
-    return namespace
+    cls = namespace[node]
+    assert isinstance(cls, type) and issubclass(cls, BaseNode), cls
+    return cls
 
 
 def test_invalid_node_is_refused_with_the_field_named() -> None:
-    invalid = _load("invalid_node")["InvalidNode"]
+    invalid = _load("invalid_node", "InvalidNode")
     with pytest.raises(NodeValidationError) as info:
-        Runtime(namespace="MyProject", name="MyRuntime", nodes=[invalid])  # type: ignore[list-item]
+        Runtime(namespace="MyProject", name="MyRuntime", nodes=[invalid])
     message = str(info.value)
     assert message.startswith("Following errors while validating nodes:")
     assert "InvalidNode.Inputs field 'count' must be of type str, got int" in message
 
 
 def test_full_and_valid_nodes_pass_validation() -> None:
-    full = _load("full_node")["MyNode"]
-    valid = _load("valid_node")["ValidNode"]
-    runtime = Runtime(namespace="MyProject", name="MyRuntime", nodes=[full, valid])  # type: ignore[list-item]
+    full = _load("full_node", "MyNode")
+    valid = _load("valid_node", "ValidNode")
+    runtime = Runtime(namespace="MyProject", name="MyRuntime", nodes=[full, valid])
     assert runtime.namespace == "MyProject"
 
 
@@ -94,10 +97,6 @@ async def test_registration_example_runs_in_dev_and_prod(server_address: str) ->
         await dev.close()
         await prod.close()
     finally:
-        for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            code = await asyncio.to_thread(proc.wait, 20)
-            output = proc.stdout.read() if proc.stdout else ""
+        for code, output in await asyncio.gather(*(stop_process(proc) for proc in procs)):
             assert code == 0, output
             assert "Traceback" not in output, output

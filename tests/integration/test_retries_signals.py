@@ -9,21 +9,14 @@ from typing import Any
 
 import pytest
 
-from exosphere import GraphNodeModel, ReQueueAfterSignal, RunModel, RunStatus, StateManager, StateModel, StateStatus
-from tests.conftest import RuntimeFactory
+from exosphere import GraphNodeModel, ReQueueAfterSignal, RunStatus, StateManager, StateStatus
 from tests.engine_nodes import Flaky, Pruner, Requeuer, Tag
+from tests.helpers.graphs import attempts_of, gnode
+from tests.helpers.runtimes import RuntimeFactory
 
 # Timestamps are in milliseconds; a retry may start early by at most this much, and late by scheduling noise.
 TOLERANCE_MS = 80
 LATE_MS = 1000
-
-
-def gnode(namespace: str, node_name: str, identifier: str, inputs: dict[str, str], **extra: Any) -> GraphNodeModel:
-    return GraphNodeModel(node_name=node_name, namespace=namespace, identifier=identifier, inputs=inputs, **extra)
-
-
-def attempts_of(run: RunModel, identifier: str) -> list[StateModel]:
-    return sorted((s for s in run.states if s.identifier == identifier), key=lambda s: s.attempt)
 
 
 def ms(value: datetime | None) -> float:

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pydantic import BaseModel, Field
 
-from exosphere import BaseNode, GraphNodeModel, RetryPolicyModel, RunStatus, Runtime, StateManager
+from exosphere import BaseNode, GraphNodeModel, RetryPolicyModel, RunModel, RunStatus, Runtime, StateManager
 from exosphere.errors import (
     AuthenticationError,
     ConflictError,
@@ -38,7 +38,9 @@ from exosphere.v1 import scheduler_pb2 as pb
 from server.app import App
 from server.config import ServerConfig
 from server.secrets import KEY_ENV
-from tests.integration.process import ServerProcess
+from tests.helpers.graphs import gnode
+from tests.helpers.runtimes import running
+from tests.helpers.servers import ServerProcess, serving
 from tests.nodes import Echo, Needs
 
 ADMIN_KEY = "k-admin-0123456789"
@@ -56,34 +58,14 @@ def md(key: str) -> Metadata:
 
 
 def echo(namespace: str, ident: str = "e", text: str = "hi") -> GraphNodeModel:
-    return GraphNodeModel(node_name="Echo", namespace=namespace, identifier=ident, inputs={"text": text})
+    return gnode(namespace, "Echo", ident, {"text": text})
 
 
 def needs(namespace: str, text: str = "x") -> GraphNodeModel:
-    return GraphNodeModel(node_name="Needs", namespace=namespace, identifier="n", inputs={"text": text})
+    return gnode(namespace, "Needs", "n", {"text": text})
 
 
-@contextlib.asynccontextmanager
-async def running(runtime: Runtime) -> AsyncIterator[Runtime]:
-    """Run a runtime in this loop, registered before the body, stopped after it."""
-    task = asyncio.get_running_loop().create_task(runtime.run())
-    try:
-        registered = asyncio.ensure_future(runtime.wait_registered(timeout=10))
-        done, _ = await asyncio.wait({registered, task}, return_when=asyncio.FIRST_COMPLETED)
-        if task in done:
-            registered.cancel()
-            task.result()  # raises the runtime's error
-            raise AssertionError("runtime returned before registering")
-        registered.result()
-        yield runtime
-    finally:
-        runtime.stop()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            async with asyncio.timeout(10):
-                await task
-
-
-async def run_to_end(sm: StateManager, graph: str, timeout: float = 20) -> Any:
+async def run_to_end(sm: StateManager, graph: str, timeout: float = 20) -> RunModel:
     result = await sm.wait((await sm.trigger(graph)).run_id, timeout=timeout)
     assert result.status is not RunStatus.PENDING
     return result
@@ -104,12 +86,8 @@ async def secure_app(tmp_path: Path, keys_file: Path) -> AsyncIterator[App]:
     config = ServerConfig(
         host="127.0.0.1", port=0, db=str(tmp_path / "secure.db"), api_key=ADMIN_KEY, api_keys_file=str(keys_file)
     )
-    app = App(config)
-    await app.start()
-    try:
+    async with serving(config) as app:
         yield app
-    finally:
-        await app.stop(grace=0.5)
 
 
 @pytest.fixture
@@ -382,19 +360,15 @@ async def test_bad_keys_file_stops_the_scheduler_from_starting(tmp_path: Path) -
 async def test_non_loopback_without_keys_needs_insecure(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgumentError, match="--insecure"):
         App(ServerConfig(host="0.0.0.0", port=0, db=str(tmp_path / "a.db")))
-    app = App(ServerConfig(host="0.0.0.0", port=0, db=str(tmp_path / "b.db"), insecure=True))
-    try:
-        assert await app.start() > 0
-    finally:
-        await app.stop(grace=0)
+    async with serving(ServerConfig(host="0.0.0.0", port=0, db=str(tmp_path / "b.db"), insecure=True), grace=0) as app:
+        assert app.port > 0
 
 
 async def test_non_loopback_with_a_key_needs_no_insecure(tmp_path: Path) -> None:
-    app = App(ServerConfig(host="0.0.0.0", port=0, db=str(tmp_path / "a.db"), api_key=ADMIN_KEY))
-    try:
-        assert await app.start() > 0
-    finally:
-        await app.stop(grace=0)
+    async with serving(
+        ServerConfig(host="0.0.0.0", port=0, db=str(tmp_path / "a.db"), api_key=ADMIN_KEY), grace=0
+    ) as app:
+        assert app.port > 0
 
 
 def test_tls_cert_and_key_go_together(tmp_path: Path) -> None:
@@ -494,12 +468,8 @@ async def tls_app(tmp_path: Path, pki: Pki) -> AsyncIterator[App]:
     config = ServerConfig(
         host="127.0.0.1", port=0, db=str(tmp_path / "tls.db"), tls_cert=str(pki.cert), tls_key=str(pki.key)
     )
-    app = App(config)
-    await app.start()
-    try:
+    async with serving(config) as app:
         yield app
-    finally:
-        await app.stop(grace=0.5)
 
 
 async def _tls_round_trip(address: str, sm: StateManager, ca: Path, namespace: str) -> None:
@@ -635,11 +605,11 @@ def _replace_key(db: Path) -> None:
     Path(f"{db}.key").write_bytes(base64.b64encode(os.urandom(32)) + b"\n")
 
 
-def _app(db: Path, **kwargs: Any) -> App:
-    return App(ServerConfig(host="127.0.0.1", port=0, db=str(db), **kwargs))
+def _config(db: Path, **kwargs: Any) -> ServerConfig:
+    return ServerConfig(host="127.0.0.1", port=0, db=str(db), **kwargs)
 
 
-async def _needs_run(address: str, namespace: str) -> Any:
+async def _needs_run(address: str, namespace: str) -> RunModel:
     async with (
         running(Runtime(namespace, "rt", [Needs], address=address)),
         StateManager(namespace, address=address) as sm,
@@ -653,7 +623,7 @@ async def test_secrets_are_encrypted_at_rest_and_survive_a_restart(
     caplog.set_level(logging.DEBUG)
     db = tmp_path / "s.db"
     ns = "sec"
-    async with _app(db) as app:
+    async with serving(_config(db)) as app:
         address = f"127.0.0.1:{app.port}"
         async with (
             running(Runtime(ns, "rt", [Needs], address=address)),
@@ -680,7 +650,7 @@ async def test_secrets_are_encrypted_at_rest_and_survive_a_restart(
     assert "graph saved" in caplog.text  # the log was captured at all
 
     key_before = _key_bytes(db)
-    async with _app(db) as app:  # a restart on the same database and key file
+    async with serving(_config(db)) as app:  # a restart on the same database and key file
         result = await _needs_run(f"127.0.0.1:{app.port}", ns)
         assert result.status is RunStatus.SUCCESS, result.states[0].error
         assert result.states[0].outputs == [{"text": "y", "secret_len": str(len(SECRET)), "secret_fields": "token"}]
@@ -694,13 +664,13 @@ async def test_secrets_key_from_the_environment_creates_no_key_file(
 ) -> None:
     monkeypatch.setenv(KEY_ENV, base64.b64encode(os.urandom(32)).decode())
     db = tmp_path / "env.db"
-    async with _app(db) as app:
+    async with serving(_config(db)) as app:
         async with StateManager("sec", address=f"127.0.0.1:{app.port}") as sm:
             await _register(f"127.0.0.1:{app.port}", "sec", Needs)
             await sm.upsert_graph("secretive", [needs("sec")], secrets={"token": SECRET})
     assert _key_mode(db) is None
     assert SECRET.encode() not in _db_bytes(db)
-    async with _app(db) as app:  # same key from the environment: the secret still decrypts
+    async with serving(_config(db)) as app:  # same key from the environment: the secret still decrypts
         result = await _needs_run(f"127.0.0.1:{app.port}", "sec")
         assert result.status is RunStatus.SUCCESS, result.states[0].error
         assert result.states[0].outputs[0]["secret_len"] == str(len(SECRET))
@@ -719,7 +689,7 @@ def test_bad_secrets_key_in_the_environment_is_refused(
 ) -> None:
     monkeypatch.setenv(KEY_ENV, value)
     with pytest.raises(InvalidArgumentError, match=KEY_ENV):
-        _app(tmp_path / "x.db")
+        App(_config(tmp_path / "x.db"))
 
 
 def test_real_server_refuses_a_bad_secrets_key_clearly(tmp_path: Path) -> None:
@@ -733,13 +703,13 @@ def test_real_server_refuses_a_bad_secrets_key_clearly(tmp_path: Path) -> None:
 async def test_secrets_key_file_setting(tmp_path: Path) -> None:
     db, key_file = tmp_path / "k.db", tmp_path / "keys" / "secrets.key"
     key_file.parent.mkdir()
-    async with _app(db, secrets_key_file=str(key_file)) as app:
+    async with serving(_config(db, secrets_key_file=str(key_file))) as app:
         await _register(f"127.0.0.1:{app.port}", "sec", Needs)
         async with StateManager("sec", address=f"127.0.0.1:{app.port}") as sm:
             await sm.upsert_graph("secretive", [needs("sec")], secrets={"token": SECRET})
     assert _key_mode(db) is None  # no <db>.key: the configured file holds the key
     assert _mode(key_file) == 0o600
-    async with _app(db, secrets_key_file=str(key_file)) as app:
+    async with serving(_config(db, secrets_key_file=str(key_file))) as app:
         result = await _needs_run(f"127.0.0.1:{app.port}", "sec")
         assert result.status is RunStatus.SUCCESS, result.states[0].error
 
@@ -749,7 +719,7 @@ async def test_wrong_secrets_key_at_restart_refuses_the_graphs_triggers_not_the_
 ) -> None:
     db = tmp_path / "w.db"
     ns = "sec"
-    async with _app(db) as app:
+    async with serving(_config(db)) as app:
         address = f"127.0.0.1:{app.port}"
         await _register(address, ns, Needs, Echo)
         async with StateManager(ns, address=address) as sm:
@@ -758,7 +728,7 @@ async def test_wrong_secrets_key_at_restart_refuses_the_graphs_triggers_not_the_
     _replace_key(db)  # someone replaced the key file
 
     caplog.set_level(logging.INFO)
-    async with _app(db) as app:  # starts: a wrong key does not crash the scheduler
+    async with serving(_config(db)) as app:  # starts: a wrong key does not crash the scheduler
         address = f"127.0.0.1:{app.port}"
         assert "cannot decrypt secrets of graph sec/secretive" in caplog.text
         assert "is not the one it was saved with" in caplog.text
@@ -826,7 +796,7 @@ async def test_a_secret_the_node_rejects_is_not_echoed_in_the_error(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     db = tmp_path / "picky.db"
-    async with _app(db) as app:
+    async with serving(_config(db)) as app:
         address = f"127.0.0.1:{app.port}"
         async with (
             running(Runtime("sec", "rt", [PickySecret], address=address)),

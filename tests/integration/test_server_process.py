@@ -10,8 +10,10 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from exosphere import GraphNodeModel, RunStatus, Runtime, StateManager
-from tests.integration.process import ServerProcess
+from exosphere import RunStatus, Runtime, StateManager
+from tests.helpers.graphs import gnode
+from tests.helpers.runtimes import running
+from tests.helpers.servers import ServerProcess
 from tests.nodes import Echo
 
 
@@ -55,28 +57,23 @@ async def test_graphs_and_runs_survive_a_restart_and_runtimes_reconnect(tmp_path
     db = tmp_path / "state.db"
     server = await asyncio.to_thread(ServerProcess(db).start)
     port = server.port
-    runtime = Runtime(namespace="restart", name="rt", nodes=[Echo], address=server.address)
-    task = asyncio.get_running_loop().create_task(runtime.run())
     try:
-        await runtime.wait_registered()
-        async with StateManager("restart", address=server.address) as sm:
-            await sm.upsert_graph(
-                "g", [GraphNodeModel(node_name="Echo", namespace="restart", identifier="e", inputs={"text": "1"})]
-            )
-            first = await sm.wait((await sm.trigger("g")).run_id, timeout=10)
-            assert first.status is RunStatus.SUCCESS
-        assert await asyncio.to_thread(server.stop) == 0
-        # Same port and database: the runtime reconnects by itself and the old run is still there.
-        server = await asyncio.to_thread(ServerProcess(db, port=port).start)
-        async with StateManager("restart", address=server.address) as sm:
-            again = await sm.get_run(first.run_id)
-            assert again.status is RunStatus.SUCCESS
-            assert again.states[0].outputs == [{"text": "1"}]
-            assert (await sm.get_graph("g")).version == 1
-            await runtime.wait_registered(timeout=30)
-            second = await sm.wait((await sm.trigger("g", inputs={"text": "2"})).run_id, timeout=20)
-            assert second.states[0].outputs == [{"text": "2"}]
+        runtime = Runtime(namespace="restart", name="rt", nodes=[Echo], address=server.address)
+        async with running(runtime, strict_stop=True):
+            async with StateManager("restart", address=server.address) as sm:
+                await sm.upsert_graph("g", [gnode("restart", "Echo", "e", {"text": "1"})])
+                first = await sm.wait((await sm.trigger("g")).run_id, timeout=10)
+                assert first.status is RunStatus.SUCCESS
+            assert await asyncio.to_thread(server.stop) == 0
+            # Same port and database: the runtime reconnects by itself and the old run is still there.
+            server = await asyncio.to_thread(ServerProcess(db, port=port).start)
+            async with StateManager("restart", address=server.address) as sm:
+                again = await sm.get_run(first.run_id)
+                assert again.status is RunStatus.SUCCESS
+                assert again.states[0].outputs == [{"text": "1"}]
+                assert (await sm.get_graph("g")).version == 1
+                await runtime.wait_registered(timeout=30)
+                second = await sm.wait((await sm.trigger("g", inputs={"text": "2"})).run_id, timeout=20)
+                assert second.states[0].outputs == [{"text": "2"}]
     finally:
-        runtime.stop()
-        await asyncio.wait_for(task, 15)
         await asyncio.to_thread(server.stop)

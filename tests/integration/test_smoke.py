@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from exosphere import GraphNodeModel, RunStatus, StateManager
-from tests.conftest import RuntimeFactory
+from tests.helpers.runtimes import RuntimeFactory
 from tests.nodes import Echo
 
 

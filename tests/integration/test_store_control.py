@@ -4,24 +4,16 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any
 
 import pytest
 
-from exosphere import GraphNodeModel, GraphNotFoundError, RunModel, RunStatus, StateManager, StateModel, StateStatus
+from exosphere import GraphNotFoundError, RunStatus, StateManager, StateStatus
 from exosphere.errors import ConflictError, InvalidArgumentError
-from tests.conftest import RuntimeFactory, assert_eventually
 from tests.engine_nodes import Flaky, Sleeper, StoreWriter, Tag, Waiter
+from tests.helpers.graphs import gnode, states_of
+from tests.helpers.runtimes import RuntimeFactory
+from tests.helpers.waiting import assert_eventually
 from tests.nodes import Concat
-
-
-def gnode(namespace: str, node_name: str, identifier: str, inputs: dict[str, str], **extra: Any) -> GraphNodeModel:
-    return GraphNodeModel(node_name=node_name, namespace=namespace, identifier=identifier, inputs=inputs, **extra)
-
-
-def states_of(run: RunModel, identifier: str) -> list[StateModel]:
-    return [s for s in run.states if s.identifier == identifier]
-
 
 # ---------------------------------------------------------------------------------------------------- store
 

@@ -6,11 +6,11 @@ import hmac
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import grpc
 import pytest
 
-import server.auth
 from exosphere.errors import AuthenticationError, InvalidArgumentError, PermissionDeniedError
 from server.auth import ApiKey, Authenticator, load_keys_file
 
@@ -25,11 +25,16 @@ class FakeContext:
         return self._metadata
 
 
-def ctx(key: str | bytes | None = None, *extra: tuple[str, str]) -> Any:
+def context(metadata: Sequence[tuple[str, str | bytes]] | None) -> grpc.aio.ServicerContext[Any, Any]:
+    # A stand-in, not a real context: identify() reads only invocation_metadata().
+    return cast("grpc.aio.ServicerContext[Any, Any]", FakeContext(metadata))
+
+
+def ctx(key: str | bytes | None = None, *extra: tuple[str, str]) -> grpc.aio.ServicerContext[Any, Any]:
     metadata: list[tuple[str, str | bytes]] = [*extra]
     if key is not None:
         metadata.append(("x-api-key", key))
-    return FakeContext(metadata)
+    return context(metadata)
 
 
 ADMIN = ApiKey("k-admin-secret", frozenset({"*"}))
@@ -65,7 +70,7 @@ def test_every_key_is_compared_with_compare_digest(
     """Each configured key is compared, in constant time, whether or not an earlier one matched: neither the
     comparison nor the number of comparisons tells how much of a key was right, or which key it was."""
     spy = CompareSpy()
-    monkeypatch.setattr(server.auth.hmac, "compare_digest", spy)
+    monkeypatch.setattr("server.auth.hmac.compare_digest", spy)
     try:
         found = auth.identify(ctx(presented))
     except AuthenticationError:
@@ -79,7 +84,7 @@ def test_every_key_is_compared_with_compare_digest(
 
 def test_the_decision_is_compare_digests(auth: Authenticator, monkeypatch: pytest.MonkeyPatch) -> None:
     """No other comparison (== or a dict lookup) decides: with compare_digest saying no, the right key fails."""
-    monkeypatch.setattr(server.auth.hmac, "compare_digest", CompareSpy(result=False))
+    monkeypatch.setattr("server.auth.hmac.compare_digest", CompareSpy(result=False))
     with pytest.raises(AuthenticationError, match="invalid API key"):
         auth.identify(ctx("k-admin-secret"))
 
@@ -96,7 +101,7 @@ def test_near_misses_are_rejected(auth: Authenticator, presented: str) -> None:
 @pytest.mark.parametrize("metadata", [None, [], [("authorization", "Bearer k-admin-secret")], [("x-api-key", "")]])
 def test_missing_key(auth: Authenticator, metadata: list[tuple[str, str]] | None) -> None:
     with pytest.raises(AuthenticationError, match=r"missing API key.*x-api-key"):
-        auth.identify(FakeContext(metadata))
+        auth.identify(context(metadata))
 
 
 def test_key_among_other_metadata_and_as_bytes(auth: Authenticator) -> None:

@@ -15,7 +15,7 @@ from server.engine import Engine
 from server.models import CronSpec, FieldSpec, GraphNodeSpec, GraphSpec, NodeSchema, StoreConfigSpec
 from server.secrets import SecretBox, load_or_create_key
 from server.store import InMemoryStore
-from tests.conftest import assert_eventually
+from tests.helpers.waiting import assert_eventually
 
 NS = "cron-ns"
 ECHO = NodeSchema(
@@ -27,9 +27,9 @@ ECHO = NodeSchema(
 )
 
 
-def ts(*args: int) -> float:
+def ts(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> float:
     """Epoch seconds of a UTC date."""
-    return datetime(*args, tzinfo=UTC).timestamp()  # type: ignore[misc]
+    return datetime(year, month, day, hour, minute, second, tzinfo=UTC).timestamp()
 
 
 class FakeClock:
@@ -69,7 +69,7 @@ def graph(name: str = "g", triggers: list[CronSpec] | None = None, **kwargs: obj
         name=name,
         nodes=[GraphNodeSpec(node_name="Echo", namespace=NS, identifier="echo", inputs={"text": "hi"})],
         triggers=triggers if triggers is not None else [CronSpec(expression="* * * * *")],
-        **kwargs,  # type: ignore[arg-type]
+        **kwargs,
     )
 
 

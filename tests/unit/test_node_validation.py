@@ -40,6 +40,7 @@ class NotANode:
 
 def _errors(*nodes: object) -> str:
     with pytest.raises(NodeValidationError) as info:
+        # The point is to pass what is not a node (NotANode), which the type of `nodes` forbids.
         Runtime(namespace="ns", name="rt", nodes=list(nodes))  # type: ignore[arg-type]
     return str(info.value)
 

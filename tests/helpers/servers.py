@@ -1,7 +1,12 @@
-"""Helpers that run the real exosphere-server binary as a child process."""
+"""The scheduler in tests: ``serving`` runs an ``App`` in the test's loop, ``ServerProcess`` runs the binary.
+
+``stop_process`` ends any other child process (an example script) the way the tests expect: SIGTERM, then its
+exit code and output.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -9,11 +14,48 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from server.app import App
+from server.config import ServerConfig
+from server.store import Store
+
 _LISTENING = re.compile(r"exosphere-server listening on ([\d.]+):(\d+)")
+
+
+@asynccontextmanager
+async def serving(config: ServerConfig, *, store: Store | None = None, grace: float = 0.5) -> AsyncIterator[App]:
+    """``async with serving(ServerConfig(port=0, ...)) as app:`` the scheduler in this loop, on ``app.port``.
+
+    Stopped in ``finally`` with a short ``grace`` (``async with App(...)`` waits the configured shutdown grace).
+    """
+    app = App(config, store=store)
+    await app.start()
+    try:
+        yield app
+    finally:
+        await app.stop(grace=grace)
+
+
+async def stop_process(proc: subprocess.Popen[str], timeout: float = 20) -> tuple[int, str]:
+    """SIGTERM ``proc`` (only that child) and return its exit code and the rest of its output.
+
+    Its output is read while it exits, so a full pipe cannot block it. After ``timeout`` seconds it is killed
+    and the test fails.
+    """
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        output, _ = await asyncio.to_thread(proc.communicate, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        await asyncio.to_thread(proc.communicate)
+        raise AssertionError(f"process {proc.args!r} did not exit within {timeout}s of SIGTERM") from None
+    return proc.returncode, output or ""
 
 
 class ServerProcess:

@@ -13,7 +13,7 @@ from exosphere import BaseNode, GraphNodeModel, Runtime, StateManager, StateStat
 from exosphere.errors import InvalidArgumentError
 from exosphere.v1 import runtime_pb2
 from exosphere.v1 import scheduler_pb2 as pb
-from tests.conftest import RuntimeFactory
+from tests.helpers.runtimes import RuntimeFactory
 
 BAD = b"a\xffb\xfe"  # four bytes that are not UTF-8, swapped for a four-character placeholder
 
@@ -26,7 +26,7 @@ def corrupt(message: Any, placeholder: str = "XXXX") -> bytes:
 
 async def raw_unary(address: str, method: str, request: bytes) -> grpc.aio.AioRpcError:
     async with grpc.aio.insecure_channel(address) as channel:
-        call = channel.unary_unary(method, request_serializer=None, response_deserializer=None)
+        call: Any = channel.unary_unary(method, request_serializer=None, response_deserializer=None)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await call(request, timeout=10)
     return caught.value
@@ -101,7 +101,7 @@ async def test_invalid_utf8_on_a_server_stream_is_invalid_argument(
     server_address: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     async with grpc.aio.insecure_channel(server_address) as channel:
-        call = channel.unary_stream(
+        call: Any = channel.unary_stream(
             "/exosphere.v1.SchedulerService/WatchRun", request_serializer=None, response_deserializer=None
         )
         with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -119,7 +119,7 @@ async def test_invalid_utf8_on_the_runtime_stream_is_invalid_argument(
         register=runtime_pb2.Register(namespace="ns", runtime_name="XXXX", runtime_id="r", max_concurrency=1)
     )
     async with grpc.aio.insecure_channel(server_address) as channel:
-        call = channel.stream_stream(
+        call: Any = channel.stream_stream(
             "/exosphere.v1.RuntimeService/Connect", request_serializer=None, response_deserializer=None
         )(timeout=10)
         await call.write(corrupt(register))

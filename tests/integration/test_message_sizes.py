@@ -13,17 +13,15 @@ import grpc
 import pytest
 from pydantic import BaseModel
 
-from exosphere import BaseNode, GraphNodeModel, RunStatus, StateManager, StateStatus
+from exosphere import BaseNode, RunStatus, StateManager, StateStatus
 from exosphere.errors import InvalidArgumentError
 from exosphere.v1 import common_pb2, runtime_pb2, runtime_pb2_grpc
-from tests.conftest import RuntimeFactory, assert_eventually
+from tests.helpers.graphs import gnode
+from tests.helpers.runtimes import RuntimeFactory
+from tests.helpers.waiting import assert_eventually
 
 MB = 1024 * 1024
 LIMIT = common_pb2.LIMIT_MAX_MESSAGE_BYTES
-
-
-def gnode(namespace: str, node_name: str, identifier: str, inputs: dict[str, str], **extra: Any) -> GraphNodeModel:
-    return GraphNodeModel(node_name=node_name, namespace=namespace, identifier=identifier, inputs=inputs, **extra)
 
 
 NO_RETRY = {"max_retries": 0}
@@ -125,7 +123,7 @@ async def raw_runtime(
     shares_stores: bool = False,
 ) -> Any:
     """A runtime stream spoken by hand (as a runtime in another language would), registered."""
-    call = runtime_pb2_grpc.RuntimeServiceStub(channel).Connect()
+    call: Any = runtime_pb2_grpc.RuntimeServiceStub(channel).Connect()
     register = runtime_pb2.Register(
         namespace=namespace,
         runtime_name="raw",

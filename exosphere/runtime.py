@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import signal
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -109,9 +110,12 @@ class Runtime:
 
     async def _run_with_signals(self) -> None:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, self.stop)
+        # Only the main thread may install signal handlers; start() in a daemon thread (the exospherehost docs'
+        # pattern) runs without them and stops with its process.
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.add_signal_handler(sig, self.stop)
         await self.run()
 
     def stop(self) -> None:

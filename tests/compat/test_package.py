@@ -177,6 +177,8 @@ def test_runtime_takes_the_real_parameters_positionally() -> None:
     assert runtime._state_manager_uri == "http://127.0.0.1:6000" and runtime._key == "k"
     assert runtime._node_names == ["GoodNode"] and runtime._need_secrets(GoodNode)
     assert isinstance(runtime, exosphere.Runtime)
+    spelled_as_the_docs = Runtime(namespace="ns", name="rt", nodes=[GoodNode], state_manager_version="v2")
+    assert spelled_as_the_docs._state_manager_version == "v2"
 
 
 def test_runtime_refuses_bad_settings_with_value_errors() -> None:

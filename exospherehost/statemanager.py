@@ -135,8 +135,8 @@ class StateManager:
         retry_policy: RetryPolicyModel | None = None,
         store_config: StoreConfigModel | None = None,
         triggers: Sequence[CronTrigger] | None = None,
-        validation_timeout: int = 60,
-        polling_interval: int = 1,
+        validation_timeout: float = 60,
+        polling_interval: float = 1,
     ) -> dict[str, Any]:
         """Create or replace a graph template and return it as :meth:`get_graph` does (``validation_status``).
 

@@ -15,8 +15,10 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 @dataclass(frozen=True)
 class Target:
-    """Where the scheduler is: ``host:port``, and the CA file to verify it with (``None``: plaintext)."""
+    """Where the scheduler is: the URI given (or found in the environment), its ``host:port``, and the CA file to
+    verify it with (``None``: plaintext). All ``None`` when no URI was given: our own settings apply."""
 
+    uri: str | None
     address: str | None
     tls_ca_file: str | None
 
@@ -39,12 +41,12 @@ def resolve_target(uri: str | None, environ: Mapping[str, str] = os.environ) -> 
     """
     uri = uri if uri is not None else environ.get("EXOSPHERE_STATE_MANAGER_URI") or None
     if uri is None:
-        return Target(address=None, tls_ca_file=None)  # ClientConfig's env and defaults decide
+        return Target(uri=None, address=None, tls_ca_file=None)  # ClientConfig's env and defaults decide
     uri = uri.strip()
     if "://" not in uri:
         if not uri:
             raise ValueError("State manager URI is empty")
-        return Target(address=uri.rstrip("/"), tls_ca_file=None)
+        return Target(uri=uri, address=uri.rstrip("/"), tls_ca_file=None)
     parts = urlsplit(uri)
     scheme = parts.scheme.lower()
     if scheme not in _DEFAULT_PORTS or not parts.hostname:
@@ -59,4 +61,4 @@ def resolve_target(uri: str | None, environ: Mapping[str, str] = os.environ) -> 
         tls_ca_file = environ.get("EXOSPHERE_TLS_CA_FILE") or _system_ca_file()
         if tls_ca_file is None:
             raise ValueError(f"{uri} needs TLS, but no CA file was found: set EXOSPHERE_TLS_CA_FILE")
-    return Target(address=f"{host}:{port}", tls_ca_file=tls_ca_file)
+    return Target(uri=uri, address=f"{host}:{port}", tls_ca_file=tls_ca_file)

@@ -16,7 +16,6 @@ What each parameter does here:
 from __future__ import annotations
 
 import inspect
-import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,8 +30,6 @@ from exospherehost._address import resolve_target
 from exospherehost._errors import NodeValidationError
 
 __all__ = ["Runtime"]
-
-logger = logging.getLogger(__name__)
 
 
 def _setup_default_logging() -> None:
@@ -114,7 +111,7 @@ class Runtime(_ours.Runtime):
         self._namespace = self.namespace
         config = ClientConfig.resolve(address=target.address, api_key=key)
         self._key = config.api_key
-        self._state_manager_uri = state_manager_uri or config.address
+        self._state_manager_uri = target.uri or config.address
         self._state_manager_version = state_manager_version or state_manage_version
         self._batch_size = batch_size
         self._workers = workers

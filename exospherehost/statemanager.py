@@ -95,7 +95,7 @@ class StateManager:
     ) -> None:
         self._namespace = namespace
         self._target = resolve_target(state_manager_uri)
-        self._state_manager_uri = state_manager_uri or self._target.address
+        self._state_manager_uri = self._target.uri
         self._key = key
         self._state_manager_version = state_manager_version
         _ours.StateManager(namespace)  # refuse a bad namespace now, as ours does

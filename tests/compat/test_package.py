@@ -238,6 +238,7 @@ def test_state_manager_uri_becomes_the_scheduler_address(monkeypatch: pytest.Mon
     assert secure.address == "sm.example.com:443" and secure.tls_ca_file == str(ca)
     monkeypatch.setenv("EXOSPHERE_STATE_MANAGER_URI", "http://from-env:8000")
     assert resolve_target(None).address == "from-env:8000"
+    assert Runtime(namespace="ns", name="rt", nodes=[GoodNode])._state_manager_uri == "http://from-env:8000"
     assert resolve_target("http://arg:1").address == "arg:1"  # the argument wins
     monkeypatch.delenv("EXOSPHERE_STATE_MANAGER_URI")
     assert resolve_target(None).address is None  # our own settings decide (EXOSPHERE_SCHEDULER_ADDRESS)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -96,7 +97,8 @@ class StateManager:
         self._namespace = namespace
         self._target = resolve_target(state_manager_uri)
         self._state_manager_uri = self._target.uri
-        self._key = key
+        # Read once, here, as exospherehost did: a later change of the environment does not move the client.
+        self._key = key if key is not None else os.environ.get("EXOSPHERE_API_KEY")
         self._state_manager_version = state_manager_version
         _ours.StateManager(namespace)  # refuse a bad namespace now, as ours does
 

@@ -6,7 +6,7 @@ import json
 
 from pydantic import BaseModel
 
-from exosphere import BaseNode, GraphNodeModel, RunStatus, StateManager, StateStatus
+from exosphere import BaseNode, GraphNodeModel, RetryPolicyModel, RunStatus, StateManager, StateStatus
 from tests.compat.conftest import ProgramFactory
 from tests.helpers.runtimes import RuntimeFactory
 from tests.helpers.waiting import assert_eventually
@@ -56,6 +56,28 @@ async def test_python_sdk_graph_page_waits_for_its_runtime_and_returns_the_graph
     assert json.loads(done.state("loader").outputs[0]["data"]) == {"source": "initial", "key_len": 8}
     assert done.state("processor").outputs == [{"result": "processed initial"}]
     assert await runtime.terminate() == 0
+
+
+async def test_readme_advanced_usage_defaults_and_errors(spawn: ProgramFactory, my_project: StateManager) -> None:
+    program = await spawn("readme_advanced_usage.py")
+    await _registered(my_project, "ConfigurableNode", "RobustNode")
+    no_retries = RetryPolicyModel(max_retries=0)
+    await my_project.upsert_graph(
+        "cut",
+        [GraphNodeModel(node_name="ConfigurableNode", namespace="MyProject", identifier="c", inputs={"text": "t"})],
+    )
+    await my_project.upsert_graph(
+        "robust",
+        [GraphNodeModel(node_name="RobustNode", namespace="MyProject", identifier="r", inputs={"data": "d"})],
+        retry_policy=no_retries,
+    )
+    cut = await my_project.wait((await my_project.trigger("cut", inputs={"text": "x" * 150})).run_id, timeout=20)
+    assert cut.states[0].outputs == [{"result": "x" * 100, "length": "100"}]  # the Inputs default applies
+    failed = await my_project.wait((await my_project.trigger("robust")).run_id, timeout=20)
+    assert failed.status is RunStatus.FAILED
+    assert failed.states[0].status is StateStatus.ERRORED
+    assert failed.states[0].error is not None and failed.states[0].error["message"] == "This is a test error"
+    assert await program.terminate() == 0
 
 
 class UserNode(BaseNode):

@@ -181,6 +181,15 @@ def test_runtime_takes_the_real_parameters_positionally() -> None:
     assert spelled_as_the_docs._state_manager_version == "v2"
 
 
+def test_nodes_of_either_package_run_on_either_runtime() -> None:
+    class OurNode(exosphere.BaseNode):
+        async def execute(self) -> None:
+            return None
+
+    assert Runtime(namespace="ns", name="rt", nodes=[OurNode, GoodNode])._node_names == ["OurNode", "GoodNode"]
+    assert exosphere.Runtime(namespace="ns", name="rt", nodes=[OurNode, GoodNode]).namespace == "ns"
+
+
 def test_runtime_refuses_bad_settings_with_value_errors() -> None:
     with pytest.raises(ValueError, match="Batch size should be at least 1"):
         Runtime(namespace="ns", name="rt", nodes=[GoodNode], batch_size=0)

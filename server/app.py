@@ -6,9 +6,10 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import uuid
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 import grpc
 from cryptography import x509
@@ -31,6 +32,9 @@ from server.sqlite_schema import check_path
 from server.sqlite_store import SqliteStore
 from server.store import InMemoryStore, Store
 from server.wire import decode_stored_schema
+
+if TYPE_CHECKING:
+    from server.cluster import ClusterMember
 
 __all__ = ["App"]
 
@@ -85,7 +89,7 @@ def _open_postgres(config: ServerConfig) -> Store:
         raise InvalidArgumentError(
             f"--db {config.db_label} needs the PostgreSQL driver: pip install 'exosphere[postgres]' ({exc})"
         ) from None
-    return PostgresStore(config.db, durable=config.durability == "full")
+    return PostgresStore(config.db, durable=config.durability == "full", shards=config.shards)
 
 
 class App:
@@ -140,7 +144,11 @@ class App:
                 default_timeout_ms=int(config.default_timeout.total_seconds() * 1000),
             ),
             decode_schema=decode_stored_schema,
+            # On PostgreSQL several replicas share the shards (server/cluster.py); SQLite is a cluster of one.
+            shard_count=getattr(self.store, "shard_count", 1),
+            own_all_shards=not config.postgres,
         )
+        self.cluster: ClusterMember | None = None
         self.cron = CronScheduler(self.engine)
         self.engine.on_graph_saved = self.cron.reload
         # Set when the scheduler must stop on its own (a failed commit); `exosphere-server` then exits non-zero.
@@ -202,6 +210,18 @@ class App:
         self._started = True
         for service in ("", "exosphere.v1.SchedulerService", "exosphere.v1.RuntimeService"):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        if self.config.postgres:
+            from server.cluster import ClusterMember  # asyncpg is imported only on PostgreSQL
+
+            self.cluster = ClusterMember(
+                self.config.db,
+                self.engine,
+                replica_id=uuid.uuid4().hex,
+                address=self.config.advertise or f"{self.config.host}:{self.port}",
+                lease=self.config.shard_lease,
+                heartbeat=self.config.shard_lease / 5,
+            )
+            await self.cluster.start()
         logger.info("exosphere-server listening on %s:%d db=%s", self.config.host, self.port, self.config.db_label)
         return self.port
 
@@ -219,6 +239,8 @@ class App:
         try:
             if server is not None and self._started:
                 await self._health.enter_graceful_shutdown()
+                if self.cluster is not None:
+                    await self.cluster.stop()  # hand the shards over at once
                 self.engine.runtimes.close_all("scheduler shutting down")
                 await server.stop(grace)
         finally:

@@ -8,7 +8,7 @@ from datetime import timedelta
 from typing import ClassVar, Literal, Self
 from urllib.parse import unquote, urlsplit
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = ["ServerConfig", "describe_dsn", "is_postgres_dsn"]
 
@@ -46,6 +46,9 @@ class ServerConfig(BaseModel):
         "EXOSPHERE_LEASE": "lease",
         "EXOSPHERE_DEFAULT_TIMEOUT": "default_timeout",
         "EXOSPHERE_STANDBY": "standby",
+        "EXOSPHERE_ADVERTISE": "advertise",
+        "EXOSPHERE_SHARDS": "shards",
+        "EXOSPHERE_SHARD_LEASE": "shard_lease",
     }
     host: str = "127.0.0.1"
     port: int = 50051
@@ -67,6 +70,11 @@ class ServerConfig(BaseModel):
     shutdown_grace: timedelta = timedelta(seconds=10)
     # SQLite: wait for the scheduler holding the database to stop, then take over (instead of refusing to start).
     standby: bool = False
+    # PostgreSQL (cluster mode): how the other replicas and runtimes reach this one (default host:port), the number
+    # of shards of a new database (fixed once it exists), and how long a dead replica keeps its shards.
+    advertise: str | None = None
+    shards: int = Field(default=64, ge=1, le=4096)
+    shard_lease: timedelta = timedelta(seconds=5)
 
     @property
     def postgres(self) -> bool:

@@ -42,7 +42,7 @@ from server.runtable import RunTable
 from server.secrets import SecretBox
 from server.sessions import Sessions
 from server.status import ResultKind, RunStatus, StateStatus
-from server.store import RunCursor, Store
+from server.store import FencedError, RunCursor, Store
 from server.triggers import CheckedTrigger, TriggerRequest, check_trigger
 
 __all__ = ["Engine", "EngineSettings", "ResultIn", "TriggerRequest"]
@@ -104,7 +104,9 @@ class Engine:
         self._decode_schema = decode_schema
         self._clock = clock
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._commit = GroupCommit(store, lambda: self._loop, self._after_commit, self._commit_failed)
+        self._commit = GroupCommit(
+            store, lambda: self._loop, self._after_commit, self._commit_failed, lambda batch: self.shards.fence(batch)
+        )
         self._table = RunTable(self._commit)
         self._dispatcher = Dispatcher(
             self._table, loop=lambda: self._loop, clock=clock, default_timeout_ms=settings.default_timeout_ms
@@ -238,7 +240,7 @@ class Engine:
 
     async def _start_runs(self, checked: Sequence[CheckedTrigger]) -> list[str]:
         now = self._clock()
-        runs = [self._machine.start_run(c, self.shards.new_run_id(), now) for c in checked]
+        runs = [self._machine.start_run(c, self.shards.new_run_id(c.shard), now) for c in checked]
         for c in checked:
             self.catalog.acquire(c.graph)
         await self._commit.wait()
@@ -349,6 +351,9 @@ class Engine:
         """The database refused a commit (disk full, I/O error). Memory is now ahead of the database, so the engine
         must not go on: ``on_fatal`` stops the scheduler. A restart recovers from the last commit and runs again
         what was lost (at-least-once)."""
+        if isinstance(exc, FencedError):  # cluster mode: those shards are another replica's now; the rest go on
+            self.shards.drop(exc.shards)
+            return
         if self.fatal_error is None:
             self.fatal_error = exc
             if self.on_fatal is not None:

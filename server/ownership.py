@@ -9,9 +9,10 @@ the next owner, which loads from the store, starts from there. A single schedule
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 
 from exosphere.errors import ConnectionFailedError
 from server.catalog import GraphCatalog
@@ -22,7 +23,7 @@ from server.runtable import RunTable
 from server.sessions import withdraw
 from server.shards import MAX_SHARDS, new_run_id, shard_of
 from server.status import StateStatus
-from server.store import Store
+from server.store import Fence, Store, WriteBatch
 
 __all__ = ["Shards"]
 
@@ -56,6 +57,10 @@ class Shards:
         self._forget = forget
         self._owned: set[int] = set()
         self._choices: tuple[int, ...] = ()
+        # Cluster mode: who we are and the lease epoch of each shard held, kept until the lease is given back (a
+        # shard let go still commits what it changed before under its epoch). None: a single scheduler, unfenced.
+        self.owner_id: str | None = None
+        self._epochs: dict[int, int] = {}
 
     @property
     def owned(self) -> frozenset[int]:
@@ -67,14 +72,29 @@ class Shards:
     def owns(self, run_id: str) -> bool:
         return shard_of(run_id, self.count) in self._owned
 
-    def new_run_id(self) -> str:
-        """An id for a new run, in a shard this scheduler owns: a trigger never crosses replicas."""
+    def owns_shard(self, shard: int) -> bool:
+        return shard in self._owned
+
+    def shard_for_key(self, key: str) -> int:
+        """The shard of something that is not a run (a cron schedule), by a stable hash of its key."""
+        return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=4).digest(), "big") % self.count
+
+    def new_run_id(self, shard: int | None = None) -> str:
+        """An id for a new run, in a shard this scheduler owns (``shard``, or any): a trigger never crosses
+        replicas."""
+        if shard is not None:
+            if shard not in self._owned:
+                raise ConnectionFailedError(f"shard {shard} is not owned by this scheduler replica")
+            return new_run_id(shard)
         if not self._choices:
             raise ConnectionFailedError("this scheduler owns no shard yet; try another replica or again shortly")
         return new_run_id(random.choice(self._choices))
 
-    def acquire(self, shards: Collection[int]) -> list[Run]:
-        """Own ``shards``: load their pending runs and continue them. Returns the runs loaded."""
+    def acquire(self, shards: Collection[int], epochs: Mapping[int, int] | None = None) -> list[Run]:
+        """Own ``shards`` (under lease ``epochs`` in cluster mode): load their pending runs and continue them.
+        Returns the runs loaded."""
+        if epochs:
+            self._epochs.update(epochs)
         new = {s for s in shards if s not in self._owned}
         if not new:
             return []
@@ -109,6 +129,39 @@ class Shards:
         await self._commit.wait()
         logger.info("shards released shards=%s runs=%d", sorted(gone), len(dropped))
         return len(dropped)
+
+    def drop(self, shards: Collection[int]) -> int:
+        """The leases of ``shards`` are lost (expired, taken, or a commit was fenced): drop their runs at once,
+        without waiting for a commit, which could not be made under those leases any more."""
+        gone = {s for s in shards if s in self._owned}
+        for shard in shards:
+            self._epochs.pop(shard, None)
+        self._owned -= gone
+        self._choices = tuple(sorted(self._owned))
+        dropped = [run for run in self._table.runs.values() if self.of(run.run_id) in gone]
+        for run in dropped:
+            self._drop(run)
+        if gone:
+            logger.warning("shards lost shards=%s runs=%d", sorted(gone), len(dropped))
+        return len(dropped)
+
+    def given_back(self, shards: Collection[int]) -> None:
+        """The leases of released shards were given back: nothing more is committed under them."""
+        for shard in shards:
+            if shard not in self._owned:
+                self._epochs.pop(shard, None)
+
+    def epoch(self, shard: int) -> int | None:
+        return self._epochs.get(shard)
+
+    def fence(self, batch: WriteBatch) -> Fence | None:
+        """The leases a batch needs: the epoch of every shard it writes to (-1 for one held no more)."""
+        if self.owner_id is None:
+            return None
+        touched = {self.of(r.run_id) for r in batch.runs}
+        touched.update(self.of(s.run_id) for s in batch.new_states)
+        touched.update(self.of(s.run_id) for s in batch.updated_states)
+        return Fence(self.owner_id, {s: self._epochs.get(s, -1) for s in touched})
 
     def _drop(self, run: Run) -> None:
         run.dropped = True

@@ -41,10 +41,11 @@ from exosphere.errors import ConnectionFailedError
 from server.config import describe_dsn
 from server.models import GraphSpec, RunRow, StateRow
 from server.pg_schema import migrate
+from server.shards import shard_of
 from server.status import RunStatus, StateStatus
-from server.store import RunCursor, WriteBatch
+from server.store import Fence, FencedError, RunCursor, WriteBatch
 
-__all__ = ["DatabaseUnavailableError", "PostgresStore", "shard_of"]
+__all__ = ["DEFAULT_SHARDS", "DatabaseUnavailableError", "PostgresStore"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,9 +68,9 @@ class DatabaseUnavailableError(ConnectionFailedError):
         self.where = where
 
 
-def shard_of(run_id: str) -> int:
-    """The shard that owns a run. TODO(issue 10): the shard becomes part of the run id; one shard until then."""
-    return 0
+# The number of shards of a new database (fixed for its life; see server/shards.py), kept in kv 'cluster:shards'.
+DEFAULT_SHARDS = 64
+_SHARDS_KEY = "cluster:shards"
 
 
 # Errors that mean "the database is not there", not "the statement is wrong".
@@ -139,6 +140,7 @@ class _Prepared:
     updates: list[tuple[object, ...]]
     runs: list[tuple[object, ...]]
     kv: list[tuple[str, str]]
+    fence: Fence | None = None
 
 
 def _columns(rows: Sequence[tuple[object, ...]]) -> list[list[object]]:
@@ -190,6 +192,19 @@ def _graph_spec(text: str, where: str) -> GraphSpec | None:
         return None
 
 
+async def _check_fence(conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy, fence: Fence) -> None:
+    """Inside the commit's transaction: the writer still holds every lease it writes under. FOR SHARE keeps a
+    takeover (which updates the lease row) waiting until this transaction ends, so none can slip in between."""
+    shards = sorted(fence.epochs)
+    held = await conn.fetch(
+        "SELECT l.shard FROM shard_leases l JOIN unnest($1::int[], $2::bigint[]) AS f(shard, epoch) "
+        "ON l.shard = f.shard AND l.epoch = f.epoch WHERE l.owner = $3 FOR SHARE OF l",
+        shards, [fence.epochs[s] for s in shards], fence.owner,
+    )  # fmt: skip
+    if len(held) != len(shards):
+        raise FencedError(shards)
+
+
 class PostgresStore:
     """Graphs, nodes, runs and states in a PostgreSQL database; ``PostgresStore(dsn)`` connects and migrates.
 
@@ -209,6 +224,7 @@ class PostgresStore:
         dsn: str,
         *,
         durable: bool = False,
+        shards: int = DEFAULT_SHARDS,
         pool_size: int = 4,
         connect_timeout: timedelta = timedelta(seconds=10),
         call_timeout: timedelta = timedelta(seconds=30),
@@ -219,6 +235,8 @@ class PostgresStore:
         self._connect_timeout_s = connect_timeout.total_seconds()
         self._call_timeout_s = call_timeout.total_seconds()
         self._pool: _Pool | None = None
+        # The database's shard count: ``shards`` when this call creates it, else what it was created with.
+        self.shard_count = shards
         self._closed = False
         self._close_lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
@@ -260,6 +278,12 @@ class PostgresStore:
             raise DatabaseUnavailableError(self.where, f"cannot connect: {type(exc).__name__}: {exc}") from exc
         try:
             found = await migrate(conn, self.where)
+            await conn.execute(
+                "INSERT INTO kv (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+                _SHARDS_KEY,
+                str(self.shard_count),
+            )
+            self.shard_count = int(await conn.fetchval("SELECT value FROM kv WHERE key = $1", _SHARDS_KEY))
         finally:
             await conn.close(timeout=self._connect_timeout_s)
         pool = await asyncpg.create_pool(
@@ -320,12 +344,14 @@ class PostgresStore:
         }  # fmt: skip
         runs = {
             r.run_id: (
-                shard_of(r.run_id), r.run_id, r.namespace, r.graph_name, r.graph_version, r.status,
+                shard_of(r.run_id, self.shard_count), r.run_id, r.namespace, r.graph_name, r.graph_version, r.status,
                 _dumps(r.store), r.created_at_ms, r.updated_at_ms, _dumps(r.state_counts),
             )
             for r in batch.runs
         }  # fmt: skip
-        return _Prepared(list(inserts.values()), list(updates.values()), list(runs.values()), list(batch.kv.items()))
+        return _Prepared(
+            list(inserts.values()), list(updates.values()), list(runs.values()), list(batch.kv.items()), batch.fence
+        )
 
     def commit(self, prepared: object) -> None:
         """Write a prepared batch in one transaction. Safe to call from the writer thread."""
@@ -337,6 +363,8 @@ class PostgresStore:
 
     async def _commit(self, p: _Prepared) -> None:
         async with self.pool.acquire() as conn, conn.transaction():
+            if p.fence is not None and p.fence.epochs:
+                await _check_fence(conn, p.fence)
             inserts = p.inserts
             if len(inserts) >= COPY_MIN_ROWS:
                 try:

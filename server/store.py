@@ -16,7 +16,7 @@ from typing import Protocol
 from server.models import GraphSpec, RunRow, StateRow
 from server.status import RunStatus
 
-__all__ = ["InMemoryStore", "RunCursor", "Store", "StoreError", "WriteBatch"]
+__all__ = ["Fence", "FencedError", "InMemoryStore", "RunCursor", "Store", "StoreError", "WriteBatch"]
 
 
 class StoreError(Exception):
@@ -41,6 +41,23 @@ class RunCursor:
         return cls(run.created_at_ms, run.run_id)
 
 
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """Cluster mode: the shard leases a commit needs. The store commits only if ``owner`` still holds every one of
+    ``epochs`` (shard -> epoch) when the transaction commits, and raises FencedError otherwise."""
+
+    owner: str
+    epochs: dict[int, int]
+
+
+class FencedError(StoreError):
+    """A commit was refused: this scheduler no longer holds the lease of a shard it wrote to."""
+
+    def __init__(self, shards: Sequence[int]) -> None:
+        super().__init__(f"shard lease lost for shards {sorted(shards)}; another scheduler replica owns them now")
+        self.shards = sorted(shards)
+
+
 @dataclass(slots=True)
 class WriteBatch:
     """Everything one event-loop tick changed; committed in one transaction."""
@@ -49,6 +66,8 @@ class WriteBatch:
     updated_states: Sequence[StateRow] = ()
     runs: Sequence[RunRow] = ()
     kv: dict[str, str] = field(default_factory=dict)
+    # Set in cluster mode (server/ownership.py); a single scheduler writes unfenced.
+    fence: Fence | None = None
 
     def __bool__(self) -> bool:
         return bool(self.new_states or self.updated_states or self.runs or self.kv)

@@ -22,6 +22,9 @@ class TriggerRequest:
     inputs: Mapping[str, str] = field(default_factory=dict)
     store: Mapping[str, str] = field(default_factory=dict)
     start_delay_ms: int = 0
+    # The shard of the new run (cron: the schedule's own, so its watermark and its run commit under one lease);
+    # None: any shard this scheduler owns.
+    shard: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +35,7 @@ class CheckedTrigger:
     root_inputs: dict[str, str]
     store: dict[str, str]
     start_delay_ms: int
+    shard: int | None = None
 
 
 def check_trigger(request: TriggerRequest, graph: CompiledGraph, root_schema: NodeSchema | None) -> CheckedTrigger:
@@ -66,4 +70,4 @@ def check_trigger(request: TriggerRequest, graph: CompiledGraph, root_schema: No
                 errors.append(f"root node {root.node_name!r} needs inputs {missing_inputs}")
     if errors:
         raise InvalidArgumentError("; ".join(errors))
-    return CheckedTrigger(graph, inputs, run_store, request.start_delay_ms)
+    return CheckedTrigger(graph, inputs, run_store, request.start_delay_ms, request.shard)

@@ -11,6 +11,7 @@ import sys
 import threading
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from exosphere import GraphNodeModel, RunStatus, Runtime, StateManager, StateStatus
@@ -95,6 +96,20 @@ def test_a_fan_out_of_25000_states_commits_in_one_transaction_across_statement_c
         assert len(rows) == 25_000
         assert rows[24_999] == states[24_999]
         assert sum(r.status == "SUCCESS" for r in rows) == 12_500
+    finally:
+        store.close()
+
+
+def test_a_big_batch_that_fails_late_leaves_nothing(pg_dsn: str) -> None:
+    store = PostgresStore(pg_dsn)
+    try:
+        broken = run("r1")
+        broken.status = None  # type: ignore[assignment]  # NOT NULL: fails after the COPY of the states
+        with pytest.raises(asyncpg.NotNullViolationError):
+            store.write(WriteBatch(new_states=[state("r1", seq) for seq in range(1_000)], runs=[broken]))
+        assert store.get_states("r1", -1, 0) == []
+        store.write(WriteBatch(new_states=[state("r1", seq) for seq in range(1_000)], runs=[run("r1")]))
+        assert len(store.get_states("r1", -1, 0)) == 1_000
     finally:
         store.close()
 

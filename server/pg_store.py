@@ -16,8 +16,9 @@ changing after the tick; ``commit`` (the writer thread) writes them in ONE trans
 table: ``INSERT ... SELECT FROM unnest($1::text[], ...)`` upserts and ``UPDATE ... FROM unnest(...)``, and many new
 states by binary ``COPY`` (falling back to the upsert, inside the same transaction, if one of them is stored
 already), so a 10,000-state fan-out is a handful of round trips, not 10,000. A small batch (a lone state's
-result) is the same four statements as data-modifying CTEs of ONE statement: one round trip, no BEGIN or COMMIT. Upserts replace whole rows, as
-SQLite's ``INSERT OR REPLACE`` does; updates of a state that is not stored change nothing, as in SQLite.
+result) is the same four statements as data-modifying CTEs of ONE statement: one round trip, no BEGIN or COMMIT.
+Upserts replace whole rows, as SQLite's ``INSERT OR REPLACE`` does; updates of a state that is not stored change
+nothing, as in SQLite.
 
 Schema and migrations: server/pg_schema.py.
 """

@@ -283,6 +283,15 @@ async def test_the_scheduler_on_postgres_runs_a_fan_out_and_resumes_dispatched_s
             assert sorted(json.loads(merge.inputs["values"])) == ["0", "1", "2"]
 
 
+@pytest.mark.parametrize(("durability", "durable"), [("normal", False), ("full", True)])
+def test_durability_reaches_the_store(pg_dsn: str, tmp_path: Path, durability: str, durable: bool) -> None:
+    app = App(config_for(pg_dsn, tmp_path).model_copy(update={"durability": durability}))
+    try:
+        assert isinstance(app.store, PostgresStore) and app.store.durable is durable
+    finally:
+        app.store.close()
+
+
 def test_postgres_needs_a_shared_secrets_key(pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("EXOSPHERE_SECRETS_KEY", raising=False)
     with pytest.raises(ValueError, match=r"needs the secrets key that every scheduler on it shares: set EXOSPHERE_"):

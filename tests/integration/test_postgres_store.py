@@ -114,6 +114,29 @@ def test_a_big_batch_that_fails_late_leaves_nothing(pg_dsn: str) -> None:
         store.close()
 
 
+def test_an_unreadable_row_is_logged_and_left_out(pg_dsn: str, caplog: pytest.LogCaptureFixture) -> None:
+    store = PostgresStore(pg_dsn)
+    try:
+        store.save_graph(graph(1))
+        store.save_graph(graph(1, name="bad"))
+        store.write(WriteBatch(new_states=[state("ok", 0), state("broken", 0)], runs=[run("ok"), run("broken")]))
+        run_sync(
+            on_admin(
+                "UPDATE graphs SET spec = '{\"not\": \"a graph\"}' WHERE name = 'bad'",
+                "UPDATE graph_versions SET spec = 'not json' WHERE name = 'bad'",
+                "UPDATE states SET inputs = 'not json' WHERE run_id = 'broken'",
+                dsn=pg_dsn,
+            )
+        )
+        assert store.load_graphs() == [graph(1)]
+        assert store.load_graph_version("ns", "bad", 1) is None
+        assert store.load_pending() == ([run("ok")], [state("ok", 0)])
+    finally:
+        store.close()
+    assert "stored row unreadable, skipped: graphs namespace=ns name=bad version=1" in caplog.text
+    assert "stored row unreadable, run not recovered: states run_id=broken seq=0" in caplog.text
+
+
 def test_load_pending_of_shards(pg_dsn: str) -> None:
     store = PostgresStore(pg_dsn)
     try:

@@ -122,12 +122,20 @@ class StateManager:
         return graph_from_pb(response.graph)
 
     async def list_graphs(self) -> list[GraphModel]:
-        """Every graph template of the namespace."""
+        """Every graph template of the namespace (read page by page when they are large)."""
+        graphs: list[GraphModel] = []
+        token = ""
         async with translate_errors():
-            response = await self._api().ListGraphs(
-                pb.ListGraphsRequest(namespace=self.namespace), metadata=self._metadata, timeout=CALL_TIMEOUT_S
-            )
-        return [graph_from_pb(g) for g in response.graphs]
+            while True:
+                response = await self._api().ListGraphs(
+                    pb.ListGraphsRequest(namespace=self.namespace, page_token=token),
+                    metadata=self._metadata,
+                    timeout=CALL_TIMEOUT_S,
+                )
+                graphs.extend(graph_from_pb(g) for g in response.graphs)
+                token = response.next_page_token
+                if not token:
+                    return graphs
 
     async def delete_graph(self, graph_name: str, *, force: bool = False) -> None:
         """Delete a graph template; refused while it has pending runs unless ``force`` (which cancels them)."""
@@ -261,7 +269,8 @@ class StateManager:
     async def watch(self, run_id: str, *, states: bool = True) -> AsyncIterator[tuple[RunModel, list[StateModel]]]:
         """Yield ``(run, changed_states)`` as the run progresses; ends once the run is no longer pending.
 
-        The first event carries every state; later ones the states that changed. With ``states=False`` only the
+        The first event carries every state (over several events when they are too large for one message); later
+        ones the states that changed. With ``states=False`` only the
         run (status and counts) is sent, which is all a client waiting for the outcome needs.
         """
         call = self._api().WatchRun(pb.WatchRunRequest(run_id=run_id, run_only=not states), metadata=self._metadata)
@@ -303,9 +312,17 @@ class StateManager:
         return response.state_id
 
     async def list_nodes(self) -> list[str]:
-        """Names of the nodes registered in the namespace."""
+        """Names of the nodes registered in the namespace (read page by page when there are many)."""
+        names: list[str] = []
+        token = ""
         async with translate_errors():
-            response = await self._api().ListNodes(
-                pb.ListNodesRequest(namespace=self.namespace), metadata=self._metadata, timeout=CALL_TIMEOUT_S
-            )
-        return [n.name for n in response.nodes]
+            while True:
+                response = await self._api().ListNodes(
+                    pb.ListNodesRequest(namespace=self.namespace, page_token=token),
+                    metadata=self._metadata,
+                    timeout=CALL_TIMEOUT_S,
+                )
+                names.extend(n.name for n in response.nodes)
+                token = response.next_page_token
+                if not token:
+                    return names

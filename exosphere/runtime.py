@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import signal
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -24,8 +25,8 @@ from exosphere.config import ClientConfig
 from exosphere.errors import AuthenticationError, ExosphereError, InvalidArgumentError, PermissionDeniedError
 from exosphere.logs import setup_default_logging
 from exosphere.node import BaseNode, validate_nodes
+from exosphere.v1 import common_pb2, runtime_pb2_grpc
 from exosphere.v1 import runtime_pb2 as pb
-from exosphere.v1 import runtime_pb2_grpc
 
 __all__ = ["Runtime"]
 
@@ -33,6 +34,10 @@ logger = logging.getLogger(__name__)
 
 # Cap a batch so the two processes overlap instead of taking turns on one huge message.
 MAX_BATCH = 256
+# The wire counts bytes: a batch also stops growing at BATCH_BYTES (a bigger result still travels alone), and a
+# result that cannot fit in one message at all is sent as errored (room is kept for the batch around it).
+BATCH_BYTES = 4 * 1024 * 1024
+MAX_RESULT_MESSAGE_BYTES = common_pb2.LIMIT_MAX_MESSAGE_BYTES - 64 * 1024
 # Registration errors no retry can fix: the runtime stops and raises them.
 _FATAL = (InvalidArgumentError, AuthenticationError, PermissionDeniedError)
 
@@ -75,6 +80,11 @@ class Runtime:
         self._config = ClientConfig.resolve(address=address, api_key=key, tls_ca_file=tls_ca_file)
         self._shutdown_grace = shutdown_grace
         self._created = _LazyEvent()
+        # A stop asked for before run() made its event (``start()`` then ``stop()`` at once) still counts.
+        self._stop_requested = False
+        # Set when run() returns or raises, with what it raised: wait_registered() must not outwait a dead runtime.
+        self._ended: asyncio.Event | None = None
+        self._error: BaseException | None = None
         self._stopping: asyncio.Event | None = None
         self._registered: asyncio.Event | None = None
         # Executing states by dispatch id.
@@ -100,13 +110,17 @@ class Runtime:
 
     async def _run_with_signals(self) -> None:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, self.stop)
+        # Only the main thread may install signal handlers; start() in a daemon thread (the exospherehost docs'
+        # pattern) runs without them and stops with its process.
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.add_signal_handler(sig, self.stop)
         await self.run()
 
     def stop(self) -> None:
         """Stop taking work, finish in-flight states within the grace period, then return from ``run()``."""
+        self._stop_requested = True
         if self._stopping is not None:
             self._stopping.set()
 
@@ -114,15 +128,40 @@ class Runtime:
         """Wait until the runtime's nodes are registered with the scheduler (useful in tests and scripts)."""
         async with asyncio.timeout(timeout):
             await self._created.wait()
-            assert self._registered is not None
-            await self._registered.wait()
+            assert self._registered is not None and self._ended is not None
+            registered = asyncio.ensure_future(self._registered.wait())
+            ended = asyncio.ensure_future(self._ended.wait())
+            try:
+                await asyncio.wait({registered, ended}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                registered.cancel()
+                ended.cancel()
+            if not self._registered.is_set():
+                if self._error is not None:
+                    raise self._error
+                raise ExosphereError(f"runtime {self.name!r} stopped before it registered")
 
     async def run(self) -> None:
         """Connect, register and execute until ``stop()``; reconnects with backoff when the stream is lost."""
         self._stopping = asyncio.Event()
+        if self._stop_requested:
+            self._stopping.set()
         self._registered = asyncio.Event()
+        self._ended = asyncio.Event()
+        self._error = None
         self._wake_writer = asyncio.Event()
         self._created.set()
+        try:
+            await self._run()
+        except BaseException as exc:
+            self._error = exc
+            raise
+        finally:
+            self._stop_requested = False
+            self._ended.set()
+
+    async def _run(self) -> None:
+        assert self._stopping is not None and self._registered is not None
         backoff = Backoff()
         schemas = [node_to_schema(node) for node in self._nodes.values()]
         while not self._stopping.is_set():
@@ -162,6 +201,7 @@ class Runtime:
             sdk_version=f"exosphere-python/{__version__}",
             nodes=schemas,
             max_concurrency=self.max_concurrency,
+            shares_stores=True,
         )
         stack = contextlib.ExitStack()
         try:
@@ -221,15 +261,20 @@ class Runtime:
                 raise ExosphereError("scheduler closed the runtime stream")
             kind = message.WhichOneof("kind")
             if kind == "execute":
+                stores: dict[str, Any] = {}  # run id -> its store, sent once per batch (Execute.store_as_previous)
                 for item in message.execute.items:
-                    self._start(item)
+                    if item.store_as_previous:
+                        store = stores.get(item.run_id, item.store)
+                    else:
+                        store = stores[item.run_id] = item.store
+                    self._start(item, store)
             elif kind == "cancel":
                 self._cancel(set(message.cancel.state_ids))
             elif kind == "drain":
                 logger.info("scheduler asked runtime to drain runtime=%s", self.name)
                 self.stop()
 
-    def _start(self, item: pb.Execute) -> None:
+    def _start(self, item: pb.Execute, store: Any) -> None:
         node_cls = self._nodes.get(item.node_name)
         if node_cls is None:  # the scheduler never sends these; answer instead of hanging the state
             result = pb.Result(state_id=item.state_id, attempt=item.attempt, dispatch_id=item.dispatch_id)
@@ -237,12 +282,12 @@ class Runtime:
             result.errored.type = "UnknownNodeError"
             self._push(result)
             return
-        task = asyncio.get_running_loop().create_task(self._run_item(node_cls, item))
+        task = asyncio.get_running_loop().create_task(self._run_item(node_cls, item, store))
         self._in_flight[item.dispatch_id] = (task, item)
 
-    async def _run_item(self, node_cls: type[BaseNode], item: pb.Execute) -> None:
+    async def _run_item(self, node_cls: type[BaseNode], item: pb.Execute, store: Any) -> None:
         try:
-            result = await execute_item(node_cls, item)
+            result = await execute_item(node_cls, item, store)
         finally:
             self._in_flight.pop(item.dispatch_id, None)
         self.executed_count += 1
@@ -257,7 +302,20 @@ class Runtime:
         while self._outbox:
             batch = self._outbox[:MAX_BATCH]
             del self._outbox[:MAX_BATCH]
-            await call.write(pb.RuntimeMessage(results=pb.ResultBatch(results=batch)))
+            size = 0
+            results: list[pb.Result] = []
+            for result in batch:
+                result_size = _framed_size(result.ByteSize())
+                if result_size > MAX_RESULT_MESSAGE_BYTES:
+                    result = _too_large(result, result_size)
+                    result_size = _framed_size(result.ByteSize())
+                if results and size + result_size > BATCH_BYTES:
+                    await call.write(pb.RuntimeMessage(results=pb.ResultBatch(results=results)))
+                    results, size = [], 0
+                results.append(result)
+                size += result_size
+            if results:
+                await call.write(pb.RuntimeMessage(results=pb.ResultBatch(results=results)))
 
     async def _write_loop(self, call: Any, heartbeat_s: float) -> None:
         assert self._wake_writer is not None
@@ -310,6 +368,23 @@ class _LazyEvent:
 
     async def wait(self) -> None:
         await self._get().wait()
+
+
+def _framed_size(size: int) -> int:
+    """Bytes an item of ``size`` bytes takes as one element of a repeated field (tag and length prefix)."""
+    return size + 1 + (size.bit_length() + 6) // 7 if size else 2
+
+
+def _too_large(result: pb.Result, size: int) -> pb.Result:
+    """An errored result in place of one too large for any message (its state fails instead of the stream)."""
+    logger.error("result too large to send state_id=%s bytes=%d", result.state_id, size)
+    errored = pb.Result(state_id=result.state_id, attempt=result.attempt, dispatch_id=result.dispatch_id)
+    errored.errored.message = (
+        f"the result of state {result.state_id} is {size} bytes, over the {MAX_RESULT_MESSAGE_BYTES}-byte limit "
+        "of one result (LIMIT_MAX_MESSAGE_BYTES less room for the batch); return or store less data"
+    )
+    errored.errored.type = "ResultTooLargeError"
+    return errored
 
 
 def _first_leaf(group: BaseExceptionGroup[Any]) -> BaseException:

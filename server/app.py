@@ -23,6 +23,7 @@ from server.auth import ApiKey, Authenticator, AuthInterceptor, load_keys_file
 from server.config import ServerConfig
 from server.cron import CronScheduler
 from server.dblock import DatabaseLock
+from server.decode import DecodeInterceptor
 from server.engine import Engine, EngineSettings
 from server.runtime_api import RuntimeApi
 from server.secrets import SecretBox, load_or_create_key, load_shared_key
@@ -167,7 +168,7 @@ class App:
         await self.engine.start()
         await self.cron.start()
         server = grpc.aio.server(
-            interceptors=[AuthInterceptor(self.auth)],
+            interceptors=[AuthInterceptor(self.auth), DecodeInterceptor()],
             options=[
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),

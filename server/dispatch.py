@@ -96,7 +96,7 @@ class Dispatcher:
         now = self._clock()
         while self._delayed and self._delayed[0][0] <= now:
             _, _, state = heapq.heappop(self._delayed)
-            if state.status == CREATED:
+            if state.status == CREATED and not state.run.dropped:
                 self.enqueue(state)
         self._arm_timer()
 
@@ -123,7 +123,7 @@ class Dispatcher:
                     take = min(share, session.credit, len(queue))
                     for _ in range(take):
                         state = queue.popleft()
-                        if state.status == CREATED:
+                        if state.status == CREATED and not state.run.dropped:
                             self._assign(session, state, now)
                     if take:
                         session.wake.set()

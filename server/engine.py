@@ -26,7 +26,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from exosphere.errors import ConflictError, ExosphereError, RunNotFoundError
+from exosphere.errors import ConflictError, ConnectionFailedError, ExosphereError, RunNotFoundError
 from server import watches
 from server.catalog import GraphCatalog
 from server.commit import GroupCommit
@@ -34,13 +34,14 @@ from server.dispatch import Dispatcher
 from server.graph import CompiledGraph
 from server.machine import StateMachine
 from server.models import GraphSpec, NodeSchema, RunRow, StateRow
+from server.ownership import Shards
 from server.recovery import recover
 from server.retries import ManualRetries
 from server.runstate import Run, Session, State
 from server.runtable import RunTable
 from server.secrets import SecretBox
 from server.sessions import Sessions
-from server.status import ResultKind, StateStatus
+from server.status import ResultKind, RunStatus, StateStatus
 from server.store import RunCursor, Store
 from server.triggers import CheckedTrigger, TriggerRequest, check_trigger
 
@@ -94,8 +95,11 @@ class Engine:
         settings: EngineSettings | None = None,
         decode_schema: Callable[[str, bytes], NodeSchema] | None = None,
         clock: Callable[[], int] = _now_ms,
+        shard_count: int = 1,
+        own_all_shards: bool = True,
     ) -> None:
         self.settings = settings = settings or EngineSettings()
+        self._own_all = own_all_shards
         self._store = store
         self._decode_schema = decode_schema
         self._clock = clock
@@ -112,6 +116,11 @@ class Engine:
         self._retries = ManualRetries(
             store, self._table, self.catalog, self._machine, self._commit, clock=clock, forget=self._forget
         )
+        # The shards whose runs this scheduler holds; a single scheduler owns them all (server/ownership.py).
+        self.shards = Shards(
+            store, self._table, self.catalog, self._machine, self._commit,
+            count=shard_count, clock=clock, forget=self._forget,
+        )  # fmt: skip
         self._tasks: list[asyncio.Task[None]] = []
         self.ignored_results = 0
         # Set when a commit failed; the scheduler must then stop (see _commit_failed).
@@ -123,12 +132,9 @@ class Engine:
     async def start(self) -> None:
         """Load graphs, registrations and pending runs from the store, requeue what was in flight."""
         self._loop = asyncio.get_running_loop()
-        runs = recover(self._store, self._table, self.catalog, self.runtimes.nodes, self._decode_schema)
-        for run in runs:
-            if run.graph is not None:
-                self.catalog.acquire(run.graph)
-        queued = self._machine.resume(runs, self._clock())
-        logger.info("recovered pending_runs=%d requeued=%d", len(runs), queued)
+        recover(self._store, self.catalog, self.runtimes.nodes, self._decode_schema)
+        if self._own_all:
+            self.shards.acquire(range(self.shards.count))
         self._tasks.append(self._loop.create_task(self._sweep_loop(), name="engine-sweeper"))
 
     async def stop(self) -> None:
@@ -232,7 +238,7 @@ class Engine:
 
     async def _start_runs(self, checked: Sequence[CheckedTrigger]) -> list[str]:
         now = self._clock()
-        runs = [self._machine.start_run(c, now) for c in checked]
+        runs = [self._machine.start_run(c, self.shards.new_run_id(), now) for c in checked]
         for c in checked:
             self.catalog.acquire(c.graph)
         await self._commit.wait()
@@ -284,6 +290,8 @@ class Engine:
             row = self._store.get_run(run_id)
             if row is None:
                 raise RunNotFoundError(run_id)
+            if row.status == RunStatus.PENDING and not self.shards.owns(run_id):
+                self._not_here(run_id)
             return row
         self._machine.cancel(run, self._clock())
         await self._commit.wait()
@@ -291,9 +299,18 @@ class Engine:
 
     async def retry_state(self, state_id: str, request_id: str) -> str:
         """Create a new attempt of a failed state, once per (namespace, request id); reopens a finished run."""
+        run_id = state_id.rpartition("-")[0]
+        if run_id and not self.shards.owns(run_id):
+            self._not_here(run_id)
         return await self._retries.retry(state_id, request_id)
 
+    def _not_here(self, run_id: str) -> None:
+        """A run that changes is changed by the owner of its shard only."""
+        raise ConnectionFailedError(f"run {run_id} belongs to a shard another scheduler replica owns; ask that one")
+
     def _forget(self, run: Run) -> None:
+        if self._table.runs.get(run.run_id) is not run:
+            return  # already forgotten (its shard was let go before its end was committed)
         self._table.forget(run)
         if run.graph is not None:
             self.catalog.release(run.graph)

@@ -12,8 +12,6 @@ run table (server/runtable.py), which stamps and marks them for the group commit
 from __future__ import annotations
 
 import logging
-import os
-import uuid
 from collections.abc import Iterable
 
 from server import fanin
@@ -53,10 +51,10 @@ class StateMachine:
 
     # ------------------------------------------------------------------ creating runs and states
 
-    def start_run(self, checked: CheckedTrigger, now: int) -> Run:
+    def start_run(self, checked: CheckedTrigger, run_id: str, now: int) -> Run:
         graph = checked.graph
         run = Run(
-            run_id=uuid.UUID(bytes=os.urandom(16), version=4).hex,
+            run_id=run_id,
             namespace=graph.namespace,
             graph_name=graph.name,
             graph_version=graph.version,
@@ -250,6 +248,9 @@ class StateMachine:
 
 def _output_problems(node: CompiledNode, outputs: list[dict[str, str]]) -> str:
     if not node.output_fields and not node.required_outputs:
+        return ""
+    declared = node.output_fields
+    if all(fields.keys() == declared for fields in outputs):  # the common case, without building sets
         return ""
     for index, fields in enumerate(outputs):
         unknown = fields.keys() - node.output_fields

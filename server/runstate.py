@@ -46,6 +46,8 @@ class Run(RunRow):
     end_committed: bool = False
     watchers: list[asyncio.Queue[list[State] | None]] = field(default_factory=list)
     next_seq: int = 0
+    # Its shard was let go: nothing of it is dispatched or changed here any more (server/shards.py).
+    dropped: bool = False
 
     @property
     def pending(self) -> bool:

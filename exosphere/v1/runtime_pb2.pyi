@@ -123,6 +123,7 @@ class Register(_message.Message):
     SDK_VERSION_FIELD_NUMBER: _builtins.int
     NODES_FIELD_NUMBER: _builtins.int
     MAX_CONCURRENCY_FIELD_NUMBER: _builtins.int
+    SHARES_STORES_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """Namespace of the nodes. The same node name in two namespaces is two different nodes."""
     runtime_name: _builtins.str
@@ -133,6 +134,12 @@ class Register(_message.Message):
     """SDK name and version, for example "exosphere-python/0.1.0"."""
     max_concurrency: _builtins.int
     """How many states the runtime runs at once: its credit. Must be at least 1."""
+    shares_stores: _builtins.bool
+    """The runtime understands Execute.store_as_previous: within one ExecuteBatch, the scheduler then sends a run's
+    store once, with the first item of that run, instead of copying it into every item (a fan-out of a few hundred
+    states over a store of a few hundred KB would otherwise move a hundred MB). Runtimes that leave it false
+    receive the full store in every item, as before.
+    """
     @_builtins.property
     def nodes(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.NodeSchema]:
         """The nodes this runtime hosts."""
@@ -146,10 +153,11 @@ class Register(_message.Message):
         sdk_version: _builtins.str = ...,
         nodes: _abc.Iterable[_common_pb2.NodeSchema] | None = ...,
         max_concurrency: _builtins.int = ...,
+        shares_stores: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_concurrency", b"max_concurrency", "namespace", b"namespace", "nodes", b"nodes", "runtime_id", b"runtime_id", "runtime_name", b"runtime_name", "sdk_version", b"sdk_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_concurrency", b"max_concurrency", "namespace", b"namespace", "nodes", b"nodes", "runtime_id", b"runtime_id", "runtime_name", b"runtime_name", "sdk_version", b"sdk_version", "shares_stores", b"shares_stores"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -157,7 +165,9 @@ Global___Register: _TypeAlias = Register  # noqa: Y015
 
 @_typing.final
 class ResultBatch(_message.Message):
-    """A batch of results. Each result frees one credit."""
+    """A batch of results. Each result frees one credit. A runtime cuts its batches by size so each message stays below
+    LIMIT_MAX_MESSAGE_BYTES; a single result that cannot fit is sent as errored instead.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -219,7 +229,9 @@ class Result(_message.Message):
     """The dispatch token from the Execute item."""
     @_builtins.property
     def executed(self) -> Global___Executed:
-        """The node returned: zero, one or several sets of outputs (several fan out)."""
+        """The node returned: zero, one or several sets of outputs (several fan out), at most
+        LIMIT_MAX_OUTPUTS_PER_RESULT; beyond it the scheduler fails the state (TooManyOutputsError).
+        """
 
     @_builtins.property
     def errored(self) -> _common_pb2.StateError:
@@ -438,7 +450,10 @@ Global___Registered: _TypeAlias = Registered  # noqa: Y015
 
 @_typing.final
 class ExecuteBatch(_message.Message):
-    """States to execute, never more than the runtime's free credit."""
+    """States to execute, never more than the runtime's free credit. The scheduler cuts its batches by size so each
+    message stays below LIMIT_MAX_MESSAGE_BYTES; a state whose item alone cannot fit is never sent: it fails
+    (ERRORED, type MessageTooLargeError).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -534,6 +549,7 @@ class Execute(_message.Message):
     DISPATCH_ID_FIELD_NUMBER: _builtins.int
     STORE_FIELD_NUMBER: _builtins.int
     GRAPH_NAME_FIELD_NUMBER: _builtins.int
+    STORE_AS_PREVIOUS_FIELD_NUMBER: _builtins.int
     state_id: _builtins.str
     run_id: _builtins.str
     node_name: _builtins.str
@@ -546,6 +562,10 @@ class Execute(_message.Message):
     """Token to echo in the Result."""
     graph_name: _builtins.str
     """Graph name, for logging."""
+    store_as_previous: _builtins.bool
+    """True when this item's store is the store of the previous item of the same run_id in the same ExecuteBatch;
+    `store` is then empty. Sent only to runtimes that set Register.shares_stores.
+    """
     @_builtins.property
     def inputs(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Inputs, every reference already resolved."""
@@ -571,10 +591,11 @@ class Execute(_message.Message):
         dispatch_id: _builtins.int = ...,
         store: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         graph_name: _builtins.str = ...,
+        store_as_previous: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "deadline_unix_ms", b"deadline_unix_ms", "dispatch_id", b"dispatch_id", "graph_name", b"graph_name", "inputs", b"inputs", "node_name", b"node_name", "run_id", b"run_id", "secrets", b"secrets", "state_id", b"state_id", "store", b"store"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "deadline_unix_ms", b"deadline_unix_ms", "dispatch_id", b"dispatch_id", "graph_name", b"graph_name", "inputs", b"inputs", "node_name", b"node_name", "run_id", b"run_id", "secrets", b"secrets", "state_id", b"state_id", "store", b"store", "store_as_previous", b"store_as_previous"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -11,7 +11,7 @@ from exosphere.errors import ConflictError, StateNotFoundError
 from server.models import GraphNodeSpec, RetryPolicySpec
 from server.retry import retry_delay_ms
 from server.status import ResultKind, RunStatus, StateStatus
-from tests.unit.enginekit import NS, Kit, node, schema
+from tests.helpers.engine import NS, Kit, node, schema
 
 ECHO = schema("Echo")
 FAN = schema("Fan", outputs=("y",))

@@ -8,7 +8,7 @@ import pytest
 
 from server.graph import compile_graph
 from server.models import CronSpec, GraphNodeSpec, GraphSpec, NodeSchema, RetryPolicySpec, StoreConfigSpec
-from tests.unit.enginekit import NS, node, schema
+from tests.helpers.engine import NS, node, schema
 
 REGISTRY = {
     "Echo": schema("Echo"),

@@ -1,0 +1,120 @@
+"""Which shards this scheduler owns, and taking or letting go of one (see server/shards.py).
+
+Taking a shard loads its pending runs from the store and continues them exactly as recovery after a restart does
+(what was dispatched is dispatched again: at-least-once). Letting one go drops its runs from memory at once: their
+states are no longer dispatched, those running on runtimes are withdrawn (the next owner runs them again), and
+watchers are told the run moved. What the shard's runs changed before is committed before ``release`` returns, so
+the next owner, which loads from the store, starts from there. A single scheduler owns every shard.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Collection
+
+from exosphere.errors import ConnectionFailedError
+from server.catalog import GraphCatalog
+from server.commit import GroupCommit
+from server.machine import StateMachine
+from server.runstate import Run
+from server.runtable import RunTable
+from server.sessions import withdraw
+from server.shards import MAX_SHARDS, new_run_id, shard_of
+from server.status import StateStatus
+from server.store import Store
+
+__all__ = ["Shards"]
+
+logger = logging.getLogger(__name__)
+
+QUEUED = StateStatus.QUEUED
+
+
+class Shards:
+    def __init__(
+        self,
+        store: Store,
+        table: RunTable,
+        catalog: GraphCatalog,
+        machine: StateMachine,
+        commit: GroupCommit,
+        *,
+        count: int,
+        clock: Callable[[], int],
+        forget: Callable[[Run], None],
+    ) -> None:
+        if not 1 <= count <= MAX_SHARDS:
+            raise ValueError(f"shard count must be between 1 and {MAX_SHARDS}, got {count}")
+        self.count = count
+        self._store = store
+        self._table = table
+        self._catalog = catalog
+        self._machine = machine
+        self._commit = commit
+        self._clock = clock
+        self._forget = forget
+        self._owned: set[int] = set()
+        self._choices: tuple[int, ...] = ()
+
+    @property
+    def owned(self) -> frozenset[int]:
+        return frozenset(self._owned)
+
+    def of(self, run_id: str) -> int:
+        return shard_of(run_id, self.count)
+
+    def owns(self, run_id: str) -> bool:
+        return shard_of(run_id, self.count) in self._owned
+
+    def new_run_id(self) -> str:
+        """An id for a new run, in a shard this scheduler owns: a trigger never crosses replicas."""
+        if not self._choices:
+            raise ConnectionFailedError("this scheduler owns no shard yet; try another replica or again shortly")
+        return new_run_id(random.choice(self._choices))
+
+    def acquire(self, shards: Collection[int]) -> list[Run]:
+        """Own ``shards``: load their pending runs and continue them. Returns the runs loaded."""
+        new = {s for s in shards if s not in self._owned}
+        if not new:
+            return []
+        run_rows, state_rows = self._store.load_pending()
+        rows = [r for r in run_rows if self.of(r.run_id) in new and r.run_id not in self._table.runs]
+        ids = {r.run_id for r in rows}
+        runs = self._table.load(
+            rows,
+            [s for s in state_rows if s.run_id in ids],
+            lambda r: self._catalog.version(r.namespace, r.graph_name, r.graph_version),
+        )
+        for run in runs:
+            if run.graph is not None:
+                self._catalog.acquire(run.graph)
+        self._owned |= new
+        self._choices = tuple(sorted(self._owned))
+        queued = self._machine.resume(runs, self._clock())
+        logger.info("shards taken shards=%s pending_runs=%d requeued=%d", sorted(new), len(runs), queued)
+        return runs
+
+    async def release(self, shards: Collection[int]) -> int:
+        """Let ``shards`` go: drop their runs from memory, then wait until what they changed is committed.
+        Returns how many runs were dropped."""
+        gone = {s for s in shards if s in self._owned}
+        if not gone:
+            return 0
+        self._owned -= gone
+        self._choices = tuple(sorted(self._owned))
+        dropped = [run for run in self._table.runs.values() if self.of(run.run_id) in gone]
+        for run in dropped:
+            self._drop(run)
+        await self._commit.wait()
+        logger.info("shards released shards=%s runs=%d", sorted(gone), len(dropped))
+        return len(dropped)
+
+    def _drop(self, run: Run) -> None:
+        run.dropped = True
+        for state in run.states:
+            if state.status == QUEUED:
+                withdraw(state)
+        for queue in run.watchers:
+            queue.put_nowait(None)
+        self._forget(run)

@@ -44,10 +44,11 @@ from exosphere.errors import ConnectionFailedError
 from server.config import describe_dsn
 from server.models import GraphSpec, RunRow, StateRow
 from server.pg_schema import migrate
+from server.shards import MAX_SHARDS, shard_of
 from server.status import RunStatus, StateStatus
 from server.store import RunCursor, WriteBatch
 
-__all__ = ["DatabaseUnavailableError", "PostgresStore", "shard_of"]
+__all__ = ["DatabaseUnavailableError", "PostgresStore"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,11 +69,6 @@ class DatabaseUnavailableError(ConnectionFailedError):
     def __init__(self, where: str, problem: str) -> None:
         super().__init__(f"PostgreSQL at {where} is unavailable: {problem}")
         self.where = where
-
-
-def shard_of(run_id: str) -> int:
-    """The shard that owns a run. TODO(issue 10): the shard becomes part of the run id; one shard until then."""
-    return 0
 
 
 # Errors that mean "the database is not there", not "the statement is wrong".
@@ -345,7 +341,7 @@ class PostgresStore:
         }  # fmt: skip
         runs = {
             r.run_id: (
-                shard_of(r.run_id), r.run_id, r.namespace, r.graph_name, r.graph_version, r.status,
+                shard_of(r.run_id, MAX_SHARDS), r.run_id, r.namespace, r.graph_name, r.graph_version, r.status,
                 _dumps(r.store), r.created_at_ms, r.updated_at_ms, _dumps(r.state_counts),
             )
             for r in batch.runs
@@ -440,16 +436,20 @@ class PostgresStore:
         rows = self._call(self.pool.fetch("SELECT namespace, name, schema FROM nodes ORDER BY namespace, name"))
         return [(r["namespace"], r["name"], bytes(r["schema"])) for r in rows]
 
-    def load_pending(self, *, shards: Sequence[int] | None = None) -> tuple[list[RunRow], list[StateRow]]:
-        """Runs still PENDING (of ``shards``; None: all), oldest first, and their states by run and sequence.
+    def load_pending(
+        self, *, shards: Sequence[int] | None = None, shard_count: int = MAX_SHARDS
+    ) -> tuple[list[RunRow], list[StateRow]]:
+        """Runs still PENDING (of ``shards`` among ``shard_count``; None: all), oldest first, and their states by
+        run and sequence. ``runs.shard`` holds the run's shard among ``MAX_SHARDS`` (server/shards.py), so its
+        shard among any count dividing that is ``shard % shard_count``: a replica's share is one indexed scan.
 
         Both come from one snapshot (REPEATABLE READ), so no state is missing for a run read a moment earlier.
         """
-        return self._call(self._load_pending(None if shards is None else list(shards)))
+        return self._call(self._load_pending(None if shards is None else list(shards), shard_count))
 
-    async def _load_pending(self, shards: list[int] | None) -> tuple[list[RunRow], list[StateRow]]:
-        where = "r.status = 'PENDING'" + ("" if shards is None else " AND r.shard = ANY($1::int[])")
-        args: list[object] = [] if shards is None else [shards]
+    async def _load_pending(self, shards: list[int] | None, count: int) -> tuple[list[RunRow], list[StateRow]]:
+        where = "r.status = 'PENDING'" + ("" if shards is None else " AND r.shard % $2 = ANY($1::int[])")
+        args: list[object] = [] if shards is None else [shards, count]
         async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             runs = await conn.fetch(
                 f"SELECT {_RUN_COLUMNS} FROM runs r WHERE {where} ORDER BY r.created_at_ms, r.run_id", *args

@@ -20,6 +20,7 @@ from server.config import ServerConfig, describe_dsn
 from server.models import GraphSpec, RunRow, StateRow
 from server.pg_schema import SCHEMA_VERSION, ForeignSchemaError, SchemaTooNewError
 from server.pg_store import DatabaseUnavailableError, PostgresStore
+from server.shards import MAX_SHARDS, new_run_id
 from server.status import RunStatus as StoredRunStatus
 from server.status import StateStatus as StoredStateStatus
 from server.store import WriteBatch
@@ -137,12 +138,24 @@ def test_an_unreadable_row_is_logged_and_left_out(pg_dsn: str, caplog: pytest.Lo
     assert "stored row unreadable, run not recovered: states run_id=broken seq=0" in caplog.text
 
 
-def test_load_pending_of_shards(pg_dsn: str) -> None:
+def test_load_pending_of_shards_reads_only_their_runs(pg_dsn: str) -> None:
     store = PostgresStore(pg_dsn)
     try:
-        store.write(WriteBatch(new_states=[state("r1", 0)], runs=[run("r1")]))
-        assert [r.run_id for r in store.load_pending(shards=[0])[0]] == ["r1"]
-        assert store.load_pending(shards=[1, 2]) == ([], [])
+        ids = {shard: new_run_id(shard) for shard in (0, 1, 5, 4095)}  # among MAX_SHARDS
+        store.write(WriteBatch(new_states=[state(i, 0) for i in ids.values()], runs=[run(i) for i in ids.values()]))
+
+        def pending(shards: list[int], count: int) -> set[str]:
+            runs, states = store.load_pending(shards=shards, shard_count=count)
+            assert {s.run_id for s in states} == {r.run_id for r in runs}
+            return {r.run_id for r in runs}
+
+        assert pending([0], 4) == {ids[0]}
+        assert pending([1], 4) == {ids[1], ids[5]}
+        assert pending([3], 4) == {ids[4095]}
+        assert pending([0, 1, 2, 3], 4) == set(ids.values())
+        assert pending([5], MAX_SHARDS) == {ids[5]}
+        assert pending([7], 8) == {ids[4095]}
+        assert pending([6], 8) == set()
     finally:
         store.close()
 

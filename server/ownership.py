@@ -98,7 +98,7 @@ class Shards:
         new = {s for s in shards if s not in self._owned}
         if not new:
             return []
-        run_rows, state_rows = self._store.load_pending()
+        run_rows, state_rows = self._store.load_pending(shards=sorted(new), shard_count=self.count)
         rows = [r for r in run_rows if self.of(r.run_id) in new and r.run_id not in self._table.runs]
         ids = {r.run_id for r in rows}
         runs = self._table.load(

@@ -14,8 +14,9 @@ queries inside them, they are written on the hot path (a fan-out writes 10,000 r
 make the server parse and re-encode every one of them, for a result we parse again in Python anyway. A later
 migration can ``ALTER COLUMN ... TYPE jsonb USING col::jsonb`` if operators need to query inside them.
 
-Cluster mode (DESIGN.md) is prepared for, not used yet: runs carry a ``shard`` (always 0 for now) with the indexes
-a per-shard recovery needs, and ``shard_leases`` and ``members`` exist, empty.
+Cluster mode (DESIGN.md) is prepared for: runs carry their ``shard`` among ``MAX_SHARDS`` (the run id's first three
+hex digits, server/shards.py; its shard among N is ``shard % N``) with the index a per-shard recovery needs, and
+``shard_leases`` and ``members`` exist, empty, for the leases and membership to come.
 """
 
 from __future__ import annotations

@@ -15,8 +15,10 @@ Writes. ``prepare`` (the loop's thread) serializes the tick's rows into column a
 changing after the tick; ``commit`` (the writer thread) writes them in ONE transaction with one statement per
 table: ``INSERT ... SELECT FROM unnest($1::text[], ...)`` upserts and ``UPDATE ... FROM unnest(...)``, and many new
 states by binary ``COPY`` (falling back to the upsert, inside the same transaction, if one of them is stored
-already), so a 10,000-state fan-out is a handful of round trips, not 10,000. Upserts replace whole rows, as
-SQLite's ``INSERT OR REPLACE`` does; updates of a state that is not stored change nothing, as in SQLite.
+already), so a 10,000-state fan-out is a handful of round trips, not 10,000. A small batch (a lone state's
+result) is the same four statements as data-modifying CTEs of ONE statement: one round trip, no BEGIN or COMMIT.
+Upserts replace whole rows, as SQLite's ``INSERT OR REPLACE`` does; updates of a state that is not stored change
+nothing, as in SQLite.
 
 Schema and migrations: server/pg_schema.py.
 """
@@ -27,9 +29,10 @@ import asyncio
 import concurrent.futures
 import json
 import logging
+import re
 import threading
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Collection, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeAlias, TypeVar
@@ -41,7 +44,7 @@ from exosphere.errors import ConnectionFailedError
 from server.config import describe_dsn
 from server.models import GraphSpec, RunRow, StateRow
 from server.pg_schema import migrate
-from server.shards import shard_of
+from server.shards import MAX_SHARDS, shard_of
 from server.status import RunStatus, StateStatus
 from server.store import Fence, FencedError, RunCursor, WriteBatch
 
@@ -132,19 +135,35 @@ ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value
 """
 
 
+def _shifted(statement: str, by: int) -> str:
+    return re.sub(r"\$(\d+)", lambda m: f"${int(m.group(1)) + by}", statement)
+
+
+# A small batch is ONE statement, so one round trip with no BEGIN and COMMIT: a statement is its own transaction,
+# and data-modifying CTEs all run (an empty array writes nothing). Only for batches whose new and updated states
+# differ: the CTEs see one snapshot, so an update could not see a state inserted beside it.
+_ONE_STATEMENT = (
+    f"WITH i AS ({_INSERT_STATES}), u AS ({_shifted(_UPDATE_STATES, 16)}), "
+    f"r AS ({_shifted(_UPSERT_RUNS, 25)}), k AS ({_shifted(_UPSERT_KV, 35)}) SELECT 1"
+)
+_WIDTHS = (16, 9, 10, 2)  # parameters of each statement above
+
+
 @dataclass(slots=True)
 class _Prepared:
-    """A tick's rows as column arrays, one list per ``unnest`` argument; rows are unique by key (last wins)."""
+    """A tick's rows, unique by key (last wins); ``disjoint``: no state is both new and updated."""
 
     inserts: list[tuple[object, ...]]
     updates: list[tuple[object, ...]]
     runs: list[tuple[object, ...]]
     kv: list[tuple[str, str]]
     fence: Fence | None = None
+    disjoint: bool = True
 
 
-def _columns(rows: Sequence[tuple[object, ...]]) -> list[list[object]]:
-    return [list(column) for column in zip(*rows, strict=True)]
+def _columns(rows: Sequence[tuple[object, ...]], width: int) -> list[list[object]]:
+    """``rows`` as ``width`` column arrays, one per ``unnest`` argument."""
+    return [list(column) for column in zip(*rows, strict=True)] if rows else [[] for _ in range(width)]
 
 
 def _state_from_record(r: asyncpg.Record) -> StateRow:
@@ -184,6 +203,11 @@ def _run_from_record(r: asyncpg.Record) -> RunRow:
     )
 
 
+async def _keep_session(conn: asyncpg.Connection[asyncpg.Record]) -> None:
+    """Returning a connection to the pool costs no round trip: the store changes no session state (no SET, LISTEN,
+    session locks or cursors), and asyncpg still rolls back a transaction left open (a cancelled call)."""
+
+
 def _graph_spec(text: str, where: str) -> GraphSpec | None:
     try:
         return GraphSpec.model_validate_json(text)
@@ -211,9 +235,9 @@ class PostgresStore:
     Durability matches SQLite's two levels (``--durability``). By default commits run with
     ``synchronous_commit=off``: a commit is acknowledged once PostgreSQL has it in memory, so it survives any crash of
     the scheduler, and only a crash of the PostgreSQL server (or its host) within a fraction of a second of it can
-    lose it, as only a power loss can with SQLite's ``synchronous=NORMAL``. Waiting for the WAL fsync instead cost a
-    lone commit 5-7 ms on this machine's disk against 0.6-1 ms (benchmarks/store_commit.py). ``durable=True``
-    (``--durability full``) keeps the server's setting (``on``: an fsync per commit).
+    lose it, as only a power loss can with SQLite's ``synchronous=NORMAL``. Waiting for the WAL fsync doubled a lone
+    commit here (0.8 ms against 0.4 ms; benchmarks/store_commit.py), and a lone state commits twice. ``durable=True``
+    (``--durability full``) sets ``on``: an fsync per commit.
 
     Raises ``DatabaseUnavailableError`` when the database cannot be reached within ``connect_timeout``, and
     ``SchemaTooNewError`` or ``ForeignSchemaError`` (server/pg_schema.py) when its schema is not one to use.
@@ -293,6 +317,7 @@ class PostgresStore:
             timeout=self._connect_timeout_s,
             command_timeout=self._call_timeout_s,
             server_settings={"synchronous_commit": "on" if self.durable else "off"},
+            reset=_keep_session,
         )
         logger.info("postgres store open where=%s schema_version_found=%d", self.where, found)
         return pool
@@ -344,13 +369,18 @@ class PostgresStore:
         }  # fmt: skip
         runs = {
             r.run_id: (
-                shard_of(r.run_id, self.shard_count), r.run_id, r.namespace, r.graph_name, r.graph_version, r.status,
+                shard_of(r.run_id, MAX_SHARDS), r.run_id, r.namespace, r.graph_name, r.graph_version, r.status,
                 _dumps(r.store), r.created_at_ms, r.updated_at_ms, _dumps(r.state_counts),
             )
             for r in batch.runs
         }  # fmt: skip
         return _Prepared(
-            list(inserts.values()), list(updates.values()), list(runs.values()), list(batch.kv.items()), batch.fence
+            list(inserts.values()),
+            list(updates.values()),
+            list(runs.values()),
+            list(batch.kv.items()),
+            fence=batch.fence,
+            disjoint=not (inserts.keys() & updates.keys()),
         )
 
     def commit(self, prepared: object) -> None:
@@ -362,6 +392,12 @@ class PostgresStore:
         self.commit(self.prepare(batch))
 
     async def _commit(self, p: _Prepared) -> None:
+        tables: tuple[Sequence[tuple[object, ...]], ...] = (p.inserts, p.updates, p.runs, p.kv)
+        unfenced = p.fence is None or not p.fence.epochs
+        if unfenced and p.disjoint and len(p.inserts) < COPY_MIN_ROWS and max(map(len, tables)) <= CHUNK_ROWS:
+            args = [column for rows, width in zip(tables, _WIDTHS, strict=True) for column in _columns(rows, width)]
+            await self.pool.execute(_ONE_STATEMENT, *args)
+            return
         async with self.pool.acquire() as conn, conn.transaction():
             if p.fence is not None and p.fence.epochs:
                 await _check_fence(conn, p.fence)
@@ -373,14 +409,11 @@ class PostgresStore:
                     inserts = []
                 except asyncpg.UniqueViolationError:
                     logger.debug("new states already stored; upserting them instead count=%d", len(inserts))
-            for statement, rows in (
-                (_INSERT_STATES, inserts),
-                (_UPDATE_STATES, p.updates),
-                (_UPSERT_RUNS, p.runs),
-                (_UPSERT_KV, p.kv),
+            for statement, rows, width in zip(
+                (_INSERT_STATES, _UPDATE_STATES, _UPSERT_RUNS, _UPSERT_KV), (inserts, *tables[1:]), _WIDTHS, strict=True
             ):
                 for start in range(0, len(rows), CHUNK_ROWS):
-                    await conn.execute(statement, *_columns(rows[start : start + CHUNK_ROWS]))
+                    await conn.execute(statement, *_columns(rows[start : start + CHUNK_ROWS], width))
 
     def save_graph(self, spec: GraphSpec) -> None:
         self._call(self._save_graph(spec))
@@ -435,16 +468,20 @@ class PostgresStore:
         rows = self._call(self.pool.fetch("SELECT namespace, name, schema FROM nodes ORDER BY namespace, name"))
         return [(r["namespace"], r["name"], bytes(r["schema"])) for r in rows]
 
-    def load_pending(self, *, shards: Sequence[int] | None = None) -> tuple[list[RunRow], list[StateRow]]:
-        """Runs still PENDING (of ``shards``; None: all), oldest first, and their states by run and sequence.
+    def load_pending(
+        self, *, shards: Collection[int] | None = None, shard_count: int = MAX_SHARDS
+    ) -> tuple[list[RunRow], list[StateRow]]:
+        """Runs still PENDING (of ``shards`` among ``shard_count``; None: all), oldest first, and their states by
+        run and sequence. ``runs.shard`` holds the run's shard among ``MAX_SHARDS`` (server/shards.py), so its
+        shard among any count dividing that is ``shard % shard_count``: a replica's share is one indexed scan.
 
         Both come from one snapshot (REPEATABLE READ), so no state is missing for a run read a moment earlier.
         """
-        return self._call(self._load_pending(None if shards is None else list(shards)))
+        return self._call(self._load_pending(None if shards is None else list(shards), shard_count))
 
-    async def _load_pending(self, shards: list[int] | None) -> tuple[list[RunRow], list[StateRow]]:
-        where = "r.status = 'PENDING'" + ("" if shards is None else " AND r.shard = ANY($1::int[])")
-        args: list[object] = [] if shards is None else [shards]
+    async def _load_pending(self, shards: list[int] | None, count: int) -> tuple[list[RunRow], list[StateRow]]:
+        where = "r.status = 'PENDING'" + ("" if shards is None else " AND r.shard % $2 = ANY($1::int[])")
+        args: list[object] = [] if shards is None else [shards, count]
         async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             runs = await conn.fetch(
                 f"SELECT {_RUN_COLUMNS} FROM runs r WHERE {where} ORDER BY r.created_at_ms, r.run_id", *args

@@ -9,7 +9,7 @@ SQLite (server/sqlite_store.py) is the embedded default; a PostgreSQL backend fi
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -101,8 +101,11 @@ class Store(Protocol):
 
     def load_nodes(self) -> list[tuple[str, str, bytes]]: ...
 
-    def load_pending(self) -> tuple[list[RunRow], list[StateRow]]:
-        """Runs still PENDING, and all their states ordered by run and sequence.
+    def load_pending(
+        self, *, shards: Collection[int] | None = None, shard_count: int = 1
+    ) -> tuple[list[RunRow], list[StateRow]]:
+        """Runs still PENDING, and all their states ordered by run and sequence. A backend may leave out runs not
+        in ``shards`` (among ``shard_count``; server/shards.py); the caller filters anyway.
 
         A run whose row or any of whose states cannot be read is logged and left out whole: half a run would
         run wrongly (a unites would fire without the missing branch).
@@ -190,7 +193,9 @@ class InMemoryStore:
     def load_nodes(self) -> list[tuple[str, str, bytes]]:
         return [(ns, name, raw) for (ns, name), raw in self._nodes.items()]
 
-    def load_pending(self) -> tuple[list[RunRow], list[StateRow]]:
+    def load_pending(
+        self, *, shards: Collection[int] | None = None, shard_count: int = 1
+    ) -> tuple[list[RunRow], list[StateRow]]:
         runs = [_copy_run(r) for r in self._runs.values() if r.status == RunStatus.PENDING]
         states = [_snapshot(s) for r in runs for _, s in sorted(self._states.get(r.run_id, {}).items())]
         return runs, states

@@ -11,6 +11,7 @@ import sys
 import threading
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from exosphere import GraphNodeModel, RunStatus, Runtime, StateManager, StateStatus
@@ -19,6 +20,7 @@ from server.config import ServerConfig, describe_dsn
 from server.models import GraphSpec, RunRow, StateRow
 from server.pg_schema import SCHEMA_VERSION, ForeignSchemaError, SchemaTooNewError
 from server.pg_store import DatabaseUnavailableError, PostgresStore
+from server.shards import MAX_SHARDS, new_run_id
 from server.status import RunStatus as StoredRunStatus
 from server.status import StateStatus as StoredStateStatus
 from server.store import WriteBatch
@@ -99,12 +101,61 @@ def test_a_fan_out_of_25000_states_commits_in_one_transaction_across_statement_c
         store.close()
 
 
-def test_load_pending_of_shards(pg_dsn: str) -> None:
+def test_a_big_batch_that_fails_late_leaves_nothing(pg_dsn: str) -> None:
     store = PostgresStore(pg_dsn)
     try:
-        store.write(WriteBatch(new_states=[state("r1", 0)], runs=[run("r1")]))
-        assert [r.run_id for r in store.load_pending(shards=[0])[0]] == ["r1"]
-        assert store.load_pending(shards=[1, 2]) == ([], [])
+        broken = run("r1")
+        broken.status = None  # type: ignore[assignment]  # NOT NULL: fails after the COPY of the states
+        with pytest.raises(asyncpg.NotNullViolationError):
+            store.write(WriteBatch(new_states=[state("r1", seq) for seq in range(1_000)], runs=[broken]))
+        assert store.get_states("r1", -1, 0) == []
+        store.write(WriteBatch(new_states=[state("r1", seq) for seq in range(1_000)], runs=[run("r1")]))
+        assert len(store.get_states("r1", -1, 0)) == 1_000
+    finally:
+        store.close()
+
+
+def test_an_unreadable_row_is_logged_and_left_out(pg_dsn: str, caplog: pytest.LogCaptureFixture) -> None:
+    store = PostgresStore(pg_dsn)
+    try:
+        store.save_graph(graph(1))
+        store.save_graph(graph(1, name="bad"))
+        store.write(WriteBatch(new_states=[state("ok", 0), state("broken", 0)], runs=[run("ok"), run("broken")]))
+        run_sync(
+            on_admin(
+                "UPDATE graphs SET spec = '{\"not\": \"a graph\"}' WHERE name = 'bad'",
+                "UPDATE graph_versions SET spec = 'not json' WHERE name = 'bad'",
+                "UPDATE states SET inputs = 'not json' WHERE run_id = 'broken'",
+                dsn=pg_dsn,
+            )
+        )
+        assert store.load_graphs() == [graph(1)]
+        assert store.load_graph_version("ns", "bad", 1) is None
+        assert store.load_pending() == ([run("ok")], [state("ok", 0)])
+    finally:
+        store.close()
+    assert "stored row unreadable, skipped: graphs namespace=ns name=bad version=1" in caplog.text
+    assert "stored row unreadable, run not recovered: states run_id=broken seq=0" in caplog.text
+
+
+def test_load_pending_of_shards_reads_only_their_runs(pg_dsn: str) -> None:
+    store = PostgresStore(pg_dsn)
+    try:
+        ids = {shard: new_run_id(shard) for shard in (0, 1, 5, 4095)}  # among MAX_SHARDS
+        store.write(WriteBatch(new_states=[state(i, 0) for i in ids.values()], runs=[run(i) for i in ids.values()]))
+
+        def pending(shards: list[int], count: int) -> set[str]:
+            runs, states = store.load_pending(shards=shards, shard_count=count)
+            assert {s.run_id for s in states} == {r.run_id for r in runs}
+            return {r.run_id for r in runs}
+
+        assert pending([0], 4) == {ids[0]}
+        assert pending([1], 4) == {ids[1], ids[5]}
+        assert pending([3], 4) == {ids[4095]}
+        assert pending([0, 1, 2, 3], 4) == set(ids.values())
+        assert pending([5], MAX_SHARDS) == {ids[5]}
+        assert pending([7], 8) == {ids[4095]}
+        assert pending([6], 8) == set()
     finally:
         store.close()
 
@@ -266,6 +317,15 @@ async def test_the_scheduler_on_postgres_runs_a_fan_out_and_resumes_dispatched_s
             assert merge.outputs == [{"count": "3"}]
             assert all(s.status is StateStatus.SUCCESS for s in result.states)
             assert sorted(json.loads(merge.inputs["values"])) == ["0", "1", "2"]
+
+
+@pytest.mark.parametrize(("durability", "durable"), [("normal", False), ("full", True)])
+def test_durability_reaches_the_store(pg_dsn: str, tmp_path: Path, durability: str, durable: bool) -> None:
+    app = App(config_for(pg_dsn, tmp_path).model_copy(update={"durability": durability}))
+    try:
+        assert isinstance(app.store, PostgresStore) and app.store.durable is durable
+    finally:
+        app.store.close()
 
 
 def test_postgres_needs_a_shared_secrets_key(pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -182,6 +182,12 @@ def test_a_state_or_run_written_again_as_new_replaces_the_stored_row(store: Stor
     assert store.get_kv("k") == "2"
 
 
+def test_a_state_both_new_and_updated_in_one_batch_ends_updated(store: Store) -> None:
+    done = state("r1", 0, status=StateStatus.SUCCESS)
+    store.write(WriteBatch(new_states=[state("r1", 0)], updated_states=[done], runs=[run("r1")]))
+    assert store.get_states("r1", -1, 0) == [done]
+
+
 def test_rows_read_back_are_copies(store: Store) -> None:
     store.write(WriteBatch(new_states=[state("r1", 0)], runs=[run("r1")]))
     read = store.get_run("r1")

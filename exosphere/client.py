@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import timedelta
 from types import TracebackType
 from typing import Any, Self
 
-from exosphere._channel import metadata, open_channel, translate_errors
+from exosphere._channel import Backoff, metadata, open_channel, translate_errors
 from exosphere._wire import graph_from_pb, graph_to_pb, run_from_pb, state_from_pb
 from exosphere.config import ClientConfig
-from exosphere.errors import ExosphereTimeoutError, InvalidArgumentError
+from exosphere.errors import ConnectionFailedError, ExosphereTimeoutError, InvalidArgumentError
 from exosphere.models import (
     CronTrigger,
     GraphModel,
@@ -26,6 +27,8 @@ from exosphere.models import (
 )
 from exosphere.v1 import common_pb2, scheduler_pb2_grpc
 from exosphere.v1 import scheduler_pb2 as pb
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["StateManager"]
 
@@ -284,14 +287,20 @@ class StateManager:
     async def wait(self, run_id: str, timeout: float | timedelta | None = None) -> RunModel:
         """Wait until the run is no longer PENDING and return it with its states. Follows the watch stream."""
         timeout_s = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
+        backoff = Backoff()
         try:
             async with asyncio.timeout(timeout_s):
-                async for run, _ in self.watch(run_id, states=False):
-                    if run.status is not RunStatus.PENDING:
-                        break
+                while True:
+                    try:
+                        async for run, _ in self.watch(run_id, states=False):
+                            if run.status is not RunStatus.PENDING:
+                                return await self.get_run(run_id)
+                    except ConnectionFailedError as exc:
+                        # The run moved to another scheduler replica, or this one went away: watch it again.
+                        logger.info("watch of run %s interrupted, watching again: %s", run_id, exc)
+                    await asyncio.sleep(backoff.next_delay_s())
         except TimeoutError:
             raise ExosphereTimeoutError(f"run {run_id} still pending after {timeout_s}s") from None
-        return await self.get_run(run_id)
 
     async def cancel_run(self, run_id: str) -> RunModel:
         """Cancel a run: pending states become CANCELLED, running ones are cancelled on their runtime."""

@@ -68,6 +68,22 @@ def _parser() -> argparse.ArgumentParser:
         help="if another scheduler holds the SQLite database, wait and take over when it stops (env EXOSPHERE_STANDBY)",
     )
     p.add_argument("--insecure", action="store_true", help="allow a non-loopback address without API keys")
+    p.add_argument(
+        "--advertise",
+        help="PostgreSQL cluster: HOST:PORT the other replicas and runtimes reach this one at (default host:port; "
+        "env EXOSPHERE_ADVERTISE)",
+    )
+    p.add_argument(
+        "--shards",
+        type=int,
+        help="PostgreSQL cluster: number of shards of a NEW database, fixed once it exists (default 64; env "
+        "EXOSPHERE_SHARDS)",
+    )
+    p.add_argument(
+        "--shard-lease",
+        help="PostgreSQL cluster: how long a replica that stops answering keeps its shards, e.g. PT5S (env "
+        "EXOSPHERE_SHARD_LEASE)",
+    )
     p.add_argument("--lease", help="runtime lease, e.g. PT5S (env EXOSPHERE_LEASE)")
     p.add_argument("--heartbeat-interval", help="runtime heartbeat interval, e.g. PT1S")
     p.add_argument("--default-timeout", help="state timeout when neither node nor graph sets one, e.g. PT30M")
@@ -146,6 +162,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             secrets_key_file=args.secrets_key_file,
             insecure=args.insecure or None,
             standby=args.standby or None,
+            advertise=args.advertise,
+            shards=args.shards,
+            shard_lease=args.shard_lease,
             lease=args.lease,
             heartbeat_interval=args.heartbeat_interval,
             default_timeout=args.default_timeout,

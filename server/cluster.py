@@ -60,7 +60,9 @@ class ClusterMember:
         self._conn: asyncpg.Connection | None = None
         self._task: asyncio.Task[None] | None = None
         self._renewed_at = time.monotonic()
+        self._seen_catalog: object = None
         self.live: list[str] = []
+        self.desired: frozenset[int] = frozenset()
 
     async def start(self) -> None:
         self._conn = await asyncpg.connect(self._dsn, timeout=10)
@@ -69,7 +71,13 @@ class ClusterMember:
             self._engine.shards.count,
         )
         self._engine.shards.owner_id = self.replica_id
+        self._engine.catalog.shared = True
         await self.tick()
+        # Ready means balanced: the replicas that hold our share give it back on their next heartbeat.
+        deadline = time.monotonic() + 3 * self._heartbeat_s
+        while self._engine.shards.owned != self.desired and time.monotonic() < deadline:
+            await asyncio.sleep(self._heartbeat_s / 4)
+            await self.tick()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="cluster-member")
         logger.info(
             "cluster member started replica=%s address=%s shards=%d owned=%d",
@@ -143,6 +151,7 @@ class ClusterMember:
         if self.replica_id not in self.live:
             self.live.append(self.replica_id)
         desired = {s for s in range(shards.count) if rendezvous_owner(s, self.live) == self.replica_id}
+        self.desired = frozenset(desired)
         for shard in sorted(desired - shards.owned):
             epoch = await conn.fetchval(
                 "UPDATE shard_leases SET owner = $1, epoch = epoch + 1, expires_at = now() + $3::interval "
@@ -153,6 +162,21 @@ class ClusterMember:
                 shards.acquire([shard], {shard: epoch})
         if extra := shards.owned - desired:
             await self._give_back(conn, extra)
+        await self._refresh_catalog(conn)
+
+    async def _refresh_catalog(self, conn: asyncpg.Connection) -> None:
+        """Graphs and node registrations are saved by whichever replica a client or runtime reached: take them
+        here too, when a cheap fingerprint of both tables says something changed."""
+        seen = await conn.fetchrow(
+            "SELECT (SELECT count(*) FROM graphs) AS graphs, "
+            "(SELECT coalesce(sum(version), 0) FROM graphs) AS versions, "
+            "(SELECT count(*) FROM nodes) AS nodes, "
+            "(SELECT coalesce(max(updated_at_ms), 0) FROM nodes) AS updated"
+        )
+        fingerprint = tuple(seen) if seen is not None else None
+        if fingerprint != self._seen_catalog:
+            self._engine.refresh_from_store()
+            self._seen_catalog = fingerprint
 
     async def _give_back(self, conn: asyncpg.Connection, shards: Collection[int]) -> None:
         if not shards:

@@ -64,6 +64,8 @@ class EngineSettings:
     lease_ms: int = 5000
     default_timeout_ms: int = 30 * 60 * 1000
     sweep_interval_s: float = 0.2
+    # Cluster mode: how often a watch of a run another replica owns reads it from the store.
+    remote_watch_interval_s: float = 0.25
 
 
 @dataclass(slots=True)
@@ -157,6 +159,24 @@ class Engine:
         self.catalog.on_saved = callback
 
     # ================================================================== runtimes
+
+    def refresh_from_store(self) -> int:
+        """Cluster mode: take the node registrations and graphs other replicas saved. Returns how many graphs
+        changed here."""
+        changed_nodes = False
+        if self._decode_schema is not None:
+            for namespace, name, raw in self._store.load_nodes():
+                known = self.runtimes.nodes.get((namespace, name))
+                if known is not None and known.raw == raw:
+                    continue
+                try:
+                    self.runtimes.nodes[namespace, name] = self._decode_schema(namespace, raw)
+                    changed_nodes = True
+                except ValueError as exc:
+                    logger.error(
+                        "stored schema unreadable, skipped namespace=%s node=%s error=%s", namespace, name, exc
+                    )
+        return self.catalog.refresh(self._store.load_graphs(), recompile=changed_nodes)
 
     def namespaces(self) -> list[str]:
         return sorted({ns for ns, _ in self.runtimes.nodes} | self.catalog.namespaces())
@@ -282,7 +302,20 @@ class Engine:
         if run is None:
             row, states, _ = self.get_run(run_id)
             yield row, states
-            return
+            # Cluster mode: a pending run of a shard another replica owns is followed through the store, until
+            # it ends there or its shard comes here (the owner died or left).
+            while row.status == RunStatus.PENDING and not self.shards.owns(run_id):
+                await asyncio.sleep(self.settings.remote_watch_interval_s)
+                run = self._table.runs.get(run_id)
+                if run is not None:
+                    break
+                stored = self._store.get_run(run_id)
+                if stored is None or stored.status == RunStatus.PENDING:
+                    continue
+                yield stored, self._store.get_states(run_id, -1, 0)
+                return
+            if run is None:
+                return
         async for event in watches.follow(run):
             yield event
 

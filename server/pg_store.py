@@ -40,7 +40,7 @@ from typing import Any, TypeAlias, TypeVar
 import asyncpg
 import pydantic
 
-from exosphere.errors import ConnectionFailedError
+from exosphere.errors import ConflictError, ConnectionFailedError
 from server.config import describe_dsn
 from server.models import GraphSpec, RunRow, StateRow
 from server.pg_schema import migrate
@@ -421,12 +421,24 @@ class PostgresStore:
     async def _save_graph(self, spec: GraphSpec) -> None:
         text = spec.model_dump_json()
         async with self.pool.acquire() as conn, conn.transaction():
-            for table, key in (("graphs", "namespace, name"), ("graph_versions", "namespace, name, version")):
-                await conn.execute(
-                    f"INSERT INTO {table} (namespace, name, version, spec) VALUES ($1, $2, $3, $4) "
-                    f"ON CONFLICT ({key}) DO UPDATE SET version = EXCLUDED.version, spec = EXCLUDED.spec",
-                    spec.namespace, spec.name, spec.version, text,
-                )  # fmt: skip
+            # A version is written once: two replicas saving the same graph at once cannot both make version N.
+            inserted = await conn.fetchval(
+                "INSERT INTO graph_versions (namespace, name, version, spec) VALUES ($1, $2, $3, $4) "
+                "ON CONFLICT (namespace, name, version) DO NOTHING RETURNING version",
+                spec.namespace, spec.name, spec.version, text,
+            )  # fmt: skip
+            if inserted is None:
+                raise ConflictError(
+                    f"graph {spec.name!r} version {spec.version} was saved meanwhile by another scheduler replica; "
+                    "save it again",
+                    namespace=spec.namespace,
+                    graph_name=spec.name,
+                )
+            await conn.execute(
+                "INSERT INTO graphs (namespace, name, version, spec) VALUES ($1, $2, $3, $4) "
+                "ON CONFLICT (namespace, name) DO UPDATE SET version = EXCLUDED.version, spec = EXCLUDED.spec",
+                spec.namespace, spec.name, spec.version, text,
+            )  # fmt: skip
 
     def delete_graph(self, namespace: str, name: str) -> None:
         self._call(self.pool.execute("DELETE FROM graphs WHERE namespace = $1 AND name = $2", namespace, name))

@@ -91,7 +91,7 @@ async def cluster(
     runtime processes, all registered."""
     async with _database(postgres) as (db, server_env):
         server = subprocess.Popen(
-            [sys.executable, "-m", "server", "--port", "0", "--db", db, "--log-level", "WARNING"],
+            [sys.executable, "-m", "exosphere_server", "--port", "0", "--db", db, "--log-level", "WARNING"],
             stdout=subprocess.PIPE,
             text=True,
             cwd=ROOT,

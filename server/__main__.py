@@ -1,4 +1,4 @@
-"""``exosphere-server`` / ``python -m server``: the scheduler process."""
+"""``exosphere-server`` / ``python -m exosphere_server`` (``python -m server`` in a checkout): the scheduler process."""
 
 from __future__ import annotations
 
@@ -15,12 +15,13 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from exosphere.errors import ExosphereError
-from server.config import ServerConfig
-from server.dblock import DatabaseLockedError
-from server.store import StoreError
+
+from .config import ServerConfig
+from .dblock import DatabaseLockedError
+from .store import StoreError
 
 if TYPE_CHECKING:
-    from server.app import App
+    from .app import App
 
 logger = logging.getLogger("server")
 
@@ -93,7 +94,7 @@ def _parser() -> argparse.ArgumentParser:
 
 async def _open(config: ServerConfig, stop: asyncio.Event) -> App | None:
     """The App; with ``--standby``, once the scheduler that holds the database is gone (None if told to stop)."""
-    from server.app import App  # after the check for the `server` extra, in main()
+    from .app import App  # after the check for the `server` extra, in main()
 
     waiting = False
     while True:

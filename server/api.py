@@ -10,13 +10,14 @@ import grpc
 from exosphere.errors import GraphNotFoundError, InvalidArgumentError
 from exosphere.v1 import common_pb2, scheduler_pb2_grpc
 from exosphere.v1 import scheduler_pb2 as pb
-from server.auth import Authenticator
-from server.engine import Engine, TriggerRequest
-from server.errors import status_from_errors
-from server.models import RunRow
-from server.names import check_name, check_names
-from server.store import RunCursor
-from server.wire import (
+
+from .auth import Authenticator
+from .engine import Engine, TriggerRequest
+from .errors import status_from_errors
+from .models import RunRow
+from .names import check_name, check_names
+from .store import RunCursor
+from .wire import (
     check_store_size,
     cut_by_size,
     framed_size,

@@ -19,22 +19,23 @@ from grpc_reflection.v1alpha import reflection
 
 from exosphere.errors import InvalidArgumentError
 from exosphere.v1 import runtime_pb2, runtime_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
-from server.api import SchedulerApi
-from server.auth import ApiKey, Authenticator, AuthInterceptor, load_keys_file
-from server.config import ServerConfig
-from server.cron import CronScheduler
-from server.dblock import DatabaseLock
-from server.decode import DecodeInterceptor
-from server.engine import Engine, EngineSettings
-from server.runtime_api import RuntimeApi
-from server.secrets import SecretBox, load_or_create_key, load_shared_key
-from server.sqlite_schema import check_path
-from server.sqlite_store import SqliteStore
-from server.store import InMemoryStore, Store
-from server.wire import decode_stored_schema
+
+from .api import SchedulerApi
+from .auth import ApiKey, Authenticator, AuthInterceptor, load_keys_file
+from .config import ServerConfig
+from .cron import CronScheduler
+from .dblock import DatabaseLock
+from .decode import DecodeInterceptor
+from .engine import Engine, EngineSettings
+from .runtime_api import RuntimeApi
+from .secrets import SecretBox, load_or_create_key, load_shared_key
+from .sqlite_schema import check_path
+from .sqlite_store import SqliteStore
+from .store import InMemoryStore, Store
+from .wire import decode_stored_schema
 
 if TYPE_CHECKING:
-    from server.cluster import ClusterMember
+    from .cluster import ClusterMember
 
 __all__ = ["App"]
 
@@ -84,7 +85,7 @@ def _read_pair(key: str, cert: str) -> tuple[bytes, bytes]:
 def _open_postgres(config: ServerConfig) -> Store:
     """The store for a ``postgresql://`` URL (asyncpg is imported only then)."""
     try:
-        from server.pg_store import PostgresStore
+        from .pg_store import PostgresStore
     except ImportError as exc:
         raise InvalidArgumentError(
             f"--db {config.db_label} needs the PostgreSQL driver: pip install 'exosphere[postgres]' ({exc})"
@@ -211,7 +212,7 @@ class App:
         for service in ("", "exosphere.v1.SchedulerService", "exosphere.v1.RuntimeService"):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         if self.config.postgres:
-            from server.cluster import ClusterMember  # asyncpg is imported only on PostgreSQL
+            from .cluster import ClusterMember  # asyncpg is imported only on PostgreSQL
 
             self.cluster = ClusterMember(
                 self.config.db,

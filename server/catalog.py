@@ -13,10 +13,11 @@ import logging
 from collections.abc import Callable, Mapping
 
 from exosphere.errors import ConflictError, GraphNotFoundError, GraphValidationError
-from server.graph import CompiledGraph, compile_graph
-from server.models import GraphSpec, NodeSchema
-from server.secrets import SecretBox
-from server.store import Store
+
+from .graph import CompiledGraph, compile_graph
+from .models import GraphSpec, NodeSchema
+from .secrets import SecretBox
+from .store import Store
 
 __all__ = ["GraphCatalog"]
 

@@ -22,7 +22,7 @@ from datetime import timedelta
 
 import asyncpg
 
-from server.engine import Engine
+from .engine import Engine
 
 __all__ = ["ClusterMember", "rendezvous_owner"]
 

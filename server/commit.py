@@ -15,8 +15,9 @@ import uuid
 from collections.abc import Callable
 
 from exosphere.errors import ConnectionFailedError, InternalError
-from server.runstate import Run, State
-from server.store import Fence, FencedError, Store, WriteBatch
+
+from .runstate import Run, State
+from .store import Fence, FencedError, Store, WriteBatch
 
 __all__ = ["GroupCommit"]
 

@@ -26,11 +26,12 @@ from typing import TYPE_CHECKING
 from croniter import CroniterError, croniter
 
 from exosphere.errors import ExosphereError
-from server.models import CronSpec
-from server.triggers import TriggerRequest
+
+from .models import CronSpec
+from .triggers import TriggerRequest
 
 if TYPE_CHECKING:
-    from server.engine import Engine
+    from .engine import Engine
 
 __all__ = ["KV_PREFIX", "CronScheduler", "latest_due_ms", "next_due_ms"]
 

@@ -19,7 +19,8 @@ from google.protobuf.message import DecodeError
 
 import exosphere.v1.runtime_pb2
 import exosphere.v1.scheduler_pb2  # noqa: F401  (registers the services in the default pool)
-from server.errors import bounded
+
+from .errors import bounded
 
 __all__ = ["BadRequest", "DecodeInterceptor", "find_bad_utf8"]
 

@@ -13,10 +13,10 @@ import itertools
 from collections import deque
 from collections.abc import Callable
 
-from server.graph import MAX_DELAY_MS
-from server.runstate import Session, State
-from server.runtable import RunTable
-from server.status import StateStatus
+from .graph import MAX_DELAY_MS
+from .runstate import Session, State
+from .runtable import RunTable
+from .status import StateStatus
 
 __all__ = ["Dispatcher"]
 

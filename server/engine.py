@@ -27,23 +27,24 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from exosphere.errors import ConflictError, ConnectionFailedError, ExosphereError, RunNotFoundError
-from server import watches
-from server.catalog import GraphCatalog
-from server.commit import GroupCommit
-from server.dispatch import Dispatcher
-from server.graph import CompiledGraph
-from server.machine import StateMachine
-from server.models import GraphSpec, NodeSchema, RunRow, StateRow
-from server.ownership import Shards
-from server.recovery import recover
-from server.retries import ManualRetries
-from server.runstate import Run, Session, State
-from server.runtable import RunTable
-from server.secrets import SecretBox
-from server.sessions import Sessions
-from server.status import ResultKind, RunStatus, StateStatus
-from server.store import FencedError, RunCursor, Store
-from server.triggers import CheckedTrigger, TriggerRequest, check_trigger
+
+from . import watches
+from .catalog import GraphCatalog
+from .commit import GroupCommit
+from .dispatch import Dispatcher
+from .graph import CompiledGraph
+from .machine import StateMachine
+from .models import GraphSpec, NodeSchema, RunRow, StateRow
+from .ownership import Shards
+from .recovery import recover
+from .retries import ManualRetries
+from .runstate import Run, Session, State
+from .runtable import RunTable
+from .secrets import SecretBox
+from .sessions import Sessions
+from .status import ResultKind, RunStatus, StateStatus
+from .store import FencedError, RunCursor, Store
+from .triggers import CheckedTrigger, TriggerRequest, check_trigger
 
 __all__ = ["Engine", "EngineSettings", "ResultIn", "TriggerRequest"]
 

@@ -14,16 +14,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-from server import fanin
-from server.dispatch import Dispatcher
-from server.graph import MAX_DELAY_MS, CompiledNode
-from server.resolve import ResolutionError, children_of, merge_inputs
-from server.retry import retry_delay_ms
-from server.runstate import Run, State
-from server.runtable import RunTable
-from server.sessions import withdraw
-from server.status import LIVE_STATE_STATUSES, RunStatus, StateStatus
-from server.triggers import CheckedTrigger
+from . import fanin
+from .dispatch import Dispatcher
+from .graph import MAX_DELAY_MS, CompiledNode
+from .resolve import ResolutionError, children_of, merge_inputs
+from .retry import retry_delay_ms
+from .runstate import Run, State
+from .runtable import RunTable
+from .sessions import withdraw
+from .status import LIVE_STATE_STATUSES, RunStatus, StateStatus
+from .triggers import CheckedTrigger
 
 __all__ = ["StateMachine"]
 

@@ -15,15 +15,16 @@ import random
 from collections.abc import Callable, Collection, Mapping
 
 from exosphere.errors import ConnectionFailedError
-from server.catalog import GraphCatalog
-from server.commit import GroupCommit
-from server.machine import StateMachine
-from server.runstate import Run
-from server.runtable import RunTable
-from server.sessions import withdraw
-from server.shards import MAX_SHARDS, new_run_id, shard_of
-from server.status import StateStatus
-from server.store import Fence, Store, WriteBatch
+
+from .catalog import GraphCatalog
+from .commit import GroupCommit
+from .machine import StateMachine
+from .runstate import Run
+from .runtable import RunTable
+from .sessions import withdraw
+from .shards import MAX_SHARDS, new_run_id, shard_of
+from .status import StateStatus
+from .store import Fence, Store, WriteBatch
 
 __all__ = ["Shards"]
 

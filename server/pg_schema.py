@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from server.store import StoreError
+from .store import StoreError
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "ForeignSchemaError", "SchemaTooNewError", "migrate"]
 

@@ -41,12 +41,13 @@ import asyncpg
 import pydantic
 
 from exosphere.errors import ConflictError, ConnectionFailedError
-from server.config import describe_dsn
-from server.models import GraphSpec, RunRow, StateRow
-from server.pg_schema import migrate
-from server.shards import MAX_SHARDS, shard_of
-from server.status import RunStatus, StateStatus
-from server.store import Fence, FencedError, RunCursor, WriteBatch
+
+from .config import describe_dsn
+from .models import GraphSpec, RunRow, StateRow
+from .pg_schema import migrate
+from .shards import MAX_SHARDS, shard_of
+from .status import RunStatus, StateStatus
+from .store import Fence, FencedError, RunCursor, WriteBatch
 
 __all__ = ["DEFAULT_SHARDS", "DatabaseUnavailableError", "PostgresStore"]
 

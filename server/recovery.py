@@ -12,9 +12,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from server.catalog import GraphCatalog
-from server.models import NodeSchema
-from server.store import Store
+from .catalog import GraphCatalog
+from .models import NodeSchema
+from .store import Store
 
 __all__ = ["recover"]
 

@@ -12,9 +12,9 @@ import json
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import NamedTuple
 
-from server.graph import CompiledNode
-from server.runstate import State
-from server.templating import OutputRef, StoreRef
+from .graph import CompiledNode
+from .runstate import State
+from .templating import OutputRef, StoreRef
 
 __all__ = ["Child", "ResolutionError", "children_of", "merge_inputs", "render_inputs", "root_inputs"]
 

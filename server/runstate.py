@@ -7,9 +7,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from server.graph import CompiledGraph, CompiledNode
-from server.models import RunRow, StateRow
-from server.status import RunStatus
+from .graph import CompiledGraph, CompiledNode
+from .models import RunRow, StateRow
+from .status import RunStatus
 
 __all__ = ["Run", "Session", "State"]
 

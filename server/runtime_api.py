@@ -11,15 +11,16 @@ import grpc
 from exosphere.errors import InvalidArgumentError
 from exosphere.v1 import runtime_pb2 as pb
 from exosphere.v1 import runtime_pb2_grpc
-from server.auth import Authenticator
-from server.decode import BadRequest, refuse
-from server.engine import Engine, ResultIn
-from server.errors import status_from_errors
-from server.models import NodeSchema
-from server.names import check_name, check_text
-from server.runstate import Session
-from server.status import ResultKind
-from server.wire import (
+
+from .auth import Authenticator
+from .decode import BadRequest, refuse
+from .engine import Engine, ResultIn
+from .errors import status_from_errors
+from .models import NodeSchema
+from .names import check_name, check_text
+from .runstate import Session
+from .status import ResultKind
+from .wire import (
     BATCH_BYTES,
     MAX_ITEM_BYTES,
     MAX_STORE_BYTES,

@@ -14,10 +14,10 @@ from typing import TypeVar
 
 import pydantic
 
-from server.models import GraphSpec, RunRow, StateRow
-from server.sqlite_schema import connect, open_database, store_error
-from server.status import RunStatus, StateStatus
-from server.store import RunCursor, WriteBatch
+from .models import GraphSpec, RunRow, StateRow
+from .sqlite_schema import connect, open_database, store_error
+from .status import RunStatus, StateStatus
+from .store import RunCursor, WriteBatch
 
 __all__ = ["SqliteStore"]
 

@@ -13,8 +13,8 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from server.models import GraphSpec, RunRow, StateRow
-from server.status import RunStatus
+from .models import GraphSpec, RunRow, StateRow
+from .status import RunStatus
 
 __all__ = ["Fence", "FencedError", "InMemoryStore", "RunCursor", "Store", "StoreError", "WriteBatch"]
 

@@ -6,9 +6,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from exosphere.errors import ConflictError, InvalidArgumentError
-from server.graph import MAX_DELAY_MS, CompiledGraph
-from server.models import NodeSchema
-from server.resolve import ResolutionError, root_inputs
+
+from .graph import MAX_DELAY_MS, CompiledGraph
+from .models import NodeSchema
+from .resolve import ResolutionError, root_inputs
 
 __all__ = ["CheckedTrigger", "TriggerRequest", "check_trigger"]
 

@@ -12,9 +12,10 @@ import time
 from collections.abc import AsyncIterator, Sequence
 
 from exosphere.errors import ConnectionFailedError
-from server.models import RunRow, StateRow
-from server.runstate import Run, State
-from server.status import RunStatus
+
+from .models import RunRow, StateRow
+from .runstate import Run, State
+from .status import RunStatus
 
 __all__ = ["committed_view", "follow", "notify"]
 

@@ -12,9 +12,10 @@ from pydantic import ValidationError
 
 from exosphere.errors import InvalidArgumentError
 from exosphere.v1 import common_pb2, runtime_pb2, scheduler_pb2
-from server.engine import ResultIn
-from server.graph import MAX_DELAY_MS
-from server.models import (
+
+from .engine import ResultIn
+from .graph import MAX_DELAY_MS
+from .models import (
     CronSpec,
     FieldSpec,
     GraphNodeSpec,
@@ -26,8 +27,8 @@ from server.models import (
     StoreConfigSpec,
     UnitesSpec,
 )
-from server.names import check_name, check_names, name_problem
-from server.status import ResultKind
+from .names import check_name, check_names, name_problem
+from .status import ResultKind
 
 __all__ = [
     "graph_spec_from_pb",

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import tomllib
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -123,3 +124,22 @@ def test_license_file_is_the_declared_apache_2() -> None:
     for clause in ("1. Definitions.", "9. Accepting Warranty or Additional Liability.", "END OF TERMS AND CONDITIONS"):
         assert clause in text
     assert not [c for c in PROJECT["classifiers"] if c.startswith("License ::")]  # PEP 639: the expression says it
+
+
+@pytest.mark.slow
+def test_the_wheel_installs_the_scheduler_as_exosphere_server_and_no_top_level_server(tmp_path: Path) -> None:
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), ROOT],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert build.returncode == 0, build.stderr
+    [wheel] = tmp_path.glob("exosphere-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+    top = {name.split("/")[0] for name in names if not name.split("/")[0].endswith((".dist-info", ".data"))}
+    assert top == {"exosphere", "exospherehost", "exosphere_server"}, top
+    assert "exosphere_server/engine.py" in names and "exosphere_server/__main__.py" in names
+    assert "exosphere/v1/runtime_pb2.py" in names and "exospherehost/node/BaseNode.py" in names
+    entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
+    with zipfile.ZipFile(wheel) as archive:
+        assert "exosphere-server = exosphere_server.__main__:main" in archive.read(entry_points).decode()

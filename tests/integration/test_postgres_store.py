@@ -357,7 +357,11 @@ def test_exosphere_server_on_postgres_fails_in_one_line_without_a_key_or_a_serve
         env["EXOSPHERE_SECRETS_KEY"] = key
     db = "postgresql://someone:hunter2@127.0.0.1:1/nowhere"
     done = subprocess.run(
-        [sys.executable, "-m", "server", "--port", "0", "--db", db], env=env, capture_output=True, text=True, timeout=30
+        [sys.executable, "-m", "exosphere_server", "--port", "0", "--db", db],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert done.returncode == 1
     assert done.stdout == ""

@@ -48,6 +48,10 @@ class Runtime:
     ``start()`` blocks (on uvloop) until SIGINT/SIGTERM or ``stop()``; inside a running loop use ``await run()``.
     The scheduler address and API key come from the arguments, else ``EXOSPHERE_SCHEDULER_ADDRESS`` and
     ``EXOSPHERE_API_KEY``. A lost connection is retried with capped, jittered backoff.
+
+    Against a cluster (several scheduler replicas on PostgreSQL) the runtime is given one address, learns the live
+    replicas from it, and holds one stream to each (a *link*); it never executes more than ``max_concurrency``
+    states at once across all of them.
     """
 
     def __init__(
@@ -92,6 +96,13 @@ class Runtime:
         self._outbox: list[pb.Result] = []
         self._wake_writer: asyncio.Event | None = None
         self.executed_count = 0
+        # Cluster mode: streams to the other replicas, each a Runtime of its own sharing this one's limiter.
+        self._root: Runtime = self
+        self._limiter: asyncio.Semaphore | None = None
+        self._links: dict[str, tuple[Runtime, asyncio.Task[None]]] = {}
+        self._unlinking: set[asyncio.Task[None]] = set()
+        self._replicas: tuple[str, ...] = ()
+        self._own_replica = ""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -123,6 +134,8 @@ class Runtime:
         self._stop_requested = True
         if self._stopping is not None:
             self._stopping.set()
+        for link, _ in self._links.values():
+            link.stop()
 
     async def wait_registered(self, timeout: float = 10.0) -> None:
         """Wait until the runtime's nodes are registered with the scheduler (useful in tests and scripts)."""
@@ -150,6 +163,8 @@ class Runtime:
         self._ended = asyncio.Event()
         self._error = None
         self._wake_writer = asyncio.Event()
+        if self._root is self:
+            self._limiter = asyncio.Semaphore(self.max_concurrency)
         self._created.set()
         try:
             await self._run()
@@ -158,6 +173,7 @@ class Runtime:
             raise
         finally:
             self._stop_requested = False
+            await self._stop_links(set(self._links))
             self._ended.set()
 
     async def _run(self) -> None:
@@ -211,6 +227,9 @@ class Runtime:
                 raise ExosphereError("scheduler closed the stream before registering the runtime")
             registered = first.registered
             self._registered.set()
+            if self._root is self and registered.replicas:
+                self._own_replica = registered.replica_address
+                self._on_replicas(registered.replicas)
             logger.info(
                 "runtime registered runtime=%s namespace=%s nodes=%s session=%s",
                 self.name,
@@ -270,6 +289,8 @@ class Runtime:
                     self._start(item, store)
             elif kind == "cancel":
                 self._cancel(set(message.cancel.state_ids))
+            elif kind == "replicas":
+                self._root._on_replicas(message.replicas.addresses)
             elif kind == "drain":
                 logger.info("scheduler asked runtime to drain runtime=%s", self.name)
                 self.stop()
@@ -286,12 +307,48 @@ class Runtime:
         self._in_flight[item.dispatch_id] = (task, item)
 
     async def _run_item(self, node_cls: type[BaseNode], item: pb.Execute, store: Any) -> None:
+        limiter = self._root._limiter
         try:
-            result = await execute_item(node_cls, item, store)
+            if limiter is None:
+                result = await execute_item(node_cls, item, store)
+            else:  # shared by the streams to every replica: max_concurrency across all of them
+                async with limiter:
+                    result = await execute_item(node_cls, item, store)
         finally:
             self._in_flight.pop(item.dispatch_id, None)
-        self.executed_count += 1
+        self._root.executed_count += 1
         self._push(result)
+
+    # ------------------------------------------------------------------ cluster mode: one stream per replica
+
+    def _on_replicas(self, addresses: Sequence[str]) -> None:
+        """The live replicas: hold a link to each but the one this runtime's own stream reaches."""
+        self._replicas = tuple(addresses)
+        wanted = set(addresses) - {self._own_replica}
+        loop = asyncio.get_running_loop()
+        for address in sorted(wanted - set(self._links)):
+            link = Runtime(
+                self.namespace, self.name, list(self._nodes.values()),
+                max_concurrency=self.max_concurrency, address=address, key=self._config.api_key,
+                tls_ca_file=self._config.tls_ca_file, runtime_id=self.runtime_id, shutdown_grace=self._shutdown_grace,
+            )  # fmt: skip
+            link._root = self
+            self._links[address] = (link, loop.create_task(link.run(), name=f"exosphere-runtime-link-{address}"))
+            logger.info("runtime linked to scheduler replica runtime=%s replica=%s", self.name, address)
+        if gone := set(self._links) - wanted:
+            task = loop.create_task(self._stop_links(gone), name="exosphere-runtime-unlink")
+            self._unlinking.add(task)
+            task.add_done_callback(self._unlinking.discard)
+
+    async def _stop_links(self, addresses: set[str]) -> None:
+        links = [(a, *self._links.pop(a)) for a in sorted(addresses) if a in self._links]
+        for _, link, _ in links:
+            link.stop()
+        for address, _, task in links:
+            try:
+                await task
+            except Exception as exc:  # a link that failed is replaced when the replica comes back
+                logger.warning("runtime link ended with an error replica=%s: %s", address, exc)
 
     def _push(self, result: pb.Result) -> None:
         self._outbox.append(result)

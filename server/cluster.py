@@ -142,14 +142,14 @@ class ClusterMember:
         self._renewed_at = time.monotonic()
         if lost := set(owned) - kept:
             shards.drop(lost)
-        self.live = [
-            r["replica_id"]
-            for r in await conn.fetch(
-                "SELECT replica_id FROM members WHERE heartbeat_at > now() - $1::interval ORDER BY replica_id", lease
-            )
-        ]
+        members = await conn.fetch(
+            "SELECT replica_id, address FROM members WHERE heartbeat_at > now() - $1::interval ORDER BY replica_id",
+            lease,
+        )
+        self.live = [r["replica_id"] for r in members]
         if self.replica_id not in self.live:
             self.live.append(self.replica_id)
+        self._engine.set_replicas({r["address"] for r in members} | {self.address}, self.address)
         desired = {s for s in range(shards.count) if rendezvous_owner(s, self.live) == self.replica_id}
         self.desired = frozenset(desired)
         for shard in sorted(desired - shards.owned):

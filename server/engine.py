@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from exosphere.errors import ConflictError, ConnectionFailedError, ExosphereError, RunNotFoundError
@@ -127,6 +127,9 @@ class Engine:
             count=shard_count, clock=clock, forget=self._forget,
         )  # fmt: skip
         self._tasks: list[asyncio.Task[None]] = []
+        # Cluster mode: every live replica's address, and this one's (runtimes hold a stream to each).
+        self.replicas: tuple[str, ...] = ()
+        self.replica_address = ""
         self.ignored_results = 0
         # Set when a commit failed; the scheduler must then stop (see _commit_failed).
         self.fatal_error: BaseException | None = None
@@ -160,6 +163,17 @@ class Engine:
         self.catalog.on_saved = callback
 
     # ================================================================== runtimes
+
+    def set_replicas(self, addresses: Collection[str], own: str) -> None:
+        """Cluster mode: the live replicas changed; every connected runtime is told (server/runtime_api.py)."""
+        replicas = tuple(sorted(addresses))
+        self.replica_address = own
+        if replicas == self.replicas:
+            return
+        self.replicas = replicas
+        for session in self.runtimes.connected():
+            session.replicas_changed = True
+            session.wake.set()
 
     def refresh_from_store(self) -> int:
         """Cluster mode: take the node registrations and graphs other replicas saved. Returns how many graphs

@@ -81,6 +81,8 @@ class Session:
     # Set when the scheduler ends the session (lease expired, shutting down).
     closed_event: asyncio.Event = field(default_factory=asyncio.Event)
     draining: bool = False
+    # Cluster mode: the set of live replicas changed since this runtime last heard it.
+    replicas_changed: bool = False
     closed: bool = False
     close_reason: str = ""
     extra: dict[str, Any] = field(default_factory=dict)

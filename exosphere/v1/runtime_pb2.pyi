@@ -384,6 +384,7 @@ class SchedulerMessage(_message.Message):
     EXECUTE_FIELD_NUMBER: _builtins.int
     DRAIN_FIELD_NUMBER: _builtins.int
     CANCEL_FIELD_NUMBER: _builtins.int
+    REPLICAS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def registered(self) -> Global___Registered:
         """Answer to Register."""
@@ -400,6 +401,10 @@ class SchedulerMessage(_message.Message):
     def cancel(self) -> Global___CancelBatch:
         """Stop executing these states; their results will be ignored."""
 
+    @_builtins.property
+    def replicas(self) -> Global___Replicas:
+        """Cluster mode: the live scheduler replicas changed (see Registered.replicas)."""
+
     def __init__(
         self,
         *,
@@ -407,16 +412,39 @@ class SchedulerMessage(_message.Message):
         execute: Global___ExecuteBatch | None = ...,
         drain: Global___Drain | None = ...,
         cancel: Global___CancelBatch | None = ...,
+        replicas: Global___Replicas | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "drain", b"drain", "execute", b"execute", "kind", b"kind", "registered", b"registered"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "drain", b"drain", "execute", b"execute", "kind", b"kind", "registered", b"registered", "replicas", b"replicas"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "drain", b"drain", "execute", b"execute", "kind", b"kind", "registered", b"registered"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "drain", b"drain", "execute", b"execute", "kind", b"kind", "registered", b"registered", "replicas", b"replicas"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["registered", "execute", "drain", "cancel"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["registered", "execute", "drain", "cancel", "replicas"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___SchedulerMessage: _TypeAlias = SchedulerMessage  # noqa: Y015
+
+@_typing.final
+class Replicas(_message.Message):
+    """Cluster mode: the address of every live scheduler replica, this one included."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADDRESSES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def addresses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        addresses: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["addresses", b"addresses"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Replicas: _TypeAlias = Replicas  # noqa: Y015
 
 @_typing.final
 class Registered(_message.Message):
@@ -427,22 +455,37 @@ class Registered(_message.Message):
     SESSION_ID_FIELD_NUMBER: _builtins.int
     HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _builtins.int
     LEASE_MS_FIELD_NUMBER: _builtins.int
+    REPLICAS_FIELD_NUMBER: _builtins.int
+    REPLICA_ADDRESS_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """Id of this stream session."""
     heartbeat_interval_ms: _builtins.int
     """How often the runtime should send a Heartbeat when it has nothing else to send, in milliseconds."""
     lease_ms: _builtins.int
     """A runtime silent for longer than this loses its states back to the queue, in milliseconds."""
+    replica_address: _builtins.str
+    """This replica's address as it appears in `replicas`."""
+    @_builtins.property
+    def replicas(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Cluster mode (several scheduler replicas on PostgreSQL): the address of every live replica, this one included,
+        as `replica_address` names it. Each replica dispatches only the runs of its own shards, so a runtime should
+        hold one stream to every replica (the same runtime_id on each) and keep the states it executes at once within
+        its own max_concurrency across them; `SchedulerMessage.replicas` says when the set changes. Empty: a single
+        scheduler.
+        """
+
     def __init__(
         self,
         *,
         session_id: _builtins.str = ...,
         heartbeat_interval_ms: _builtins.int = ...,
         lease_ms: _builtins.int = ...,
+        replicas: _abc.Iterable[_builtins.str] | None = ...,
+        replica_address: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval_ms", b"heartbeat_interval_ms", "lease_ms", b"lease_ms", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval_ms", b"heartbeat_interval_ms", "lease_ms", b"lease_ms", "replica_address", b"replica_address", "replicas", b"replicas", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 from datetime import timedelta
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
+from pydantic import BaseModel
 
-from exosphere import GraphNodeModel, RunStatus, Runtime, StateManager
+from exosphere import BaseNode, GraphNodeModel, RunStatus, Runtime, StateManager
 from server.cluster import rendezvous_owner
 from server.config import ServerConfig
 from tests.engine_nodes import Sleeper
@@ -113,3 +116,52 @@ async def test_a_killed_replicas_runs_finish_on_the_survivor(pg_dsn: str, tmp_pa
         for proc in (victim, survivor):
             if proc.proc is not None and proc.proc.poll() is None:
                 proc.stop()
+
+
+class Counted(BaseNode):
+    """Sleeps a little and records how many run at once in this process."""
+
+    running: ClassVar[int] = 0
+    peak: ClassVar[int] = 0
+
+    class Inputs(BaseModel):
+        text: str
+
+    class Outputs(BaseModel):
+        text: str
+
+    async def execute(self) -> Outputs:
+        Counted.running += 1
+        Counted.peak = max(Counted.peak, Counted.running)
+        try:
+            await asyncio.sleep(0.05)
+        finally:
+            Counted.running -= 1
+        return self.Outputs(text=self.inputs.text)
+
+
+async def test_a_runtime_given_one_replica_serves_every_replica_within_its_concurrency(
+    pg_dsn: str,  # noqa: F811
+    tmp_path: Path,
+    namespace: str,
+) -> None:
+    config = replica_config(pg_dsn, tmp_path)
+    async with serving(config) as a, serving(config) as b, RuntimeGroup() as group:
+        assert a.cluster is not None and b.cluster is not None
+        await b.cluster.tick()
+        await a.cluster.tick()
+        runtime = Runtime(
+            namespace=namespace, name="rt", nodes=[Counted], address=f"127.0.0.1:{a.port}", max_concurrency=3
+        )
+        await group.start(runtime)  # given a's address only: it learns b from a
+        await assert_eventually(lambda: len(b.engine.runtimes.connected(namespace)) == 1, timeout=10)
+        graph = [GraphNodeModel(node_name="Counted", namespace=namespace, identifier="c", inputs={"text": "x"})]
+        Counted.peak = 0
+        async with StateManager(namespace, address=f"127.0.0.1:{a.port}") as sm_a:
+            await sm_a.upsert_graph("g", graph)
+            async with StateManager(namespace, address=f"127.0.0.1:{b.port}") as sm_b:
+                runs = [(await sm.trigger("g")).run_id for sm in (sm_a, sm_b) for _ in range(15)]
+                for run_id in runs:
+                    assert (await sm_b.wait(run_id, timeout=30)).status is RunStatus.SUCCESS
+        assert runtime.executed_count == 30
+        assert 1 < Counted.peak <= 3  # both replicas' states ran through the one limiter of 3

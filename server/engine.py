@@ -292,11 +292,12 @@ class Engine:
             states: list[StateRow] = [s for s in run.states if s.seq > after_seq]
             if page_size:
                 states = states[:page_size]
-            run.state_counts = run.counts()
             return run, states, states[-1].seq if states else -1
         row = self._store.get_run(run_id)
         if row is None:
             raise RunNotFoundError(run_id)
+        if row.status == RunStatus.PENDING:  # another replica's run: its row's counts are those of its start
+            row.state_counts = self._store.count_states(run_id)
         rows = self._store.get_states(run_id, after_seq, page_size)
         return row, rows, rows[-1].seq if rows else -1
 
@@ -307,7 +308,6 @@ class Engine:
         for i, row in enumerate(rows):
             live = self._table.runs.get(row.run_id)
             if live is not None:
-                live.state_counts = live.counts()
                 rows[i] = live
         return rows
 

@@ -5,17 +5,21 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import ClassVar
 
+import grpc
 import pytest
 from pydantic import BaseModel
 
-from exosphere import BaseNode, GraphNodeModel, RunStatus, Runtime, StateManager
+from exosphere import BaseNode, GraphNodeModel, RunStatus, Runtime, StateManager, StateStatus
+from exosphere.v1 import scheduler_pb2, scheduler_pb2_grpc
 from server.cluster import rendezvous_owner
 from server.config import ServerConfig
-from tests.engine_nodes import Sleeper
+from tests.engine_nodes import Collect, Count, Sleeper
 from tests.helpers.pg import pg_dsn  # noqa: F401 - the fixture
 from tests.helpers.runtimes import RuntimeGroup
 from tests.helpers.servers import ServerProcess, serving
@@ -165,3 +169,96 @@ async def test_a_runtime_given_one_replica_serves_every_replica_within_its_concu
                     assert (await sm_b.wait(run_id, timeout=30)).status is RunStatus.SUCCESS
         assert runtime.executed_count == 30
         assert 1 < Counted.peak <= 3  # both replicas' states ran through the one limiter of 3
+
+
+class Slowish(BaseNode):
+    """Echoes ``item`` after 50 ms: a fan-out long enough to kill its owner halfway. Counts executions."""
+
+    executions: ClassVar[int] = 0
+
+    class Inputs(BaseModel):
+        item: str
+
+    class Outputs(BaseModel):
+        text: str
+
+    async def execute(self) -> Outputs:
+        await asyncio.sleep(0.05)
+        Slowish.executions += 1
+        return self.Outputs(text=self.inputs.item)
+
+
+def fan_graph(namespace: str, n: int) -> list[GraphNodeModel]:
+    return [
+        GraphNodeModel(
+            node_name="Count", namespace=namespace, identifier="count", inputs={"n": str(n)}, next_nodes=["b"]
+        ),
+        GraphNodeModel(
+            node_name="Slowish", namespace=namespace, identifier="b",
+            inputs={"item": "${{ count.outputs.item }}"}, next_nodes=["merge"],
+        ),
+        GraphNodeModel(
+            node_name="Collect", namespace=namespace, identifier="merge",
+            inputs={"values": "${{ b.outputs.text }}"}, unites={"identifier": "count", "strategy": "ALL_SUCCESS"},
+        ),
+    ]  # fmt: skip
+
+
+async def test_three_replicas_a_fan_out_of_10000_survives_the_kill_of_its_owner_halfway(
+    pg_dsn: str,  # noqa: F811
+    tmp_path: Path,
+    namespace: str,
+) -> None:
+    env = {"EXOSPHERE_SECRETS_KEY_FILE": str(tmp_path / "secrets.key")}
+    args = ("--shards", str(SHARDS), "--shard-lease", "PT2S", "--log-level", "WARNING")
+    replicas = [ServerProcess(pg_dsn, *args, env=env).start() for _ in range(3)]  # one by one: the first makes the key
+    owner = replicas[2]
+    try:
+        async with RuntimeGroup() as group:
+            for proc in replicas[:2]:  # two runtimes, each given one replica's address; they learn the third
+                await group.start(
+                    Runtime(
+                        namespace=namespace, name="rt", nodes=[Count, Slowish, Collect],
+                        address=proc.address, max_concurrency=64,
+                    )
+                )  # fmt: skip
+            Slowish.executions = 0
+            async with StateManager(namespace, address=owner.address) as sm:
+                await sm.upsert_graph("fan", fan_graph(namespace, 10_000))
+                run_id = (await sm.trigger("fan")).run_id  # created in a shard of the replica it reached
+            async with grpc.aio.insecure_channel(replicas[0].address) as channel:
+                api = scheduler_pb2_grpc.SchedulerServiceStub(channel)
+
+                async def succeeded() -> int:
+                    reply = await api.GetRun(scheduler_pb2.GetRunRequest(run_id=run_id, page_size=1), timeout=10)
+                    return int(reply.run.state_counts.get("SUCCESS", 0))
+
+                await assert_eventually(lambda: _at_least(succeeded, 3_000), timeout=60, interval=0.05)
+                assert owner.proc is not None
+                os.kill(owner.proc.pid, signal.SIGKILL)
+                killed_at = time.monotonic()
+                before = await succeeded()
+                await assert_eventually(lambda: _at_least(succeeded, before + 1), timeout=30, interval=0.05)
+                takeover_s = time.monotonic() - killed_at
+            async with StateManager(namespace, address=replicas[1].address) as sm:
+                done = await sm.wait(run_id, timeout=120)
+        assert done.status is RunStatus.SUCCESS
+        [merge] = [s for s in done.states if s.identifier == "merge"]
+        assert merge.outputs == [{"count": "10000"}]
+        branches = [s for s in done.states if s.identifier == "b"]
+        assert sorted({s.inputs["item"] for s in branches if s.status is StateStatus.SUCCESS}, key=int) == [
+            str(i) for i in range(10_000)
+        ]
+        assert len(branches) == 10_000  # a state dispatched again keeps its id: none is created twice
+        rerun = Slowish.executions - 10_000  # executed before the kill, not committed, run again (at-least-once)
+        print(f"\ntakeover after SIGKILL: {takeover_s:.2f}s (lease 2s); branches executed again: {rerun}")
+        assert rerun >= 0
+        assert takeover_s < 2 + 5
+    finally:
+        for proc in replicas:
+            if proc.proc is not None and proc.proc.poll() is None:
+                proc.stop()
+
+
+async def _at_least(count: Callable[[], Awaitable[int]], value: int) -> bool:
+    return await count() >= value

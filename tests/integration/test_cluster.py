@@ -262,3 +262,48 @@ async def test_three_replicas_a_fan_out_of_10000_survives_the_kill_of_its_owner_
 
 async def _at_least(count: Callable[[], Awaitable[int]], value: int) -> bool:
     return await count() >= value
+
+
+async def test_a_paused_replica_that_lost_its_lease_writes_nothing_when_it_resumes(
+    pg_dsn: str,  # noqa: F811
+    tmp_path: Path,
+    namespace: str,
+) -> None:
+    env = {"EXOSPHERE_SECRETS_KEY_FILE": str(tmp_path / "secrets.key")}
+    args = ("--shards", str(SHARDS), "--shard-lease", "PT2S")
+    other = ServerProcess(pg_dsn, *args, env=env).start()
+    paused = ServerProcess(pg_dsn, *args, env=env).start()
+    try:
+        async with RuntimeGroup() as group:
+            await group.start(
+                Runtime(namespace=namespace, name="rt", nodes=[Count, Slowish, Collect], address=paused.address)
+            )
+            Slowish.executions = 0
+            async with StateManager(namespace, address=paused.address) as sm:
+                await sm.upsert_graph("fan", fan_graph(namespace, 200))
+                run_id = (await sm.trigger("fan")).run_id  # in a shard of the replica about to be paused
+                await assert_eventually(lambda: Slowish.executions > 0, timeout=20)
+            assert paused.proc is not None
+            os.kill(paused.proc.pid, signal.SIGSTOP)
+            try:
+                async with StateManager(namespace, address=other.address) as sm:
+                    done = await sm.wait(run_id, timeout=60)  # the other takes the shard once the lease expires
+            finally:
+                os.kill(paused.proc.pid, signal.SIGCONT)
+            # Awake again, the paused replica finds its lease gone: it drops the shard, and whatever it still held
+            # for the run (results its runtime sent meanwhile) is refused by the fence, not written.
+            await assert_eventually(lambda: "shards lost" in paused.output or "commit fenced" in paused.output)
+            async with StateManager(namespace, address=other.address) as sm:
+                after = await sm.get_run(run_id)
+        assert done.status is RunStatus.SUCCESS
+        [merge] = [s for s in done.states if s.identifier == "merge"]
+        assert merge.outputs == [{"count": "200"}]
+        assert after.status is RunStatus.SUCCESS and len(after.states) == len(done.states) == 202
+        assert [(s.state_id, s.status, s.outputs) for s in after.states] == [
+            (s.state_id, s.status, s.outputs) for s in done.states
+        ]  # nothing the paused replica did after waking reached the database
+        assert "Traceback" not in paused.output
+    finally:
+        for proc in (paused, other):
+            if proc.proc is not None and proc.proc.poll() is None:
+                proc.stop()

@@ -26,7 +26,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from exosphere.errors import ConflictError, ConnectionFailedError, ExosphereError, RunNotFoundError
+from exosphere.errors import ConflictError, ExosphereError, RunNotFoundError
 
 from . import watches
 from .catalog import GraphCatalog
@@ -35,7 +35,7 @@ from .dispatch import Dispatcher
 from .graph import CompiledGraph
 from .machine import StateMachine
 from .models import GraphSpec, NodeSchema, RunRow, StateRow
-from .ownership import Shards
+from .ownership import NotOwnerError, Shards
 from .recovery import recover
 from .retries import ManualRetries
 from .runstate import Run, Session, State
@@ -356,7 +356,7 @@ class Engine:
 
     def _not_here(self, run_id: str) -> None:
         """A run that changes is changed by the owner of its shard only."""
-        raise ConnectionFailedError(f"run {run_id} belongs to a shard another scheduler replica owns; ask that one")
+        raise NotOwnerError(run_id, self.shards.owners.get(self.shards.of(run_id)))
 
     def _forget(self, run: Run) -> None:
         if self._table.runs.get(run.run_id) is not run:

@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
@@ -15,11 +16,11 @@ import grpc
 import pytest
 from pydantic import BaseModel
 
-from exosphere import BaseNode, GraphNodeModel, RunStatus, Runtime, StateManager, StateStatus
+from exosphere import BaseNode, GraphNodeModel, RetryPolicyModel, RunStatus, Runtime, StateManager, StateStatus
 from exosphere.v1 import scheduler_pb2, scheduler_pb2_grpc
 from server.cluster import rendezvous_owner
 from server.config import ServerConfig
-from tests.engine_nodes import Collect, Count, Sleeper
+from tests.engine_nodes import Collect, Count, Flaky, Sleeper
 from tests.helpers.pg import pg_dsn  # noqa: F401 - the fixture
 from tests.helpers.runtimes import RuntimeGroup
 from tests.helpers.servers import ServerProcess, serving
@@ -307,3 +308,41 @@ async def test_a_paused_replica_that_lost_its_lease_writes_nothing_when_it_resum
         for proc in (paused, other):
             if proc.proc is not None and proc.proc.poll() is None:
                 proc.stop()
+
+
+async def test_cancel_and_retry_reach_the_runs_owner_from_any_replica(
+    pg_dsn: str,  # noqa: F811
+    tmp_path: Path,
+    namespace: str,
+) -> None:
+    config = replica_config(pg_dsn, tmp_path)
+    async with serving(config) as a, serving(config) as b, RuntimeGroup() as group:
+        assert a.cluster is not None and b.cluster is not None
+        await b.cluster.tick()
+        await a.cluster.tick()
+        await group.start(
+            Runtime(namespace=namespace, name="rt", nodes=[Sleeper, Flaky], address=f"127.0.0.1:{a.port}")
+        )
+        await assert_eventually(lambda: len(b.engine.runtimes.connected(namespace)) == 1, timeout=10)
+        key = uuid.uuid4().hex
+        async with (
+            StateManager(namespace, address=f"127.0.0.1:{a.port}") as sm_a,
+            StateManager(namespace, address=f"127.0.0.1:{b.port}") as sm_b,
+        ):
+            node = GraphNodeModel(node_name="Sleeper", namespace=namespace, identifier="s", inputs={"key": key})
+            await sm_b.upsert_graph("sleepy", [node])
+            held = (await sm_b.trigger("sleepy")).run_id  # owned by b
+            await assert_eventually(lambda: key in Sleeper.started, timeout=10)
+            assert not a.engine.is_live(held)
+            cancelled = await sm_a.cancel_run(held)  # asked of a, done by b
+            assert cancelled.status is RunStatus.CANCELLED
+
+            flaky = GraphNodeModel(
+                node_name="Flaky", namespace=namespace, identifier="f", inputs={"key": key, "fails": "1"}
+            )
+            await sm_b.upsert_graph("flaky", [flaky], retry_policy=RetryPolicyModel(max_retries=0))
+            failed = await sm_b.wait((await sm_b.trigger("flaky")).run_id, timeout=20)
+            assert failed.status is RunStatus.FAILED
+            new_state = await sm_a.retry_state(failed.states[0].state_id, request_id="r1")  # forwarded to b
+            assert new_state.startswith(failed.run_id)
+            assert (await sm_a.wait(failed.run_id, timeout=20)).status is RunStatus.SUCCESS

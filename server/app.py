@@ -91,7 +91,9 @@ def _open_postgres(config: ServerConfig) -> Store:
         raise InvalidArgumentError(
             f"--db {config.db_label} needs the PostgreSQL driver: pip install 'exosphere[postgres]' ({exc})"
         ) from None
-    return PostgresStore(config.db, durable=config.durability == "full", shards=config.shards)
+    return PostgresStore(
+        config.db, durable=config.durability == "full", shards=config.shards, transaction_timeout=config.shard_lease
+    )
 
 
 class App:

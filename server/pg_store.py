@@ -253,12 +253,14 @@ class PostgresStore:
         pool_size: int = 4,
         connect_timeout: timedelta = timedelta(seconds=10),
         call_timeout: timedelta = timedelta(seconds=30),
+        transaction_timeout: timedelta = timedelta(seconds=5),
     ) -> None:
         self.dsn = dsn
         self.where = describe_dsn(dsn)
         self.durable = durable
         self._connect_timeout_s = connect_timeout.total_seconds()
         self._call_timeout_s = call_timeout.total_seconds()
+        self._transaction_timeout = transaction_timeout
         self._pool: _Pool | None = None
         # The database's shard count: ``shards`` when this call creates it, else what it was created with.
         self.shard_count = shards
@@ -317,7 +319,13 @@ class PostgresStore:
             max_size=pool_size,
             timeout=self._connect_timeout_s,
             command_timeout=self._call_timeout_s,
-            server_settings={"synchronous_commit": "on" if self.durable else "off"},
+            server_settings={
+                "synchronous_commit": "on" if self.durable else "off",
+                # A scheduler paused or cut off inside a commit must not keep its lease rows locked (a takeover would
+                # wait on them forever): PostgreSQL ends a transaction left idle this long, and the commit is fenced
+                # when it is tried again.
+                "idle_in_transaction_session_timeout": str(int(self._transaction_timeout.total_seconds() * 1000)),
+            },
             reset=_keep_session,
         )
         logger.info("postgres store open where=%s schema_version_found=%d", self.where, found)

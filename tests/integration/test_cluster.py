@@ -17,6 +17,7 @@ import pytest
 from pydantic import BaseModel
 
 from exosphere import BaseNode, GraphNodeModel, RetryPolicyModel, RunStatus, Runtime, StateManager, StateStatus
+from exosphere.errors import ConnectionFailedError
 from exosphere.v1 import scheduler_pb2, scheduler_pb2_grpc
 from server.cluster import rendezvous_owner
 from server.config import ServerConfig
@@ -346,3 +347,54 @@ async def test_cancel_and_retry_reach_the_runs_owner_from_any_replica(
             new_state = await sm_a.retry_state(failed.states[0].state_id, request_id="r1")  # forwarded to b
             assert new_state.startswith(failed.run_id)
             assert (await sm_a.wait(failed.run_id, timeout=20)).status is RunStatus.SUCCESS
+
+
+async def test_a_rolling_restart_of_three_replicas_under_load_loses_no_run(
+    pg_dsn: str,  # noqa: F811
+    tmp_path: Path,
+    namespace: str,
+) -> None:
+    env = {"EXOSPHERE_SECRETS_KEY_FILE": str(tmp_path / "secrets.key")}
+    args = ("--shards", str(SHARDS), "--shard-lease", "PT2S", "--log-level", "WARNING")
+    replicas = [ServerProcess(pg_dsn, *args, env=env).start() for _ in range(3)]
+    addresses = [r.address for r in replicas]
+    acknowledged: list[str] = []
+    try:
+        async with RuntimeGroup() as group:
+            for address in addresses[:2]:
+                await group.start(Runtime(namespace=namespace, name="rt", nodes=[Slowish], address=address))
+            async with StateManager(namespace, address=addresses[0]) as sm:
+                graph = [GraphNodeModel(node_name="Slowish", namespace=namespace, identifier="s", inputs={"item": "x"})]
+                await sm.upsert_graph("one", graph)
+
+            async def client(index: int, count: int) -> None:
+                managers = [StateManager(namespace, address=a) for a in addresses]
+                try:
+                    sent = 0
+                    while sent < count:
+                        sm = managers[(index + sent) % len(managers)]
+                        try:
+                            acknowledged.append((await sm.trigger("one")).run_id)
+                            sent += 1
+                        except ConnectionFailedError:  # that replica is restarting: another one takes it
+                            await asyncio.sleep(0.05)
+                finally:
+                    for sm in managers:
+                        await sm.close()
+
+            async def restart_each() -> None:
+                for i, proc in enumerate(replicas):
+                    await asyncio.sleep(1.0)
+                    assert await asyncio.to_thread(proc.stop) == 0  # SIGTERM: its shards move at once
+                    port = int(addresses[i].rpartition(":")[2])
+                    replicas[i] = await asyncio.to_thread(ServerProcess(pg_dsn, *args, port=port, env=env).start)
+
+            await asyncio.gather(*(client(i, 250) for i in range(4)), restart_each())
+            assert len(acknowledged) == 1_000
+            async with StateManager(namespace, address=addresses[2]) as sm:
+                for run_id in acknowledged:
+                    assert (await sm.wait(run_id, timeout=60)).status is RunStatus.SUCCESS, run_id
+    finally:
+        for proc in replicas:
+            if proc.proc is not None and proc.proc.poll() is None:
+                proc.stop()

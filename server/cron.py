@@ -318,6 +318,10 @@ class CronScheduler:
         known = [d for d in dues if d is not None]
         return min(known) / 1000 if known else None
 
+    def trigger_keys(self) -> list[str]:
+        """The key of every loaded trigger (its watermark's key, and what its shard is drawn from)."""
+        return sorted(self._triggers)
+
     def triggers(self) -> list[tuple[str, str, CronSpec]]:
         """(namespace, graph, trigger) of every loaded trigger."""
         return [(t.namespace, t.graph, t.spec) for t in self._triggers.values()]

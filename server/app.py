@@ -29,10 +29,10 @@ from .decode import DecodeInterceptor
 from .engine import Engine, EngineSettings
 from .forward import Forwarder
 from .runtime_api import RuntimeApi
-from .secrets import SecretBox, load_or_create_key, load_shared_key
+from .secrets import SecretBox, SecretsKeyError, load_or_create_key, load_shared_key
 from .sqlite_schema import check_path
 from .sqlite_store import SqliteStore
-from .store import InMemoryStore, Store
+from .store import InMemoryStore, Store, WriteBatch
 from .wire import decode_stored_schema
 
 if TYPE_CHECKING:
@@ -96,6 +96,25 @@ def _open_postgres(config: ServerConfig) -> Store:
     )
 
 
+# A value sealed with the cluster's secrets key by its first replica: a replica whose key cannot open it refuses
+# to join (it could not read the graphs' secrets the others saved, nor they its).
+_KEY_CHECK = "cluster:secrets-key-check"
+
+
+def check_shared_key(store: Store, box: SecretBox, where: str) -> None:
+    sealed = store.get_kv(_KEY_CHECK)
+    if sealed is None:
+        store.write(WriteBatch(kv={_KEY_CHECK: box.encrypt("exosphere", _KEY_CHECK)}))
+        return
+    try:
+        box.decrypt(sealed, _KEY_CHECK)
+    except SecretsKeyError:
+        raise InvalidArgumentError(
+            f"the secrets key given to this scheduler is not the key of the cluster on {where} (the first replica's "
+            "EXOSPHERE_SECRETS_KEY); give every replica the same key"
+        ) from None
+
+
 class App:
     """The scheduler: ``await App(config).start()`` serves on ``config.host:config.port`` (port 0 picks one)."""
 
@@ -124,6 +143,8 @@ class App:
                 # missing one is said before connecting. PostgreSQL itself serializes them (no lock file).
                 key = load_shared_key(given_key_file, config.db_label)
                 store = _open_postgres(config)
+                undo.callback(store.close)
+                check_shared_key(store, SecretBox(key), config.db_label)
             else:
                 if store is None:
                     # One scheduler per SQLite file (server/dblock.py); a store given by the caller is the caller's

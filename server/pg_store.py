@@ -85,6 +85,8 @@ _UNAVAILABLE = (
     asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
+    # The server ended a transaction left idle too long (a scheduler paused mid-commit): try it again, fenced.
+    asyncpg.exceptions.IdleInTransactionSessionTimeoutError,
 )
 # Errors that are only possible while connecting: a wrong database name, user or password.
 _CONNECT_REFUSED = (
@@ -297,6 +299,15 @@ class PostgresStore:
             raise
         except _UNAVAILABLE as exc:
             raise DatabaseUnavailableError(self.where, f"{type(exc).__name__}: {exc}") from exc
+        except asyncpg.InterfaceError as exc:
+            if "connection is closed" not in str(exc):  # any other interface error is a bug, not an outage
+                raise
+            raise DatabaseUnavailableError(self.where, f"the connection was closed: {exc}") from exc
+        except asyncpg.exceptions.InternalClientError as exc:
+            # Seen when the server ends a session while asyncpg is mid-statement on it (a scheduler paused inside a
+            # commit, its transaction ended by idle_in_transaction_session_timeout): the work is undone, so it is
+            # tried again (on a fresh connection, under the same fence) like any outage.
+            raise DatabaseUnavailableError(self.where, f"the connection broke: {exc}") from exc
 
     async def _open(self, pool_size: int) -> _Pool:
         try:

@@ -17,8 +17,9 @@ import pytest
 from pydantic import BaseModel
 
 from exosphere import BaseNode, GraphNodeModel, RetryPolicyModel, RunStatus, Runtime, StateManager, StateStatus
-from exosphere.errors import ConnectionFailedError
+from exosphere.errors import ConnectionFailedError, InvalidArgumentError
 from exosphere.v1 import scheduler_pb2, scheduler_pb2_grpc
+from server.app import App
 from server.cluster import rendezvous_owner
 from server.config import ServerConfig
 from tests.engine_nodes import Collect, Count, Flaky, Sleeper
@@ -398,3 +399,11 @@ async def test_a_rolling_restart_of_three_replicas_under_load_loses_no_run(
         for proc in replicas:
             if proc.proc is not None and proc.proc.poll() is None:
                 proc.stop()
+
+
+async def test_a_replica_with_another_secrets_key_refuses_to_join(pg_dsn: str, tmp_path: Path) -> None:  # noqa: F811
+    async with serving(replica_config(pg_dsn, tmp_path)):
+        other = replica_config(pg_dsn, tmp_path / "elsewhere")
+        (tmp_path / "elsewhere").mkdir()
+        with pytest.raises(InvalidArgumentError, match="not the key of the cluster"):
+            App(other)

@@ -22,7 +22,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from exosphere.models import GraphModel, RunModel, RunStatus, StateModel, StateStatus
+from exosphere.models import GraphModel, RunModel, RunStatus, RuntimeModel, StateModel, StateStatus
 
 __all__ = [
     "RunProgress",
@@ -33,6 +33,8 @@ __all__ = [
     "run_list_table",
     "run_status_text",
     "run_view",
+    "runtime_list_table",
+    "waiting_text",
 ]
 
 STATE_STYLES: dict[str, str] = {
@@ -215,6 +217,8 @@ def run_view(run: RunModel) -> RenderableType:
     if run.store:
         rows.append(("Store", _pairs(run.store)))
     rows.append(("States", counts_text(run.state_counts) if run.state_counts else str(len(run.states))))
+    if run.waiting_for_runtime:
+        rows.append(("Waiting", waiting_text(run)))
     table = Table(title="States", title_justify="left")
     for column in ("Identifier", "Node", "Status", "Attempt", "Inputs", "Outputs", "Error", "State id"):
         table.add_column(column)
@@ -248,6 +252,7 @@ class RunProgress:
         )
         self._task: TaskID | None = None
         self._seen: dict[str, StateStatus] = {}
+        self._waiting: list[str] = []
 
     def __enter__(self) -> Self:
         return self
@@ -274,6 +279,9 @@ class RunProgress:
                     line.append(f"  {_error(state)}", style="red")
                 self._progress.console.print(line, soft_wrap=True)
             self._seen[state.state_id] = state.status
+        if run.waiting_for_runtime and run.waiting_for_runtime != self._waiting:
+            self._progress.console.print(waiting_text(run), soft_wrap=True)
+        self._waiting = run.waiting_for_runtime
         total = sum(run.state_counts.values())
         done = sum(n for status, n in run.state_counts.items() if status not in LIVE_STATES)
         description = Text.assemble(f"{run.run_id} ", run_status_text(run.status))
@@ -284,3 +292,40 @@ class RunProgress:
             completed=done,
             counts=counts_text(run.state_counts).markup,
         )
+
+
+def waiting_text(run: RunModel) -> Text:
+    """Why a run does not move: nodes it has states ready for that no connected runtime hosts."""
+    names = ", ".join(run.waiting_for_runtime)
+    return Text(f"waiting for a runtime: no connected runtime hosts {names}", style="yellow")
+
+
+# ---------------------------------------------------------------------- runtimes
+
+
+def _ago(value: datetime | None) -> str:
+    if value is None:
+        return "-"
+    seconds = max(0.0, (datetime.now(tz=value.tzinfo) - value).total_seconds())
+    return f"{seconds:.1f}s ago" if seconds < 60 else f"{seconds / 60:.0f}m ago"
+
+
+def runtime_list_table(runtimes: Sequence[RuntimeModel]) -> Table:
+    """One row per connected runtime; nodes one per line, so the table fits 80 columns."""
+    table = Table()
+    for column in ("Runtime", "Namespace", "Nodes", "Credit", "Connected", "Heard"):
+        table.add_column(column)
+    for r in sorted(runtimes, key=lambda r: (r.namespace, r.runtime_name, r.runtime_id)):
+        name = Text(r.runtime_name)
+        name.append(f"\n{r.runtime_id}", style="dim")
+        if r.draining:
+            name.append("\ndraining", style="yellow")
+        table.add_row(
+            name,
+            r.namespace,
+            "\n".join(r.node_names),
+            f"{r.in_flight}/{r.max_concurrency}",
+            _time(r.connected_at),
+            _ago(r.last_heartbeat),
+        )
+    return table

@@ -14,6 +14,7 @@ from exosphere.models import (
     RetryStrategyEnum,
     RunModel,
     RunStatus,
+    RuntimeModel,
     StateModel,
     StateStatus,
     StoreConfigModel,
@@ -171,4 +172,20 @@ def run_from_pb(run: scheduler_pb2.Run, states: Any = ()) -> RunModel:
         store=dict(run.store),
         graph_version=run.graph_version,
         states=[state_from_pb(s) for s in states],
+        waiting_for_runtime=list(run.waiting_for_runtime),
+    )
+
+
+def runtime_from_pb(r: scheduler_pb2.RuntimeInfo) -> RuntimeModel:
+    return RuntimeModel(
+        runtime_id=r.runtime_id,
+        runtime_name=r.runtime_name,
+        namespace=r.namespace,
+        node_names=list(r.node_names),
+        max_concurrency=r.max_concurrency,
+        in_flight=r.in_flight,
+        connected_at=_ts(r.connected_at_unix_ms),
+        last_heartbeat=_ts(r.last_heartbeat_unix_ms),
+        sdk_version=r.sdk_version,
+        draining=r.draining,
     )

@@ -10,7 +10,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from exosphere._channel import metadata, open_channel, translate_errors
-from exosphere._wire import graph_from_pb, graph_to_pb, run_from_pb, state_from_pb
+from exosphere._wire import graph_from_pb, graph_to_pb, run_from_pb, runtime_from_pb, state_from_pb
 from exosphere.config import ClientConfig
 from exosphere.errors import ExosphereTimeoutError, InvalidArgumentError
 from exosphere.models import (
@@ -20,6 +20,7 @@ from exosphere.models import (
     RetryPolicyModel,
     RunModel,
     RunStatus,
+    RuntimeModel,
     StateModel,
     StoreConfigModel,
     TriggerResponse,
@@ -309,3 +310,13 @@ class StateManager:
                 pb.ListNodesRequest(namespace=self.namespace), metadata=self._metadata, timeout=CALL_TIMEOUT_S
             )
         return [n.name for n in response.nodes]
+
+    async def list_runtimes(self, *, all_namespaces: bool = False) -> list[RuntimeModel]:
+        """The runtimes connected now: of this namespace, or of every namespace the API key may see."""
+        async with translate_errors():
+            response = await self._api().ListRuntimes(
+                pb.ListRuntimesRequest(namespace="" if all_namespaces else self.namespace),
+                metadata=self._metadata,
+                timeout=CALL_TIMEOUT_S,
+            )
+        return [runtime_from_pb(r) for r in response.runtimes]

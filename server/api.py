@@ -175,7 +175,8 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
         async with status_from_errors(context):
             self._auth.check(context, request.namespace)
             nodes = self._engine.runtimes.nodes_of(request.namespace)
-        return pb.ListNodesResponse(nodes=[schema_to_pb(n) for n in nodes])
+            online = sorted(self._engine.runtimes.hosted(request.namespace))
+        return pb.ListNodesResponse(nodes=[schema_to_pb(n) for n in nodes], online=online)
 
     async def ListNamespaces(self, request: pb.ListNamespacesRequest, context: Ctx) -> pb.ListNamespacesResponse:
         async with status_from_errors(context):
@@ -202,6 +203,8 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
                     in_flight=len(s.in_flight),
                     connected_at_unix_ms=s.connected_at_ms,
                     sdk_version=s.sdk_version,
+                    last_heartbeat_unix_ms=self._engine.runtimes.last_heard_ms(s),
+                    draining=s.draining,
                 )
                 for s in sessions
             ]

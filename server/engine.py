@@ -55,6 +55,7 @@ KIND_ERRORED = ResultKind.ERRORED
 KIND_EXECUTED = ResultKind.EXECUTED
 KIND_PRUNED = ResultKind.PRUNED
 QUEUED = StateStatus.QUEUED
+CREATED = StateStatus.CREATED
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,6 +251,7 @@ class Engine:
             if page_size:
                 states = states[:page_size]
             run.state_counts = run.counts()
+            run.waiting_for_runtime = self.runtimes.waiting_for_runtime(run)
             return run, states, states[-1].seq if states else -1
         row = self._store.get_run(run_id)
         if row is None:
@@ -265,6 +267,7 @@ class Engine:
             live = self._table.runs.get(row.run_id)
             if live is not None:
                 live.state_counts = live.counts()
+                live.waiting_for_runtime = self.runtimes.waiting_for_runtime(live)
                 rows[i] = live
         return rows
 
@@ -275,8 +278,12 @@ class Engine:
             row, states, _ = self.get_run(run_id)
             yield row, states
             return
-        async for event in watches.follow(run):
-            yield event
+        async for row, states in watches.follow(run):
+            # Counted only while the run has CREATED states (the counts are refreshed at most every 50 ms).
+            if row.state_counts.get(CREATED, 0) or run.waiting_for_runtime:
+                run.waiting_for_runtime = self.runtimes.waiting_for_runtime(run)
+            row.waiting_for_runtime = run.waiting_for_runtime
+            yield row, states
 
     async def cancel_run(self, run_id: str) -> RunRow:
         run = self._table.runs.get(run_id)

@@ -144,3 +144,5 @@ class RunRow:
     created_at_ms: int = 0
     updated_at_ms: int = 0
     state_counts: dict[str, int] = field(default_factory=dict)
+    # Nodes the run has states ready for that no connected runtime hosts (not stored: computed when read).
+    waiting_for_runtime: list[str] = field(default_factory=list)

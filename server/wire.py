@@ -254,6 +254,7 @@ def run_to_pb(run: RunRow) -> scheduler_pb2.Run:
         state_counts=run.state_counts,
         store=run.store,
         graph_version=run.graph_version,
+        waiting_for_runtime=run.waiting_for_runtime,
     )
 
 

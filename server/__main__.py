@@ -28,7 +28,10 @@ logger = logging.getLogger("server")
 STANDBY_POLL_S = 0.25
 
 # The scheduler's own dependencies (the `server` extra), beyond the SDK's.
-SERVER_MODULES = ("croniter", "cryptography", "grpc_health", "grpc_reflection", "yaml")
+SERVER_MODULES = (
+    *("croniter", "cryptography", "grpc_health", "grpc_reflection", "yaml"),
+    *("starlette", "uvicorn", "prometheus_client"),
+)
 
 
 def _version() -> str:
@@ -64,6 +67,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--heartbeat-interval", help="runtime heartbeat interval, e.g. PT1S")
     p.add_argument("--default-timeout", help="state timeout when neither node nor graph sets one, e.g. PT30M")
     p.add_argument("--log-level", default=os.environ.get("EXOSPHERE_LOG_LEVEL", "INFO"))
+    p.add_argument(
+        "--http-port",
+        type=int,
+        help="dashboard and /metrics port (default 8080, or a free one with --port 0; 0 picks one; -1 turns it off; "
+        "env EXOSPHERE_HTTP_PORT)",
+    )
+    p.add_argument("--no-http", action="store_true", help="serve no dashboard and no /metrics")
     return p
 
 
@@ -100,6 +110,8 @@ async def _serve(config: ServerConfig) -> int:
     await app.start()
     # A line scripts can wait for; the log line says the same for humans.
     print(f"exosphere-server listening on {config.host}:{app.port}", flush=True)  # noqa: T201
+    if app.http_url is not None:
+        print(f"exosphere-server dashboard on {app.http_url}", flush=True)  # noqa: T201
     try:
         stopped = asyncio.ensure_future(stop.wait())
         failed = asyncio.ensure_future(app.failed.wait())
@@ -140,6 +152,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             lease=args.lease,
             heartbeat_interval=args.heartbeat_interval,
             default_timeout=args.default_timeout,
+            http_port=-1 if args.no_http else args.http_port,
         )
     except ValueError as exc:
         print(f"exosphere-server: invalid configuration: {exc}", file=sys.stderr)  # noqa: T201

@@ -24,11 +24,13 @@ from server.config import ServerConfig
 from server.cron import CronScheduler
 from server.dblock import DatabaseLock
 from server.engine import Engine, EngineSettings
+from server.metrics import RpcCounter
 from server.runtime_api import RuntimeApi
 from server.secrets import SecretBox, load_or_create_key
 from server.sqlite_schema import check_path
 from server.sqlite_store import SqliteStore
 from server.store import InMemoryStore, Store
+from server.web import HttpServer
 from server.wire import decode_stored_schema
 
 __all__ = ["App"]
@@ -133,6 +135,10 @@ class App:
         self._stopped = False
         self._health = health.aio.HealthServicer()
         self.port = 0
+        # The dashboard and /metrics (server/web); http_port stays 0 when HTTP is off.
+        self.rpcs = RpcCounter()
+        self._http: HttpServer | None = None
+        self.http_port = 0
 
     @property
     def address(self) -> str:
@@ -150,7 +156,7 @@ class App:
         await self.engine.start()
         await self.cron.start()
         server = grpc.aio.server(
-            interceptors=[AuthInterceptor(self.auth)],
+            interceptors=[self.rpcs, AuthInterceptor(self.auth)],
             options=[
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -182,10 +188,26 @@ class App:
             raise OSError(f"could not bind {target}")
         await server.start()
         self._started = True
+        http_port = self.config.http_port_to_bind()
+        if http_port is not None:
+            tls = (self.config.tls_cert, self.config.tls_key) if self.config.tls_cert and self.config.tls_key else None
+            self._http = HttpServer(self.engine, self.auth, self.rpcs, tls=tls)
+            self.http_port = await self._http.start(self.config.host, http_port)
         for service in ("", "exosphere.v1.SchedulerService", "exosphere.v1.RuntimeService"):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         logger.info("exosphere-server listening on %s:%d db=%s", self.config.host, self.port, self.config.db)
+        if self._http is not None:
+            logger.info("dashboard and /metrics on %s", self.http_url)
         return self.port
+
+    @property
+    def http_url(self) -> str | None:
+        """Where the dashboard is served, or None when HTTP is off."""
+        if self._http is None:
+            return None
+        scheme = "https" if self._tls_pair is not None else "http"
+        host = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
+        return f"{scheme}://{host}:{self.http_port}/"
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting, let calls finish within ``grace`` seconds, commit, close the store. Idempotent."""
@@ -199,6 +221,8 @@ class App:
         self._stopped = True
         self._server = None
         try:
+            if self._http is not None:
+                await self._http.stop()
             if server is not None and self._started:
                 await self._health.enter_graceful_shutdown()
                 self.engine.runtimes.close_all("scheduler shutting down")

@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import time
 import uuid
 from collections.abc import Callable
 
 from exosphere.errors import InternalError
+from server.observe import Tally
 from server.runstate import Run, State
 from server.store import Store, WriteBatch
 
@@ -40,8 +42,11 @@ class GroupCommit:
         loop: Callable[[], asyncio.AbstractEventLoop | None],
         on_committed: Callable[[list[State], list[Run]], None],
         on_failed: Callable[[BaseException], None],
+        *,
+        tally: Tally | None = None,
     ) -> None:
         self._store = store
+        self._tally = tally or Tally()
         self._loop = loop
         self._on_committed = on_committed
         self._on_failed = on_failed
@@ -131,9 +136,10 @@ class GroupCommit:
         else:
             future = self._writer.submit(_noop)
         self._pending += 1
+        started = time.perf_counter()
 
         def done(f: concurrent.futures.Future[None]) -> None:
-            loop.call_soon_threadsafe(self._done, f, waiters, changed, finished)
+            loop.call_soon_threadsafe(self._done, f, waiters, changed, finished, started)
 
         future.add_done_callback(done)
 
@@ -143,6 +149,7 @@ class GroupCommit:
         waiters: list[asyncio.Future[None]],
         changed: list[State],
         finished: list[Run],
+        started: float,
     ) -> None:
         self._pending -= 1
         if self._deferred:
@@ -155,6 +162,8 @@ class GroupCommit:
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
+        if changed:
+            self._tally.committed((time.perf_counter() - started) * 1000, changed)
         self._on_committed(changed, finished)
 
     def _failed(self, exc: BaseException, waiters: list[asyncio.Future[None]], count: int) -> None:

@@ -9,7 +9,9 @@ from typing import ClassVar, Literal, Self
 
 from pydantic import BaseModel, ConfigDict
 
-__all__ = ["ServerConfig"]
+__all__ = ["DEFAULT_HTTP_PORT", "ServerConfig"]
+
+DEFAULT_HTTP_PORT = 8080
 
 
 class ServerConfig(BaseModel):
@@ -28,6 +30,7 @@ class ServerConfig(BaseModel):
         "EXOSPHERE_LEASE": "lease",
         "EXOSPHERE_DEFAULT_TIMEOUT": "default_timeout",
         "EXOSPHERE_STANDBY": "standby",
+        "EXOSPHERE_HTTP_PORT": "http_port",
     }
     host: str = "127.0.0.1"
     port: int = 50051
@@ -49,6 +52,15 @@ class ServerConfig(BaseModel):
     shutdown_grace: timedelta = timedelta(seconds=10)
     # SQLite: wait for the scheduler holding the database to stop, then take over (instead of refusing to start).
     standby: bool = False
+    # The dashboard and /metrics (server/web). None: 8080, or a free port when `port` is 0 (tests, scripts);
+    # 0 picks a free one; -1 turns HTTP off.
+    http_port: int | None = None
+
+    def http_port_to_bind(self) -> int | None:
+        """The HTTP port to bind (0: any free one), or None when HTTP is off."""
+        if self.http_port is None:
+            return 0 if self.port == 0 else DEFAULT_HTTP_PORT
+        return None if self.http_port < 0 else self.http_port
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ, **overrides: object) -> Self:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from exosphere.errors import ConflictError, ExosphereError, RunNotFoundError
@@ -34,6 +34,7 @@ from server.dispatch import Dispatcher
 from server.graph import CompiledGraph
 from server.machine import StateMachine
 from server.models import GraphSpec, NodeSchema, RunRow, StateRow
+from server.observe import Tally
 from server.recovery import recover
 from server.retries import ManualRetries
 from server.runstate import Run, Session, State
@@ -101,10 +102,16 @@ class Engine:
         self._decode_schema = decode_schema
         self._clock = clock
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._commit = GroupCommit(store, lambda: self._loop, self._after_commit, self._commit_failed)
+        # Counted on the hot path in batches, read by /metrics (server/observe.py, server/metrics.py).
+        self.tally = Tally()
+        self._commit = GroupCommit(store, lambda: self._loop, self._after_commit, self._commit_failed, tally=self.tally)
         self._table = RunTable(self._commit)
         self._dispatcher = Dispatcher(
-            self._table, loop=lambda: self._loop, clock=clock, default_timeout_ms=settings.default_timeout_ms
+            self._table,
+            loop=lambda: self._loop,
+            clock=clock,
+            default_timeout_ms=settings.default_timeout_ms,
+            tally=self.tally,
         )
         # Runtime sessions and registered nodes: the runtime stream calls it directly.
         self.runtimes = Sessions(store, self._table, self._dispatcher, clock=clock, lease_ms=settings.lease_ms)
@@ -154,11 +161,23 @@ class Engine:
     def namespaces(self) -> list[str]:
         return sorted({ns for ns, _ in self.runtimes.nodes} | self.catalog.namespaces())
 
+    def live_states(self) -> Iterable[State]:
+        """Every state of the runs held in memory (pending, or ended and not yet forgotten)."""
+        return self._table.states.values()
+
+    def live_runs(self) -> Iterable[Run]:
+        return self._table.runs.values()
+
+    def queue_depths(self) -> dict[tuple[str, str], int]:
+        """Ready states waiting for credit, by (namespace, node)."""
+        return self._dispatcher.depths()
+
     def handle_results(self, session: Session, results: Sequence[ResultIn]) -> None:
         """Apply a batch of results; each frees one credit of the session."""
         session.last_seen = time.monotonic()
         now = self._clock()
         machine, in_flight = self._machine, session.in_flight
+        answered: list[State] = []
         for result in results:
             state = in_flight.get(result.dispatch_id)
             if state is None or state.state_id != result.state_id:
@@ -169,6 +188,7 @@ class Engine:
                 self.ignored_results += 1  # cancelled or timed out meanwhile: only the credit returns
                 continue
             state.session = None
+            answered.append(state)
             kind = result.kind
             if kind == KIND_EXECUTED:
                 machine.executed(state, result.outputs, result.store_writes, now)
@@ -179,6 +199,8 @@ class Engine:
                 machine.pruned(state, result.pruned_data, now)
             else:
                 machine.requeued(state, result.delay_ms, now)
+        if answered:
+            self.tally.executed(session.namespace, now, answered)
         self._dispatcher.schedule()
 
     # ================================================================== graphs

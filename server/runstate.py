@@ -26,6 +26,10 @@ class State(StateRow):
     session: Session | None = None
     dispatch_id: int = 0
     deadline_ms: int = 0
+    # When it was last handed to a runtime (ms): execution time is measured from here.
+    dispatched_at_ms: int = 0
+    # The status last counted for /metrics (server/observe.py): a state committed again unchanged counts once.
+    counted_status: str = ""
     # Set on states that merge nodes wait for: open descendants, whether one failed, merges created.
     open_descendants: int = 0
     descendant_failed: bool = False

@@ -145,12 +145,13 @@ class RunTable:
             state.run_at_ms = run_at_ms
         self._commit.mark(state)
 
-    def dispatched(self, state: State, session: Session, dispatch_id: int, deadline_ms: int) -> None:
+    def dispatched(self, state: State, session: Session, dispatch_id: int, deadline_ms: int, now: int) -> None:
         """CREATED → QUEUED: handed to a runtime. Not committed: after a crash it runs again (at-least-once)."""
         state.status = QUEUED
         state.session = session
         state.dispatch_id = dispatch_id
         state.deadline_ms = deadline_ms
+        state.dispatched_at_ms = now
         session.in_flight[dispatch_id] = state
 
     def undispatched(self, state: State) -> None:

@@ -99,15 +99,15 @@ class SchedulerMetrics:
                 states.add_metric([namespace, node, status], n)
         yield states
 
-        changes = CounterMetricFamily(
-            "exosphere_state_changes",
-            "States committed with this status (several changes within one commit count once, under the last).",
+        finished = CounterMetricFamily(
+            "exosphere_states_finished",
+            "States that reached a final status (SUCCESS, ERRORED, PRUNED, ...), once committed.",
             labels=[*NODE_LABELS, "status"],
         )
-        for (namespace, node, status), n in sorted(tally.state_changes.items()):
+        for (namespace, node, status), n in sorted(tally.states_finished.items()):
             if allowed(namespace):
-                changes.add_metric([namespace, node, str(status)], n)
-        yield changes
+                finished.add_metric([namespace, node, str(status)], n)
+        yield finished
 
         runs = GaugeMetricFamily("exosphere_runs_pending", "Runs not finished yet.", labels=["namespace"])
         pending = Counter(r.namespace for r in engine.live_runs() if r.pending)

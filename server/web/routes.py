@@ -34,9 +34,6 @@ __all__ = ["Routes"]
 EVENT_INTERVAL_S = 0.2
 # States listed with a run (the DAG shows counts per node, so a 10,000-way fan-out is not 10,000 rows).
 RUN_STATES_LIMIT = 200
-FINAL_STATES = frozenset(
-    {StateStatus.SUCCESS, StateStatus.ERRORED, StateStatus.PRUNED, StateStatus.CANCELLED, StateStatus.TIMEDOUT}
-)
 _HTTP_STATUS = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,
     grpc.StatusCode.NOT_FOUND: 404,
@@ -168,8 +165,7 @@ class Routes:
 
     def _states_per_second(self) -> float:
         """States finished per second, scheduler-wide, between this call and one about 10 s before."""
-        changes = self._engine.tally.state_changes
-        done = sum(n for (_, _, status), n in changes.items() if status in FINAL_STATES)
+        done = sum(self._engine.tally.states_finished.values())
         now = time.monotonic()
         samples = self._finished
         samples.append((now, done))

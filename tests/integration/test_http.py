@@ -58,7 +58,7 @@ async def test_metrics_count_states_dispatch_execution_commits_runtimes_and_rpcs
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
     text = response.text
     node = {"namespace": namespace, "node": "Echo"}
-    assert sample(text, "exosphere_state_changes_total", status="SUCCESS", **node) == 3
+    assert sample(text, "exosphere_states_finished_total", status="SUCCESS", **node) == 3
     assert sample(text, "exosphere_dispatch_wait_seconds_count", **node) == 3
     assert sample(text, "exosphere_execution_seconds_count", **node) == 3
     assert (sample(text, "exosphere_execution_seconds_sum", **node) or 0) >= 0

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import tomllib
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -123,3 +124,33 @@ def test_license_file_is_the_declared_apache_2() -> None:
     for clause in ("1. Definitions.", "9. Accepting Warranty or Additional Liability.", "END OF TERMS AND CONDITIONS"):
         assert clause in text
     assert not [c for c in PROJECT["classifiers"] if c.startswith("License ::")]  # PEP 639: the expression says it
+
+
+@pytest.mark.slow
+def test_the_wheel_ships_the_dashboard_assets(tmp_path: Path) -> None:
+    """The dashboard needs no internet at run time: its page, script, style and the vendored libraries are in the
+    wheel."""
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    [wheel] = tmp_path.glob("exosphere-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    static = "server/web/static"
+    for asset in ("index.html", "app.js", "style.css", "vendor/cytoscape.min.js", "vendor/dagre.min.js"):
+        assert f"{static}/{asset}" in names, asset
+    assert f"{static}/vendor/cytoscape-dagre.js" in names
+    page = (ROOT / static / "index.html").read_text()
+    assert not re.search(r"(src|href)=\"https?://", page), "the page must not load anything from the internet"

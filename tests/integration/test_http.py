@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from exosphere import RunStatus, Runtime, StateManager
+from exosphere import RunNotFoundError, RunStatus, Runtime, StateManager
 from server.app import App
 from server.config import ServerConfig
 from tests.helpers.graphs import gnode
@@ -53,6 +53,8 @@ async def test_metrics_count_states_dispatch_execution_commits_runtimes_and_rpcs
     for _ in range(3):
         run = await state_manager.trigger_and_wait("one", timeout=10)
         assert run.status is RunStatus.SUCCESS
+    with pytest.raises(RunNotFoundError):
+        await state_manager.get_run("no-such-run")
     async with http_client(app) as client:
         response = await client.get("/metrics")
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
@@ -71,6 +73,7 @@ async def test_metrics_count_states_dispatch_execution_commits_runtimes_and_rpcs
     assert (sample(text, "exosphere_commits_total") or 0) >= 3
     assert (sample(text, "exosphere_commit_seconds_count") or 0) >= 3
     assert sample(text, "exosphere_rpcs_total", method="/exosphere.v1.SchedulerService/UpsertGraph", code="OK") == 1
+    assert sample(text, "exosphere_rpcs_total", method="/exosphere.v1.SchedulerService/GetRun", code="NOT_FOUND") == 1
     assert sample(text, "exosphere_queue_depth", **node) in (None, 0)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import traceback
 from typing import Any
 
@@ -11,6 +12,8 @@ from pydantic import BaseModel, ValidationError
 from exosphere.node import BaseNode
 from exosphere.signals import PruneSignal, ReQueueAfterSignal
 from exosphere.v1 import common_pb2, runtime_pb2
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["execute_item"]
 
@@ -102,6 +105,10 @@ async def execute_item(node_cls: type[BaseNode], item: runtime_pb2.Execute) -> r
         result.requeue_after.delay_ms = max(1, int(signal.delay.total_seconds() * 1000))
         return result
     except Exception as exc:  # a node failing is a result, not a crash of the runtime
+        logger.warning(
+            "execution failed node=%s state_id=%s attempt=%d error_type=%s",
+            node_cls.__name__, item.state_id, item.attempt, type(exc).__name__, exc_info=True,
+        )  # fmt: skip
         return _errored(result, type(exc).__name__, str(exc) or repr(exc), traceback.format_exc(limit=20))
     executed = result.executed
     executed.SetInParent()  # no outputs is still an outcome: the state succeeded with none

@@ -68,6 +68,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--default-timeout", help="state timeout when neither node nor graph sets one, e.g. PT30M")
     p.add_argument("--log-level", default=os.environ.get("EXOSPHERE_LOG_LEVEL", "INFO"))
     p.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=os.environ.get("EXOSPHERE_LOG_FORMAT", "text"),
+        help="text, or json: one object per line (env EXOSPHERE_LOG_FORMAT)",
+    )
+    p.add_argument(
         "--http-port",
         type=int,
         help="dashboard and /metrics port (default 8080, or a free one with --port 0; 0 picks one; -1 turns it off; "
@@ -137,6 +143,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if args.log_format == "json":
+        from server.logformat import JsonFormatter
+
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonFormatter())
     try:
         config = ServerConfig.from_env(
             host=args.host,

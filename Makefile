@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[server,cli,dev]'
+	$(PY) -m pip install -q -e '.[server,cli,dev,otel]'
 	touch $(STAMP)
 
 install: $(STAMP) ## create .venv with the package and dev tools

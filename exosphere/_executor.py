@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from exosphere._tracing import execution_span, record_result
 from exosphere.node import BaseNode
 from exosphere.signals import PruneSignal, ReQueueAfterSignal
 from exosphere.v1 import common_pb2, runtime_pb2
@@ -73,6 +74,16 @@ def _outputs_list(node_cls: type[BaseNode], returned: Any) -> list[dict[str, str
 
 async def execute_item(node_cls: type[BaseNode], item: runtime_pb2.Execute) -> runtime_pb2.Result:
     """Execute one state. Never raises except ``CancelledError``: every failure becomes an errored result."""
+    if not item.traceparent:  # the scheduler does not trace: no span, one check
+        return await _execute_item(node_cls, item)
+    with execution_span(item) as span:
+        result = await _execute_item(node_cls, item)
+        if span is not None:
+            record_result(span, result)
+        return result
+
+
+async def _execute_item(node_cls: type[BaseNode], item: runtime_pb2.Execute) -> runtime_pb2.Result:
     result = runtime_pb2.Result(state_id=item.state_id, attempt=item.attempt, dispatch_id=item.dispatch_id)
     node = node_cls()
     try:

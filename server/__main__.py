@@ -11,7 +11,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from exosphere.errors import ExosphereError
@@ -80,6 +80,12 @@ def _parser() -> argparse.ArgumentParser:
         "env EXOSPHERE_HTTP_PORT)",
     )
     p.add_argument("--no-http", action="store_true", help="serve no dashboard and no /metrics")
+    p.add_argument(
+        "--otel",
+        action="store_true",
+        help="OpenTelemetry traces of triggers and dispatches, exported over OTLP (OTEL_EXPORTER_OTLP_ENDPOINT; "
+        "the otel extra; env EXOSPHERE_OTEL)",
+    )
     return p
 
 
@@ -133,6 +139,22 @@ async def _serve(config: ServerConfig) -> int:
     return 0
 
 
+def _setup_tracing() -> Callable[[], None]:
+    """The global tracer provider, exporting over OTLP/gRPC (configured by the standard OTEL_* variables)."""
+    try:
+        from opentelemetry import trace
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    except ImportError as exc:
+        sys.exit(f"exosphere-server --otel needs the otel extra: pip install 'exosphere[otel]' ({exc})")
+    provider = TracerProvider(resource=Resource.create({"service.name": "exosphere-server"}))
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(provider)
+    return provider.shutdown
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     missing = [name for name in SERVER_MODULES if importlib.util.find_spec(name) is None]
@@ -164,6 +186,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             heartbeat_interval=args.heartbeat_interval,
             default_timeout=args.default_timeout,
             http_port=-1 if args.no_http else args.http_port,
+            otel=args.otel or None,
         )
     except ValueError as exc:
         print(f"exosphere-server: invalid configuration: {exc}", file=sys.stderr)  # noqa: T201
@@ -173,12 +196,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         import uvloop
 
         loop_factory = uvloop.new_event_loop
+    shutdown_tracing = _setup_tracing() if config.otel else None
     try:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
             code = runner.run(_serve(config))
     except (ExosphereError, StoreError, OSError) as exc:
         print(f"exosphere-server: {exc}", file=sys.stderr)  # noqa: T201
         sys.exit(1)
+    finally:
+        if shutdown_tracing is not None:
+            shutdown_tracing()  # flushes the spans still batched
     sys.exit(code)
 
 

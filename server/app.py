@@ -8,7 +8,7 @@ import ipaddress
 import logging
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 import grpc
 from cryptography import x509
@@ -32,6 +32,9 @@ from server.sqlite_store import SqliteStore
 from server.store import InMemoryStore, Store
 from server.web import HttpServer
 from server.wire import decode_stored_schema
+
+if TYPE_CHECKING:
+    from server.tracing import Tracing
 
 __all__ = ["App"]
 
@@ -76,6 +79,14 @@ def _read_pair(key: str, cert: str) -> tuple[bytes, bytes]:
     if private_key.public_key().public_bytes(*spki) != chain[0].public_key().public_bytes(*spki):
         raise InvalidArgumentError(f"TLS key {key} does not match the first certificate in {cert}")
     return key_pem, cert_pem
+
+
+def _tracing() -> Tracing:
+    try:
+        from server.tracing import Tracing
+    except ImportError as exc:
+        raise InvalidArgumentError(f"--otel needs the otel extra: pip install 'exosphere[otel]' ({exc})") from None
+    return Tracing()
 
 
 class App:
@@ -125,6 +136,8 @@ class App:
             ),
             decode_schema=decode_stored_schema,
         )
+        if config.otel:
+            self.engine.enable_tracing(_tracing())
         self.cron = CronScheduler(self.engine)
         self.engine.on_graph_saved = self.cron.reload
         # Set when the scheduler must stop on its own (a failed commit); `exosphere-server` then exits non-zero.

@@ -31,6 +31,7 @@ class ServerConfig(BaseModel):
         "EXOSPHERE_DEFAULT_TIMEOUT": "default_timeout",
         "EXOSPHERE_STANDBY": "standby",
         "EXOSPHERE_HTTP_PORT": "http_port",
+        "EXOSPHERE_OTEL": "otel",
     }
     host: str = "127.0.0.1"
     port: int = 50051
@@ -55,6 +56,9 @@ class ServerConfig(BaseModel):
     # The dashboard and /metrics (server/web). None: 8080, or a free port when `port` is 0 (tests, scripts);
     # 0 picks a free one; -1 turns HTTP off.
     http_port: int | None = None
+    # OpenTelemetry traces of triggers and dispatches (the `otel` extra; server/tracing.py), on the global tracer
+    # provider, which `exosphere-server --otel` sets up to export over OTLP.
+    otel: bool = False
 
     def http_port_to_bind(self) -> int | None:
         """The HTTP port to bind (0: any free one), or None when HTTP is off."""

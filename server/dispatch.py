@@ -12,6 +12,7 @@ import heapq
 import itertools
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 from server.graph import MAX_DELAY_MS
 from server.observe import Tally
@@ -38,6 +39,8 @@ class Dispatcher:
     ) -> None:
         self._table = table
         self._tally = tally or Tally()
+        # server/tracing.Tracing when traces are on (set by the engine).
+        self.tracing: Any = None
         self._loop = loop
         self._clock = clock
         self._default_timeout_ms = default_timeout_ms
@@ -120,7 +123,7 @@ class Dispatcher:
         if not self._ready_keys:
             return
         now = self._clock()
-        tally = self._tally
+        tally, tracing = self._tally, self.tracing
         for key in list(self._ready_keys):
             queue = self._ready[key]
             namespace, node_name = key
@@ -136,6 +139,8 @@ class Dispatcher:
                         if state.status == CREATED:
                             ready_at.append(max(state.updated_at_ms, state.run_at_ms))
                             self._assign(session, state, now)
+                            if tracing is not None:
+                                tracing.dispatched(state, session, now)
                     if take:
                         session.wake.set()
                 sessions = [s for s in sessions if s.credit > 0]

@@ -25,6 +25,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from exosphere.errors import ConflictError, ExosphereError, RunNotFoundError
 from server import watches
@@ -35,6 +36,9 @@ from server.graph import CompiledGraph
 from server.machine import StateMachine
 from server.models import GraphSpec, NodeSchema, RunRow, StateRow
 from server.observe import Tally
+
+if TYPE_CHECKING:  # opentelemetry is an extra: imported only where tracing is switched on
+    from server.tracing import Tracing
 from server.recovery import recover
 from server.retries import ManualRetries
 from server.runstate import Run, Session, State
@@ -122,6 +126,7 @@ class Engine:
         )
         self._tasks: list[asyncio.Task[None]] = []
         self.ignored_results = 0
+        self._tracing: Tracing | None = None
         # Set when a commit failed; the scheduler must then stop (see _commit_failed).
         self.fatal_error: BaseException | None = None
         self.on_fatal: Callable[[BaseException], None] | None = None
@@ -161,6 +166,11 @@ class Engine:
     def namespaces(self) -> list[str]:
         return sorted({ns for ns, _ in self.runtimes.nodes} | self.catalog.namespaces())
 
+    def enable_tracing(self, tracing: Tracing) -> None:
+        """Trace triggers and dispatches from now on (server/tracing.py)."""
+        self._tracing = tracing
+        self._dispatcher.tracing = tracing
+
     def live_states(self) -> Iterable[State]:
         """Every state of the runs held in memory (pending, or ended and not yet forgotten)."""
         return self._table.states.values()
@@ -176,7 +186,7 @@ class Engine:
         """Apply a batch of results; each frees one credit of the session."""
         session.last_seen = time.monotonic()
         now = self._clock()
-        machine, in_flight = self._machine, session.in_flight
+        machine, in_flight, tracing = self._machine, session.in_flight, self._tracing
         answered: list[State] = []
         for result in results:
             state = in_flight.get(result.dispatch_id)
@@ -190,6 +200,8 @@ class Engine:
             state.session = None
             answered.append(state)
             kind = result.kind
+            if tracing is not None:
+                tracing.answered(state, kind, result.error, now)
             if kind == KIND_EXECUTED:
                 machine.executed(state, result.outputs, result.store_writes, now)
             elif kind == KIND_ERRORED:
@@ -254,10 +266,13 @@ class Engine:
         return check_trigger(request, graph, self.runtimes.node_schema(request.namespace, graph.root.node_name))
 
     async def _start_runs(self, checked: Sequence[CheckedTrigger]) -> list[str]:
+        started_ns = time.time_ns()
         now = self._clock()
         runs = [self._machine.start_run(c, now) for c in checked]
         for c in checked:
             self.catalog.acquire(c.graph)
+        if self._tracing is not None:  # before the commit: the first dispatch may happen in this very tick
+            self._tracing.triggered(runs, started_ns)
         await self._commit.wait()
         return [run.run_id for run in runs]
 

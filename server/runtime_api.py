@@ -161,4 +161,5 @@ def _execute(state: Any) -> pb.Execute:
         dispatch_id=state.dispatch_id,
         store=run.store,
         graph_name=run.graph_name,
+        traceparent=state.traceparent,
     )

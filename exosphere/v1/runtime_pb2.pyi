@@ -534,6 +534,7 @@ class Execute(_message.Message):
     DISPATCH_ID_FIELD_NUMBER: _builtins.int
     STORE_FIELD_NUMBER: _builtins.int
     GRAPH_NAME_FIELD_NUMBER: _builtins.int
+    TRACEPARENT_FIELD_NUMBER: _builtins.int
     state_id: _builtins.str
     run_id: _builtins.str
     node_name: _builtins.str
@@ -546,6 +547,10 @@ class Execute(_message.Message):
     """Token to echo in the Result."""
     graph_name: _builtins.str
     """Graph name, for logging."""
+    traceparent: _builtins.str
+    """W3C trace context (`traceparent` header value) of the scheduler's span for this dispatch, when the scheduler
+    traces (`--otel`); a runtime makes its execution span a child of it. Empty when not tracing.
+    """
     @_builtins.property
     def inputs(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Inputs, every reference already resolved."""
@@ -571,10 +576,11 @@ class Execute(_message.Message):
         dispatch_id: _builtins.int = ...,
         store: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         graph_name: _builtins.str = ...,
+        traceparent: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "deadline_unix_ms", b"deadline_unix_ms", "dispatch_id", b"dispatch_id", "graph_name", b"graph_name", "inputs", b"inputs", "node_name", b"node_name", "run_id", b"run_id", "secrets", b"secrets", "state_id", b"state_id", "store", b"store"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "deadline_unix_ms", b"deadline_unix_ms", "dispatch_id", b"dispatch_id", "graph_name", b"graph_name", "inputs", b"inputs", "node_name", b"node_name", "run_id", b"run_id", "secrets", b"secrets", "state_id", b"state_id", "store", b"store", "traceparent", b"traceparent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

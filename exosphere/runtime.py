@@ -20,6 +20,7 @@ from exosphere._channel import Backoff, metadata, open_channel, to_exosphere_err
 from exosphere._convert import node_to_schema
 from exosphere._executor import execute_item
 from exosphere._keepalive import KeepAlive
+from exosphere._metrics import RuntimeMetrics
 from exosphere.config import ClientConfig
 from exosphere.errors import AuthenticationError, ExosphereError, InvalidArgumentError, PermissionDeniedError
 from exosphere.logs import setup_default_logging
@@ -42,7 +43,9 @@ class Runtime:
 
     ``start()`` blocks (on uvloop) until SIGINT/SIGTERM or ``stop()``; inside a running loop use ``await run()``.
     The scheduler address and API key come from the arguments, else ``EXOSPHERE_SCHEDULER_ADDRESS`` and
-    ``EXOSPHERE_API_KEY``. A lost connection is retried with capped, jittered backoff.
+    ``EXOSPHERE_API_KEY``. A lost connection is retried with capped, jittered backoff. With ``metrics_port`` (0
+    picks one, then read ``runtime.metrics_port``) the runtime serves its own Prometheus ``/metrics`` on
+    ``metrics_host`` while ``run()`` runs (needs ``exosphere[metrics]``).
     """
 
     def __init__(
@@ -57,6 +60,8 @@ class Runtime:
         tls_ca_file: str | None = None,
         shutdown_grace: timedelta = timedelta(seconds=30),
         runtime_id: str | None = None,
+        metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
     ) -> None:
         errors = []
         if not isinstance(namespace, str) or not namespace.strip():
@@ -87,6 +92,20 @@ class Runtime:
         self._outbox: list[pb.Result] = []
         self._wake_writer: asyncio.Event | None = None
         self.executed_count = 0
+        # Prometheus /metrics of this runtime (exosphere/_metrics.py) when metrics_port is set (0 picks a port,
+        # found in self.metrics_port once run() started).
+        self._metrics = (
+            RuntimeMetrics(
+                runtime=self.name,
+                namespace=self.namespace,
+                in_flight=lambda: len(self._in_flight),
+                credit=max_concurrency,
+            )
+            if metrics_port is not None
+            else None
+        )
+        self._metrics_address = (metrics_host, metrics_port or 0)
+        self.metrics_port = 0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -144,12 +163,16 @@ class Runtime:
         self._wake_writer = asyncio.Event()
         self._created.set()
         try:
+            if self._metrics is not None:
+                self.metrics_port = self._metrics.serve(*self._metrics_address)
             await self._run()
         except BaseException as exc:
             self._error = exc
             raise
         finally:
             self._stop_requested = False
+            if self._metrics is not None:
+                await asyncio.to_thread(self._metrics.close)
             self._ended.set()
 
     async def _run(self) -> None:
@@ -272,10 +295,13 @@ class Runtime:
         self._in_flight[item.dispatch_id] = (task, item)
 
     async def _run_item(self, node_cls: type[BaseNode], item: pb.Execute) -> None:
+        started = RuntimeMetrics.clock() if self._metrics is not None else 0.0
         try:
             result = await execute_item(node_cls, item)
         finally:
             self._in_flight.pop(item.dispatch_id, None)
+        if self._metrics is not None:
+            self._metrics.executed(item.node_name, result.WhichOneof("outcome") or "none", started)
         self.executed_count += 1
         self._push(result)
 

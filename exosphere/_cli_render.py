@@ -314,7 +314,7 @@ def runtime_list_table(runtimes: Sequence[RuntimeModel]) -> Table:
     """One row per connected runtime; nodes one per line, so the table fits 80 columns."""
     table = Table()
     for column in ("Runtime", "Namespace", "Nodes", "Credit", "Connected", "Heard"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")  # a narrow terminal wraps ids, never cuts them
     for r in sorted(runtimes, key=lambda r: (r.namespace, r.runtime_name, r.runtime_id)):
         name = Text(r.runtime_name)
         name.append(f"\n{r.runtime_id}", style="dim")

@@ -30,8 +30,11 @@ from server.web.logins import COOKIE, Caller, Logins
 
 __all__ = ["Routes"]
 
-# How often a run's live view is sent at most; changes in between are coalesced into the next event.
+# How often a run's live view is sent at most; changes in between are coalesced into the next event. Building the
+# view walks the run's states, so for a big run the pause grows with its cost: one viewer takes at most about
+# 1 / (1 + VIEW_COST_FACTOR) of the scheduler's loop.
 EVENT_INTERVAL_S = 0.2
+VIEW_COST_FACTOR = 20
 # States listed with a run (the DAG shows counts per node, so a 10,000-way fan-out is not 10,000 rows).
 RUN_STATES_LIMIT = 200
 _HTTP_STATUS = {
@@ -264,11 +267,14 @@ class Routes:
             while True:
                 await changed.wait()
                 changed.clear()
+                started = time.perf_counter()
                 run, states, _ = self._engine.get_run(run_id)
-                yield f"data: {json.dumps(self._run_view(run, states))}\n\n"
+                event = f"data: {json.dumps(self._run_view(run, states))}\n\n"
+                cost_s = time.perf_counter() - started
+                yield event
                 if ended.is_set():
                     return
-                await asyncio.sleep(EVENT_INTERVAL_S)
+                await asyncio.sleep(max(EVENT_INTERVAL_S, cost_s * VIEW_COST_FACTOR))
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -220,7 +220,7 @@ def run_view(run: RunModel) -> RenderableType:
     if run.waiting_for_runtime:
         rows.append(("Waiting", waiting_text(run)))
     table = Table(title="States", title_justify="left")
-    for column in ("Identifier", "Node", "Status", "Attempt", "Inputs", "Outputs", "Error", "State id"):
+    for column in ("Identifier", "Node", "Status", "Attempt", "Ran on", "Inputs", "Outputs", "Error", "State id"):
         table.add_column(column)
     for state in run.states:
         table.add_row(
@@ -228,6 +228,7 @@ def run_view(run: RunModel) -> RenderableType:
             state.node_name,
             _state_status_text(state.status.value),
             str(state.attempt),
+            f"{state.runtime_name}\n{state.ran_ms} ms" if state.runtime_name else "",
             _pairs(state.inputs),
             _outputs(state),
             Text(_error(state), style="red"),

@@ -157,6 +157,9 @@ def state_from_pb(state: scheduler_pb2.State) -> StateModel:
         updated_at=_ts(state.updated_at_unix_ms),
         run_at=_ts(state.run_at_unix_ms),
         pruned_data=json.loads(state.pruned_data_json) if state.pruned_data_json else None,
+        runtime_name=state.runtime_name,
+        started_at=_ts(state.started_at_unix_ms),
+        ran_ms=state.ran_ms,
     )
 
 

@@ -222,6 +222,10 @@ class StateModel(BaseModel):
     updated_at: datetime | None = None
     run_at: datetime | None = None
     pruned_data: dict[str, Any] | None = None
+    # The runtime that ran it, when it was handed to that runtime, and how long until its answer (ms).
+    runtime_name: str = ""
+    started_at: datetime | None = None
+    ran_ms: int = 0
 
 
 class RunModel(BaseModel):

@@ -186,7 +186,7 @@ class Engine:
         """Apply a batch of results; each frees one credit of the session."""
         session.last_seen = time.monotonic()
         now = self._clock()
-        machine, in_flight, tracing = self._machine, session.in_flight, self._tracing
+        machine, in_flight, tracing, table = self._machine, session.in_flight, self._tracing, self._table
         answered: list[State] = []
         for result in results:
             state = in_flight.get(result.dispatch_id)
@@ -199,6 +199,7 @@ class Engine:
                 continue
             state.session = None
             answered.append(state)
+            table.answered(state, session.runtime_name, now)
             kind = result.kind
             if tracing is not None:
                 tracing.answered(state, kind, result.error, now)

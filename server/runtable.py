@@ -154,6 +154,13 @@ class RunTable:
         state.dispatched_at_ms = now
         session.in_flight[dispatch_id] = state
 
+    def answered(self, state: State, runtime_name: str, now: int) -> None:
+        """The runtime that held ``state`` answered: who ran it, since when, for how long (committed with the
+        status change the answer brings)."""
+        state.runtime_name = runtime_name
+        state.started_at_ms = state.dispatched_at_ms
+        state.ran_ms = max(0, now - state.dispatched_at_ms)
+
     def undispatched(self, state: State) -> None:
         """QUEUED → CREATED: its runtime went away before answering. The database still holds CREATED."""
         state.status = CREATED

@@ -233,6 +233,9 @@ def state_to_pb(state: StateRow) -> scheduler_pb2.State:
         updated_at_unix_ms=state.updated_at_ms,
         pruned_data_json=state.pruned_data or "",
         run_at_unix_ms=state.run_at_ms,
+        runtime_name=state.runtime_name,
+        started_at_unix_ms=state.started_at_ms,
+        ran_ms=state.ran_ms,
     )
     for fields in state.outputs or ():
         message.outputs.add().fields.update(fields)

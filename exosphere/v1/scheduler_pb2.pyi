@@ -769,6 +769,9 @@ class State(_message.Message):
     UPDATED_AT_UNIX_MS_FIELD_NUMBER: _builtins.int
     PRUNED_DATA_JSON_FIELD_NUMBER: _builtins.int
     RUN_AT_UNIX_MS_FIELD_NUMBER: _builtins.int
+    RUNTIME_NAME_FIELD_NUMBER: _builtins.int
+    STARTED_AT_UNIX_MS_FIELD_NUMBER: _builtins.int
+    RAN_MS_FIELD_NUMBER: _builtins.int
     state_id: _builtins.str
     run_id: _builtins.str
     identifier: _builtins.str
@@ -783,6 +786,12 @@ class State(_message.Message):
     """For PRUNED states: the PruneSignal data, a JSON object."""
     run_at_unix_ms: _builtins.int
     """Earliest time the state may run (retries, requeues, start delays); 0 when at once."""
+    runtime_name: _builtins.str
+    """The runtime that ran it (its name, as registered), when it was handed to it, and how long until its answer;
+    empty and 0 until a runtime has answered for it.
+    """
+    started_at_unix_ms: _builtins.int
+    ran_ms: _builtins.int
     @_builtins.property
     def inputs(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -806,10 +815,13 @@ class State(_message.Message):
         updated_at_unix_ms: _builtins.int = ...,
         pruned_data_json: _builtins.str = ...,
         run_at_unix_ms: _builtins.int = ...,
+        runtime_name: _builtins.str = ...,
+        started_at_unix_ms: _builtins.int = ...,
+        ran_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "created_at_unix_ms", b"created_at_unix_ms", "error", b"error", "identifier", b"identifier", "inputs", b"inputs", "node_name", b"node_name", "outputs", b"outputs", "parent_id", b"parent_id", "pruned_data_json", b"pruned_data_json", "run_at_unix_ms", b"run_at_unix_ms", "run_id", b"run_id", "state_id", b"state_id", "status", b"status", "updated_at_unix_ms", b"updated_at_unix_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "created_at_unix_ms", b"created_at_unix_ms", "error", b"error", "identifier", b"identifier", "inputs", b"inputs", "node_name", b"node_name", "outputs", b"outputs", "parent_id", b"parent_id", "pruned_data_json", b"pruned_data_json", "ran_ms", b"ran_ms", "run_at_unix_ms", b"run_at_unix_ms", "run_id", b"run_id", "runtime_name", b"runtime_name", "started_at_unix_ms", b"started_at_unix_ms", "state_id", b"state_id", "status", b"status", "updated_at_unix_ms", b"updated_at_unix_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -390,6 +390,9 @@ def _state_brief(s: StateRow) -> dict[str, Any]:
         "attempt": s.attempt,
         "created_at_ms": s.created_at_ms,
         "updated_at_ms": s.updated_at_ms,
+        "runtime_name": s.runtime_name,
+        "started_at_ms": s.started_at_ms,
+        "ran_ms": s.ran_ms,
     }
 
 

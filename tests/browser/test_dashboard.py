@@ -147,6 +147,7 @@ async def test_a_failed_state_is_retried_from_its_page(app: App, ready: StateMan
         await page.goto(f"/#/states/{state.state_id}")
         await expect(page.get_by_test_id("state-error")).to_contain_text("ValueError: boom 1")
         await expect(page.get_by_test_id("traceback")).to_contain_text("Traceback")
+        await expect(page.get_by_test_id("ran-on")).to_contain_text("browser-runtime")
         await b.screenshot("state-failed")
         await page.get_by_test_id("retry").click()
         await page.wait_for_url(lambda url: state.state_id not in url)

@@ -94,3 +94,18 @@ async def test_a_run_waiting_for_an_offline_node_says_so(
     done = await state_manager.wait(run_id, timeout=10)
     assert done.status is RunStatus.SUCCESS
     assert (await state_manager.get_run(run_id)).waiting_for_runtime == []
+
+
+async def test_each_state_records_the_runtime_that_ran_it_when_and_for_how_long(
+    state_manager: StateManager, start_runtime: RuntimeFactory, namespace: str, server_address: str
+) -> None:
+    await start_runtime([Echo], name="the-runner")
+    await state_manager.upsert_graph("one", [gnode(namespace, "Echo", "e", {"text": "x"})])
+    run = await state_manager.trigger_and_wait("one", timeout=10)
+    [state] = run.states
+    assert state.runtime_name == "the-runner"
+    assert state.started_at is not None and state.created_at is not None and state.updated_at is not None
+    assert state.created_at <= state.started_at <= state.updated_at
+    assert 0 <= state.ran_ms <= (state.updated_at - state.created_at).total_seconds() * 1000 + 1
+    shown = await cli("runs", "show", run.run_id, "--address", server_address)
+    assert "the-runner" in shown.out

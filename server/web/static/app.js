@@ -388,10 +388,10 @@ async function runPage(runId) {
       }
     });
     states.replaceChildren(h("table", { "data-testid": "states" },
-      h("tr", {}, ["Identifier", "Node", "Status", "Attempt", "Created", "Took", "State"].map((c) => h("th", {}, c))),
+      h("tr", {}, ["Identifier", "Node", "Status", "Attempt", "Created", "Ran on", "Took", "State"].map((c) => h("th", {}, c))),
       view.states.map((s) => h("tr", { "data-identifier": s.identifier },
         h("td", {}, s.identifier), h("td", {}, s.node_name), h("td", {}, badge(s.status)), h("td", {}, s.attempt),
-        h("td", {}, time(s.created_at_ms)), h("td", {}, RUNNING.includes(s.status) ? "" : duration(s.updated_at_ms - s.created_at_ms)),
+        h("td", {}, time(s.created_at_ms)), h("td", {}, s.runtime_name), h("td", {}, s.runtime_name ? duration(s.ran_ms) || "0 ms" : ""),
         h("td", { class: "mono" }, link(`#/states/${enc(s.state_id)}`, s.state_id, { "data-testid": `state-${s.identifier}` }))))),
       view.states_total > view.states.length ? h("p", { class: "muted" }, `${view.states_total - view.states.length} more states not listed (counts per node are in the graph).`) : "");
   };
@@ -430,7 +430,9 @@ async function statePage(stateId) {
       h("div", { class: "card stat" }, h("div", { class: "muted" }, "Status"), h("div", { class: "v", "data-testid": "state-status" }, badge(s.status))),
       h("div", { class: "card stat" }, h("div", { class: "muted" }, "Node"), h("div", { class: "v" }, s.node_name)),
       h("div", { class: "card stat" }, h("div", { class: "muted" }, "Attempt"), h("div", { class: "v" }, s.attempt)),
-      h("div", { class: "card stat" }, h("div", { class: "muted" }, "Created → updated"), h("div", {}, `${time(s.created_at_ms)} → ${time(s.updated_at_ms)}`))),
+      h("div", { class: "card stat" }, h("div", { class: "muted" }, "Created → updated"), h("div", {}, `${time(s.created_at_ms)} → ${time(s.updated_at_ms)}`)),
+      h("div", { class: "card stat" }, h("div", { class: "muted" }, "Ran on"), h("div", { "data-testid": "ran-on" },
+        s.runtime_name ? `${s.runtime_name}, from ${time(s.started_at_ms)}, took ${duration(s.ran_ms) || "0 ms"}` : "not run yet"))),
     retry, message,
     h("h2", {}, "Inputs"), pairs(s.inputs),
     h("h2", {}, "Outputs"), s.outputs ? h("pre", {}, JSON.stringify(s.outputs, null, 2)) : h("p", { class: "muted" }, "none"),
@@ -438,8 +440,9 @@ async function statePage(stateId) {
       s.error.traceback ? h("pre", { "data-testid": "traceback" }, s.error.traceback) : ""] : "",
     s.pruned_data ? [h("h2", {}, "Pruned"), h("pre", {}, s.pruned_data)] : "",
     h("h2", {}, "Attempts"), h("table", { "data-testid": "attempts" },
-      h("tr", {}, ["Attempt", "Status", "Created", "Error", "State"].map((c) => h("th", {}, c))),
+      h("tr", {}, ["Attempt", "Status", "Created", "Ran on", "Error", "State"].map((c) => h("th", {}, c))),
       view.attempts.map((a) => h("tr", {}, h("td", {}, a.attempt), h("td", {}, badge(a.status)), h("td", {}, time(a.created_at_ms)),
+        h("td", {}, a.runtime_name ? `${a.runtime_name} (${duration(a.ran_ms) || "0 ms"})` : ""),
         h("td", {}, a.error ? `${a.error.type || ""}: ${a.error.message || ""}` : ""),
         h("td", { class: "mono" }, link(`#/states/${enc(a.state_id)}`, a.state_id))))));
 }

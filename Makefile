@@ -9,10 +9,10 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[server,cli,dev,otel]'
+	$(PY) -m pip install -q -e '.[server,cli,dev,postgres,otel]'
 	touch $(STAMP)
 
-install: $(STAMP) ## create .venv with the package and dev tools
+install: $(STAMP) ## create .venv with the package, dev tools and the PostgreSQL driver
 
 proto: $(STAMP) ## regenerate exosphere/v1 from protos/
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m grpc_tools.protoc -I protos --python_out=. --grpc_python_out=. \

@@ -56,7 +56,7 @@ async def _measure(args: argparse.Namespace) -> dict[str, list[float]]:
 
     for round_ in range(args.repeat):
         console.print(f"[dim]round {round_ + 1}/{args.repeat}[/]")
-        async with h.cluster(runtimes=1) as c:
+        async with h.cluster(runtimes=1, postgres=args.postgres) as c:
             if want("fanout"):
                 await h.fanout(c, 200)
                 rate, server_us, runtime_us = await h.fanout_profile(c, n)
@@ -77,7 +77,7 @@ async def _measure(args: argparse.Namespace) -> dict[str, list[float]]:
                 add("runs", await h.runs(c, total, clients=4, in_flight=4, batch=100))
                 add("runs_single", await h.runs(c, total // 4, clients=4, in_flight=32))
         if want("scale") and round_ == 0:  # once: a fresh scheduler, so its peak memory is this workload's
-            async with h.cluster(runtimes=1) as c:
+            async with h.cluster(runtimes=1, postgres=args.postgres) as c:
                 started = time.perf_counter()
                 await h.fanout(c, big)
                 add("scale_seconds", time.perf_counter() - started)
@@ -109,9 +109,11 @@ def _peer_value(peer: dict[str, Any], key: str) -> float | None:
     return None
 
 
-def report(results: dict[str, list[float]], noise: dict[str, float], peers: dict[str, Any] | None) -> None:
+def report(
+    results: dict[str, list[float]], noise: dict[str, float], peers: dict[str, Any] | None, database: str = "SQLite"
+) -> None:
     table = Table(
-        title="Exosphere benchmarks (medians of rounds; durable SQLite; scheduler + runtime + client, 2 cores)"
+        title=f"Exosphere benchmarks (medians of rounds; durable {database}; scheduler + runtime + client, 2 cores)"
     )
     for col in ("workload", "median", "min-max", "unit", "target", "met"):
         table.add_column(col)
@@ -182,6 +184,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke check")
     parser.add_argument("--peers", action="store_true", help="also run Celery, Dask and Temporal in the same run")
     parser.add_argument("--only", help="comma-separated: fanout,latency,chain,runs,scale")
+    parser.add_argument(
+        "--postgres",
+        metavar="DSN",
+        help="run the scheduler on PostgreSQL: a database made on this server per round "
+        "(e.g. postgresql://postgres@127.0.0.1:5432/postgres); results go to bench-postgres.*",
+    )
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
     before = h.machine_noise()
@@ -199,7 +207,7 @@ def main() -> None:
         "max_ms": max(before[2], after[2]),
     }
     noise["spread_pct"] = (noise["max_ms"] - noise["min_ms"]) / noise["min_ms"] * 100
-    report(results, noise, peers)
+    report(results, noise, peers, "PostgreSQL" if args.postgres else "SQLite")
     out = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": {"python": platform.python_version(), "cpus": __import__("os").cpu_count()},
@@ -208,9 +216,10 @@ def main() -> None:
         "exosphere": results,
         "peers": peers,
     }
-    (RESULTS / "bench.json").write_text(json.dumps(out, indent=2))
-    if chart(results, peers, RESULTS / "bench.png"):
-        console.print(f"wrote {RESULTS / 'bench.json'} and {RESULTS / 'bench.png'}")
+    stem = "bench-postgres" if args.postgres else "bench"
+    (RESULTS / f"{stem}.json").write_text(json.dumps(out, indent=2))
+    if chart(results, peers, RESULTS / f"{stem}.png"):
+        console.print(f"wrote {RESULTS / f'{stem}.json'} and {RESULTS / f'{stem}.png'}")
 
 
 if __name__ == "__main__":

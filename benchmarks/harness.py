@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import re
 import signal
@@ -11,10 +12,12 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from exosphere import GraphNodeModel, RunStatus, StateManager, UnitesModel
 
@@ -54,15 +57,45 @@ def _stop(proc: subprocess.Popen[str] | subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
+async def _postgres(admin_dsn: str, statement: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
 @asynccontextmanager
-async def cluster(runtimes: int = 1, max_concurrency: int = 1024) -> AsyncIterator[Cluster]:
-    """A scheduler on a fresh SQLite file and ``runtimes`` runtime processes, all registered."""
-    with tempfile.TemporaryDirectory(prefix="exo-bench-") as tmp:
+async def _database(postgres: str | None) -> AsyncIterator[tuple[str, dict[str, str]]]:
+    """A fresh database: a SQLite file, or (``postgres``: a server's DSN) a PostgreSQL database made for it."""
+    if postgres is None:
+        with tempfile.TemporaryDirectory(prefix="exo-bench-") as tmp:
+            yield f"{tmp}/bench.db", {}
+        return
+    name = f"exo_bench_{uuid.uuid4().hex[:12]}"
+    await _postgres(postgres, f'CREATE DATABASE "{name}"')
+    try:
+        key = base64.b64encode(os.urandom(32)).decode()
+        yield urlunsplit(urlsplit(postgres)._replace(path=f"/{name}")), {"EXOSPHERE_SECRETS_KEY": key}
+    finally:
+        await _postgres(postgres, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@asynccontextmanager
+async def cluster(
+    runtimes: int = 1, max_concurrency: int = 1024, postgres: str | None = None
+) -> AsyncIterator[Cluster]:
+    """A scheduler on a fresh database (SQLite, or PostgreSQL on the server ``postgres`` names) and ``runtimes``
+    runtime processes, all registered."""
+    async with _database(postgres) as (db, server_env):
         server = subprocess.Popen(
-            [sys.executable, "-m", "server", "--port", "0", "--db", f"{tmp}/bench.db", "--log-level", "WARNING"],
+            [sys.executable, "-m", "exosphere_server", "--port", "0", "--db", db, "--log-level", "WARNING"],
             stdout=subprocess.PIPE,
             text=True,
             cwd=ROOT,
+            env={**os.environ, **server_env},
         )
         assert server.stdout is not None
         address = ""

@@ -25,7 +25,7 @@ console = Console()
 
 def start_scheduler(db: Path) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "server", "--port", "0", "--db", str(db), "--log-level", "WARNING"],
+        [sys.executable, "-m", "exosphere_server", "--port", "0", "--db", str(db), "--log-level", "WARNING"],
         stdout=subprocess.PIPE,
         text=True,
     )

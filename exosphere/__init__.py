@@ -1,6 +1,6 @@
 """Exosphere: write nodes, host them in runtimes, wire them into graphs, and run them durably.
 
-The public names match the exospherehost SDK, so code written for it runs unchanged.
+The public names follow the exospherehost SDK; code written for it runs unchanged through ``exospherehost``.
 """
 
 from __future__ import annotations

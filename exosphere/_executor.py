@@ -20,6 +20,9 @@ __all__ = ["execute_item"]
 
 # A node that prints or returns megabytes fails only its own state: results above this are refused here.
 MAX_RESULT_BYTES = 16 * 1024 * 1024
+# The scheduler refuses wider results (server/wire.py); refusing here, before any protobuf is built, saves the work
+# and the bytes. The message is worded as the scheduler's.
+MAX_OUTPUTS_PER_RESULT = common_pb2.LIMIT_MAX_OUTPUTS_PER_RESULT
 
 
 def _plain(mapping: Any) -> dict[str, str]:
@@ -38,6 +41,10 @@ def _errored(result: runtime_pb2.Result, exc_type: str, message: str, tb: str = 
     return result
 
 
+class TooManyOutputsError(ValueError):
+    """A node returned more outputs than one result may carry."""
+
+
 def _outputs_list(node_cls: type[BaseNode], returned: Any) -> list[dict[str, str]]:
     """Normalise what execute returned into a list of output maps, or raise TypeError naming the problem."""
     name = node_cls.__name__
@@ -45,6 +52,11 @@ def _outputs_list(node_cls: type[BaseNode], returned: Any) -> list[dict[str, str
     if returned is None:
         items = []
     elif isinstance(returned, list | tuple):
+        if len(returned) > MAX_OUTPUTS_PER_RESULT:  # before validating any of them
+            raise TooManyOutputsError(
+                f"a result may carry at most {MAX_OUTPUTS_PER_RESULT} outputs (LIMIT_MAX_OUTPUTS_PER_RESULT), "
+                f"got {len(returned)}: fan out in stages, or return fewer, larger outputs"
+            )
         items = list(returned)
     else:
         items = [returned]
@@ -72,18 +84,21 @@ def _outputs_list(node_cls: type[BaseNode], returned: Any) -> list[dict[str, str
     return outputs
 
 
-async def execute_item(node_cls: type[BaseNode], item: runtime_pb2.Execute) -> runtime_pb2.Result:
-    """Execute one state. Never raises except ``CancelledError``: every failure becomes an errored result."""
+async def execute_item(node_cls: type[BaseNode], item: runtime_pb2.Execute, store: Any = None) -> runtime_pb2.Result:
+    """Execute one state. Never raises except ``CancelledError``: every failure becomes an errored result.
+
+    ``store`` is the run's store when it did not travel in ``item`` (Execute.store_as_previous).
+    """
     if not item.traceparent:  # the scheduler does not trace: no span, one check
-        return await _execute_item(node_cls, item)
+        return await _execute_item(node_cls, item, store)
     with execution_span(item) as span:
-        result = await _execute_item(node_cls, item)
+        result = await _execute_item(node_cls, item, store)
         if span is not None:
             record_result(span, result)
         return result
 
 
-async def _execute_item(node_cls: type[BaseNode], item: runtime_pb2.Execute) -> runtime_pb2.Result:
+async def _execute_item(node_cls: type[BaseNode], item: runtime_pb2.Execute, store: Any = None) -> runtime_pb2.Result:
     result = runtime_pb2.Result(state_id=item.state_id, attempt=item.attempt, dispatch_id=item.dispatch_id)
     node = node_cls()
     try:
@@ -100,7 +115,8 @@ async def _execute_item(node_cls: type[BaseNode], item: runtime_pb2.Execute) -> 
             for e in exc.errors(include_input=False, include_url=False)
         )
         return _errored(result, "SecretsValidationError", f"{node_cls.__name__} got invalid secrets: {problems}")
-    store_before = _plain(item.store) if item.store else {}
+    store = item.store if store is None else store
+    store_before = _plain(store) if store else {}
     node.store = dict(store_before)
     try:
         returned = await node.execute()

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import timedelta
 from types import TracebackType
 from typing import Any, Self
 
-from exosphere._channel import metadata, open_channel, translate_errors
+from exosphere._channel import Backoff, metadata, open_channel, translate_errors
 from exosphere._wire import graph_from_pb, graph_to_pb, run_from_pb, runtime_from_pb, state_from_pb
 from exosphere.config import ClientConfig
-from exosphere.errors import ExosphereTimeoutError, InvalidArgumentError
+from exosphere.errors import ConnectionFailedError, ExosphereTimeoutError, InvalidArgumentError
 from exosphere.models import (
     CronTrigger,
     GraphModel,
@@ -27,6 +28,8 @@ from exosphere.models import (
 )
 from exosphere.v1 import common_pb2, scheduler_pb2_grpc
 from exosphere.v1 import scheduler_pb2 as pb
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["StateManager"]
 
@@ -123,12 +126,20 @@ class StateManager:
         return graph_from_pb(response.graph)
 
     async def list_graphs(self) -> list[GraphModel]:
-        """Every graph template of the namespace."""
+        """Every graph template of the namespace (read page by page when they are large)."""
+        graphs: list[GraphModel] = []
+        token = ""
         async with translate_errors():
-            response = await self._api().ListGraphs(
-                pb.ListGraphsRequest(namespace=self.namespace), metadata=self._metadata, timeout=CALL_TIMEOUT_S
-            )
-        return [graph_from_pb(g) for g in response.graphs]
+            while True:
+                response = await self._api().ListGraphs(
+                    pb.ListGraphsRequest(namespace=self.namespace, page_token=token),
+                    metadata=self._metadata,
+                    timeout=CALL_TIMEOUT_S,
+                )
+                graphs.extend(graph_from_pb(g) for g in response.graphs)
+                token = response.next_page_token
+                if not token:
+                    return graphs
 
     async def delete_graph(self, graph_name: str, *, force: bool = False) -> None:
         """Delete a graph template; refused while it has pending runs unless ``force`` (which cancels them)."""
@@ -262,7 +273,8 @@ class StateManager:
     async def watch(self, run_id: str, *, states: bool = True) -> AsyncIterator[tuple[RunModel, list[StateModel]]]:
         """Yield ``(run, changed_states)`` as the run progresses; ends once the run is no longer pending.
 
-        The first event carries every state; later ones the states that changed. With ``states=False`` only the
+        The first event carries every state (over several events when they are too large for one message); later
+        ones the states that changed. With ``states=False`` only the
         run (status and counts) is sent, which is all a client waiting for the outcome needs.
         """
         call = self._api().WatchRun(pb.WatchRunRequest(run_id=run_id, run_only=not states), metadata=self._metadata)
@@ -276,14 +288,20 @@ class StateManager:
     async def wait(self, run_id: str, timeout: float | timedelta | None = None) -> RunModel:
         """Wait until the run is no longer PENDING and return it with its states. Follows the watch stream."""
         timeout_s = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
+        backoff = Backoff()
         try:
             async with asyncio.timeout(timeout_s):
-                async for run, _ in self.watch(run_id, states=False):
-                    if run.status is not RunStatus.PENDING:
-                        break
+                while True:
+                    try:
+                        async for run, _ in self.watch(run_id, states=False):
+                            if run.status is not RunStatus.PENDING:
+                                return await self.get_run(run_id)
+                    except ConnectionFailedError as exc:
+                        # The run moved to another scheduler replica, or this one went away: watch it again.
+                        logger.info("watch of run %s interrupted, watching again: %s", run_id, exc)
+                    await asyncio.sleep(backoff.next_delay_s())
         except TimeoutError:
             raise ExosphereTimeoutError(f"run {run_id} still pending after {timeout_s}s") from None
-        return await self.get_run(run_id)
 
     async def cancel_run(self, run_id: str) -> RunModel:
         """Cancel a run: pending states become CANCELLED, running ones are cancelled on their runtime."""
@@ -304,12 +322,20 @@ class StateManager:
         return response.state_id
 
     async def list_nodes(self) -> list[str]:
-        """Names of the nodes registered in the namespace."""
+        """Names of the nodes registered in the namespace (read page by page when there are many)."""
+        names: list[str] = []
+        token = ""
         async with translate_errors():
-            response = await self._api().ListNodes(
-                pb.ListNodesRequest(namespace=self.namespace), metadata=self._metadata, timeout=CALL_TIMEOUT_S
-            )
-        return [n.name for n in response.nodes]
+            while True:
+                response = await self._api().ListNodes(
+                    pb.ListNodesRequest(namespace=self.namespace, page_token=token),
+                    metadata=self._metadata,
+                    timeout=CALL_TIMEOUT_S,
+                )
+                names.extend(n.name for n in response.nodes)
+                token = response.next_page_token
+                if not token:
+                    return names
 
     async def list_runtimes(self, *, all_namespaces: bool = False) -> list[RuntimeModel]:
         """The runtimes connected now: of this namespace, or of every namespace the API key may see."""

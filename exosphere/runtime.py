@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import signal
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -25,8 +26,8 @@ from exosphere.config import ClientConfig
 from exosphere.errors import AuthenticationError, ExosphereError, InvalidArgumentError, PermissionDeniedError
 from exosphere.logs import setup_default_logging
 from exosphere.node import BaseNode, validate_nodes
+from exosphere.v1 import common_pb2, runtime_pb2_grpc
 from exosphere.v1 import runtime_pb2 as pb
-from exosphere.v1 import runtime_pb2_grpc
 
 __all__ = ["Runtime"]
 
@@ -34,6 +35,10 @@ logger = logging.getLogger(__name__)
 
 # Cap a batch so the two processes overlap instead of taking turns on one huge message.
 MAX_BATCH = 256
+# The wire counts bytes: a batch also stops growing at BATCH_BYTES (a bigger result still travels alone), and a
+# result that cannot fit in one message at all is sent as errored (room is kept for the batch around it).
+BATCH_BYTES = 4 * 1024 * 1024
+MAX_RESULT_MESSAGE_BYTES = common_pb2.LIMIT_MAX_MESSAGE_BYTES - 64 * 1024
 # Registration errors no retry can fix: the runtime stops and raises them.
 _FATAL = (InvalidArgumentError, AuthenticationError, PermissionDeniedError)
 
@@ -46,6 +51,10 @@ class Runtime:
     ``EXOSPHERE_API_KEY``. A lost connection is retried with capped, jittered backoff. With ``metrics_port`` (0
     picks one, then read ``runtime.metrics_port``) the runtime serves its own Prometheus ``/metrics`` on
     ``metrics_host`` while ``run()`` runs (needs ``exosphere[metrics]``).
+
+    Against a cluster (several scheduler replicas on PostgreSQL) the runtime is given one address, learns the live
+    replicas from it, and holds one stream to each (a *link*); it never executes more than ``max_concurrency``
+    states at once across all of them.
     """
 
     def __init__(
@@ -106,6 +115,13 @@ class Runtime:
         )
         self._metrics_address = (metrics_host, metrics_port or 0)
         self.metrics_port = 0
+        # Cluster mode: streams to the other replicas, each a Runtime of its own sharing this one's limiter.
+        self._root: Runtime = self
+        self._limiter: asyncio.Semaphore | None = None
+        self._links: dict[str, tuple[Runtime, asyncio.Task[None]]] = {}
+        self._unlinking: set[asyncio.Task[None]] = set()
+        self._replicas: tuple[str, ...] = ()
+        self._own_replica = ""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -124,9 +140,12 @@ class Runtime:
 
     async def _run_with_signals(self) -> None:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, self.stop)
+        # Only the main thread may install signal handlers; start() in a daemon thread (the exospherehost docs'
+        # pattern) runs without them and stops with its process.
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.add_signal_handler(sig, self.stop)
         await self.run()
 
     def stop(self) -> None:
@@ -134,6 +153,8 @@ class Runtime:
         self._stop_requested = True
         if self._stopping is not None:
             self._stopping.set()
+        for link, _ in self._links.values():
+            link.stop()
 
     async def wait_registered(self, timeout: float = 10.0) -> None:
         """Wait until the runtime's nodes are registered with the scheduler (useful in tests and scripts)."""
@@ -161,6 +182,8 @@ class Runtime:
         self._ended = asyncio.Event()
         self._error = None
         self._wake_writer = asyncio.Event()
+        if self._root is self:
+            self._limiter = asyncio.Semaphore(self.max_concurrency)
         self._created.set()
         try:
             if self._metrics is not None:
@@ -171,6 +194,7 @@ class Runtime:
             raise
         finally:
             self._stop_requested = False
+            await self._stop_links(set(self._links))
             if self._metrics is not None:
                 await asyncio.to_thread(self._metrics.close)
             self._ended.set()
@@ -216,6 +240,7 @@ class Runtime:
             sdk_version=f"exosphere-python/{__version__}",
             nodes=schemas,
             max_concurrency=self.max_concurrency,
+            shares_stores=True,
         )
         stack = contextlib.ExitStack()
         try:
@@ -225,6 +250,9 @@ class Runtime:
                 raise ExosphereError("scheduler closed the stream before registering the runtime")
             registered = first.registered
             self._registered.set()
+            if self._root is self and registered.replicas:
+                self._own_replica = registered.replica_address
+                self._on_replicas(registered.replicas)
             logger.info(
                 "runtime registered runtime=%s namespace=%s nodes=%s session=%s",
                 self.name,
@@ -275,15 +303,22 @@ class Runtime:
                 raise ExosphereError("scheduler closed the runtime stream")
             kind = message.WhichOneof("kind")
             if kind == "execute":
+                stores: dict[str, Any] = {}  # run id -> its store, sent once per batch (Execute.store_as_previous)
                 for item in message.execute.items:
-                    self._start(item)
+                    if item.store_as_previous:
+                        store = stores.get(item.run_id, item.store)
+                    else:
+                        store = stores[item.run_id] = item.store
+                    self._start(item, store)
             elif kind == "cancel":
                 self._cancel(set(message.cancel.state_ids))
+            elif kind == "replicas":
+                self._root._on_replicas(message.replicas.addresses)
             elif kind == "drain":
                 logger.info("scheduler asked runtime to drain runtime=%s", self.name)
                 self.stop()
 
-    def _start(self, item: pb.Execute) -> None:
+    def _start(self, item: pb.Execute, store: Any) -> None:
         node_cls = self._nodes.get(item.node_name)
         if node_cls is None:  # the scheduler never sends these; answer instead of hanging the state
             result = pb.Result(state_id=item.state_id, attempt=item.attempt, dispatch_id=item.dispatch_id)
@@ -291,19 +326,56 @@ class Runtime:
             result.errored.type = "UnknownNodeError"
             self._push(result)
             return
-        task = asyncio.get_running_loop().create_task(self._run_item(node_cls, item))
+        task = asyncio.get_running_loop().create_task(self._run_item(node_cls, item, store))
         self._in_flight[item.dispatch_id] = (task, item)
 
-    async def _run_item(self, node_cls: type[BaseNode], item: pb.Execute) -> None:
-        started = RuntimeMetrics.clock() if self._metrics is not None else 0.0
+    async def _run_item(self, node_cls: type[BaseNode], item: pb.Execute, store: Any) -> None:
+        limiter = self._root._limiter
+        metrics = self._root._metrics  # a cluster link counts into the runtime it belongs to
+        started = RuntimeMetrics.clock() if metrics is not None else 0.0
         try:
-            result = await execute_item(node_cls, item)
+            if limiter is None:
+                result = await execute_item(node_cls, item, store)
+            else:  # shared by the streams to every replica: max_concurrency across all of them
+                async with limiter:
+                    result = await execute_item(node_cls, item, store)
         finally:
             self._in_flight.pop(item.dispatch_id, None)
-        if self._metrics is not None:
-            self._metrics.executed(item.node_name, result.WhichOneof("outcome") or "none", started)
-        self.executed_count += 1
+        if metrics is not None:
+            metrics.executed(item.node_name, result.WhichOneof("outcome") or "none", started)
+        self._root.executed_count += 1
         self._push(result)
+
+    # ------------------------------------------------------------------ cluster mode: one stream per replica
+
+    def _on_replicas(self, addresses: Sequence[str]) -> None:
+        """The live replicas: hold a link to each but the one this runtime's own stream reaches."""
+        self._replicas = tuple(addresses)
+        wanted = set(addresses) - {self._own_replica}
+        loop = asyncio.get_running_loop()
+        for address in sorted(wanted - set(self._links)):
+            link = Runtime(
+                self.namespace, self.name, list(self._nodes.values()),
+                max_concurrency=self.max_concurrency, address=address, key=self._config.api_key,
+                tls_ca_file=self._config.tls_ca_file, runtime_id=self.runtime_id, shutdown_grace=self._shutdown_grace,
+            )  # fmt: skip
+            link._root = self
+            self._links[address] = (link, loop.create_task(link.run(), name=f"exosphere-runtime-link-{address}"))
+            logger.info("runtime linked to scheduler replica runtime=%s replica=%s", self.name, address)
+        if gone := set(self._links) - wanted:
+            task = loop.create_task(self._stop_links(gone), name="exosphere-runtime-unlink")
+            self._unlinking.add(task)
+            task.add_done_callback(self._unlinking.discard)
+
+    async def _stop_links(self, addresses: set[str]) -> None:
+        links = [(a, *self._links.pop(a)) for a in sorted(addresses) if a in self._links]
+        for _, link, _ in links:
+            link.stop()
+        for address, _, task in links:
+            try:
+                await task
+            except Exception as exc:  # a link that failed is replaced when the replica comes back
+                logger.warning("runtime link ended with an error replica=%s: %s", address, exc)
 
     def _push(self, result: pb.Result) -> None:
         self._outbox.append(result)
@@ -314,7 +386,20 @@ class Runtime:
         while self._outbox:
             batch = self._outbox[:MAX_BATCH]
             del self._outbox[:MAX_BATCH]
-            await call.write(pb.RuntimeMessage(results=pb.ResultBatch(results=batch)))
+            size = 0
+            results: list[pb.Result] = []
+            for result in batch:
+                result_size = _framed_size(result.ByteSize())
+                if result_size > MAX_RESULT_MESSAGE_BYTES:
+                    result = _too_large(result, result_size)
+                    result_size = _framed_size(result.ByteSize())
+                if results and size + result_size > BATCH_BYTES:
+                    await call.write(pb.RuntimeMessage(results=pb.ResultBatch(results=results)))
+                    results, size = [], 0
+                results.append(result)
+                size += result_size
+            if results:
+                await call.write(pb.RuntimeMessage(results=pb.ResultBatch(results=results)))
 
     async def _write_loop(self, call: Any, heartbeat_s: float) -> None:
         assert self._wake_writer is not None
@@ -367,6 +452,23 @@ class _LazyEvent:
 
     async def wait(self) -> None:
         await self._get().wait()
+
+
+def _framed_size(size: int) -> int:
+    """Bytes an item of ``size`` bytes takes as one element of a repeated field (tag and length prefix)."""
+    return size + 1 + (size.bit_length() + 6) // 7 if size else 2
+
+
+def _too_large(result: pb.Result, size: int) -> pb.Result:
+    """An errored result in place of one too large for any message (its state fails instead of the stream)."""
+    logger.error("result too large to send state_id=%s bytes=%d", result.state_id, size)
+    errored = pb.Result(state_id=result.state_id, attempt=result.attempt, dispatch_id=result.dispatch_id)
+    errored.errored.message = (
+        f"the result of state {result.state_id} is {size} bytes, over the {MAX_RESULT_MESSAGE_BYTES}-byte limit "
+        "of one result (LIMIT_MAX_MESSAGE_BYTES less room for the batch); return or store less data"
+    )
+    errored.errored.type = "ResultTooLargeError"
+    return errored
 
 
 def _first_leaf(group: BaseExceptionGroup[Any]) -> BaseException:

@@ -1,4 +1,4 @@
-"""``exosphere-server`` / ``python -m server``: the scheduler process."""
+"""``exosphere-server`` / ``python -m exosphere_server`` (``python -m server`` in a checkout): the scheduler process."""
 
 from __future__ import annotations
 
@@ -15,12 +15,13 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from exosphere.errors import ExosphereError
-from server.config import ServerConfig
-from server.dblock import DatabaseLockedError
-from server.store import StoreError
+
+from .config import ServerConfig
+from .dblock import DatabaseLockedError
+from .store import StoreError
 
 if TYPE_CHECKING:
-    from server.app import App
+    from .app import App
 
 logger = logging.getLogger("server")
 
@@ -46,7 +47,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     p.add_argument("--host", help="address to listen on (default 127.0.0.1, env EXOSPHERE_HOST)")
     p.add_argument("--port", type=int, help="port (default 50051, 0 picks a free one; env EXOSPHERE_PORT)")
-    p.add_argument("--db", help="SQLite database file (default ./exosphere.db, env EXOSPHERE_DB)")
+    p.add_argument(
+        "--db",
+        help="SQLite database file, or postgresql://user@host:port/dbname (default ./exosphere.db, env EXOSPHERE_DB)",
+    )
+    p.add_argument(
+        "--secrets-key-file",
+        help="file holding the secrets key (default: beside a SQLite database; required for PostgreSQL unless "
+        "EXOSPHERE_SECRETS_KEY is set; env EXOSPHERE_SECRETS_KEY_FILE)",
+    )
     p.add_argument(
         "--durability",
         choices=("normal", "full"),
@@ -63,6 +72,22 @@ def _parser() -> argparse.ArgumentParser:
         help="if another scheduler holds the SQLite database, wait and take over when it stops (env EXOSPHERE_STANDBY)",
     )
     p.add_argument("--insecure", action="store_true", help="allow a non-loopback address without API keys")
+    p.add_argument(
+        "--advertise",
+        help="PostgreSQL cluster: HOST:PORT the other replicas and runtimes reach this one at (default host:port; "
+        "env EXOSPHERE_ADVERTISE)",
+    )
+    p.add_argument(
+        "--shards",
+        type=int,
+        help="PostgreSQL cluster: number of shards of a NEW database, fixed once it exists (default 64; env "
+        "EXOSPHERE_SHARDS)",
+    )
+    p.add_argument(
+        "--shard-lease",
+        help="PostgreSQL cluster: how long a replica that stops answering keeps its shards, e.g. PT5S (env "
+        "EXOSPHERE_SHARD_LEASE)",
+    )
     p.add_argument("--lease", help="runtime lease, e.g. PT5S (env EXOSPHERE_LEASE)")
     p.add_argument("--heartbeat-interval", help="runtime heartbeat interval, e.g. PT1S")
     p.add_argument("--default-timeout", help="state timeout when neither node nor graph sets one, e.g. PT30M")
@@ -91,7 +116,7 @@ def _parser() -> argparse.ArgumentParser:
 
 async def _open(config: ServerConfig, stop: asyncio.Event) -> App | None:
     """The App; with ``--standby``, once the scheduler that holds the database is gone (None if told to stop)."""
-    from server.app import App  # after the check for the `server` extra, in main()
+    from .app import App  # after the check for the `server` extra, in main()
 
     waiting = False
     while True:
@@ -166,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if args.log_format == "json":
-        from server.logformat import JsonFormatter
+        from .logformat import JsonFormatter
 
         for handler in logging.getLogger().handlers:
             handler.setFormatter(JsonFormatter())
@@ -180,8 +205,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             api_keys_file=args.api_keys_file,
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
+            secrets_key_file=args.secrets_key_file,
             insecure=args.insecure or None,
             standby=args.standby or None,
+            advertise=args.advertise,
+            shards=args.shards,
+            shard_lease=args.shard_lease,
             lease=args.lease,
             heartbeat_interval=args.heartbeat_interval,
             default_timeout=args.default_timeout,

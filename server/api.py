@@ -7,15 +7,29 @@ from typing import Any
 
 import grpc
 
-from exosphere.errors import InvalidArgumentError
+from exosphere.errors import GraphNotFoundError, InvalidArgumentError
 from exosphere.v1 import common_pb2, scheduler_pb2_grpc
 from exosphere.v1 import scheduler_pb2 as pb
-from server.auth import Authenticator
-from server.engine import Engine, TriggerRequest
-from server.errors import status_from_errors
-from server.models import RunRow
-from server.store import RunCursor
-from server.wire import graph_spec_from_pb, graph_to_pb, run_status_from_pb, run_to_pb, schema_to_pb, states_to_pb
+
+from .auth import Authenticator
+from .engine import Engine, TriggerRequest
+from .errors import status_from_errors
+from .models import RunRow
+from .names import check_name, check_names
+from .store import RunCursor
+from .wire import (
+    check_store_size,
+    cut_by_size,
+    framed_size,
+    graph_spec_from_pb,
+    graph_to_pb,
+    run_status_from_pb,
+    run_to_pb,
+    schema_to_pb,
+    split_by_size,
+    states_to_pb,
+    take_by_size,
+)
 
 __all__ = ["SchedulerApi"]
 
@@ -25,8 +39,8 @@ DEFAULT_PAGE = 50
 MAX_PAGE = 1000
 MAX_STATE_PAGE = 10_000
 MAX_RUN_ID = 256
-# A WatchRun event carries at most this many states, so no message limit is hit by a big fan-out.
-WATCH_CHUNK = 5_000
+# Every page and event is also cut by size (server/wire.py PAGE_BYTES), so no message limit is hit by big states,
+# stores or graphs.
 
 
 def _int_token(token: str, what: str) -> int:
@@ -73,6 +87,7 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
         async with status_from_errors(context):
             self._auth.check(context, request.graph.namespace)
             spec = graph_spec_from_pb(request.graph)
+            check_names("secret name", request.secrets)
             secrets = dict(request.secrets) if request.secrets else None
             stored = await self._engine.upsert_graph(spec, secrets)
         return pb.UpsertGraphResponse(graph=graph_to_pb(stored))
@@ -86,8 +101,10 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
     async def ListGraphs(self, request: pb.ListGraphsRequest, context: Ctx) -> pb.ListGraphsResponse:
         async with status_from_errors(context):
             self._auth.check(context, request.namespace)
-            specs = self._engine.list_graphs(request.namespace)
-        return pb.ListGraphsResponse(graphs=[graph_to_pb(s) for s in specs])
+            after = request.page_token
+            specs = (s for s in self._engine.list_graphs(request.namespace) if s.name > after)
+            graphs, complete = take_by_size(specs, graph_to_pb)
+        return pb.ListGraphsResponse(graphs=graphs, next_page_token="" if complete else graphs[-1].name)
 
     async def DeleteGraph(self, request: pb.DeleteGraphRequest, context: Ctx) -> pb.DeleteGraphResponse:
         async with status_from_errors(context):
@@ -98,14 +115,14 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
     async def TriggerGraph(self, request: pb.TriggerGraphRequest, context: Ctx) -> pb.TriggerGraphResponse:
         async with status_from_errors(context):
             self._auth.check(context, request.namespace)
-            run_id = await self._engine.trigger(_trigger_request(request))
+            run_id = await self._engine.trigger(_trigger_request(self._engine, request))
         return pb.TriggerGraphResponse(run_id=run_id)
 
     async def TriggerGraphs(self, request: pb.TriggerGraphsRequest, context: Ctx) -> pb.TriggerGraphsResponse:
         async with status_from_errors(context):
             for namespace in {t.namespace for t in request.triggers}:
                 self._auth.check(context, namespace)
-            run_ids = await self._engine.trigger_many([_trigger_request(t) for t in request.triggers])
+            run_ids = await self._engine.trigger_many([_trigger_request(self._engine, t) for t in request.triggers])
         return pb.TriggerGraphsResponse(run_ids=run_ids)
 
     async def GetRun(self, request: pb.GetRunRequest, context: Ctx) -> pb.GetRunResponse:
@@ -115,8 +132,14 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
                 request.run_id, page_size, _int_token(request.page_token, "GetRun")
             )
             self._check_run(context, run)
-            token = str(last) if len(states) == page_size and last >= 0 else ""
-            return pb.GetRunResponse(run=run_to_pb(run), states=states_to_pb(states), next_page_token=token)
+            run_message = run_to_pb(run)
+            messages = states_to_pb(states)
+            count = cut_by_size(messages, reserved=framed_size(run_message.ByteSize()))
+            if count < len(messages):
+                token = str(states[count - 1].seq)
+            else:
+                token = str(last) if len(states) == page_size and last >= 0 else ""
+            return pb.GetRunResponse(run=run_message, states=messages[:count], next_page_token=token)
 
     async def ListRuns(self, request: pb.ListRunsRequest, context: Ctx) -> pb.ListRunsResponse:
         async with status_from_errors(context):
@@ -126,9 +149,11 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
             status = run_status_from_pb(request.status)
             # One more than the page: a token only when another page has runs (no empty last page).
             runs = self._engine.list_runs(request.namespace, request.graph_name or None, limit + 1, after, status)
-            token = f"{runs[limit - 1].created_at_ms}:{runs[limit - 1].run_id}" if len(runs) > limit else ""
-            del runs[limit:]
-            return pb.ListRunsResponse(runs=[run_to_pb(r) for r in runs], next_page_token=token)
+            # A page also ends before the size budget (runs carry their store).
+            messages, complete = take_by_size(runs[:limit], run_to_pb)
+            last = runs[len(messages) - 1] if messages else None
+            token = f"{last.created_at_ms}:{last.run_id}" if last and (not complete or len(runs) > limit) else ""
+            return pb.ListRunsResponse(runs=messages, next_page_token=token)
 
     async def WatchRun(self, request: pb.WatchRunRequest, context: Ctx) -> AsyncIterator[pb.WatchRunResponse]:
         async with status_from_errors(context):
@@ -136,7 +161,7 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
             if request.HasField("trigger"):
                 t = request.trigger
                 self._auth.check(context, t.namespace)
-                run_id = await self._engine.trigger(_trigger_request(t))
+                run_id = await self._engine.trigger(_trigger_request(self._engine, t))
             events = self._engine.watch_run(run_id)
             try:
                 first = True
@@ -148,10 +173,13 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
                     if request.run_only:
                         if message.status == common_pb2.RUN_STATUS_PENDING and request.HasField("trigger"):
                             continue  # trigger-and-wait: only the outcome is wanted, one message
+                        if message.status == common_pb2.RUN_STATUS_PENDING:
+                            message.ClearField("store")  # up to 16 MiB; a waiting client needs it once, at the end
                         yield pb.WatchRunResponse(run=message)
                         continue
-                    for start in range(0, max(1, len(states)), WATCH_CHUNK):
-                        yield pb.WatchRunResponse(run=message, states=states_to_pb(states[start : start + WATCH_CHUNK]))
+                    reserved = framed_size(message.ByteSize())
+                    for chunk in split_by_size(states_to_pb(states), reserved=reserved):
+                        yield pb.WatchRunResponse(run=message, states=chunk)
             finally:
                 await events.aclose()  # type: ignore[attr-defined]
 
@@ -174,9 +202,11 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
     async def ListNodes(self, request: pb.ListNodesRequest, context: Ctx) -> pb.ListNodesResponse:
         async with status_from_errors(context):
             self._auth.check(context, request.namespace)
-            nodes = self._engine.runtimes.nodes_of(request.namespace)
+            after = request.page_token
+            nodes = (n for n in self._engine.runtimes.nodes_of(request.namespace) if n.name > after)
+            schemas, complete = take_by_size(nodes, schema_to_pb)
             online = sorted(self._engine.runtimes.hosted(request.namespace))
-        return pb.ListNodesResponse(nodes=[schema_to_pb(n) for n in nodes], online=online)
+        return pb.ListNodesResponse(nodes=schemas, next_page_token="" if complete else schemas[-1].name, online=online)
 
     async def ListNamespaces(self, request: pb.ListNamespacesRequest, context: Ctx) -> pb.ListNamespacesResponse:
         async with status_from_errors(context):
@@ -218,5 +248,15 @@ def _plain(mapping: Any) -> dict[str, str]:
     return {k: mapping[k] for k in mapping}
 
 
-def _trigger_request(t: pb.TriggerGraphRequest) -> TriggerRequest:
-    return TriggerRequest(t.namespace, t.graph_name, _plain(t.inputs), _plain(t.store), t.start_delay_ms)
+def _trigger_request(engine: Engine, t: pb.TriggerGraphRequest) -> TriggerRequest:
+    """A trigger, with its names and store size checked (an unknown graph is the engine's to report)."""
+    check_name("namespace", t.namespace)
+    check_name("graph_name", t.graph_name)
+    check_names("store key", t.store)
+    store = _plain(t.store)
+    try:
+        config = engine.get_graph(t.namespace, t.graph_name).store_config
+    except GraphNotFoundError:
+        config = None
+    check_store_size("the run's store", {**config.default_values, **store} if config else store)
+    return TriggerRequest(t.namespace, t.graph_name, _plain(t.inputs), store, t.start_delay_ms)

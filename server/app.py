@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import uuid
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
@@ -18,23 +19,26 @@ from grpc_reflection.v1alpha import reflection
 
 from exosphere.errors import InvalidArgumentError
 from exosphere.v1 import runtime_pb2, runtime_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
-from server.api import SchedulerApi
-from server.auth import ApiKey, Authenticator, AuthInterceptor, load_keys_file
-from server.config import ServerConfig
-from server.cron import CronScheduler
-from server.dblock import DatabaseLock
-from server.engine import Engine, EngineSettings
-from server.metrics import RpcCounter
-from server.runtime_api import RuntimeApi
-from server.secrets import SecretBox, load_or_create_key
-from server.sqlite_schema import check_path
-from server.sqlite_store import SqliteStore
-from server.store import InMemoryStore, Store
-from server.web import HttpServer
-from server.wire import decode_stored_schema
+
+from .api import SchedulerApi
+from .auth import ApiKey, Authenticator, AuthInterceptor, load_keys_file
+from .config import ServerConfig
+from .cron import CronScheduler
+from .dblock import DatabaseLock
+from .decode import DecodeInterceptor
+from .engine import Engine, EngineSettings
+from .metrics import RpcCounter
+from .runtime_api import RuntimeApi
+from .secrets import SecretBox, load_or_create_key, load_shared_key
+from .sqlite_schema import check_path
+from .sqlite_store import SqliteStore
+from .store import InMemoryStore, Store
+from .web import HttpServer
+from .wire import decode_stored_schema
 
 if TYPE_CHECKING:
-    from server.tracing import Tracing
+    from .cluster import ClusterMember
+    from .tracing import Tracing
 
 __all__ = ["App"]
 
@@ -83,10 +87,21 @@ def _read_pair(key: str, cert: str) -> tuple[bytes, bytes]:
 
 def _tracing() -> Tracing:
     try:
-        from server.tracing import Tracing
+        from .tracing import Tracing
     except ImportError as exc:
         raise InvalidArgumentError(f"--otel needs the otel extra: pip install 'exosphere[otel]' ({exc})") from None
     return Tracing()
+
+
+def _open_postgres(config: ServerConfig) -> Store:
+    """The store for a ``postgresql://`` URL (asyncpg is imported only then)."""
+    try:
+        from .pg_store import PostgresStore
+    except ImportError as exc:
+        raise InvalidArgumentError(
+            f"--db {config.db_label} needs the PostgreSQL driver: pip install 'exosphere[postgres]' ({exc})"
+        ) from None
+    return PostgresStore(config.db, durable=config.durability == "full", shards=config.shards)
 
 
 class App:
@@ -109,21 +124,27 @@ class App:
         self._tls_pair = _read_pair(config.tls_key, config.tls_cert) if config.tls_cert and config.tls_key else None
         self.auth = Authenticator(keys)
         key_file = None if isinstance(store, InMemoryStore) else Path(f"{config.db}.key")
+        given_key_file = Path(config.secrets_key_file) if config.secrets_key_file else None
         self._db_lock: DatabaseLock | None = None
         with contextlib.ExitStack() as undo:  # a failure below undoes what was opened, in reverse
-            if store is None:
-                # One scheduler per SQLite file (server/dblock.py); a store given by the caller is the caller's
-                # business. The path is checked before the lock file is created beside it, and the database
-                # before the key file, so a file that cannot be used gets no key file beside it.
-                check_path(Path(config.db))
-                self._db_lock = DatabaseLock(config.db)
-                self._db_lock.acquire()
-                undo.callback(self._db_lock.release)
-                store = SqliteStore(config.db, durable=config.durability == "full")
-                undo.callback(store.close)
-            secret_box = SecretBox(
-                load_or_create_key(Path(config.secrets_key_file) if config.secrets_key_file else key_file)
-            )
+            if store is None and config.postgres:
+                # Schedulers that share a PostgreSQL database share its secrets: the key must be given, and a
+                # missing one is said before connecting. PostgreSQL itself serializes them (no lock file).
+                key = load_shared_key(given_key_file, config.db_label)
+                store = _open_postgres(config)
+            else:
+                if store is None:
+                    # One scheduler per SQLite file (server/dblock.py); a store given by the caller is the caller's
+                    # business. The path is checked before the lock file is created beside it, and the database
+                    # before the key file, so a file that cannot be used gets no key file beside it.
+                    check_path(Path(config.db))
+                    self._db_lock = DatabaseLock(config.db)
+                    self._db_lock.acquire()
+                    undo.callback(self._db_lock.release)
+                    store = SqliteStore(config.db, durable=config.durability == "full")
+                    undo.callback(store.close)
+                key = load_or_create_key(given_key_file or key_file)
+            secret_box = SecretBox(key)
             undo.pop_all()
         self.store = store
         self.engine = Engine(
@@ -135,9 +156,13 @@ class App:
                 default_timeout_ms=int(config.default_timeout.total_seconds() * 1000),
             ),
             decode_schema=decode_stored_schema,
+            # On PostgreSQL several replicas share the shards (server/cluster.py); SQLite is a cluster of one.
+            shard_count=getattr(self.store, "shard_count", 1),
+            own_all_shards=not config.postgres,
         )
         if config.otel:
             self.engine.enable_tracing(_tracing())
+        self.cluster: ClusterMember | None = None
         self.cron = CronScheduler(self.engine)
         self.engine.on_graph_saved = self.cron.reload
         # Set when the scheduler must stop on its own (a failed commit); `exosphere-server` then exits non-zero.
@@ -169,7 +194,7 @@ class App:
         await self.engine.start()
         await self.cron.start()
         server = grpc.aio.server(
-            interceptors=[self.rpcs, AuthInterceptor(self.auth)],
+            interceptors=[self.rpcs, AuthInterceptor(self.auth), DecodeInterceptor()],
             options=[
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -208,7 +233,19 @@ class App:
             self.http_port = await self._http.start(self.config.host, http_port)
         for service in ("", "exosphere.v1.SchedulerService", "exosphere.v1.RuntimeService"):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        logger.info("exosphere-server listening on %s:%d db=%s", self.config.host, self.port, self.config.db)
+        if self.config.postgres:
+            from .cluster import ClusterMember  # asyncpg is imported only on PostgreSQL
+
+            self.cluster = ClusterMember(
+                self.config.db,
+                self.engine,
+                replica_id=uuid.uuid4().hex,
+                address=self.config.advertise or f"{self.config.host}:{self.port}",
+                lease=self.config.shard_lease,
+                heartbeat=self.config.shard_lease / 5,
+            )
+            await self.cluster.start()
+        logger.info("exosphere-server listening on %s:%d db=%s", self.config.host, self.port, self.config.db_label)
         if self._http is not None:
             logger.info("dashboard and /metrics on %s", self.http_url)
         return self.port
@@ -238,6 +275,8 @@ class App:
                 await self._http.stop()
             if server is not None and self._started:
                 await self._health.enter_graceful_shutdown()
+                if self.cluster is not None:
+                    await self.cluster.stop()  # hand the shards over at once
                 self.engine.runtimes.close_all("scheduler shutting down")
                 await server.stop(grace)
         finally:

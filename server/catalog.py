@@ -13,10 +13,11 @@ import logging
 from collections.abc import Callable, Mapping
 
 from exosphere.errors import ConflictError, GraphNotFoundError, GraphValidationError
-from server.graph import CompiledGraph, compile_graph
-from server.models import GraphSpec, NodeSchema
-from server.secrets import SecretBox
-from server.store import Store
+
+from .graph import CompiledGraph, compile_graph
+from .models import GraphSpec, NodeSchema
+from .secrets import SecretBox
+from .store import Store
 
 __all__ = ["GraphCatalog"]
 
@@ -38,11 +39,16 @@ class GraphCatalog:
         self._versions: dict[tuple[str, str, int], CompiledGraph] = {}
         self._users: dict[tuple[str, str, int], int] = {}
         self.on_saved: Callable[[CompiledGraph | None, str, str], None] | None = None
+        # Cluster mode: other replicas save graphs too; a graph not known here is looked up in the store.
+        self.shared = False
 
     # ------------------------------------------------------------------ reads
 
     def get(self, namespace: str, name: str) -> CompiledGraph:
         graph = self._current.get((namespace, name))
+        if graph is None and self.shared:
+            self.refresh(self._store.load_graphs())
+            graph = self._current.get((namespace, name))
         if graph is None:
             raise GraphNotFoundError(namespace, name)
         return graph
@@ -67,6 +73,8 @@ class GraphCatalog:
 
         ``secrets`` None keeps the secrets the graph already has.
         """
+        if self.shared:  # another replica may have saved a newer version
+            self.refresh(self._store.load_graphs())
         existing = self._current.get((spec.namespace, spec.name))
         secret_values = (
             self._decrypt(existing.spec) if secrets is None and existing is not None else dict(secrets or {})
@@ -150,6 +158,31 @@ class GraphCatalog:
             compiled = self._compile_stored(spec)
             if compiled is not None:
                 self._set_current(compiled)
+
+    def refresh(self, specs: list[GraphSpec], *, recompile: bool = False) -> int:
+        """Cluster mode: take the graphs other replicas saved or deleted (``specs``: every stored graph); with
+        ``recompile``, compile every graph again (node schemas changed). Returns how many changed here."""
+        changed = 0
+        seen = set()
+        for spec in specs:
+            key = (spec.namespace, spec.name)
+            seen.add(key)
+            current = self._current.get(key)
+            if current is not None and current.version >= spec.version and not recompile:
+                continue
+            compiled = self._compile_stored(spec)
+            if compiled is not None:
+                self._set_current(compiled)
+                changed += 1
+                if self.on_saved is not None:
+                    self.on_saved(compiled, spec.namespace, spec.name)
+        for key in [k for k in self._current if k not in seen]:
+            graph = self._current.pop(key)
+            self._drop_if_unused(graph)
+            changed += 1
+            if self.on_saved is not None:
+                self.on_saved(None, *key)
+        return changed
 
     def _compile_stored(self, spec: GraphSpec) -> CompiledGraph | None:
         problem = None

@@ -15,10 +15,11 @@ import time
 import uuid
 from collections.abc import Callable
 
-from exosphere.errors import InternalError
-from server.observe import Tally
-from server.runstate import Run, State
-from server.store import Store, WriteBatch
+from exosphere.errors import ConnectionFailedError, InternalError
+
+from .observe import Tally
+from .runstate import Run, State
+from .store import Fence, FencedError, Store, WriteBatch
 
 __all__ = ["GroupCommit"]
 
@@ -33,7 +34,8 @@ class GroupCommit:
     """Collects a tick's changes and commits them as one transaction.
 
     ``on_committed(changed_states, finished_runs)`` runs in the loop after each commit; ``on_failed(exc)`` when the
-    database refused one (memory is then ahead of the database: the caller must stop).
+    database refused one (memory is then ahead of the database: the caller must stop, except after a FencedError, when
+    only the shards of that batch are behind and the caller drops them).
     """
 
     def __init__(
@@ -42,10 +44,12 @@ class GroupCommit:
         loop: Callable[[], asyncio.AbstractEventLoop | None],
         on_committed: Callable[[list[State], list[Run]], None],
         on_failed: Callable[[BaseException], None],
+        fence: Callable[[WriteBatch], Fence | None] | None = None,
         *,
         tally: Tally | None = None,
     ) -> None:
         self._store = store
+        self._fence = fence
         self._tally = tally or Tally()
         self._loop = loop
         self._on_committed = on_committed
@@ -124,6 +128,8 @@ class GroupCommit:
         self._kv, self._waiters, self._finished = {}, [], []
         if not batch and not waiters and not finished:
             return
+        if batch and self._fence is not None:
+            batch.fence = self._fence(batch)
         try:
             prepared = self._store.prepare(batch) if batch else None
         except Exception as exc:
@@ -167,6 +173,13 @@ class GroupCommit:
         self._on_committed(changed, finished)
 
     def _failed(self, exc: BaseException, waiters: list[asyncio.Future[None]], count: int) -> None:
+        if isinstance(exc, FencedError):  # cluster mode: another replica owns a shard now; not a database failure
+            logger.warning("commit fenced; %d state changes left to the shards' new owner: %s", count, exc)
+            self._on_failed(exc)
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(ConnectionFailedError(f"{exc}; retry on another replica"))
+            return
         incident_id = uuid.uuid4().hex[:16]
         logger.critical(
             "commit failed; %d state changes not saved incident_id=%s: %s", count, incident_id, exc, exc_info=exc

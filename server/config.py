@@ -6,12 +6,30 @@ import os
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import ClassVar, Literal, Self
+from urllib.parse import unquote, urlsplit
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["DEFAULT_HTTP_PORT", "ServerConfig"]
+__all__ = ["DEFAULT_HTTP_PORT", "ServerConfig", "describe_dsn", "is_postgres_dsn"]
 
 DEFAULT_HTTP_PORT = 8080
+
+
+def is_postgres_dsn(db: str) -> bool:
+    """Whether ``--db`` names a PostgreSQL database rather than a SQLite file."""
+    return db.startswith(("postgresql://", "postgres://"))
+
+
+def describe_dsn(dsn: str) -> str:
+    """``user@host:port/database`` for messages and logs: never the password."""
+    parts = urlsplit(dsn)
+    user = unquote(parts.username or "")
+    try:
+        port = parts.port or 5432
+    except ValueError:
+        port = 5432
+    database = unquote(parts.path.lstrip("/")) or user
+    return f"{user + '@' if user else ''}{parts.hostname or 'localhost'}:{port}/{database}"
 
 
 class ServerConfig(BaseModel):
@@ -32,10 +50,13 @@ class ServerConfig(BaseModel):
         "EXOSPHERE_STANDBY": "standby",
         "EXOSPHERE_HTTP_PORT": "http_port",
         "EXOSPHERE_OTEL": "otel",
+        "EXOSPHERE_ADVERTISE": "advertise",
+        "EXOSPHERE_SHARDS": "shards",
+        "EXOSPHERE_SHARD_LEASE": "shard_lease",
     }
     host: str = "127.0.0.1"
     port: int = 50051
-    db: str = "./exosphere.db"
+    db: str = "./exosphere.db"  # a SQLite file, or postgresql://user@host:port/dbname
     # normal: a commit survives a crash of the process; full: also a power loss or OS crash (an fsync per commit).
     durability: Literal["normal", "full"] = "normal"
     api_key: str | None = None
@@ -53,6 +74,21 @@ class ServerConfig(BaseModel):
     shutdown_grace: timedelta = timedelta(seconds=10)
     # SQLite: wait for the scheduler holding the database to stop, then take over (instead of refusing to start).
     standby: bool = False
+    # PostgreSQL (cluster mode): how the other replicas and runtimes reach this one (default host:port), the number
+    # of shards of a new database (fixed once it exists), and how long a dead replica keeps its shards.
+    advertise: str | None = None
+    shards: int = Field(default=64, ge=1, le=4096)
+    shard_lease: timedelta = timedelta(seconds=5)
+
+    @property
+    def postgres(self) -> bool:
+        return is_postgres_dsn(self.db)
+
+    @property
+    def db_label(self) -> str:
+        """The database for logs and messages (a PostgreSQL DSN without its password)."""
+        return describe_dsn(self.db) if self.postgres else self.db
+
     # The dashboard and /metrics (server/web). None: 8080, or a free port when `port` is 0 (tests, scripts);
     # 0 picks a free one; -1 turns HTTP off.
     http_port: int | None = None

@@ -26,11 +26,12 @@ from typing import TYPE_CHECKING
 from croniter import CroniterError, croniter
 
 from exosphere.errors import ExosphereError
-from server.models import CronSpec
-from server.triggers import TriggerRequest
+
+from .models import CronSpec
+from .triggers import TriggerRequest
 
 if TYPE_CHECKING:
-    from server.engine import Engine
+    from .engine import Engine
 
 __all__ = ["KV_PREFIX", "CronScheduler", "latest_due_ms", "next_due_ms"]
 
@@ -227,12 +228,20 @@ class CronScheduler:
                 due = self._latest_due(trigger, now)
                 if due is None or due <= trigger.watermark_ms:
                     continue
-                run_id = await self._fire(trigger, due)
+                # A schedule belongs to a shard: only the shard's owner fires it (each fires once in a cluster), and
+                # it reads the watermark again, since a previous owner may have moved it.
+                shard = self._engine.shards.shard_for_key(trigger.key)
+                if not self._engine.shards.owns_shard(shard):
+                    continue
+                trigger.watermark_ms = max(trigger.watermark_ms, self._read_watermark(trigger.key) or 0)
+                if due <= trigger.watermark_ms:
+                    continue
+                run_id = await self._fire(trigger, due, shard)
                 if run_id is not None:
                     run_ids.append(run_id)
             return run_ids
 
-    async def _fire(self, trigger: _Trigger, due: int) -> str | None:
+    async def _fire(self, trigger: _Trigger, due: int, shard: int) -> str | None:
         engine = self._engine
         skipped = self._latest_due(trigger, due - 1)
         if skipped is not None and skipped > trigger.watermark_ms:
@@ -249,7 +258,7 @@ class CronScheduler:
         engine.put_kv(trigger.key, str(due))
         try:
             run_id = await engine.trigger(
-                TriggerRequest(trigger.namespace, trigger.graph, trigger.spec.inputs, trigger.spec.store)
+                TriggerRequest(trigger.namespace, trigger.graph, trigger.spec.inputs, trigger.spec.store, shard=shard)
             )
         except Exception as exc:
             self.failed += 1

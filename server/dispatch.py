@@ -14,11 +14,11 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from server.graph import MAX_DELAY_MS
-from server.observe import Tally
-from server.runstate import Session, State
-from server.runtable import RunTable
-from server.status import StateStatus
+from .graph import MAX_DELAY_MS
+from .observe import Tally
+from .runstate import Session, State
+from .runtable import RunTable
+from .status import StateStatus
 
 __all__ = ["Dispatcher"]
 
@@ -106,7 +106,7 @@ class Dispatcher:
         now = self._clock()
         while self._delayed and self._delayed[0][0] <= now:
             _, _, state = heapq.heappop(self._delayed)
-            if state.status == CREATED:
+            if state.status == CREATED and not state.run.dropped:
                 self.enqueue(state)
         self._arm_timer()
 
@@ -136,7 +136,7 @@ class Dispatcher:
                     take = min(share, session.credit, len(queue))
                     for _ in range(take):
                         state = queue.popleft()
-                        if state.status == CREATED:
+                        if state.status == CREATED and not state.run.dropped:
                             ready_at.append(max(state.updated_at_ms, state.run_at_ms))
                             self._assign(session, state, now)
                             if tracing is not None:

@@ -23,31 +23,33 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from exosphere.errors import ConflictError, ExosphereError, RunNotFoundError
-from server import watches
-from server.catalog import GraphCatalog
-from server.commit import GroupCommit
-from server.dispatch import Dispatcher
-from server.graph import CompiledGraph
-from server.machine import StateMachine
-from server.models import GraphSpec, NodeSchema, RunRow, StateRow
-from server.observe import Tally
+from exosphere.errors import ConflictError, ConnectionFailedError, ExosphereError, RunNotFoundError
+
+from . import watches
+from .catalog import GraphCatalog
+from .commit import GroupCommit
+from .dispatch import Dispatcher
+from .graph import CompiledGraph
+from .machine import StateMachine
+from .models import GraphSpec, NodeSchema, RunRow, StateRow
+from .observe import Tally
+from .ownership import Shards
+from .recovery import recover
+from .retries import ManualRetries
+from .runstate import Run, Session, State
+from .runtable import RunTable
+from .secrets import SecretBox
+from .sessions import Sessions
+from .status import ResultKind, RunStatus, StateStatus
+from .store import FencedError, RunCursor, Store
+from .triggers import CheckedTrigger, TriggerRequest, check_trigger
 
 if TYPE_CHECKING:  # opentelemetry is an extra: imported only where tracing is switched on
-    from server.tracing import Tracing
-from server.recovery import recover
-from server.retries import ManualRetries
-from server.runstate import Run, Session, State
-from server.runtable import RunTable
-from server.secrets import SecretBox
-from server.sessions import Sessions
-from server.status import ResultKind, StateStatus
-from server.store import RunCursor, Store
-from server.triggers import CheckedTrigger, TriggerRequest, check_trigger
+    from .tracing import Tracing
 
 __all__ = ["Engine", "EngineSettings", "ResultIn", "TriggerRequest"]
 
@@ -69,6 +71,8 @@ class EngineSettings:
     lease_ms: int = 5000
     default_timeout_ms: int = 30 * 60 * 1000
     sweep_interval_s: float = 0.2
+    # Cluster mode: how often a watch of a run another replica owns reads it from the store.
+    remote_watch_interval_s: float = 0.25
 
 
 @dataclass(slots=True)
@@ -100,15 +104,25 @@ class Engine:
         settings: EngineSettings | None = None,
         decode_schema: Callable[[str, bytes], NodeSchema] | None = None,
         clock: Callable[[], int] = _now_ms,
+        shard_count: int = 1,
+        own_all_shards: bool = True,
     ) -> None:
         self.settings = settings = settings or EngineSettings()
+        self._own_all = own_all_shards
         self._store = store
         self._decode_schema = decode_schema
         self._clock = clock
         self._loop: asyncio.AbstractEventLoop | None = None
         # Counted on the hot path in batches, read by /metrics (server/observe.py, server/metrics.py).
         self.tally = Tally()
-        self._commit = GroupCommit(store, lambda: self._loop, self._after_commit, self._commit_failed, tally=self.tally)
+        self._commit = GroupCommit(
+            store,
+            lambda: self._loop,
+            self._after_commit,
+            self._commit_failed,
+            lambda batch: self.shards.fence(batch),
+            tally=self.tally,
+        )
         self._table = RunTable(self._commit)
         self._dispatcher = Dispatcher(
             self._table,
@@ -124,7 +138,15 @@ class Engine:
         self._retries = ManualRetries(
             store, self._table, self.catalog, self._machine, self._commit, clock=clock, forget=self._forget
         )
+        # The shards whose runs this scheduler holds; a single scheduler owns them all (server/ownership.py).
+        self.shards = Shards(
+            store, self._table, self.catalog, self._machine, self._commit,
+            count=shard_count, clock=clock, forget=self._forget,
+        )  # fmt: skip
         self._tasks: list[asyncio.Task[None]] = []
+        # Cluster mode: every live replica's address, and this one's (runtimes hold a stream to each).
+        self.replicas: tuple[str, ...] = ()
+        self.replica_address = ""
         self.ignored_results = 0
         self._tracing: Tracing | None = None
         # Set when a commit failed; the scheduler must then stop (see _commit_failed).
@@ -136,12 +158,9 @@ class Engine:
     async def start(self) -> None:
         """Load graphs, registrations and pending runs from the store, requeue what was in flight."""
         self._loop = asyncio.get_running_loop()
-        runs = recover(self._store, self._table, self.catalog, self.runtimes.nodes, self._decode_schema)
-        for run in runs:
-            if run.graph is not None:
-                self.catalog.acquire(run.graph)
-        queued = self._machine.resume(runs, self._clock())
-        logger.info("recovered pending_runs=%d requeued=%d", len(runs), queued)
+        recover(self._store, self.catalog, self.runtimes.nodes, self._decode_schema)
+        if self._own_all:
+            self.shards.acquire(range(self.shards.count))
         self._tasks.append(self._loop.create_task(self._sweep_loop(), name="engine-sweeper"))
 
     async def stop(self) -> None:
@@ -162,6 +181,35 @@ class Engine:
         self.catalog.on_saved = callback
 
     # ================================================================== runtimes
+
+    def set_replicas(self, addresses: Collection[str], own: str) -> None:
+        """Cluster mode: the live replicas changed; every connected runtime is told (server/runtime_api.py)."""
+        replicas = tuple(sorted(addresses))
+        self.replica_address = own
+        if replicas == self.replicas:
+            return
+        self.replicas = replicas
+        for session in self.runtimes.connected():
+            session.replicas_changed = True
+            session.wake.set()
+
+    def refresh_from_store(self) -> int:
+        """Cluster mode: take the node registrations and graphs other replicas saved. Returns how many graphs
+        changed here."""
+        changed_nodes = False
+        if self._decode_schema is not None:
+            for namespace, name, raw in self._store.load_nodes():
+                known = self.runtimes.nodes.get((namespace, name))
+                if known is not None and known.raw == raw:
+                    continue
+                try:
+                    self.runtimes.nodes[namespace, name] = self._decode_schema(namespace, raw)
+                    changed_nodes = True
+                except ValueError as exc:
+                    logger.error(
+                        "stored schema unreadable, skipped namespace=%s node=%s error=%s", namespace, name, exc
+                    )
+        return self.catalog.refresh(self._store.load_graphs(), recompile=changed_nodes)
 
     def namespaces(self) -> list[str]:
         return sorted({ns for ns, _ in self.runtimes.nodes} | self.catalog.namespaces())
@@ -269,7 +317,7 @@ class Engine:
     async def _start_runs(self, checked: Sequence[CheckedTrigger]) -> list[str]:
         started_ns = time.time_ns()
         now = self._clock()
-        runs = [self._machine.start_run(c, now) for c in checked]
+        runs = [self._machine.start_run(c, self.shards.new_run_id(c.shard), now) for c in checked]
         for c in checked:
             self.catalog.acquire(c.graph)
         if self._tracing is not None:  # before the commit: the first dispatch may happen in this very tick
@@ -315,7 +363,20 @@ class Engine:
         if run is None:
             row, states, _ = self.get_run(run_id)
             yield row, states
-            return
+            # Cluster mode: a pending run of a shard another replica owns is followed through the store, until
+            # it ends there or its shard comes here (the owner died or left).
+            while row.status == RunStatus.PENDING and not self.shards.owns(run_id):
+                await asyncio.sleep(self.settings.remote_watch_interval_s)
+                run = self._table.runs.get(run_id)
+                if run is not None:
+                    break
+                stored = self._store.get_run(run_id)
+                if stored is None or stored.status == RunStatus.PENDING:
+                    continue
+                yield stored, self._store.get_states(run_id, -1, 0)
+                return
+            if run is None:
+                return
         async for row, states in watches.follow(run):
             # Counted only while the run has CREATED states (the counts are refreshed at most every 50 ms).
             if row.state_counts.get(CREATED, 0) or run.waiting_for_runtime:
@@ -329,6 +390,8 @@ class Engine:
             row = self._store.get_run(run_id)
             if row is None:
                 raise RunNotFoundError(run_id)
+            if row.status == RunStatus.PENDING and not self.shards.owns(run_id):
+                self._not_here(run_id)
             return row
         self._machine.cancel(run, self._clock())
         await self._commit.wait()
@@ -336,9 +399,18 @@ class Engine:
 
     async def retry_state(self, state_id: str, request_id: str) -> str:
         """Create a new attempt of a failed state, once per (namespace, request id); reopens a finished run."""
+        run_id = state_id.rpartition("-")[0]
+        if run_id and not self.shards.owns(run_id):
+            self._not_here(run_id)
         return await self._retries.retry(state_id, request_id)
 
+    def _not_here(self, run_id: str) -> None:
+        """A run that changes is changed by the owner of its shard only."""
+        raise ConnectionFailedError(f"run {run_id} belongs to a shard another scheduler replica owns; ask that one")
+
     def _forget(self, run: Run) -> None:
+        if self._table.runs.get(run.run_id) is not run:
+            return  # already forgotten (its shard was let go before its end was committed)
         self._table.forget(run)
         if run.graph is not None:
             self.catalog.release(run.graph)
@@ -377,6 +449,9 @@ class Engine:
         """The database refused a commit (disk full, I/O error). Memory is now ahead of the database, so the engine
         must not go on: ``on_fatal`` stops the scheduler. A restart recovers from the last commit and runs again
         what was lost (at-least-once)."""
+        if isinstance(exc, FencedError):  # cluster mode: those shards are another replica's now; the rest go on
+            self.shards.drop(exc.shards)
+            return
         if self.fatal_error is None:
             self.fatal_error = exc
             if self.on_fatal is not None:

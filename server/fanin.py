@@ -9,9 +9,9 @@ may still make it fire later). The functions here only count; creating the merge
 
 from __future__ import annotations
 
-from server.graph import CompiledNode
-from server.runstate import Run, State
-from server.status import FAILED_STATE_STATUSES, StateStatus
+from .graph import CompiledNode
+from .runstate import Run, State
+from .status import FAILED_STATE_STATUSES, StateStatus
 
 __all__ = ["closed", "due_merges", "opened", "recount_failures", "release", "replaced", "restore", "watchers_of"]
 

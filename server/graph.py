@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 
 from croniter import croniter
 
-from server.models import GraphSpec, NodeSchema, RetryPolicySpec
-from server.templating import StoreRef, Template, TemplateSyntaxError, parse_template
+from .models import GraphSpec, NodeSchema, RetryPolicySpec
+from .templating import StoreRef, Template, TemplateSyntaxError, parse_template
 
 __all__ = ["CompiledGraph", "CompiledNode", "compile_graph"]
 

@@ -12,20 +12,18 @@ run table (server/runtable.py), which stamps and marks them for the group commit
 from __future__ import annotations
 
 import logging
-import os
-import uuid
 from collections.abc import Iterable
 
-from server import fanin
-from server.dispatch import Dispatcher
-from server.graph import MAX_DELAY_MS, CompiledNode
-from server.resolve import ResolutionError, children_of, merge_inputs
-from server.retry import retry_delay_ms
-from server.runstate import Run, State
-from server.runtable import RunTable
-from server.sessions import withdraw
-from server.status import LIVE_STATE_STATUSES, RunStatus, StateStatus
-from server.triggers import CheckedTrigger
+from . import fanin
+from .dispatch import Dispatcher
+from .graph import MAX_DELAY_MS, CompiledNode
+from .resolve import ResolutionError, children_of, merge_inputs
+from .retry import retry_delay_ms
+from .runstate import Run, State
+from .runtable import RunTable
+from .sessions import withdraw
+from .status import LIVE_STATE_STATUSES, RunStatus, StateStatus
+from .triggers import CheckedTrigger
 
 __all__ = ["StateMachine"]
 
@@ -53,10 +51,10 @@ class StateMachine:
 
     # ------------------------------------------------------------------ creating runs and states
 
-    def start_run(self, checked: CheckedTrigger, now: int) -> Run:
+    def start_run(self, checked: CheckedTrigger, run_id: str, now: int) -> Run:
         graph = checked.graph
         run = Run(
-            run_id=uuid.UUID(bytes=os.urandom(16), version=4).hex,
+            run_id=run_id,
             namespace=graph.namespace,
             graph_name=graph.name,
             graph_version=graph.version,
@@ -250,6 +248,9 @@ class StateMachine:
 
 def _output_problems(node: CompiledNode, outputs: list[dict[str, str]]) -> str:
     if not node.output_fields and not node.required_outputs:
+        return ""
+    declared = node.output_fields
+    if all(fields.keys() == declared for fields in outputs):  # the common case, without building sets
         return ""
     for index, fields in enumerate(outputs):
         unknown = fields.keys() - node.output_fields

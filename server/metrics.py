@@ -18,8 +18,8 @@ import grpc
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 
-from server.engine import Engine
-from server.observe import Histogram
+from .engine import Engine
+from .observe import Histogram
 
 __all__ = ["RpcCounter", "SchedulerMetrics", "render"]
 

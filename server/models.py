@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from server.status import RunStatus, StateStatus
+from .status import RunStatus, StateStatus
 
 __all__ = [
     "CronSpec",

@@ -13,8 +13,8 @@ from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
-from server.runstate import State
-from server.status import StateStatus
+from .runstate import State
+from .status import StateStatus
 
 __all__ = ["COMMIT_BOUNDS_MS", "DISPATCH_BOUNDS_MS", "EXECUTION_BOUNDS_MS", "FINAL", "Histogram", "Tally"]
 

@@ -12,11 +12,15 @@ import json
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import NamedTuple
 
-from server.graph import CompiledNode
-from server.runstate import State
-from server.templating import OutputRef, StoreRef
+from .graph import CompiledNode
+from .runstate import State
+from .templating import OutputRef, StoreRef
 
 __all__ = ["Child", "ResolutionError", "children_of", "merge_inputs", "render_inputs", "root_inputs"]
+
+# A state's inputs travel in its Execute item (with the run's store, at most 16 MiB) and in every read of its run
+# (with its outputs): bounded so both fit one gRPC message. A merge reading every branch can pass it.
+MAX_INPUTS_BYTES = 32 * 1024 * 1024
 
 
 class ResolutionError(Exception):
@@ -39,7 +43,7 @@ def render_inputs(
     skip: Collection[str] = (),
 ) -> dict[str, str]:
     """Splice store values and outputs (read through ``output``) into ``node``'s input templates."""
-    resolved = {k: v for k, v in node.literal_inputs.items() if k not in skip}
+    resolved = {k: v for k, v in node.literal_inputs.items() if k not in skip} if skip else dict(node.literal_inputs)
     for name, template in node.inputs.items():
         if name in resolved or name in skip:
             continue
@@ -55,6 +59,12 @@ def render_inputs(
             else:
                 parts.append(output(seg, name))
         resolved[name] = "".join(parts)
+    # O(1) per ASCII value: CPython knows a string is ASCII without scanning it.
+    size = sum(len(v) if v.isascii() else len(v.encode()) for v in resolved.values())
+    if size > MAX_INPUTS_BYTES:
+        raise ResolutionError(
+            f"{node.identifier}: its inputs would be {size} bytes; a state's inputs may be at most {MAX_INPUTS_BYTES}"
+        )
     return resolved
 
 

@@ -12,14 +12,15 @@ import logging
 from collections.abc import Callable
 
 from exosphere.errors import ConflictError, ExosphereError, StateNotFoundError
-from server.catalog import GraphCatalog
-from server.commit import GroupCommit
-from server.machine import StateMachine
-from server.models import RunRow
-from server.runstate import Run, State
-from server.runtable import RunTable
-from server.status import RETRYABLE_STATE_STATUSES, RunStatus
-from server.store import Store
+
+from .catalog import GraphCatalog
+from .commit import GroupCommit
+from .machine import StateMachine
+from .models import RunRow
+from .runstate import Run, State
+from .runtable import RunTable
+from .status import RETRYABLE_STATE_STATUSES, RunStatus
+from .store import Store
 
 __all__ = ["ManualRetries"]
 

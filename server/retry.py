@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from server.models import RetryPolicySpec
+from .models import RetryPolicySpec
 
 __all__ = ["MAX_RETRY_DELAY_MS", "retry_delay_ms"]
 

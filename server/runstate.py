@@ -7,9 +7,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from server.graph import CompiledGraph, CompiledNode
-from server.models import RunRow, StateRow
-from server.status import RunStatus
+from .graph import CompiledGraph, CompiledNode
+from .models import RunRow, StateRow
+from .status import RunStatus
 
 __all__ = ["Run", "Session", "State"]
 
@@ -55,6 +55,8 @@ class Run(RunRow):
     end_committed: bool = False
     watchers: list[asyncio.Queue[list[State] | None]] = field(default_factory=list)
     next_seq: int = 0
+    # Its shard was let go: nothing of it is dispatched or changed here any more (server/shards.py).
+    dropped: bool = False
 
     @property
     def pending(self) -> bool:
@@ -88,6 +90,8 @@ class Session:
     # Set when the scheduler ends the session (lease expired, shutting down).
     closed_event: asyncio.Event = field(default_factory=asyncio.Event)
     draining: bool = False
+    # Cluster mode: the set of live replicas changed since this runtime last heard it.
+    replicas_changed: bool = False
     closed: bool = False
     close_reason: str = ""
     extra: dict[str, Any] = field(default_factory=dict)

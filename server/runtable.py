@@ -13,12 +13,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 
-from server import fanin
-from server.commit import GroupCommit
-from server.graph import CompiledGraph, CompiledNode
-from server.models import RunRow, StateRow
-from server.runstate import Run, Session, State
-from server.status import FAILED_STATE_STATUSES, LIVE_STATE_STATUSES, RunStatus, StateStatus
+from . import fanin
+from .commit import GroupCommit
+from .graph import CompiledGraph, CompiledNode
+from .models import RunRow, StateRow
+from .runstate import Run, Session, State
+from .status import FAILED_STATE_STATUSES, LIVE_STATE_STATUSES, RunStatus, StateStatus
 
 __all__ = ["RunTable"]
 

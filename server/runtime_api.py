@@ -11,12 +11,25 @@ import grpc
 from exosphere.errors import InvalidArgumentError
 from exosphere.v1 import runtime_pb2 as pb
 from exosphere.v1 import runtime_pb2_grpc
-from server.auth import Authenticator
-from server.engine import Engine
-from server.errors import status_from_errors
-from server.models import NodeSchema
-from server.runstate import Session
-from server.wire import result_from_pb, schema_from_pb
+
+from .auth import Authenticator
+from .decode import BadRequest, refuse
+from .engine import Engine, ResultIn
+from .errors import status_from_errors
+from .models import NodeSchema
+from .names import check_name, check_text
+from .runstate import Session
+from .status import ResultKind
+from .wire import (
+    BATCH_BYTES,
+    MAX_ITEM_BYTES,
+    MAX_STORE_BYTES,
+    framed_size,
+    result_from_pb,
+    schema_from_pb,
+    store_bytes,
+    text_bytes,
+)
 
 __all__ = ["RuntimeApi"]
 
@@ -49,9 +62,16 @@ class RuntimeApi(runtime_pb2_grpc.RuntimeServiceServicer):
             return
         if first is grpc.aio.EOF:
             return
+        if isinstance(first, BadRequest):
+            await refuse(context, first)
         if not first.HasField("register"):
             raise InvalidArgumentError("the first message on the runtime stream must be Register")
         register = first.register
+        check_name("namespace", register.namespace)
+        check_name("runtime_name", register.runtime_name)
+        if register.runtime_id:  # optional: runtimes in other languages may leave it out
+            check_name("runtime_id", register.runtime_id)
+        check_text("sdk_version", register.sdk_version)
         self._auth.check(context, register.namespace)
         if len(register.nodes) > MANY_NODES:  # decoding tens of thousands of schemas would stall the loop
             schemas = await asyncio.to_thread(_schemas, register)
@@ -72,11 +92,14 @@ class RuntimeApi(runtime_pb2_grpc.RuntimeServiceServicer):
                         session_id=session.session_id,
                         heartbeat_interval_ms=engine.settings.heartbeat_interval_ms,
                         lease_ms=engine.settings.lease_ms,
+                        replicas=engine.replicas,
+                        replica_address=engine.replica_address,
                     )
                 )
             )
             writer = asyncio.create_task(
-                self._write_loop(context, session), name=f"session-writer-{session.session_id}"
+                self._write_loop(context, session, shares_stores=register.shares_stores),
+                name=f"session-writer-{session.session_id}",
             )
             reader = asyncio.create_task(self._read_loop(context, session), name=f"session-reader-{session.session_id}")
             closed = asyncio.create_task(session.closed_event.wait(), name=f"session-closed-{session.session_id}")
@@ -117,9 +140,13 @@ class RuntimeApi(runtime_pb2_grpc.RuntimeServiceServicer):
             message = await context.read()
             if message is grpc.aio.EOF:
                 return
+            if isinstance(message, BadRequest):
+                await refuse(context, message)
             kind = message.WhichOneof("kind")
             if kind == "results":
-                engine.handle_results(session, [result_from_pb(r) for r in message.results.results])
+                results = [result_from_pb(r) for r in message.results.results]
+                _bound_store_writes(session, results)
+                engine.handle_results(session, results)
             elif kind == "heartbeat":
                 engine.runtimes.touch(session)
             elif kind == "draining":
@@ -128,28 +155,130 @@ class RuntimeApi(runtime_pb2_grpc.RuntimeServiceServicer):
             elif kind == "register":
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "Register may only be sent once per stream")
 
-    async def _write_loop(self, context: grpc.aio.ServicerContext[Any, Any], session: Session) -> None:
+    async def _write_loop(
+        self, context: grpc.aio.ServicerContext[Any, Any], session: Session, *, shares_stores: bool
+    ) -> None:
         while not session.closed:
             await session.wake.wait()
             session.wake.clear()
+            if session.replicas_changed:
+                session.replicas_changed = False
+                await context.write(pb.SchedulerMessage(replicas=pb.Replicas(addresses=self._engine.replicas)))
             if session.cancels:
                 cancels, session.cancels = session.cancels, []
                 await context.write(pb.SchedulerMessage(cancel=pb.CancelBatch(state_ids=cancels)))
             while session.outbox:
                 batch = session.outbox[:MAX_BATCH]
                 del session.outbox[:MAX_BATCH]
-                items = [_execute(state) for state in batch if state.session is session]
-                if items:
-                    await context.write(pb.SchedulerMessage(execute=pb.ExecuteBatch(items=items)))
+                await self._send(context, session, batch, shares_stores)
+
+    async def _send(
+        self, context: grpc.aio.ServicerContext[Any, Any], session: Session, states: list[Any], shares_stores: bool
+    ) -> None:
+        """Write ``states`` in batches cut by size; a state whose item alone cannot fit fails instead.
+
+        To a runtime that shares stores, a run's store travels once per batch (Execute.store_as_previous). Items are
+        built without awaiting in between, so every item of one batch sees the same store.
+        """
+        items: list[pb.Execute] = []
+        size = 0
+        undeliverable: list[ResultIn] = []
+        in_batch: set[str] = set()  # runs whose store an earlier item of this batch carries
+        for state in states:
+            if state.session is not session:
+                continue
+            item = _execute(state, shared=state.run_id in in_batch)
+            item_size = framed_size(item.ByteSize())
+            if item_size > MAX_ITEM_BYTES:
+                undeliverable.append(_too_large(state, item, item_size))
+                continue
+            if items and size + item_size > BATCH_BYTES:
+                await context.write(pb.SchedulerMessage(execute=pb.ExecuteBatch(items=items)))
+                items, size = [], 0
+                in_batch.clear()
+                if item.store_as_previous:  # its store went with the batch just written
+                    item = _execute(state, shared=False)
+                    item_size = framed_size(item.ByteSize())
+                    if item_size > MAX_ITEM_BYTES:
+                        undeliverable.append(_too_large(state, item, item_size))
+                        continue
+            items.append(item)
+            if shares_stores:
+                in_batch.add(state.run_id)
+            size += item_size
+        if items:
+            await context.write(pb.SchedulerMessage(execute=pb.ExecuteBatch(items=items)))
+        if undeliverable:
+            # Through the runtime-result path, so the failure is committed, retried and reported like any other.
+            self._engine.handle_results(session, undeliverable)
 
 
 def _schemas(register: pb.Register) -> list[NodeSchema]:
     return [schema_from_pb(register.namespace, s) for s in register.nodes]
 
 
-def _execute(state: Any) -> pb.Execute:
+def _bound_store_writes(session: Session, results: list[ResultIn]) -> None:
+    """Turn results whose store writes would grow their run's store past MAX_STORE_BYTES into errored ones."""
+    sizes: dict[str, int] = {}  # run id -> its store's size with the writes of this batch accepted so far
+    written: dict[str, dict[str, str]] = {}
+    for result in results:
+        writes = result.store_writes
+        if result.kind != ResultKind.EXECUTED or not writes:
+            continue
+        state = session.in_flight.get(result.dispatch_id)
+        if state is None:
+            continue  # a stale result, ignored by the engine
+        store, earlier = state.run.store, written.setdefault(state.run_id, {})
+        size = sizes[state.run_id] if state.run_id in sizes else store_bytes(store)
+        for key, value in writes.items():
+            old = earlier.get(key, store.get(key))
+            size += text_bytes(value) - (text_bytes(old) if old is not None else -text_bytes(key))
+        if size > MAX_STORE_BYTES:
+            result.kind, result.outputs, result.store_writes = ResultKind.ERRORED, [], None
+            result.error = {
+                "message": f"the node's store writes would make its run's store {size} bytes; a run's store may "
+                f"hold at most {MAX_STORE_BYTES}",
+                "type": "StoreTooLargeError",
+            }
+            continue
+        sizes[state.run_id] = size
+        earlier.update(writes)
+
+
+def _too_large(state: Any, item: pb.Execute, size: int) -> ResultIn:
+    parts = {"inputs": item.inputs, "store": item.store, "secrets": item.secrets}
+    sizes = ", ".join(
+        f"{name} {sum(len(k.encode()) + len(v.encode()) for k, v in m.items())}" for name, m in parts.items()
+    )
+    message = (
+        f"state {state.state_id} cannot be sent to a runtime: its Execute message is {size} bytes ({sizes}), over "
+        f"the {MAX_ITEM_BYTES}-byte limit of one item (LIMIT_MAX_MESSAGE_BYTES less room for the batch)"
+    )
+    logger.warning("state undeliverable state_id=%s node=%r bytes=%d", state.state_id, state.node_name, size)
+    return ResultIn(
+        state.state_id,
+        state.dispatch_id,
+        ResultKind.ERRORED,
+        error={"message": message, "type": "MessageTooLargeError"},
+    )
+
+
+def _execute(state: Any, *, shared: bool = False) -> pb.Execute:
     node = state.node
     run = state.run
+    if shared:
+        return pb.Execute(
+            state_id=state.state_id,
+            run_id=state.run_id,
+            node_name=state.node_name,
+            inputs=state.inputs,
+            secrets=node.secrets,
+            attempt=state.attempt,
+            deadline_unix_ms=state.deadline_ms,
+            dispatch_id=state.dispatch_id,
+            graph_name=run.graph_name,
+            store_as_previous=True,
+        )
     return pb.Execute(
         state_id=state.state_id,
         run_id=state.run_id,

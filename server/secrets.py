@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from exosphere.errors import ConflictError, InvalidArgumentError
 
-__all__ = ["SecretBox", "SecretsKeyError", "load_or_create_key"]
+__all__ = ["SecretBox", "SecretsKeyError", "load_or_create_key", "load_shared_key"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +59,20 @@ def load_or_create_key(key_file: Path | None) -> bytes:
         os.fsync(f.fileno())
     logger.info("created secrets key file %s", key_file)
     return key
+
+
+def load_shared_key(key_file: Path | None, db: str) -> bytes:
+    """The key for a database that several schedulers share (PostgreSQL): ``EXOSPHERE_SECRETS_KEY`` or ``key_file``.
+
+    There is no file beside such a database to keep a key in, and a key made up by one scheduler could not open
+    the secrets another one saved; so one of the two must be given. Raises InvalidArgumentError otherwise.
+    """
+    if not os.environ.get(KEY_ENV) and key_file is None:
+        raise InvalidArgumentError(
+            f"database {db} needs the secrets key that every scheduler on it shares: set {KEY_ENV} "
+            "(32 base64-encoded bytes) or --secrets-key-file"
+        )
+    return load_or_create_key(key_file)
 
 
 def _read_key_file(key_file: Path) -> bytes:

@@ -15,12 +15,13 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 
 from exosphere.errors import ConflictError, InvalidArgumentError
-from server.dispatch import Dispatcher
-from server.models import NodeSchema
-from server.runstate import Run, Session, State
-from server.runtable import RunTable
-from server.status import StateStatus
-from server.store import Store
+
+from .dispatch import Dispatcher
+from .models import NodeSchema
+from .runstate import Run, Session, State
+from .runtable import RunTable
+from .status import StateStatus
+from .store import Store
 
 __all__ = ["Sessions", "withdraw"]
 

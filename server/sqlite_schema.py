@@ -16,7 +16,7 @@ import sqlite3
 import stat
 from pathlib import Path
 
-from server.store import StoreError
+from .store import StoreError
 
 __all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "check_path", "connect", "open_database"]
 

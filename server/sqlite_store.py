@@ -7,17 +7,17 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 import pydantic
 
-from server.models import GraphSpec, RunRow, StateRow
-from server.sqlite_schema import connect, open_database, store_error
-from server.status import RunStatus, StateStatus
-from server.store import RunCursor, WriteBatch
+from .models import GraphSpec, RunRow, StateRow
+from .sqlite_schema import connect, open_database, store_error
+from .status import RunStatus, StateStatus
+from .store import RunCursor, WriteBatch
 
 __all__ = ["SqliteStore"]
 
@@ -285,7 +285,10 @@ class SqliteStore:
                 logger.error("stored row unreadable, skipped: nodes namespace=%s name=%s: not a blob", namespace, name)
         return nodes
 
-    def load_pending(self) -> tuple[list[RunRow], list[StateRow]]:
+    def load_pending(
+        self, *, shards: Collection[int] | None = None, shard_count: int = 1
+    ) -> tuple[list[RunRow], list[StateRow]]:
+        """Every pending run: a SQLite file has one scheduler, which owns every shard."""
         runs: list[RunRow] = []
         states: list[StateRow] = []
         for raw in self._start_read(f"SELECT {_RUN_COLUMNS} FROM runs WHERE status='PENDING'"):

@@ -9,14 +9,14 @@ SQLite (server/sqlite_store.py) is the embedded default; a PostgreSQL backend fi
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from server.models import GraphSpec, RunRow, StateRow
-from server.status import RunStatus
+from .models import GraphSpec, RunRow, StateRow
+from .status import RunStatus
 
-__all__ = ["InMemoryStore", "RunCursor", "Store", "StoreError", "WriteBatch"]
+__all__ = ["Fence", "FencedError", "InMemoryStore", "RunCursor", "Store", "StoreError", "WriteBatch"]
 
 
 class StoreError(Exception):
@@ -41,6 +41,23 @@ class RunCursor:
         return cls(run.created_at_ms, run.run_id)
 
 
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """Cluster mode: the shard leases a commit needs. The store commits only if ``owner`` still holds every one of
+    ``epochs`` (shard -> epoch) when the transaction commits, and raises FencedError otherwise."""
+
+    owner: str
+    epochs: dict[int, int]
+
+
+class FencedError(StoreError):
+    """A commit was refused: this scheduler no longer holds the lease of a shard it wrote to."""
+
+    def __init__(self, shards: Sequence[int]) -> None:
+        super().__init__(f"shard lease lost for shards {sorted(shards)}; another scheduler replica owns them now")
+        self.shards = sorted(shards)
+
+
 @dataclass(slots=True)
 class WriteBatch:
     """Everything one event-loop tick changed; committed in one transaction."""
@@ -49,6 +66,8 @@ class WriteBatch:
     updated_states: Sequence[StateRow] = ()
     runs: Sequence[RunRow] = ()
     kv: dict[str, str] = field(default_factory=dict)
+    # Set in cluster mode (server/ownership.py); a single scheduler writes unfenced.
+    fence: Fence | None = None
 
     def __bool__(self) -> bool:
         return bool(self.new_states or self.updated_states or self.runs or self.kv)
@@ -82,8 +101,11 @@ class Store(Protocol):
 
     def load_nodes(self) -> list[tuple[str, str, bytes]]: ...
 
-    def load_pending(self) -> tuple[list[RunRow], list[StateRow]]:
-        """Runs still PENDING, and all their states ordered by run and sequence.
+    def load_pending(
+        self, *, shards: Collection[int] | None = None, shard_count: int = 1
+    ) -> tuple[list[RunRow], list[StateRow]]:
+        """Runs still PENDING, and all their states ordered by run and sequence. A backend may leave out runs not
+        in ``shards`` (among ``shard_count``; server/shards.py); the caller filters anyway.
 
         A run whose row or any of whose states cannot be read is logged and left out whole: half a run would
         run wrongly (a unites would fire without the missing branch).
@@ -176,7 +198,9 @@ class InMemoryStore:
     def load_nodes(self) -> list[tuple[str, str, bytes]]:
         return [(ns, name, raw) for (ns, name), raw in self._nodes.items()]
 
-    def load_pending(self) -> tuple[list[RunRow], list[StateRow]]:
+    def load_pending(
+        self, *, shards: Collection[int] | None = None, shard_count: int = 1
+    ) -> tuple[list[RunRow], list[StateRow]]:
         runs = [_copy_run(r) for r in self._runs.values() if r.status == RunStatus.PENDING]
         states = [_snapshot(s) for r in runs for _, s in sorted(self._states.get(r.run_id, {}).items())]
         return runs, states

@@ -17,8 +17,8 @@ from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from server.runstate import Run, Session, State
-from server.status import ResultKind
+from .runstate import Run, Session, State
+from .status import ResultKind
 
 __all__ = ["Tracing"]
 

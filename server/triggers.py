@@ -6,9 +6,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from exosphere.errors import ConflictError, InvalidArgumentError
-from server.graph import MAX_DELAY_MS, CompiledGraph
-from server.models import NodeSchema
-from server.resolve import ResolutionError, root_inputs
+
+from .graph import MAX_DELAY_MS, CompiledGraph
+from .models import NodeSchema
+from .resolve import ResolutionError, root_inputs
 
 __all__ = ["CheckedTrigger", "TriggerRequest", "check_trigger"]
 
@@ -22,6 +23,9 @@ class TriggerRequest:
     inputs: Mapping[str, str] = field(default_factory=dict)
     store: Mapping[str, str] = field(default_factory=dict)
     start_delay_ms: int = 0
+    # The shard of the new run (cron: the schedule's own, so its watermark and its run commit under one lease);
+    # None: any shard this scheduler owns.
+    shard: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +36,7 @@ class CheckedTrigger:
     root_inputs: dict[str, str]
     store: dict[str, str]
     start_delay_ms: int
+    shard: int | None = None
 
 
 def check_trigger(request: TriggerRequest, graph: CompiledGraph, root_schema: NodeSchema | None) -> CheckedTrigger:
@@ -66,4 +71,4 @@ def check_trigger(request: TriggerRequest, graph: CompiledGraph, root_schema: No
                 errors.append(f"root node {root.node_name!r} needs inputs {missing_inputs}")
     if errors:
         raise InvalidArgumentError("; ".join(errors))
-    return CheckedTrigger(graph, inputs, run_store, request.start_delay_ms)
+    return CheckedTrigger(graph, inputs, run_store, request.start_delay_ms, request.shard)

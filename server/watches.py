@@ -11,9 +11,11 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
 
-from server.models import RunRow, StateRow
-from server.runstate import Run, State
-from server.status import RunStatus
+from exosphere.errors import ConnectionFailedError
+
+from .models import RunRow, StateRow
+from .runstate import Run, State
+from .status import RunStatus
 
 __all__ = ["committed_view", "follow", "notify"]
 
@@ -51,8 +53,8 @@ async def follow(run: Run) -> AsyncIterator[tuple[RunRow, list[StateRow]]]:
         # lost even when it lands while the consumer is busy with the previous one.
         while not reported_end:
             changed = await queue.get()
-            if changed is None:
-                break
+            if changed is None:  # its shard moved to another replica (Engine.release_shards)
+                raise ConnectionFailedError(f"run {run.run_id} moved to another scheduler replica; watch it again")
             reported_end = run.end_committed
             if reported_end or time.monotonic() - counted > COUNT_INTERVAL_S:
                 run.state_counts = run.counts()

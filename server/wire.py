@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
 
 from google.protobuf.descriptor_pb2 import DescriptorProto, FieldDescriptorProto
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 from pydantic import ValidationError
 
 from exosphere.errors import InvalidArgumentError
 from exosphere.v1 import common_pb2, runtime_pb2, scheduler_pb2
-from server.engine import ResultIn
-from server.graph import MAX_DELAY_MS
-from server.models import (
+
+from .engine import ResultIn
+from .graph import MAX_DELAY_MS
+from .models import (
     CronSpec,
     FieldSpec,
     GraphNodeSpec,
@@ -26,7 +27,8 @@ from server.models import (
     StoreConfigSpec,
     UnitesSpec,
 )
-from server.status import ResultKind
+from .names import check_name, check_names, name_problem
+from .status import ResultKind
 
 __all__ = [
     "graph_spec_from_pb",
@@ -38,12 +40,115 @@ __all__ = [
     "state_to_pb",
 ]
 
+T = TypeVar("T", bound=Message)
+R = TypeVar("R")
+
 _STATE_STATUS = {name.removeprefix("STATE_STATUS_"): value for name, value in common_pb2.StateStatus.items()}
 _RUN_STATUS = {name.removeprefix("RUN_STATUS_"): value for name, value in common_pb2.RunStatus.items()}
 
 # Limits on what a client may send, so no request can exhaust the scheduler.
-MAX_NAME = 256
 MAX_GRAPH_NODES = 10_000
+# A result fanning out wider than this fails its state: 100,000 outputs in one result stalled the event loop for a
+# second and took 150 MB; 10,000 is the widest fan-out we benchmark and keeps one result's work near 0.1 s.
+MAX_OUTPUTS_PER_RESULT = common_pb2.LIMIT_MAX_OUTPUTS_PER_RESULT
+
+# A state's outputs, values in UTF-8 bytes (as exosphere/_executor.py MAX_RESULT_BYTES): with its inputs (at most
+# 32 MiB, server/resolve.py) a state always fits one message of a read.
+MAX_OUTPUTS_BYTES = 16 * 1024 * 1024
+
+# An error's message and traceback are kept to this many characters each (and its type to MAX_ERROR_TYPE): they are
+# for people, and a state (read with its inputs and outputs) must fit one message.
+MAX_ERROR_TEXT = 64 * 1024
+MAX_ERROR_TYPE = 256
+
+# A run's store travels with every dispatch and every read of the run, so it is bounded: keys and values together,
+# UTF-8 bytes. 16 MiB, as a node's outputs: an Execute item then has room for inputs and secrets.
+MAX_STORE_BYTES = 16 * 1024 * 1024
+
+# The wire counts bytes, so batches and pages are cut by size (measured with ByteSize as they are built).
+MAX_MESSAGE_BYTES = common_pb2.LIMIT_MAX_MESSAGE_BYTES
+# Room kept in every message for what surrounds the items (the run of a page, oneof and length prefixes).
+_ENVELOPE_BYTES = 64 * 1024
+# The largest single item (Execute, State, Run...) a message can carry.
+MAX_ITEM_BYTES = MAX_MESSAGE_BYTES - _ENVELOPE_BYTES
+# A batch on the runtime stream stops growing here (a bigger item still travels alone): small messages let the two
+# processes overlap, as the item-count cap does.
+BATCH_BYTES = 4 * 1024 * 1024
+# A page of a read (GetRun, ListRuns, WatchRun events...) stops growing here.
+PAGE_BYTES = 16 * 1024 * 1024
+
+
+def framed_size(size: int) -> int:
+    """Bytes an item of ``size`` bytes takes as one element of a repeated field (tag and length prefix)."""
+    return size + 1 + (size.bit_length() + 6) // 7 if size else 2
+
+
+def cut_by_size(items: Sequence[T], *, budget: int = PAGE_BYTES, reserved: int = 0) -> int:
+    """How many leading ``items`` (protobuf messages) fit in ``budget`` bytes; at least one when any."""
+    size = reserved
+    for count, item in enumerate(items):
+        size += framed_size(item.ByteSize())
+        if size > budget and count:
+            return count
+    return len(items)
+
+
+def take_by_size(
+    rows: Iterable[R], to_pb: Callable[[R], T], *, budget: int = PAGE_BYTES, reserved: int = 0
+) -> tuple[list[T], bool]:
+    """Convert ``rows`` until the next would pass ``budget`` bytes (at least one); returns them and whether every
+    row was taken."""
+    size = reserved
+    messages: list[T] = []
+    for row in rows:
+        message = to_pb(row)
+        size += framed_size(message.ByteSize())
+        if size > budget and messages:
+            return messages, False
+        messages.append(message)
+    return messages, True
+
+
+def split_by_size(items: Sequence[T], *, budget: int = PAGE_BYTES, reserved: int = 0) -> Iterator[Sequence[T]]:
+    """``items`` in consecutive chunks that each fit in ``budget`` bytes; one empty chunk when there are none."""
+    start = 0
+    while True:
+        count = cut_by_size(items[start:], budget=budget, reserved=reserved)
+        yield items[start : start + count]
+        start += count
+        if start >= len(items):
+            return
+
+
+def text_bytes(text: str) -> int:
+    """UTF-8 size of ``text``; O(1) for ASCII (CPython knows a string is ASCII without scanning it)."""
+    return len(text) if text.isascii() else len(text.encode())
+
+
+def store_bytes(store: Mapping[str, str]) -> int:
+    """Size of a run's store as the limit counts it: UTF-8 bytes of every key and value."""
+    return sum(text_bytes(k) + text_bytes(v) for k, v in store.items())
+
+
+def check_store_size(what: str, store: Mapping[str, str]) -> None:
+    size = store_bytes(store)
+    if size > MAX_STORE_BYTES:
+        raise InvalidArgumentError(f"{what} is {size} bytes; a run's store may hold at most {MAX_STORE_BYTES}")
+
+
+def _cut(text: str, limit: int) -> str:
+    """``text``, cut to ``limit`` characters saying how much was left out (error text is for people)."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
+def too_many_outputs(count: int) -> str:
+    """The error of a result with more outputs than allowed (exosphere/_executor.py words it the same)."""
+    return (
+        f"a result may carry at most {MAX_OUTPUTS_PER_RESULT} outputs (LIMIT_MAX_OUTPUTS_PER_RESULT), got {count}: "
+        "fan out in stages, or return fewer, larger outputs"
+    )
 
 
 def _enum_name(enum: Any, value: int, prefix: str) -> str:
@@ -80,8 +185,7 @@ def _fields(namespace: str, node: str, label: str, descriptor: DescriptorProto) 
 
 def schema_from_pb(namespace: str, schema: common_pb2.NodeSchema) -> NodeSchema:
     """A registered node schema; raises InvalidArgumentError naming a bad field."""
-    if not schema.name.strip() or len(schema.name) > MAX_NAME:
-        raise InvalidArgumentError(f"node name must be 1 to {MAX_NAME} characters, got {schema.name!r}")
+    check_name("node name", schema.name)
     return NodeSchema(
         namespace=namespace,
         name=schema.name,
@@ -126,10 +230,8 @@ def _retry_to_pb(policy: RetryPolicySpec) -> scheduler_pb2.RetryPolicy:
 
 def graph_spec_from_pb(graph: scheduler_pb2.Graph) -> GraphSpec:
     """The stored form of a graph sent by a client (validation happens in the engine)."""
-    if not graph.namespace.strip() or len(graph.namespace) > MAX_NAME:
-        raise InvalidArgumentError(f"namespace must be 1 to {MAX_NAME} characters")
-    if not graph.name.strip() or len(graph.name) > MAX_NAME:
-        raise InvalidArgumentError(f"graph name must be 1 to {MAX_NAME} characters")
+    check_name("namespace", graph.namespace.strip())
+    check_name("graph name", graph.name.strip())
     if len(graph.nodes) > MAX_GRAPH_NODES:
         raise InvalidArgumentError(f"a graph may have at most {MAX_GRAPH_NODES} nodes, got {len(graph.nodes)}")
     try:
@@ -141,7 +243,17 @@ def graph_spec_from_pb(graph: scheduler_pb2.Graph) -> GraphSpec:
 
 def _graph_spec(graph: scheduler_pb2.Graph) -> GraphSpec:
     nodes = []
-    for node in graph.nodes:
+    for index, node in enumerate(graph.nodes):
+        # Empty names are left to graph validation, which reports them with every other problem.
+        where = f"node #{index}"
+        for label, value in (("node_name", node.node_name), ("namespace", node.namespace)):
+            if value.strip():
+                check_name(f"{where} {label}", value.strip())
+        if node.identifier.strip():
+            check_name(f"{where} identifier", node.identifier.strip())
+        check_names(f"{where} next_nodes entry", (n.strip() for n in node.next_nodes if n.strip()))
+        if node.unites.identifier.strip():
+            check_name(f"{where} unites identifier", node.unites.identifier.strip())
         unites = None
         if node.HasField("unites"):
             strategy = _enum_name(scheduler_pb2.UnitesStrategy, node.unites.strategy, "UNITES_STRATEGY_")
@@ -160,6 +272,16 @@ def _graph_spec(graph: scheduler_pb2.Graph) -> GraphSpec:
                 retry_policy=_retry_from_pb(node.retry_policy) if node.HasField("retry_policy") else None,
                 timeout_ms=node.timeout_ms,
             )
+        )
+    if graph.HasField("store_config"):
+        config = graph.store_config
+        check_names("store_config required key", (k.strip() for k in config.required_keys if k.strip()))
+        check_names("store_config default key", (k.strip() for k in config.default_values if k.strip()))
+        check_store_size("store_config default_values", config.default_values)
+    for index, trigger in enumerate(graph.triggers):
+        check_names(f"trigger #{index} store key", trigger.store)
+        check_store_size(
+            f"trigger #{index} store with the defaults", {**graph.store_config.default_values, **trigger.store}
         )
     return GraphSpec(
         namespace=graph.namespace.strip(),
@@ -264,11 +386,38 @@ def run_to_pb(run: RunRow) -> scheduler_pb2.Run:
 def result_from_pb(result: runtime_pb2.Result) -> ResultIn:
     kind = result.WhichOneof("outcome")
     writes = {k: result.store_writes[k] for k in result.store_writes} if result.store_writes else None
+    bad_key = next((k for k in writes or () if name_problem(k) is not None), None)
+    if bad_key is not None and kind == "executed":
+        message = f"store key {bad_key[:80]!r} written by the node: {name_problem(bad_key)}"
+        return ResultIn(
+            result.state_id, result.dispatch_id, ResultKind.ERRORED, error={"message": message, "type": "StoreKeyError"}
+        )
     if kind == "executed":
+        count = len(result.executed.outputs)
+        if count > MAX_OUTPUTS_PER_RESULT:  # refused before a dict is built for any of them
+            return ResultIn(
+                result.state_id,
+                result.dispatch_id,
+                ResultKind.ERRORED,
+                error={"message": too_many_outputs(count), "type": "TooManyOutputsError"},
+            )
         outputs = []
+        size = 0
         for out in result.executed.outputs:
             fields = out.fields
-            outputs.append({k: fields[k] for k in fields})
+            values = {k: fields[k] for k in fields}
+            size += sum(text_bytes(v) for v in values.values())
+            outputs.append(values)
+        if size > MAX_OUTPUTS_BYTES:  # the Python runtime refuses it first; runtimes in other languages may not
+            return ResultIn(
+                result.state_id,
+                result.dispatch_id,
+                ResultKind.ERRORED,
+                error={
+                    "message": f"the node returned {size} bytes of outputs; limit {MAX_OUTPUTS_BYTES}",
+                    "type": "ResultTooLargeError",
+                },
+            )
         return ResultIn(result.state_id, result.dispatch_id, ResultKind.EXECUTED, outputs=outputs, store_writes=writes)
     if kind == "errored":
         e = result.errored
@@ -276,10 +425,24 @@ def result_from_pb(result: runtime_pb2.Result) -> ResultIn:
             result.state_id,
             result.dispatch_id,
             ResultKind.ERRORED,
-            error={"message": e.message, "type": e.type, "traceback": e.traceback},
+            error={
+                "message": _cut(e.message, MAX_ERROR_TEXT),
+                "type": _cut(e.type, MAX_ERROR_TYPE),
+                "traceback": _cut(e.traceback, MAX_ERROR_TEXT),
+            },
         )
     if kind == "pruned":
         data = result.pruned.data_json or "{}"
+        if text_bytes(data) > MAX_OUTPUTS_BYTES:
+            return ResultIn(
+                result.state_id,
+                result.dispatch_id,
+                ResultKind.ERRORED,
+                error={
+                    "message": f"PruneSignal data is {text_bytes(data)} bytes; limit {MAX_OUTPUTS_BYTES}",
+                    "type": "ResultTooLargeError",
+                },
+            )
         try:
             json.loads(data)
         except (ValueError, RecursionError):  # not JSON, or nested too deep to read: keep it as text

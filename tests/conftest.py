@@ -15,6 +15,7 @@ import pytest
 from exosphere import BaseNode, Runtime, StateManager
 from server.app import App
 from server.config import ServerConfig
+from tests.helpers.pg import pg_dsn  # noqa: F401  (a fixture: a fresh PostgreSQL database per test)
 from tests.helpers.runtimes import RuntimeFactory, RuntimeGroup
 from tests.helpers.servers import serving
 

@@ -59,5 +59,8 @@ def test_all_is_pinned() -> None:
 
 
 def test_exospherehost_names_import_from_both_packages() -> None:
-    for name in EXOSPHEREHOST_NAMES:
-        assert getattr(exospherehost, name) is getattr(exosphere, name)
+    # exospherehost's classes are ours, or ours with its signatures and messages (tests/compat); its StateManager
+    # returns its dicts, so it is its own class.
+    for name in EXOSPHEREHOST_NAMES - {"StateManager"}:
+        assert issubclass(getattr(exospherehost, name), getattr(exosphere, name))
+    assert set(exospherehost.__all__) == EXOSPHEREHOST_NAMES | {"VERSION"}

@@ -108,6 +108,38 @@ RUN_STATUS_CANCELLED: RunStatus.ValueType  # 4
 """The run was cancelled."""
 Global___RunStatus: _TypeAlias = RunStatus  # noqa: Y015
 
+class _Limit:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _LimitEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Limit.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    LIMIT_UNSPECIFIED: _Limit.ValueType  # 0
+    LIMIT_MAX_NAME_LENGTH: _Limit.ValueType  # 256
+    """Longest name in characters: namespaces, graph, node, runtime and field names, identifiers, store keys."""
+    LIMIT_MAX_OUTPUTS_PER_RESULT: _Limit.ValueType  # 10000
+    """Most outputs one result may carry (fan-out width of one state). A result with more fails its state
+    (ERRORED, type TooManyOutputsError) instead of stalling the scheduler.
+    """
+    LIMIT_MAX_MESSAGE_BYTES: _Limit.ValueType  # 67108864
+    """Largest gRPC message either side accepts, in bytes (64 MiB). Batches and pages are cut below it by size."""
+
+class Limit(_Limit, metaclass=_LimitEnumTypeWrapper):
+    """Limits every scheduler enforces, published here so a runtime in any language can check them before sending.
+    The enum is only a carrier of numbers (it is never a field's type).
+    """
+
+LIMIT_UNSPECIFIED: Limit.ValueType  # 0
+LIMIT_MAX_NAME_LENGTH: Limit.ValueType  # 256
+"""Longest name in characters: namespaces, graph, node, runtime and field names, identifiers, store keys."""
+LIMIT_MAX_OUTPUTS_PER_RESULT: Limit.ValueType  # 10000
+"""Most outputs one result may carry (fan-out width of one state). A result with more fails its state
+(ERRORED, type TooManyOutputsError) instead of stalling the scheduler.
+"""
+LIMIT_MAX_MESSAGE_BYTES: Limit.ValueType  # 67108864
+"""Largest gRPC message either side accepts, in bytes (64 MiB). Batches and pages are cut below it by size."""
+Global___Limit: _TypeAlias = Limit  # noqa: Y015
+
 @_typing.final
 class NodeSchema(_message.Message):
     """The schema of one node, as its runtime registers it.

@@ -123,6 +123,7 @@ class Register(_message.Message):
     SDK_VERSION_FIELD_NUMBER: _builtins.int
     NODES_FIELD_NUMBER: _builtins.int
     MAX_CONCURRENCY_FIELD_NUMBER: _builtins.int
+    SHARES_STORES_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """Namespace of the nodes. The same node name in two namespaces is two different nodes."""
     runtime_name: _builtins.str
@@ -133,6 +134,12 @@ class Register(_message.Message):
     """SDK name and version, for example "exosphere-python/0.1.0"."""
     max_concurrency: _builtins.int
     """How many states the runtime runs at once: its credit. Must be at least 1."""
+    shares_stores: _builtins.bool
+    """The runtime understands Execute.store_as_previous: within one ExecuteBatch, the scheduler then sends a run's
+    store once, with the first item of that run, instead of copying it into every item (a fan-out of a few hundred
+    states over a store of a few hundred KB would otherwise move a hundred MB). Runtimes that leave it false
+    receive the full store in every item, as before.
+    """
     @_builtins.property
     def nodes(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.NodeSchema]:
         """The nodes this runtime hosts."""
@@ -146,10 +153,11 @@ class Register(_message.Message):
         sdk_version: _builtins.str = ...,
         nodes: _abc.Iterable[_common_pb2.NodeSchema] | None = ...,
         max_concurrency: _builtins.int = ...,
+        shares_stores: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_concurrency", b"max_concurrency", "namespace", b"namespace", "nodes", b"nodes", "runtime_id", b"runtime_id", "runtime_name", b"runtime_name", "sdk_version", b"sdk_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_concurrency", b"max_concurrency", "namespace", b"namespace", "nodes", b"nodes", "runtime_id", b"runtime_id", "runtime_name", b"runtime_name", "sdk_version", b"sdk_version", "shares_stores", b"shares_stores"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -157,7 +165,9 @@ Global___Register: _TypeAlias = Register  # noqa: Y015
 
 @_typing.final
 class ResultBatch(_message.Message):
-    """A batch of results. Each result frees one credit."""
+    """A batch of results. Each result frees one credit. A runtime cuts its batches by size so each message stays below
+    LIMIT_MAX_MESSAGE_BYTES; a single result that cannot fit is sent as errored instead.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -219,7 +229,9 @@ class Result(_message.Message):
     """The dispatch token from the Execute item."""
     @_builtins.property
     def executed(self) -> Global___Executed:
-        """The node returned: zero, one or several sets of outputs (several fan out)."""
+        """The node returned: zero, one or several sets of outputs (several fan out), at most
+        LIMIT_MAX_OUTPUTS_PER_RESULT; beyond it the scheduler fails the state (TooManyOutputsError).
+        """
 
     @_builtins.property
     def errored(self) -> _common_pb2.StateError:
@@ -372,6 +384,7 @@ class SchedulerMessage(_message.Message):
     EXECUTE_FIELD_NUMBER: _builtins.int
     DRAIN_FIELD_NUMBER: _builtins.int
     CANCEL_FIELD_NUMBER: _builtins.int
+    REPLICAS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def registered(self) -> Global___Registered:
         """Answer to Register."""
@@ -388,6 +401,10 @@ class SchedulerMessage(_message.Message):
     def cancel(self) -> Global___CancelBatch:
         """Stop executing these states; their results will be ignored."""
 
+    @_builtins.property
+    def replicas(self) -> Global___Replicas:
+        """Cluster mode: the live scheduler replicas changed (see Registered.replicas)."""
+
     def __init__(
         self,
         *,
@@ -395,16 +412,39 @@ class SchedulerMessage(_message.Message):
         execute: Global___ExecuteBatch | None = ...,
         drain: Global___Drain | None = ...,
         cancel: Global___CancelBatch | None = ...,
+        replicas: Global___Replicas | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "drain", b"drain", "execute", b"execute", "kind", b"kind", "registered", b"registered"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "drain", b"drain", "execute", b"execute", "kind", b"kind", "registered", b"registered", "replicas", b"replicas"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "drain", b"drain", "execute", b"execute", "kind", b"kind", "registered", b"registered"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "drain", b"drain", "execute", b"execute", "kind", b"kind", "registered", b"registered", "replicas", b"replicas"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["registered", "execute", "drain", "cancel"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["registered", "execute", "drain", "cancel", "replicas"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___SchedulerMessage: _TypeAlias = SchedulerMessage  # noqa: Y015
+
+@_typing.final
+class Replicas(_message.Message):
+    """Cluster mode: the address of every live scheduler replica, this one included."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADDRESSES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def addresses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        addresses: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["addresses", b"addresses"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Replicas: _TypeAlias = Replicas  # noqa: Y015
 
 @_typing.final
 class Registered(_message.Message):
@@ -415,22 +455,37 @@ class Registered(_message.Message):
     SESSION_ID_FIELD_NUMBER: _builtins.int
     HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _builtins.int
     LEASE_MS_FIELD_NUMBER: _builtins.int
+    REPLICAS_FIELD_NUMBER: _builtins.int
+    REPLICA_ADDRESS_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """Id of this stream session."""
     heartbeat_interval_ms: _builtins.int
     """How often the runtime should send a Heartbeat when it has nothing else to send, in milliseconds."""
     lease_ms: _builtins.int
     """A runtime silent for longer than this loses its states back to the queue, in milliseconds."""
+    replica_address: _builtins.str
+    """This replica's address as it appears in `replicas`."""
+    @_builtins.property
+    def replicas(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Cluster mode (several scheduler replicas on PostgreSQL): the address of every live replica, this one included,
+        as `replica_address` names it. Each replica dispatches only the runs of its own shards, so a runtime should
+        hold one stream to every replica (the same runtime_id on each) and keep the states it executes at once within
+        its own max_concurrency across them; `SchedulerMessage.replicas` says when the set changes. Empty: a single
+        scheduler.
+        """
+
     def __init__(
         self,
         *,
         session_id: _builtins.str = ...,
         heartbeat_interval_ms: _builtins.int = ...,
         lease_ms: _builtins.int = ...,
+        replicas: _abc.Iterable[_builtins.str] | None = ...,
+        replica_address: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval_ms", b"heartbeat_interval_ms", "lease_ms", b"lease_ms", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval_ms", b"heartbeat_interval_ms", "lease_ms", b"lease_ms", "replica_address", b"replica_address", "replicas", b"replicas", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -438,7 +493,10 @@ Global___Registered: _TypeAlias = Registered  # noqa: Y015
 
 @_typing.final
 class ExecuteBatch(_message.Message):
-    """States to execute, never more than the runtime's free credit."""
+    """States to execute, never more than the runtime's free credit. The scheduler cuts its batches by size so each
+    message stays below LIMIT_MAX_MESSAGE_BYTES; a state whose item alone cannot fit is never sent: it fails
+    (ERRORED, type MessageTooLargeError).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -534,6 +592,7 @@ class Execute(_message.Message):
     DISPATCH_ID_FIELD_NUMBER: _builtins.int
     STORE_FIELD_NUMBER: _builtins.int
     GRAPH_NAME_FIELD_NUMBER: _builtins.int
+    STORE_AS_PREVIOUS_FIELD_NUMBER: _builtins.int
     TRACEPARENT_FIELD_NUMBER: _builtins.int
     state_id: _builtins.str
     run_id: _builtins.str
@@ -547,6 +606,10 @@ class Execute(_message.Message):
     """Token to echo in the Result."""
     graph_name: _builtins.str
     """Graph name, for logging."""
+    store_as_previous: _builtins.bool
+    """True when this item's store is the store of the previous item of the same run_id in the same ExecuteBatch;
+    `store` is then empty. Sent only to runtimes that set Register.shares_stores.
+    """
     traceparent: _builtins.str
     """W3C trace context (`traceparent` header value) of the scheduler's span for this dispatch, when the scheduler
     traces (`--otel`); a runtime makes its execution span a child of it. Empty when not tracing.
@@ -576,11 +639,12 @@ class Execute(_message.Message):
         dispatch_id: _builtins.int = ...,
         store: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         graph_name: _builtins.str = ...,
+        store_as_previous: _builtins.bool = ...,
         traceparent: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "deadline_unix_ms", b"deadline_unix_ms", "dispatch_id", b"dispatch_id", "graph_name", b"graph_name", "inputs", b"inputs", "node_name", b"node_name", "run_id", b"run_id", "secrets", b"secrets", "state_id", b"state_id", "store", b"store", "traceparent", b"traceparent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "deadline_unix_ms", b"deadline_unix_ms", "dispatch_id", b"dispatch_id", "graph_name", b"graph_name", "inputs", b"inputs", "node_name", b"node_name", "run_id", b"run_id", "secrets", b"secrets", "state_id", b"state_id", "store", b"store", "store_as_previous", b"store_as_previous", "traceparent", b"traceparent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

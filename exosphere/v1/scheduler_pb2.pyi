@@ -515,15 +515,19 @@ class ListGraphsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NAMESPACE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
+    page_token: _builtins.str
+    """The next_page_token of the previous page; empty for the first page."""
     def __init__(
         self,
         *,
         namespace: _builtins.str = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["namespace", b"namespace"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["namespace", b"namespace", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -531,19 +535,27 @@ Global___ListGraphsRequest: _TypeAlias = ListGraphsRequest  # noqa: Y015
 
 @_typing.final
 class ListGraphsResponse(_message.Message):
+    """Graphs by name. A page stops before the message size limit: follow next_page_token (older servers sent one
+    page with every graph and no token).
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     GRAPHS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty when this is the last page."""
     @_builtins.property
     def graphs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Graph]: ...
     def __init__(
         self,
         *,
         graphs: _abc.Iterable[Global___Graph] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["graphs", b"graphs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["graphs", b"graphs", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -933,7 +945,9 @@ class GetRunRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     page_size: _builtins.int
-    """Page of states: at most page_size states (0 means all), after the given token."""
+    """Page of states: at most page_size states (0 means as many as fit), after the given token. A page also stops
+    before the message size limit, so it may hold fewer states than page_size: follow next_page_token until empty.
+    """
     page_token: _builtins.str
     def __init__(
         self,
@@ -1014,6 +1028,10 @@ Global___ListRunsRequest: _TypeAlias = ListRunsRequest  # noqa: Y015
 
 @_typing.final
 class ListRunsResponse(_message.Message):
+    """A page of runs; it also stops before the message size limit (runs carry their store), so it may hold fewer runs
+    than page_size: follow next_page_token until empty.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     RUNS_FIELD_NUMBER: _builtins.int
@@ -1045,7 +1063,9 @@ class WatchRunRequest(_message.Message):
     run_id: _builtins.str
     """The run to watch. Leave empty when `trigger` is set."""
     run_only: _builtins.bool
-    """Send only run-level events (status and counts), no states: what a client waiting for the outcome needs."""
+    """Send only run-level events (status and counts), no states: what a client waiting for the outcome needs. The
+    run's store is left out of these events while the run is pending, and sent with the final one.
+    """
     @_builtins.property
     def trigger(self) -> Global___TriggerGraphRequest:
         """Start this run and watch it: trigger-and-wait in one round trip. Every event carries the new run id; with
@@ -1070,7 +1090,8 @@ Global___WatchRunRequest: _TypeAlias = WatchRunRequest  # noqa: Y015
 @_typing.final
 class WatchRunResponse(_message.Message):
     """One event of a watched run. The first event carries the run and all its states as they are now; later events
-    carry states that changed. The last event carries the run once it is no longer pending.
+    carry states that changed. The last event carries the run once it is no longer pending. A change too large for one
+    message is split over several consecutive events with the same run (each below the message size limit).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -1184,15 +1205,19 @@ class ListNodesRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NAMESPACE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
+    page_token: _builtins.str
+    """The next_page_token of the previous page; empty for the first page."""
     def __init__(
         self,
         *,
         namespace: _builtins.str = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["namespace", b"namespace"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["namespace", b"namespace", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1200,10 +1225,17 @@ Global___ListNodesRequest: _TypeAlias = ListNodesRequest  # noqa: Y015
 
 @_typing.final
 class ListNodesResponse(_message.Message):
+    """Nodes by name. A page stops before the message size limit: follow next_page_token (older servers sent one page
+    with every node and no token).
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NODES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     ONLINE_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty when this is the last page."""
     @_builtins.property
     def nodes(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.NodeSchema]: ...
     @_builtins.property
@@ -1214,11 +1246,12 @@ class ListNodesResponse(_message.Message):
         self,
         *,
         nodes: _abc.Iterable[_common_pb2.NodeSchema] | None = ...,
+        next_page_token: _builtins.str = ...,
         online: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["nodes", b"nodes", "online", b"online"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "nodes", b"nodes", "online", b"online"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -22,11 +22,11 @@ from starlette.responses import FileResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from server.auth import Authenticator
-from server.engine import Engine
-from server.metrics import RpcCounter, SchedulerMetrics
-from server.web.logins import Logins
-from server.web.routes import Routes
+from ..auth import Authenticator
+from ..engine import Engine
+from ..metrics import RpcCounter, SchedulerMetrics
+from .logins import Logins
+from .routes import Routes
 
 __all__ = ["STATIC", "HttpServer"]
 

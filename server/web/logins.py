@@ -13,7 +13,8 @@ import time
 from dataclasses import dataclass
 
 from exosphere.errors import AuthenticationError
-from server.auth import ApiKey, Authenticator
+
+from ..auth import ApiKey, Authenticator
 
 __all__ = ["COOKIE", "Caller", "Logins"]
 

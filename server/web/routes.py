@@ -21,12 +21,13 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from exosphere.errors import ExosphereError, InvalidArgumentError, NotFoundError, RunNotFoundError
-from server.engine import Engine
-from server.metrics import SchedulerMetrics, render
-from server.models import GraphSpec, RunRow, StateRow
-from server.status import RunStatus, StateStatus
-from server.triggers import TriggerRequest
-from server.web.logins import COOKIE, Caller, Logins
+
+from ..engine import Engine
+from ..metrics import SchedulerMetrics, render
+from ..models import GraphSpec, RunRow, StateRow
+from ..status import RunStatus, StateStatus
+from ..triggers import TriggerRequest
+from .logins import COOKIE, Caller, Logins
 
 __all__ = ["Routes"]
 

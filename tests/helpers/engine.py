@@ -53,7 +53,10 @@ def node(ident: str, node_name: str = "Echo", inputs: dict[str, str] | None = No
 class Kit:
     """One engine on one in-memory store; ``restart()`` drops the engine and loads a new one from the store."""
 
-    def __init__(self, store: InMemoryStore | None = None, *, lease_ms: int = 5000) -> None:
+    def __init__(
+        self, store: InMemoryStore | None = None, *, lease_ms: int = 5000, shard_count: int = 1, own_all: bool = True
+    ) -> None:
+        self.shard_count, self.own_all = shard_count, own_all
         self.store = store or InMemoryStore()
         self.now = START_MS
         self.schemas: dict[bytes, NodeSchema] = {}
@@ -68,6 +71,8 @@ class Kit:
             settings=self.settings,
             decode_schema=lambda ns, raw: self.schemas[raw],
             clock=lambda: self.now,
+            shard_count=self.shard_count,
+            own_all_shards=self.own_all,
         )
 
     async def start(self) -> Kit:

@@ -59,11 +59,11 @@ async def stop_process(proc: subprocess.Popen[str], timeout: float = 20) -> tupl
 
 
 class ServerProcess:
-    """``python -m server`` on a port (0 picks one); the output is collected for assertions."""
+    """``python -m exosphere_server`` on a port (0 picks one); the output is collected for assertions."""
 
-    def __init__(self, db: Path, *extra: str, port: int = 0, env: dict[str, str] | None = None) -> None:
+    def __init__(self, db: Path | str, *extra: str, port: int = 0, env: dict[str, str] | None = None) -> None:
         self.db = db
-        self.args = [sys.executable, "-m", "server", "--port", str(port), "--db", str(db), *extra]
+        self.args = [sys.executable, "-m", "exosphere_server", "--port", str(port), "--db", str(db), *extra]
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[str] | None = None
         self.port = 0

@@ -40,7 +40,7 @@ def refused(db: Path | str, *extra: str, prefix: tuple[str, ...] = ()) -> str:
     env = {k: v for k, v in os.environ.items() if not k.startswith("EXOSPHERE_")}
     try:
         done = subprocess.run(
-            [*prefix, sys.executable, "-m", "server", "--port", "0", "--db", str(db), *extra],
+            [*prefix, sys.executable, "-m", "exosphere_server", "--port", "0", "--db", str(db), *extra],
             env=env,
             capture_output=True,
             text=True,
@@ -221,7 +221,7 @@ def test_durability_sets_how_commits_are_synced(tmp_path: Path) -> None:
         finally:
             app.store.close()
     done = subprocess.run(
-        [sys.executable, "-m", "server", "--db", str(tmp_path / "x.db"), "--durability", "sometimes"],
+        [sys.executable, "-m", "exosphere_server", "--db", str(tmp_path / "x.db"), "--durability", "sometimes"],
         capture_output=True,
         text=True,
         timeout=20,

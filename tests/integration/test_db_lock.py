@@ -22,7 +22,7 @@ def test_a_second_scheduler_on_the_same_file_refuses_to_start_naming_the_holder(
     with ServerProcess(db) as first:
         assert first.proc is not None
         second = subprocess.run(
-            [sys.executable, "-m", "server", "--port", "0", "--db", str(db)],
+            [sys.executable, "-m", "exosphere_server", "--port", "0", "--db", str(db)],
             capture_output=True, text=True, timeout=30,
         )  # fmt: skip
         assert second.returncode == 1, second

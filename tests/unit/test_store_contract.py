@@ -2,7 +2,8 @@
 
 A backend is a ``Backend`` in ``BACKENDS``: a name, how to open a store on the test's directory (opening twice
 must reach the same data when ``durable``), and whether a failing statement can abort a batch half-written
-(``transactional``). A PostgreSQL store joins by adding its entry (skipped when no database is configured).
+(``transactional``, with the error it raises). PostgreSQL opens a database made for the test (tests/helpers/pg.py),
+whatever the directory; it is skipped, saying how to enable it, where no server answers.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class Backend:
     open: Callable[[Path], Store]
     durable: bool
     transactional: bool
+    constraint_error: type[Exception] = sqlite3.IntegrityError  # what a NOT NULL violation raises
 
 
 def _memory() -> Callable[[Path], Store]:
@@ -37,14 +39,31 @@ def _memory() -> Callable[[Path], Store]:
     return open_
 
 
-BACKENDS = [
+BACKENDS: list[Backend | str] = [
     Backend("memory", _memory(), durable=False, transactional=False),
     Backend("sqlite", lambda d: SqliteStore(d / "contract.db"), durable=True, transactional=True),
+    "postgres",  # needs the test's database: made by the fixture below
 ]
 
 
-@pytest.fixture(params=BACKENDS, ids=[b.name for b in BACKENDS])
+def _postgres(dsn: str) -> Backend:
+    import asyncpg
+
+    from server.pg_store import PostgresStore
+
+    return Backend(
+        "postgres",
+        lambda _: PostgresStore(dsn),
+        durable=True,
+        transactional=True,
+        constraint_error=asyncpg.NotNullViolationError,
+    )
+
+
+@pytest.fixture(params=BACKENDS, ids=[b if isinstance(b, str) else b.name for b in BACKENDS])
 def backend(request: pytest.FixtureRequest) -> Backend:
+    if request.param == "postgres":
+        return _postgres(request.getfixturevalue("pg_dsn"))
     assert isinstance(request.param, Backend)
     return request.param
 
@@ -145,13 +164,29 @@ def test_a_failing_batch_leaves_nothing_behind(backend: Backend, store: Store) -
     store.write(WriteBatch(runs=[run("r0")], kv={"a": "0"}))
     broken = run("r1")
     broken.status = None  # type: ignore[assignment]  # NOT NULL: the last statement of the batch fails
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(backend.constraint_error):
         store.write(WriteBatch(new_states=[state("r1", 0)], runs=[run("r2"), broken], kv={"a": "1"}))
     assert store.get_states("r1", -1, 0) == []
     assert store.get_run("r2") is None
     assert store.get_kv("a") == "0"
     store.write(WriteBatch(runs=[run("r3")]))  # and the store goes on
     assert store.get_run("r3") is not None
+
+
+def test_a_state_or_run_written_again_as_new_replaces_the_stored_row(store: Store) -> None:
+    store.write(WriteBatch(new_states=[state("r1", seq) for seq in range(300)], runs=[run("r1")], kv={"k": "1"}))
+    again = [state("r1", seq, status=StateStatus.SUCCESS) for seq in range(100, 400)]  # 200 stored, 100 not
+    ended = run("r1", status=RunStatus.SUCCESS)
+    store.write(WriteBatch(new_states=again, runs=[ended], kv={"k": "2"}))  # big: PostgreSQL tries COPY first
+    assert store.get_states("r1", -1, 0) == [state("r1", seq) for seq in range(100)] + again
+    assert store.get_run("r1") == ended
+    assert store.get_kv("k") == "2"
+
+
+def test_a_state_both_new_and_updated_in_one_batch_ends_updated(store: Store) -> None:
+    done = state("r1", 0, status=StateStatus.SUCCESS)
+    store.write(WriteBatch(new_states=[state("r1", 0)], updated_states=[done], runs=[run("r1")]))
+    assert store.get_states("r1", -1, 0) == [done]
 
 
 def test_rows_read_back_are_copies(store: Store) -> None:

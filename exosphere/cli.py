@@ -334,7 +334,7 @@ async def _runs_list(ctx: _Context, args: argparse.Namespace) -> int:
     async with ctx.manager(args.namespace) as sm:
         while len(runs) < args.limit:
             page, token = await sm.list_runs(
-                args.graph, page_size=min(args.limit - len(runs), _MAX_RUNS_PAGE), page_token=token
+                args.graph, page_size=min(args.limit - len(runs), _MAX_RUNS_PAGE), page_token=token, status=args.status
             )
             runs.extend(page)
             if not token or not page:
@@ -344,7 +344,8 @@ async def _runs_list(ctx: _Context, args: argparse.Namespace) -> int:
         dump_json(ctx.out, runs)
     elif not runs:
         where = f"graph {args.graph} of namespace {args.namespace}" if args.graph else f"namespace {args.namespace}"
-        ctx.err.print(f"no runs in {where}", highlight=False)
+        status = f"{args.status} " if args.status else ""
+        ctx.err.print(f"no {status}runs in {where}", highlight=False)
     else:
         ctx.out.print(run_list_table(runs))
     return EXIT_OK
@@ -537,6 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command(runs, "list", _runs_list, "list the runs of a namespace, newest first")
     sub.add_argument("namespace", type=_text, metavar="NAMESPACE")
     sub.add_argument("--graph", type=_text, help="only runs of this graph")
+    sub.add_argument("--status", choices=[s.value for s in RunStatus], help="only runs with this status")
     sub.add_argument("--limit", type=_positive_int, default=20, metavar="N", help="at most N runs (default 20)")
     add_json(sub, "the runs")
     sub = command(runs, "show", _runs_show, "show a run and its states")

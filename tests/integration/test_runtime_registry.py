@@ -109,3 +109,16 @@ async def test_each_state_records_the_runtime_that_ran_it_when_and_for_how_long(
     assert 0 <= state.ran_ms <= (state.updated_at - state.created_at).total_seconds() * 1000 + 1
     shown = await cli("runs", "show", run.run_id, "--address", server_address)
     assert "the-runner" in shown.out
+
+
+async def test_runs_list_filters_by_status(
+    state_manager: StateManager, start_runtime: RuntimeFactory, namespace: str, server_address: str
+) -> None:
+    await start_runtime([Echo])
+    await state_manager.upsert_graph("one", [gnode(namespace, "Echo", "e", {"text": "x"})])
+    done = await state_manager.trigger_and_wait("one", timeout=10)
+    succeeded = await cli("runs", "list", namespace, "--status", "SUCCESS", "--address", server_address)
+    assert succeeded.code == 0 and done.run_id in succeeded.out
+    failed = await cli("runs", "list", namespace, "--status", "FAILED", "--address", server_address)
+    assert failed.code == 0 and done.run_id not in failed.out
+    assert f"no FAILED runs in namespace {namespace}" in failed.err

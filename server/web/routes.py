@@ -89,7 +89,12 @@ class Routes:
     # ------------------------------------------------------------------ who is asking
 
     def _caller(self, request: Request) -> Caller | None:
-        return self._logins.caller(request.cookies.get(COOKIE), request.headers.get("x-api-key"))
+        # A key in a header: x-api-key as on gRPC, or "Authorization: Bearer <key>" (Prometheus' scrape config).
+        key = request.headers.get("x-api-key")
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if not key and scheme.lower() == "bearer":
+            key = token.strip()
+        return self._logins.caller(request.cookies.get(COOKIE), key)
 
     def _scoped(self, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:

@@ -132,6 +132,11 @@ async def test_keys_are_entered_once_kept_server_side_and_scoped(keyed_app: App)
         async with http_client(keyed_app, api_key=ADMIN) as admin:  # a key in a header, as Prometheus sends it
             assert (await admin.get("/api/namespaces")).json() == ["alpha", "beta"]
             assert 'namespace="beta"' in (await admin.get("/metrics")).text
+        async with http_client(keyed_app) as bearer:  # Prometheus' `authorization: {credentials: ...}`
+            scoped = await bearer.get("/metrics", headers={"authorization": f"Bearer {ALPHA}"})
+            assert scoped.status_code == 200 and 'namespace="beta"' not in scoped.text
+            wrong = await bearer.get("/metrics", headers={"authorization": "Bearer nope"})
+            assert wrong.status_code == 401
 
 
 async def test_trigger_cancel_and_read_through_the_api(

@@ -9,7 +9,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from pydantic import BaseModel
-from rich.console import Console, Group, RenderableType
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -177,8 +177,10 @@ def graph_list_table(graphs: Sequence[GraphModel]) -> Table:
 def run_list_table(runs: Sequence[RunModel]) -> Table:
     """One row per run, in the order given (the scheduler lists them newest first)."""
     table = Table()
-    for column in ("Run", "Graph", "Status", "Created", "States"):
-        table.add_column(column)
+    # Ids are never cut (a narrow terminal wraps the other columns): they are what the next command needs.
+    table.add_column("Run", min_width=max((len(r.run_id) for r in runs), default=3), no_wrap=True)
+    for column in ("Graph", "Status", "Created", "States"):
+        table.add_column(column, overflow="fold")
     for run in runs:
         table.add_row(
             run.run_id,
@@ -219,22 +221,46 @@ def run_view(run: RunModel) -> RenderableType:
     rows.append(("States", counts_text(run.state_counts) if run.state_counts else str(len(run.states))))
     if run.waiting_for_runtime:
         rows.append(("Waiting", waiting_text(run)))
-    table = Table(title="States", title_justify="left")
-    for column in ("Identifier", "Node", "Status", "Attempt", "Ran on", "Inputs", "Outputs", "Error", "State id"):
-        table.add_column(column)
-    for state in run.states:
-        table.add_row(
-            state.identifier,
-            state.node_name,
-            _state_status_text(state.status.value),
-            str(state.attempt),
-            f"{state.runtime_name}\n{state.ran_ms} ms" if state.runtime_name else "",
-            _pairs(state.inputs),
-            _outputs(state),
-            Text(_error(state), style="red"),
-            Text(state.state_id, style="dim"),
-        )
-    return Group(_details(rows), Text(), table)
+    return Group(_details(rows), Text(), _StatesTable(run.states))
+
+
+# Below this width `runs show` leaves inputs and outputs out of its table (they stay in --json).
+WIDE = 140
+
+
+class _StatesTable:
+    """The states of a run, laid out for the terminal's width: every column on a wide one; on a narrow one (80
+    columns) identifier and node, status and attempt share a cell, inputs and outputs are left out, and the state id
+    (what `runs retry` needs) is never cut."""
+
+    def __init__(self, states: Sequence[StateModel]) -> None:
+        self._states = states
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        wide = options.max_width >= WIDE
+        table = Table(title="States", title_justify="left")
+        columns = ("Identifier", "Node", "Status", "Attempt", "Ran on", "Inputs", "Outputs", "Error") if wide else (
+            "State", "Status", "Ran on", "Error"
+        )  # fmt: skip
+        for column in columns:
+            table.add_column(column, overflow="fold")
+        table.add_column("State id", min_width=max((len(s.state_id) for s in self._states), default=8), no_wrap=True)
+        for state in self._states:
+            ran = f"{state.runtime_name}\n{state.ran_ms} ms" if state.runtime_name else ""
+            error = Text(_error(state), style="red")
+            state_id = Text(state.state_id, style="dim")
+            status = _state_status_text(state.status.value)
+            if wide:
+                table.add_row(
+                    state.identifier, state.node_name, status, str(state.attempt), ran, _pairs(state.inputs),
+                    _outputs(state), error, state_id,
+                )  # fmt: skip
+            else:
+                attempt = Text.assemble(status, f"\nattempt {state.attempt}")
+                table.add_row(f"{state.identifier}\n{state.node_name}", attempt, ran, error, state_id)
+        yield table
+        if not wide and self._states:
+            yield Text("inputs and outputs: --json, or a terminal at least 140 columns wide", style="dim")
 
 
 class RunProgress:

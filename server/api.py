@@ -14,8 +14,10 @@ from exosphere.v1 import scheduler_pb2 as pb
 from .auth import Authenticator
 from .engine import Engine, TriggerRequest
 from .errors import status_from_errors
+from .forward import Forwarder, forwarded
 from .models import RunRow
 from .names import check_name, check_names
+from .ownership import NotOwnerError
 from .store import RunCursor
 from .wire import (
     check_store_size,
@@ -79,9 +81,10 @@ def _run_token(token: str) -> RunCursor | None:
 
 
 class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
-    def __init__(self, engine: Engine, auth: Authenticator) -> None:
+    def __init__(self, engine: Engine, auth: Authenticator, *, forwarder: Forwarder | None = None) -> None:
         self._engine = engine
         self._auth = auth
+        self._forwarder = forwarder or Forwarder()
 
     async def UpsertGraph(self, request: pb.UpsertGraphRequest, context: Ctx) -> pb.UpsertGraphResponse:
         async with status_from_errors(context):
@@ -187,7 +190,13 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
         async with status_from_errors(context):
             run, _, _ = self._engine.get_run(request.run_id, 1)
             self._check_run(context, run)
-            run = await self._engine.cancel_run(request.run_id)
+            try:
+                run = await self._engine.cancel_run(request.run_id)
+            except NotOwnerError as exc:  # cluster mode: the owner of the run's shard cancels it
+                if exc.address is None or forwarded(context):
+                    raise
+                reply: pb.CancelRunResponse = await self._forwarder.call(exc.address, "CancelRun", request, context)
+                return reply
         return pb.CancelRunResponse(run=run_to_pb(run))
 
     async def RetryState(self, request: pb.RetryStateRequest, context: Ctx) -> pb.RetryStateResponse:
@@ -196,7 +205,13 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
             if run_id:
                 run, _, _ = self._engine.get_run(run_id, 1)
                 self._check_run(context, run)
-            state_id = await self._engine.retry_state(request.state_id, request.request_id)
+            try:
+                state_id = await self._engine.retry_state(request.state_id, request.request_id)
+            except NotOwnerError as exc:  # cluster mode: the owner of the run's shard retries it
+                if exc.address is None or forwarded(context):
+                    raise
+                reply: pb.RetryStateResponse = await self._forwarder.call(exc.address, "RetryState", request, context)
+                return reply
         return pb.RetryStateResponse(state_id=state_id)
 
     async def ListNodes(self, request: pb.ListNodesRequest, context: Ctx) -> pb.ListNodesResponse:

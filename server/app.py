@@ -27,6 +27,7 @@ from .cron import CronScheduler
 from .dblock import DatabaseLock
 from .decode import DecodeInterceptor
 from .engine import Engine, EngineSettings
+from .forward import Forwarder
 from .metrics import RpcCounter
 from .runtime_api import RuntimeApi
 from .secrets import SecretBox, load_or_create_key, load_shared_key
@@ -163,6 +164,7 @@ class App:
         if config.otel:
             self.engine.enable_tracing(_tracing())
         self.cluster: ClusterMember | None = None
+        self._forwarder: Forwarder | None = None
         self.cron = CronScheduler(self.engine)
         self.engine.on_graph_saved = self.cron.reload
         # Set when the scheduler must stop on its own (a failed commit); `exosphere-server` then exits non-zero.
@@ -204,7 +206,11 @@ class App:
             ],
         )
         self._server = server
-        scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(SchedulerApi(self.engine, self.auth), server)
+        # Cluster mode forwards cancel and retry to the run's owner, trusting the same certificate as this server.
+        self._forwarder = Forwarder(root_certificates=self._tls_pair[1] if self._tls_pair is not None else None)
+        scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(
+            SchedulerApi(self.engine, self.auth, forwarder=self._forwarder), server
+        )
         runtime_pb2_grpc.add_RuntimeServiceServicer_to_server(RuntimeApi(self.engine, self.auth), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
@@ -280,6 +286,8 @@ class App:
                 self.engine.runtimes.close_all("scheduler shutting down")
                 await server.stop(grace)
         finally:
+            if self._forwarder is not None:
+                await self._forwarder.close()
             await self.cron.stop()
             await self.engine.stop()
             self.store.close()

@@ -150,6 +150,11 @@ class ClusterMember:
         if self.replica_id not in self.live:
             self.live.append(self.replica_id)
         self._engine.set_replicas({r["address"] for r in members} | {self.address}, self.address)
+        owners = await conn.fetch(
+            "SELECT l.shard, m.address FROM shard_leases l JOIN members m ON m.replica_id = l.owner "
+            "WHERE l.expires_at > now()"
+        )
+        shards.owners = {r["shard"]: r["address"] for r in owners}
         desired = {s for s in range(shards.count) if rendezvous_owner(s, self.live) == self.replica_id}
         self.desired = frozenset(desired)
         for shard in sorted(desired - shards.owned):

@@ -23,6 +23,10 @@ from .store import Fence, FencedError, Store, WriteBatch
 
 __all__ = ["GroupCommit"]
 
+# A commit the database could not be reached for is tried again after these delays (doubling up to the maximum).
+RETRY_FIRST_S = 0.1
+RETRY_MAX_S = 2.0
+
 logger = logging.getLogger(__name__)
 
 
@@ -64,6 +68,7 @@ class GroupCommit:
         self._scheduled = False
         self._pending = 0
         self._deferred = False
+        self._closing = False
         self._writer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="exosphere-writer")
 
     # ------------------------------------------------------------------ what changed
@@ -135,33 +140,58 @@ class GroupCommit:
         except Exception as exc:
             self._failed(exc, waiters, len(changed))
             return
+        self._pending += 1
+        self._submit(prepared, waiters, changed, finished, 0)
+
+    def _submit(
+        self,
+        prepared: object | None,
+        waiters: list[asyncio.Future[None]],
+        changed: list[State],
+        finished: list[Run],
+        attempt: int,
+    ) -> None:
         loop = self._loop()
         assert loop is not None
         if prepared is not None:
             future = self._writer.submit(self._store.commit, prepared)
         else:
             future = self._writer.submit(_noop)
-        self._pending += 1
-        started = time.perf_counter()
+        started = time.perf_counter()  # this attempt's: a held commit's latency counts from its last try
 
         def done(f: concurrent.futures.Future[None]) -> None:
-            loop.call_soon_threadsafe(self._done, f, waiters, changed, finished, started)
+            loop.call_soon_threadsafe(self._done, f, prepared, waiters, changed, finished, attempt, started)
 
         future.add_done_callback(done)
 
     def _done(
         self,
         future: concurrent.futures.Future[None],
+        prepared: object | None,
         waiters: list[asyncio.Future[None]],
         changed: list[State],
         finished: list[Run],
+        attempt: int,
         started: float,
     ) -> None:
+        exc = future.exception()
+        if isinstance(exc, ConnectionFailedError) and not self._closing:
+            # The database is unreachable (PostgreSQL restarting, a network cut): nothing is lost by waiting.
+            # The same batch is committed again once it answers; what changes meanwhile waits behind it, in order,
+            # and so do the callers waiting for their commit.
+            delay_s = min(RETRY_MAX_S, RETRY_FIRST_S * 2**attempt)
+            if attempt == 0:
+                logger.error("database unavailable; commits held and retried until it answers: %s", exc)
+            loop = self._loop()
+            assert loop is not None
+            loop.call_later(delay_s, self._submit, prepared, waiters, changed, finished, attempt + 1)
+            return
+        if attempt:
+            logger.warning("database available again; held commits resume after %d retries", attempt)
         self._pending -= 1
         if self._deferred:
             self._deferred = False
             self.schedule()
-        exc = future.exception()
         if exc is not None:
             self._failed(exc, waiters, len(changed))
             return
@@ -191,9 +221,13 @@ class GroupCommit:
             if not waiter.done():
                 waiter.set_exception(InternalError(message, incident_id=incident_id))
 
-    async def drain(self) -> None:
-        """Commit what is pending, wait for every batch, stop the writer thread."""
+    async def drain(self, timeout_s: float = 10.0) -> None:
+        """Commit what is pending, wait for every batch, stop the writer thread. A database still unreachable
+        after ``timeout_s`` fails what is held (a restart runs it again from the last commit)."""
         self.flush()
-        while self._pending or self._deferred or self._scheduled:  # noqa: ASYNC110 - shutdown only
+        deadline = time.monotonic() + timeout_s
+        while self._pending or self._deferred or self._scheduled:
+            if time.monotonic() > deadline:
+                self._closing = True
             await asyncio.sleep(0.001)
         await asyncio.get_running_loop().run_in_executor(None, self._writer.shutdown, True)

@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mappi
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from exosphere.errors import ConflictError, ConnectionFailedError, ExosphereError, RunNotFoundError
+from exosphere.errors import ConflictError, ExosphereError, RunNotFoundError
 
 from . import watches
 from .catalog import GraphCatalog
@@ -37,7 +37,7 @@ from .graph import CompiledGraph
 from .machine import StateMachine
 from .models import GraphSpec, NodeSchema, RunRow, StateRow
 from .observe import Tally
-from .ownership import Shards
+from .ownership import NotOwnerError, Shards
 from .recovery import recover
 from .retries import ManualRetries
 from .runstate import Run, Session, State
@@ -336,12 +336,13 @@ class Engine:
             states: list[StateRow] = [s for s in run.states if s.seq > after_seq]
             if page_size:
                 states = states[:page_size]
-            run.state_counts = run.counts()
             run.waiting_for_runtime = self.runtimes.waiting_for_runtime(run)
             return run, states, states[-1].seq if states else -1
         row = self._store.get_run(run_id)
         if row is None:
             raise RunNotFoundError(run_id)
+        if row.status == RunStatus.PENDING:  # another replica's run: its row's counts are those of its start
+            row.state_counts = self._store.count_states(run_id)
         rows = self._store.get_states(run_id, after_seq, page_size)
         return row, rows, rows[-1].seq if rows else -1
 
@@ -352,7 +353,6 @@ class Engine:
         for i, row in enumerate(rows):
             live = self._table.runs.get(row.run_id)
             if live is not None:
-                live.state_counts = live.counts()
                 live.waiting_for_runtime = self.runtimes.waiting_for_runtime(live)
                 rows[i] = live
         return rows
@@ -406,7 +406,7 @@ class Engine:
 
     def _not_here(self, run_id: str) -> None:
         """A run that changes is changed by the owner of its shard only."""
-        raise ConnectionFailedError(f"run {run_id} belongs to a shard another scheduler replica owns; ask that one")
+        raise NotOwnerError(run_id, self.shards.owners.get(self.shards.of(run_id)))
 
     def _forget(self, run: Run) -> None:
         if self._table.runs.get(run.run_id) is not run:

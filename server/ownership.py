@@ -26,11 +26,21 @@ from .shards import MAX_SHARDS, new_run_id, shard_of
 from .status import StateStatus
 from .store import Fence, Store, WriteBatch
 
-__all__ = ["Shards"]
+__all__ = ["NotOwnerError", "Shards"]
 
 logger = logging.getLogger(__name__)
 
 QUEUED = StateStatus.QUEUED
+
+
+class NotOwnerError(ConnectionFailedError):
+    """A run that changes is changed by its shard's owner only; ``address`` is the owner's, when known."""
+
+    def __init__(self, run_id: str, address: str | None) -> None:
+        where = f"the replica at {address}" if address else "another scheduler replica"
+        super().__init__(f"run {run_id} belongs to a shard {where} owns; ask that one")
+        self.run_id = run_id
+        self.address = address
 
 
 class Shards:
@@ -62,6 +72,8 @@ class Shards:
         # shard let go still commits what it changed before under its epoch). None: a single scheduler, unfenced.
         self.owner_id: str | None = None
         self._epochs: dict[int, int] = {}
+        # Cluster mode: the address of each shard's owner, as the last heartbeat read it.
+        self.owners: dict[int, str] = {}
 
     @property
     def owned(self) -> frozenset[int]:

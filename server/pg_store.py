@@ -533,6 +533,12 @@ class PostgresStore:
             state_rows.extend(run_states)
         return run_rows, state_rows
 
+    def count_states(self, run_id: str) -> dict[str, int]:
+        rows = self._call(
+            self.pool.fetch("SELECT status, count(*) AS n FROM states WHERE run_id = $1 GROUP BY status", run_id)
+        )
+        return {str(r["status"]): int(r["n"]) for r in rows}
+
     def get_run(self, run_id: str) -> RunRow | None:
         row = self._call(self.pool.fetchrow(f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = $1", run_id))
         return _run_from_record(row) if row is not None else None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,7 +62,8 @@ class Run(RunRow):
         return self.status == RunStatus.PENDING
 
     def counts(self) -> dict[str, int]:
-        return dict(Counter(s.status for s in self.states))
+        """States per status: kept current by the run table (server/runtable.py), so this is a copy, not a count."""
+        return dict(self.state_counts)
 
 
 @dataclass(slots=True, eq=False)

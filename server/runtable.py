@@ -53,7 +53,6 @@ class RunTable:
         """The run has no open state left: its final status, committed; watchers hear of it after the commit."""
         run.status = RUN_CANCELLED if run.cancelled else RUN_FAILED if run.failed else RUN_SUCCESS
         run.updated_at_ms = now
-        run.state_counts = run.counts()
         self._commit.finish_run(run)
 
     def reopen_run(self, run: Run, now: int) -> None:
@@ -116,6 +115,7 @@ class RunTable:
         )
         fanin.opened(state)
         run.states.append(state)
+        _count(run, None, CREATED)
         run.open_states += 1
         self.states[state.state_id] = state
         self._commit.add_state(state)
@@ -133,6 +133,7 @@ class RunTable:
         run_at_ms: int | None = None,
     ) -> None:
         """Change ``state``'s status (with what comes with it), stamp it, and mark it for the next commit."""
+        _count(state.run, state.status, status)
         state.status = status
         state.updated_at_ms = now
         if outputs is not None:
@@ -147,6 +148,7 @@ class RunTable:
 
     def dispatched(self, state: State, session: Session, dispatch_id: int, deadline_ms: int, now: int) -> None:
         """CREATED → QUEUED: handed to a runtime. Not committed: after a crash it runs again (at-least-once)."""
+        _count(state.run, state.status, QUEUED)
         state.status = QUEUED
         state.session = session
         state.dispatch_id = dispatch_id
@@ -163,6 +165,7 @@ class RunTable:
 
     def undispatched(self, state: State) -> None:
         """QUEUED → CREATED: its runtime went away before answering. The database still holds CREATED."""
+        _count(state.run, state.status, CREATED)
         state.status = CREATED
         state.session = None
 
@@ -191,6 +194,7 @@ class RunTable:
                 created_at_ms=run_row.created_at_ms,
                 updated_at_ms=run_row.updated_at_ms,
                 graph=graph_of(run_row),  # type: ignore[arg-type]
+                state_counts={},  # counted again from the states below
             )
         latest: dict[tuple[str | None, str, int], int] = {}
         for row in state_rows:
@@ -235,6 +239,7 @@ class RunTable:
                 watchers=fanin.watchers_of(parent, node),
             )
             run.states.append(state)
+            _count(run, None, state.status)
             run.next_seq = max(run.next_seq, state.seq + 1)
             self.states[state.state_id] = state
             superseded = latest[row.parent_id, row.identifier, row.parent_output] > row.attempt
@@ -246,3 +251,15 @@ class RunTable:
         for run in runs.values():
             self.runs[run.run_id] = run
         return list(runs.values())
+
+
+def _count(run: Run, old: StateStatus | None, new: StateStatus) -> None:
+    """Keep ``run.state_counts`` (states per status, no zeros) current: every status change passes here."""
+    counts = run.state_counts
+    if old is not None:
+        left = counts.get(old, 0) - 1
+        if left > 0:
+            counts[old] = left
+        else:
+            counts.pop(old, None)
+    counts[new] = counts.get(new, 0) + 1

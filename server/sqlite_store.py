@@ -307,6 +307,10 @@ class SqliteStore:
             states.extend(run_states)
         return runs, states
 
+    def count_states(self, run_id: str) -> dict[str, int]:
+        rows = self._reader.execute("SELECT status, count(*) FROM states WHERE run_id=? GROUP BY status", (run_id,))
+        return {str(status): int(count) for status, count in rows}
+
     def get_run(self, run_id: str) -> RunRow | None:
         row = self._reader.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id=?", (run_id,)).fetchone()
         return _run_from_row(row) if row else None

@@ -113,6 +113,9 @@ class Store(Protocol):
 
     def get_run(self, run_id: str) -> RunRow | None: ...
 
+    def count_states(self, run_id: str) -> dict[str, int]:
+        """The run's states per status, as committed (a run row's counts are written only at its start and end)."""
+
     def get_states(self, run_id: str, after_seq: int, limit: int) -> list[StateRow]:
         """States of a run with ``seq > after_seq``, by sequence, at most ``limit`` (0: all)."""
 
@@ -204,6 +207,12 @@ class InMemoryStore:
         runs = [_copy_run(r) for r in self._runs.values() if r.status == RunStatus.PENDING]
         states = [_snapshot(s) for r in runs for _, s in sorted(self._states.get(r.run_id, {}).items())]
         return runs, states
+
+    def count_states(self, run_id: str) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for state in self._states.get(run_id, {}).values():
+            counts[state.status] = counts.get(state.status, 0) + 1
+        return counts
 
     def get_run(self, run_id: str) -> RunRow | None:
         run = self._runs.get(run_id)

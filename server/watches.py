@@ -8,7 +8,6 @@ committed: until then a watcher (and any reader) sees it PENDING (:func:`committ
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Sequence
 
 from exosphere.errors import ConnectionFailedError
@@ -18,9 +17,6 @@ from .runstate import Run, State
 from .status import RunStatus
 
 __all__ = ["committed_view", "follow", "notify"]
-
-# Counting a run's states by status is O(states): while it goes on, a watcher refreshes the counts at most this often.
-COUNT_INTERVAL_S = 0.05
 
 
 def committed_view(run: Run) -> RunRow:
@@ -45,8 +41,6 @@ async def follow(run: Run) -> AsyncIterator[tuple[RunRow, list[StateRow]]]:
     queue: asyncio.Queue[list[State] | None] = asyncio.Queue()
     run.watchers.append(queue)
     try:
-        run.state_counts = run.counts()
-        counted = time.monotonic()
         reported_end = run.end_committed
         yield committed_view(run), list(run.states)
         # The run's end is reported once it is committed; that commit always notifies this queue, so no event is
@@ -56,9 +50,6 @@ async def follow(run: Run) -> AsyncIterator[tuple[RunRow, list[StateRow]]]:
             if changed is None:  # its shard moved to another replica (Engine.release_shards)
                 raise ConnectionFailedError(f"run {run.run_id} moved to another scheduler replica; watch it again")
             reported_end = run.end_committed
-            if reported_end or time.monotonic() - counted > COUNT_INTERVAL_S:
-                run.state_counts = run.counts()
-                counted = time.monotonic()
             yield committed_view(run), list(changed)
     finally:
         if queue in run.watchers:

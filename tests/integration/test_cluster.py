@@ -5,17 +5,22 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
+import uuid
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import ClassVar
 
+import grpc
 import pytest
 from pydantic import BaseModel
 
-from exosphere import BaseNode, GraphNodeModel, RunStatus, Runtime, StateManager
+from exosphere import BaseNode, GraphNodeModel, RetryPolicyModel, RunStatus, Runtime, StateManager, StateStatus
+from exosphere.v1 import scheduler_pb2, scheduler_pb2_grpc
 from server.cluster import rendezvous_owner
 from server.config import ServerConfig
-from tests.engine_nodes import Sleeper
+from tests.engine_nodes import Collect, Count, Flaky, Sleeper
 from tests.helpers.pg import pg_dsn  # noqa: F401 - the fixture
 from tests.helpers.runtimes import RuntimeGroup
 from tests.helpers.servers import ServerProcess, serving
@@ -165,3 +170,179 @@ async def test_a_runtime_given_one_replica_serves_every_replica_within_its_concu
                     assert (await sm_b.wait(run_id, timeout=30)).status is RunStatus.SUCCESS
         assert runtime.executed_count == 30
         assert 1 < Counted.peak <= 3  # both replicas' states ran through the one limiter of 3
+
+
+class Slowish(BaseNode):
+    """Echoes ``item`` after 50 ms: a fan-out long enough to kill its owner halfway. Counts executions."""
+
+    executions: ClassVar[int] = 0
+
+    class Inputs(BaseModel):
+        item: str
+
+    class Outputs(BaseModel):
+        text: str
+
+    async def execute(self) -> Outputs:
+        await asyncio.sleep(0.05)
+        Slowish.executions += 1
+        return self.Outputs(text=self.inputs.item)
+
+
+def fan_graph(namespace: str, n: int) -> list[GraphNodeModel]:
+    return [
+        GraphNodeModel(
+            node_name="Count", namespace=namespace, identifier="count", inputs={"n": str(n)}, next_nodes=["b"]
+        ),
+        GraphNodeModel(
+            node_name="Slowish", namespace=namespace, identifier="b",
+            inputs={"item": "${{ count.outputs.item }}"}, next_nodes=["merge"],
+        ),
+        GraphNodeModel(
+            node_name="Collect", namespace=namespace, identifier="merge",
+            inputs={"values": "${{ b.outputs.text }}"}, unites={"identifier": "count", "strategy": "ALL_SUCCESS"},
+        ),
+    ]  # fmt: skip
+
+
+async def test_three_replicas_a_fan_out_of_10000_survives_the_kill_of_its_owner_halfway(
+    pg_dsn: str,  # noqa: F811
+    tmp_path: Path,
+    namespace: str,
+) -> None:
+    env = {"EXOSPHERE_SECRETS_KEY_FILE": str(tmp_path / "secrets.key")}
+    args = ("--shards", str(SHARDS), "--shard-lease", "PT2S", "--log-level", "WARNING")
+    replicas = [ServerProcess(pg_dsn, *args, env=env).start() for _ in range(3)]  # one by one: the first makes the key
+    owner = replicas[2]
+    try:
+        async with RuntimeGroup() as group:
+            for proc in replicas[:2]:  # two runtimes, each given one replica's address; they learn the third
+                await group.start(
+                    Runtime(
+                        namespace=namespace, name="rt", nodes=[Count, Slowish, Collect],
+                        address=proc.address, max_concurrency=64,
+                    )
+                )  # fmt: skip
+            Slowish.executions = 0
+            async with StateManager(namespace, address=owner.address) as sm:
+                await sm.upsert_graph("fan", fan_graph(namespace, 10_000))
+                run_id = (await sm.trigger("fan")).run_id  # created in a shard of the replica it reached
+            async with grpc.aio.insecure_channel(replicas[0].address) as channel:
+                api = scheduler_pb2_grpc.SchedulerServiceStub(channel)
+
+                async def succeeded() -> int:
+                    reply = await api.GetRun(scheduler_pb2.GetRunRequest(run_id=run_id, page_size=1), timeout=10)
+                    return int(reply.run.state_counts.get("SUCCESS", 0))
+
+                await assert_eventually(lambda: _at_least(succeeded, 3_000), timeout=60, interval=0.05)
+                assert owner.proc is not None
+                os.kill(owner.proc.pid, signal.SIGKILL)
+                killed_at = time.monotonic()
+                before = await succeeded()
+                await assert_eventually(lambda: _at_least(succeeded, before + 1), timeout=30, interval=0.05)
+                takeover_s = time.monotonic() - killed_at
+            async with StateManager(namespace, address=replicas[1].address) as sm:
+                done = await sm.wait(run_id, timeout=120)
+        assert done.status is RunStatus.SUCCESS
+        [merge] = [s for s in done.states if s.identifier == "merge"]
+        assert merge.outputs == [{"count": "10000"}]
+        branches = [s for s in done.states if s.identifier == "b"]
+        assert sorted({s.inputs["item"] for s in branches if s.status is StateStatus.SUCCESS}, key=int) == [
+            str(i) for i in range(10_000)
+        ]
+        assert len(branches) == 10_000  # a state dispatched again keeps its id: none is created twice
+        rerun = Slowish.executions - 10_000  # executed before the kill, not committed, run again (at-least-once)
+        print(f"\ntakeover after SIGKILL: {takeover_s:.2f}s (lease 2s); branches executed again: {rerun}")
+        assert rerun >= 0
+        assert takeover_s < 2 + 5
+    finally:
+        for proc in replicas:
+            if proc.proc is not None and proc.proc.poll() is None:
+                proc.stop()
+
+
+async def _at_least(count: Callable[[], Awaitable[int]], value: int) -> bool:
+    return await count() >= value
+
+
+async def test_a_paused_replica_that_lost_its_lease_writes_nothing_when_it_resumes(
+    pg_dsn: str,  # noqa: F811
+    tmp_path: Path,
+    namespace: str,
+) -> None:
+    env = {"EXOSPHERE_SECRETS_KEY_FILE": str(tmp_path / "secrets.key")}
+    args = ("--shards", str(SHARDS), "--shard-lease", "PT2S")
+    other = ServerProcess(pg_dsn, *args, env=env).start()
+    paused = ServerProcess(pg_dsn, *args, env=env).start()
+    try:
+        async with RuntimeGroup() as group:
+            await group.start(
+                Runtime(namespace=namespace, name="rt", nodes=[Count, Slowish, Collect], address=paused.address)
+            )
+            Slowish.executions = 0
+            async with StateManager(namespace, address=paused.address) as sm:
+                await sm.upsert_graph("fan", fan_graph(namespace, 200))
+                run_id = (await sm.trigger("fan")).run_id  # in a shard of the replica about to be paused
+                await assert_eventually(lambda: Slowish.executions > 0, timeout=20)
+            assert paused.proc is not None
+            os.kill(paused.proc.pid, signal.SIGSTOP)
+            try:
+                async with StateManager(namespace, address=other.address) as sm:
+                    done = await sm.wait(run_id, timeout=60)  # the other takes the shard once the lease expires
+            finally:
+                os.kill(paused.proc.pid, signal.SIGCONT)
+            # Awake again, the paused replica finds its lease gone: it drops the shard, and whatever it still held
+            # for the run (results its runtime sent meanwhile) is refused by the fence, not written.
+            await assert_eventually(lambda: "shards lost" in paused.output or "commit fenced" in paused.output)
+            async with StateManager(namespace, address=other.address) as sm:
+                after = await sm.get_run(run_id)
+        assert done.status is RunStatus.SUCCESS
+        [merge] = [s for s in done.states if s.identifier == "merge"]
+        assert merge.outputs == [{"count": "200"}]
+        assert after.status is RunStatus.SUCCESS and len(after.states) == len(done.states) == 202
+        assert [(s.state_id, s.status, s.outputs) for s in after.states] == [
+            (s.state_id, s.status, s.outputs) for s in done.states
+        ]  # nothing the paused replica did after waking reached the database
+        assert "Traceback" not in paused.output
+    finally:
+        for proc in (paused, other):
+            if proc.proc is not None and proc.proc.poll() is None:
+                proc.stop()
+
+
+async def test_cancel_and_retry_reach_the_runs_owner_from_any_replica(
+    pg_dsn: str,  # noqa: F811
+    tmp_path: Path,
+    namespace: str,
+) -> None:
+    config = replica_config(pg_dsn, tmp_path)
+    async with serving(config) as a, serving(config) as b, RuntimeGroup() as group:
+        assert a.cluster is not None and b.cluster is not None
+        await b.cluster.tick()
+        await a.cluster.tick()
+        await group.start(
+            Runtime(namespace=namespace, name="rt", nodes=[Sleeper, Flaky], address=f"127.0.0.1:{a.port}")
+        )
+        await assert_eventually(lambda: len(b.engine.runtimes.connected(namespace)) == 1, timeout=10)
+        key = uuid.uuid4().hex
+        async with (
+            StateManager(namespace, address=f"127.0.0.1:{a.port}") as sm_a,
+            StateManager(namespace, address=f"127.0.0.1:{b.port}") as sm_b,
+        ):
+            node = GraphNodeModel(node_name="Sleeper", namespace=namespace, identifier="s", inputs={"key": key})
+            await sm_b.upsert_graph("sleepy", [node])
+            held = (await sm_b.trigger("sleepy")).run_id  # owned by b
+            await assert_eventually(lambda: key in Sleeper.started, timeout=10)
+            assert not a.engine.is_live(held)
+            cancelled = await sm_a.cancel_run(held)  # asked of a, done by b
+            assert cancelled.status is RunStatus.CANCELLED
+
+            flaky = GraphNodeModel(
+                node_name="Flaky", namespace=namespace, identifier="f", inputs={"key": key, "fails": "1"}
+            )
+            await sm_b.upsert_graph("flaky", [flaky], retry_policy=RetryPolicyModel(max_retries=0))
+            failed = await sm_b.wait((await sm_b.trigger("flaky")).run_id, timeout=20)
+            assert failed.status is RunStatus.FAILED
+            new_state = await sm_a.retry_state(failed.states[0].state_id, request_id="r1")  # forwarded to b
+            assert new_state.startswith(failed.run_id)
+            assert (await sm_a.wait(failed.run_id, timeout=20)).status is RunStatus.SUCCESS

@@ -7,10 +7,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from exosphere.errors import ConflictError, StateNotFoundError
+from exosphere.errors import ConflictError, ConnectionFailedError, StateNotFoundError
 from server.models import GraphNodeSpec, RetryPolicySpec
 from server.retry import retry_delay_ms
 from server.status import ResultKind, RunStatus, StateStatus
+from server.store import InMemoryStore
 from tests.helpers.engine import NS, Kit, node, schema
 
 ECHO = schema("Echo")
@@ -350,3 +351,35 @@ async def test_trigger_checks_name_every_problem(kit: Kit) -> None:
     with pytest.raises(GraphNotFoundError):
         await kit.trigger("nope")
     assert NS in kit.engine.namespaces()
+
+
+class FlakyStore(InMemoryStore):
+    """A store whose database is unreachable for the first ``outage`` commits."""
+
+    def __init__(self, outage: int) -> None:
+        super().__init__()
+        self.outage = outage
+        self.refused = 0
+
+    def commit(self, prepared: object) -> None:
+        if self.refused < self.outage:
+            self.refused += 1
+            raise ConnectionFailedError("PostgreSQL at db:5432/x is unavailable: connection refused")
+        super().commit(prepared)
+
+
+async def test_commits_wait_for_an_unreachable_database_and_lose_nothing() -> None:
+    store = FlakyStore(outage=4)
+    kit = await Kit(store).start()
+    try:
+        session = kit.connect(ECHO)
+        await kit.graph("g", [node("e")])
+        run_id = await kit.trigger("g", inputs={"x": "go"})  # held until the database answers again
+        assert store.refused == 4
+        await kit.run_all(session)
+        assert (await kit.run(run_id))[0].status is RunStatus.SUCCESS
+        assert kit.engine.fatal_error is None
+        stored = store.get_run(run_id)
+        assert stored is not None and stored.status is RunStatus.SUCCESS
+    finally:
+        await kit.stop()

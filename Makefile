@@ -4,12 +4,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install proto proto-check format lint typecheck test test-quick check run bench bench-peers clean
+.PHONY: install proto proto-check format lint typecheck browser test test-quick check run bench bench-peers clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[server,cli,dev,postgres]'
+	$(PY) -m pip install -q -e '.[server,cli,dev,postgres,otel]'
 	touch $(STAMP)
 
 install: $(STAMP) ## create .venv with the package, dev tools and the PostgreSQL driver
@@ -35,7 +35,16 @@ lint: $(STAMP) ## ruff
 typecheck: $(STAMP) ## mypy --strict on exosphere/, server/ and tests/
 	$(VENV)/bin/mypy
 
-test: lint typecheck proto-check ## the checks, then the whole suite (what CI runs)
+browser: ## Debian's chromium for the dashboard's browser tests (apt-get, when it is missing and we are root)
+	@if command -v chromium >/dev/null 2>&1 || [ -n "$$EXOSPHERE_CHROMIUM" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "browser: installing Debian's chromium for the browser tests"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else \
+	    echo "browser: no chromium and cannot apt-get it (not root); the browser tests will skip"; \
+	fi
+
+test: lint typecheck proto-check browser ## the checks, then the whole suite (what CI runs)
 	$(PY) -m pytest
 
 test-quick: $(STAMP) ## the suite without the tests marked slow (faults, fuzzing, > ~2 s)

@@ -9,7 +9,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from pydantic import BaseModel
-from rich.console import Console, Group, RenderableType
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -22,7 +22,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from exosphere.models import GraphModel, RunModel, RunStatus, StateModel, StateStatus
+from exosphere.models import GraphModel, RunModel, RunStatus, RuntimeModel, StateModel, StateStatus
 
 __all__ = [
     "RunProgress",
@@ -33,6 +33,8 @@ __all__ = [
     "run_list_table",
     "run_status_text",
     "run_view",
+    "runtime_list_table",
+    "waiting_text",
 ]
 
 STATE_STYLES: dict[str, str] = {
@@ -175,8 +177,10 @@ def graph_list_table(graphs: Sequence[GraphModel]) -> Table:
 def run_list_table(runs: Sequence[RunModel]) -> Table:
     """One row per run, in the order given (the scheduler lists them newest first)."""
     table = Table()
-    for column in ("Run", "Graph", "Status", "Created", "States"):
-        table.add_column(column)
+    # Ids are never cut (a narrow terminal wraps the other columns): they are what the next command needs.
+    table.add_column("Run", min_width=max((len(r.run_id) for r in runs), default=3), no_wrap=True)
+    for column in ("Graph", "Status", "Created", "States"):
+        table.add_column(column, overflow="fold")
     for run in runs:
         table.add_row(
             run.run_id,
@@ -215,21 +219,48 @@ def run_view(run: RunModel) -> RenderableType:
     if run.store:
         rows.append(("Store", _pairs(run.store)))
     rows.append(("States", counts_text(run.state_counts) if run.state_counts else str(len(run.states))))
-    table = Table(title="States", title_justify="left")
-    for column in ("Identifier", "Node", "Status", "Attempt", "Inputs", "Outputs", "Error", "State id"):
-        table.add_column(column)
-    for state in run.states:
-        table.add_row(
-            state.identifier,
-            state.node_name,
-            _state_status_text(state.status.value),
-            str(state.attempt),
-            _pairs(state.inputs),
-            _outputs(state),
-            Text(_error(state), style="red"),
-            Text(state.state_id, style="dim"),
-        )
-    return Group(_details(rows), Text(), table)
+    if run.waiting_for_runtime:
+        rows.append(("Waiting", waiting_text(run)))
+    return Group(_details(rows), Text(), _StatesTable(run.states))
+
+
+# Below this width `runs show` leaves inputs and outputs out of its table (they stay in --json).
+WIDE = 140
+
+
+class _StatesTable:
+    """The states of a run, laid out for the terminal's width: every column on a wide one; on a narrow one (80
+    columns) identifier and node, status and attempt share a cell, inputs and outputs are left out, and the state id
+    (what `runs retry` needs) is never cut."""
+
+    def __init__(self, states: Sequence[StateModel]) -> None:
+        self._states = states
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        wide = options.max_width >= WIDE
+        table = Table(title="States", title_justify="left")
+        columns = ("Identifier", "Node", "Status", "Attempt", "Ran on", "Inputs", "Outputs", "Error") if wide else (
+            "State", "Status", "Ran on", "Error"
+        )  # fmt: skip
+        for column in columns:
+            table.add_column(column, overflow="fold")
+        table.add_column("State id", min_width=max((len(s.state_id) for s in self._states), default=8), no_wrap=True)
+        for state in self._states:
+            ran = f"{state.runtime_name}\n{state.ran_ms} ms" if state.runtime_name else ""
+            error = Text(_error(state), style="red")
+            state_id = Text(state.state_id, style="dim")
+            status = _state_status_text(state.status.value)
+            if wide:
+                table.add_row(
+                    state.identifier, state.node_name, status, str(state.attempt), ran, _pairs(state.inputs),
+                    _outputs(state), error, state_id,
+                )  # fmt: skip
+            else:
+                attempt = Text.assemble(status, f"\nattempt {state.attempt}")
+                table.add_row(f"{state.identifier}\n{state.node_name}", attempt, ran, error, state_id)
+        yield table
+        if not wide and self._states:
+            yield Text("inputs and outputs: --json, or a terminal at least 140 columns wide", style="dim")
 
 
 class RunProgress:
@@ -248,6 +279,7 @@ class RunProgress:
         )
         self._task: TaskID | None = None
         self._seen: dict[str, StateStatus] = {}
+        self._waiting: list[str] = []
 
     def __enter__(self) -> Self:
         return self
@@ -274,6 +306,9 @@ class RunProgress:
                     line.append(f"  {_error(state)}", style="red")
                 self._progress.console.print(line, soft_wrap=True)
             self._seen[state.state_id] = state.status
+        if run.waiting_for_runtime and run.waiting_for_runtime != self._waiting:
+            self._progress.console.print(waiting_text(run), soft_wrap=True)
+        self._waiting = run.waiting_for_runtime
         total = sum(run.state_counts.values())
         done = sum(n for status, n in run.state_counts.items() if status not in LIVE_STATES)
         description = Text.assemble(f"{run.run_id} ", run_status_text(run.status))
@@ -284,3 +319,40 @@ class RunProgress:
             completed=done,
             counts=counts_text(run.state_counts).markup,
         )
+
+
+def waiting_text(run: RunModel) -> Text:
+    """Why a run does not move: nodes it has states ready for that no connected runtime hosts."""
+    names = ", ".join(run.waiting_for_runtime)
+    return Text(f"waiting for a runtime: no connected runtime hosts {names}", style="yellow")
+
+
+# ---------------------------------------------------------------------- runtimes
+
+
+def _ago(value: datetime | None) -> str:
+    if value is None:
+        return "-"
+    seconds = max(0.0, (datetime.now(tz=value.tzinfo) - value).total_seconds())
+    return f"{seconds:.1f}s ago" if seconds < 60 else f"{seconds / 60:.0f}m ago"
+
+
+def runtime_list_table(runtimes: Sequence[RuntimeModel]) -> Table:
+    """One row per connected runtime; nodes one per line, so the table fits 80 columns."""
+    table = Table()
+    for column in ("Runtime", "Namespace", "Nodes", "Credit", "Connected", "Heard"):
+        table.add_column(column, overflow="fold")  # a narrow terminal wraps ids, never cuts them
+    for r in sorted(runtimes, key=lambda r: (r.namespace, r.runtime_name, r.runtime_id)):
+        name = Text(r.runtime_name)
+        name.append(f"\n{r.runtime_id}", style="dim")
+        if r.draining:
+            name.append("\ndraining", style="yellow")
+        table.add_row(
+            name,
+            r.namespace,
+            "\n".join(r.node_names),
+            f"{r.in_flight}/{r.max_concurrency}",
+            _time(r.connected_at),
+            _ago(r.last_heartbeat),
+        )
+    return table

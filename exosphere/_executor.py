@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import logging
 import traceback
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from exosphere._tracing import execution_span, record_result
 from exosphere.node import BaseNode
 from exosphere.signals import PruneSignal, ReQueueAfterSignal
 from exosphere.v1 import common_pb2, runtime_pb2
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["execute_item"]
 
@@ -85,6 +89,16 @@ async def execute_item(node_cls: type[BaseNode], item: runtime_pb2.Execute, stor
 
     ``store`` is the run's store when it did not travel in ``item`` (Execute.store_as_previous).
     """
+    if not item.traceparent:  # the scheduler does not trace: no span, one check
+        return await _execute_item(node_cls, item, store)
+    with execution_span(item) as span:
+        result = await _execute_item(node_cls, item, store)
+        if span is not None:
+            record_result(span, result)
+        return result
+
+
+async def _execute_item(node_cls: type[BaseNode], item: runtime_pb2.Execute, store: Any = None) -> runtime_pb2.Result:
     result = runtime_pb2.Result(state_id=item.state_id, attempt=item.attempt, dispatch_id=item.dispatch_id)
     node = node_cls()
     try:
@@ -118,6 +132,10 @@ async def execute_item(node_cls: type[BaseNode], item: runtime_pb2.Execute, stor
         result.requeue_after.delay_ms = max(1, int(signal.delay.total_seconds() * 1000))
         return result
     except Exception as exc:  # a node failing is a result, not a crash of the runtime
+        logger.warning(
+            "execution failed node=%s state_id=%s attempt=%d error_type=%s",
+            node_cls.__name__, item.state_id, item.attempt, type(exc).__name__, exc_info=True,
+        )  # fmt: skip
         return _errored(result, type(exc).__name__, str(exc) or repr(exc), traceback.format_exc(limit=20))
     executed = result.executed
     executed.SetInParent()  # no outputs is still an outcome: the state succeeded with none

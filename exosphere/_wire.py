@@ -14,6 +14,7 @@ from exosphere.models import (
     RetryStrategyEnum,
     RunModel,
     RunStatus,
+    RuntimeModel,
     StateModel,
     StateStatus,
     StoreConfigModel,
@@ -156,6 +157,9 @@ def state_from_pb(state: scheduler_pb2.State) -> StateModel:
         updated_at=_ts(state.updated_at_unix_ms),
         run_at=_ts(state.run_at_unix_ms),
         pruned_data=json.loads(state.pruned_data_json) if state.pruned_data_json else None,
+        runtime_name=state.runtime_name,
+        started_at=_ts(state.started_at_unix_ms),
+        ran_ms=state.ran_ms,
     )
 
 
@@ -171,4 +175,20 @@ def run_from_pb(run: scheduler_pb2.Run, states: Any = ()) -> RunModel:
         store=dict(run.store),
         graph_version=run.graph_version,
         states=[state_from_pb(s) for s in states],
+        waiting_for_runtime=list(run.waiting_for_runtime),
+    )
+
+
+def runtime_from_pb(r: scheduler_pb2.RuntimeInfo) -> RuntimeModel:
+    return RuntimeModel(
+        runtime_id=r.runtime_id,
+        runtime_name=r.runtime_name,
+        namespace=r.namespace,
+        node_names=list(r.node_names),
+        max_concurrency=r.max_concurrency,
+        in_flight=r.in_flight,
+        connected_at=_ts(r.connected_at_unix_ms),
+        last_heartbeat=_ts(r.last_heartbeat_unix_ms),
+        sdk_version=r.sdk_version,
+        draining=r.draining,
     )

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib.metadata
 import json
 import os
@@ -47,12 +48,15 @@ from exosphere._cli_render import (
     run_list_table,
     run_status_text,
     run_view,
+    runtime_list_table,
+    waiting_text,
 )
 from exosphere.client import StateManager
 from exosphere.config import DEFAULT_ADDRESS, ClientConfig
 from exosphere.errors import (
     ConnectionFailedError,
     ExosphereError,
+    ExosphereTimeoutError,
     GraphValidationError,
     InvalidArgumentError,
 )
@@ -296,16 +300,32 @@ async def _trigger(ctx: _Context, args: argparse.Namespace) -> int:
             else:
                 ctx.out.out(response.run_id, highlight=False)
             return EXIT_OK
-        if ctx.err.is_terminal:
-            with ctx.err.status(f"run {response.run_id} started; waiting for it to finish"):
-                run = await sm.wait(response.run_id, timeout=args.timeout)
-        else:
-            run = await sm.wait(response.run_id, timeout=args.timeout)
+        ctx.err.print(f"run {response.run_id} started", highlight=False)  # at once: the id is known now
+        run = await _follow(ctx, sm, response.run_id, args.timeout)
     if args.json:
         dump_json(ctx.out, run)
     else:
         ctx.out.print(run_view(run))
     return _run_exit_code(run)
+
+
+async def _follow(ctx: _Context, sm: StateManager, run_id: str, timeout: float | None) -> RunModel:
+    """Wait for the run to end, showing progress on a terminal and, anywhere, when it waits for a runtime."""
+    waiting: list[str] = []
+    try:
+        async with asyncio.timeout(timeout):
+            with RunProgress(ctx.err) if ctx.err.is_terminal else contextlib.nullcontext() as view:
+                async for run, _ in sm.watch(run_id, states=False):
+                    if view is not None:
+                        view.update(run, [])
+                    elif run.waiting_for_runtime and run.waiting_for_runtime != waiting:
+                        ctx.err.print(waiting_text(run), soft_wrap=True)
+                    waiting = run.waiting_for_runtime
+                    if run.status is not RunStatus.PENDING:
+                        break
+    except TimeoutError:
+        raise ExosphereTimeoutError(f"run {run_id} still pending after {timeout}s") from None
+    return await sm.get_run(run_id)
 
 
 async def _runs_list(ctx: _Context, args: argparse.Namespace) -> int:
@@ -314,7 +334,7 @@ async def _runs_list(ctx: _Context, args: argparse.Namespace) -> int:
     async with ctx.manager(args.namespace) as sm:
         while len(runs) < args.limit:
             page, token = await sm.list_runs(
-                args.graph, page_size=min(args.limit - len(runs), _MAX_RUNS_PAGE), page_token=token
+                args.graph, page_size=min(args.limit - len(runs), _MAX_RUNS_PAGE), page_token=token, status=args.status
             )
             runs.extend(page)
             if not token or not page:
@@ -324,7 +344,8 @@ async def _runs_list(ctx: _Context, args: argparse.Namespace) -> int:
         dump_json(ctx.out, runs)
     elif not runs:
         where = f"graph {args.graph} of namespace {args.namespace}" if args.graph else f"namespace {args.namespace}"
-        ctx.err.print(f"no runs in {where}", highlight=False)
+        status = f"{args.status} " if args.status else ""
+        ctx.err.print(f"no {status}runs in {where}", highlight=False)
     else:
         ctx.out.print(run_list_table(runs))
     return EXIT_OK
@@ -372,12 +393,30 @@ async def _runs_retry(ctx: _Context, args: argparse.Namespace) -> int:
 async def _nodes_list(ctx: _Context, args: argparse.Namespace) -> int:
     async with ctx.manager(args.namespace) as sm:
         nodes = sorted(await sm.list_nodes())
+        online = {name for r in await sm.list_runtimes() if not r.draining for name in r.node_names}
     if args.json:
-        dump_json(ctx.out, nodes)
+        dump_json(ctx.out, [{"name": n, "online": n in online} for n in nodes])
     elif not nodes:
         ctx.err.print(f"no nodes registered in namespace {args.namespace}", highlight=False)
     else:
-        ctx.out.out("\n".join(nodes), highlight=False)
+        width = max(len(n) for n in nodes)
+        for name in nodes:
+            mark = Text("online", style="green") if name in online else Text("offline (no runtime)", style="red")
+            ctx.out.print(Text.assemble(name.ljust(width + 2), mark), highlight=False, soft_wrap=True)
+    return EXIT_OK
+
+
+async def _runtimes_list(ctx: _Context, args: argparse.Namespace) -> int:
+    namespace = args.namespace or _ANY_NAMESPACE
+    async with ctx.manager(namespace) as sm:
+        runtimes = await sm.list_runtimes(all_namespaces=not args.namespace)
+    if args.json:
+        dump_json(ctx.out, runtimes)
+    elif not runtimes:
+        where = f"in namespace {args.namespace}" if args.namespace else "in any namespace"
+        ctx.err.print(f"no runtime connected {where}", highlight=False)
+    else:
+        ctx.out.print(runtime_list_table(runtimes))
     return EXIT_OK
 
 
@@ -499,6 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command(runs, "list", _runs_list, "list the runs of a namespace, newest first")
     sub.add_argument("namespace", type=_text, metavar="NAMESPACE")
     sub.add_argument("--graph", type=_text, help="only runs of this graph")
+    sub.add_argument("--status", choices=[s.value for s in RunStatus], help="only runs with this status")
     sub.add_argument("--limit", type=_positive_int, default=20, metavar="N", help="at most N runs (default 20)")
     add_json(sub, "the runs")
     sub = command(runs, "show", _runs_show, "show a run and its states")
@@ -519,7 +559,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = command(nodes, "list", _nodes_list, "list the nodes registered in a namespace")
     sub.add_argument("namespace", type=_text, metavar="NAMESPACE")
-    add_json(sub, "the node names")
+    add_json(sub, "the nodes, each with whether a connected runtime hosts it")
+
+    runtimes = commands.add_parser("runtimes", parents=[common], help="list connected runtimes").add_subparsers(
+        dest="runtimes_command", metavar="COMMAND", required=True
+    )
+    sub = command(runtimes, "list", _runtimes_list, "list the runtimes connected now, their nodes and credit")
+    sub.add_argument("namespace", type=_text, metavar="NAMESPACE", nargs="?", help="only this namespace")
+    add_json(sub, "the runtimes")
     return parser
 
 

@@ -11,7 +11,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from exosphere._channel import Backoff, metadata, open_channel, translate_errors
-from exosphere._wire import graph_from_pb, graph_to_pb, run_from_pb, state_from_pb
+from exosphere._wire import graph_from_pb, graph_to_pb, run_from_pb, runtime_from_pb, state_from_pb
 from exosphere.config import ClientConfig
 from exosphere.errors import ConnectionFailedError, ExosphereTimeoutError, InvalidArgumentError
 from exosphere.models import (
@@ -21,6 +21,7 @@ from exosphere.models import (
     RetryPolicyModel,
     RunModel,
     RunStatus,
+    RuntimeModel,
     StateModel,
     StoreConfigModel,
     TriggerResponse,
@@ -335,3 +336,13 @@ class StateManager:
                 token = response.next_page_token
                 if not token:
                     return names
+
+    async def list_runtimes(self, *, all_namespaces: bool = False) -> list[RuntimeModel]:
+        """The runtimes connected now: of this namespace, or of every namespace the API key may see."""
+        async with translate_errors():
+            response = await self._api().ListRuntimes(
+                pb.ListRuntimesRequest(namespace="" if all_namespaces else self.namespace),
+                metadata=self._metadata,
+                timeout=CALL_TIMEOUT_S,
+            )
+        return [runtime_from_pb(r) for r in response.runtimes]

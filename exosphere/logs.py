@@ -1,11 +1,41 @@
-"""exospherehost's default logging: added only when the application configured none."""
+"""exospherehost's default logging: added only when the application configured none.
+
+``EXOSPHERE_LOG_FORMAT=json`` makes it one JSON object per line: ``time``, ``level``, ``logger``, ``message``, the
+message's ``key=value`` ids as fields, and ``exception`` (the traceback) when there is one; the scheduler's
+``--log-format json`` writes the same.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
+from datetime import UTC, datetime
 
-__all__ = ["setup_default_logging"]
+__all__ = ["JsonFormatter", "setup_default_logging"]
+
+_PAIR = re.compile(r"(?<![\w.])([a-z_][a-z0-9_]*)=('[^']*'|\"[^\"]*\"|[^\s,;]+)")
+_RESERVED = {"time", "level", "logger", "message", "exception"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per log record."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        entry: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, tz=UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": message,
+        }
+        for key, value in _PAIR.findall(message):
+            if key not in _RESERVED:
+                entry.setdefault(key, value.strip("'\""))
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
 
 
 def setup_default_logging() -> None:
@@ -21,3 +51,6 @@ def setup_default_logging() -> None:
         level=getattr(logging, level, logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if os.environ.get("EXOSPHERE_LOG_FORMAT", "").lower() == "json":
+        for handler in root.handlers:
+            handler.setFormatter(JsonFormatter())

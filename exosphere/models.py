@@ -16,6 +16,7 @@ __all__ = [
     "RetryStrategyEnum",
     "RunModel",
     "RunStatus",
+    "RuntimeModel",
     "StateModel",
     "StateStatus",
     "StoreConfigModel",
@@ -221,6 +222,10 @@ class StateModel(BaseModel):
     updated_at: datetime | None = None
     run_at: datetime | None = None
     pruned_data: dict[str, Any] | None = None
+    # The runtime that ran it, when it was handed to that runtime, and how long until its answer (ms).
+    runtime_name: str = ""
+    started_at: datetime | None = None
+    ran_ms: int = 0
 
 
 class RunModel(BaseModel):
@@ -236,6 +241,8 @@ class RunModel(BaseModel):
     store: dict[str, str] = Field(default_factory=dict)
     graph_version: int = 0
     states: list[StateModel] = Field(default_factory=list)
+    # Nodes this run has states ready for that no connected runtime hosts: it cannot move until one connects.
+    waiting_for_runtime: list[str] = Field(default_factory=list)
 
     def state(self, identifier: str) -> StateModel:
         """The latest state of ``identifier`` (raises ``KeyError`` when there is none)."""
@@ -243,3 +250,19 @@ class RunModel(BaseModel):
         if not matches:
             raise KeyError(f"run {self.run_id} has no state with identifier {identifier!r}")
         return matches[-1]
+
+
+class RuntimeModel(BaseModel):
+    """A runtime connected to the scheduler now (``StateManager.list_runtimes``)."""
+
+    runtime_id: str
+    runtime_name: str
+    namespace: str
+    node_names: list[str] = Field(default_factory=list)
+    max_concurrency: int = 0
+    # States the runtime holds now: each uses one unit of its credit (max_concurrency).
+    in_flight: int = 0
+    connected_at: datetime | None = None
+    last_heartbeat: datetime | None = None
+    sdk_version: str = ""
+    draining: bool = False

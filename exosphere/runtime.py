@@ -21,6 +21,7 @@ from exosphere._channel import Backoff, metadata, open_channel, to_exosphere_err
 from exosphere._convert import node_to_schema
 from exosphere._executor import execute_item
 from exosphere._keepalive import KeepAlive
+from exosphere._metrics import RuntimeMetrics
 from exosphere.config import ClientConfig
 from exosphere.errors import AuthenticationError, ExosphereError, InvalidArgumentError, PermissionDeniedError
 from exosphere.logs import setup_default_logging
@@ -47,7 +48,9 @@ class Runtime:
 
     ``start()`` blocks (on uvloop) until SIGINT/SIGTERM or ``stop()``; inside a running loop use ``await run()``.
     The scheduler address and API key come from the arguments, else ``EXOSPHERE_SCHEDULER_ADDRESS`` and
-    ``EXOSPHERE_API_KEY``. A lost connection is retried with capped, jittered backoff.
+    ``EXOSPHERE_API_KEY``. A lost connection is retried with capped, jittered backoff. With ``metrics_port`` (0
+    picks one, then read ``runtime.metrics_port``) the runtime serves its own Prometheus ``/metrics`` on
+    ``metrics_host`` while ``run()`` runs (needs ``exosphere[metrics]``).
 
     Against a cluster (several scheduler replicas on PostgreSQL) the runtime is given one address, learns the live
     replicas from it, and holds one stream to each (a *link*); it never executes more than ``max_concurrency``
@@ -66,6 +69,8 @@ class Runtime:
         tls_ca_file: str | None = None,
         shutdown_grace: timedelta = timedelta(seconds=30),
         runtime_id: str | None = None,
+        metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
     ) -> None:
         errors = []
         if not isinstance(namespace, str) or not namespace.strip():
@@ -96,6 +101,20 @@ class Runtime:
         self._outbox: list[pb.Result] = []
         self._wake_writer: asyncio.Event | None = None
         self.executed_count = 0
+        # Prometheus /metrics of this runtime (exosphere/_metrics.py) when metrics_port is set (0 picks a port,
+        # found in self.metrics_port once run() started).
+        self._metrics = (
+            RuntimeMetrics(
+                runtime=self.name,
+                namespace=self.namespace,
+                in_flight=lambda: len(self._in_flight),
+                credit=max_concurrency,
+            )
+            if metrics_port is not None
+            else None
+        )
+        self._metrics_address = (metrics_host, metrics_port or 0)
+        self.metrics_port = 0
         # Cluster mode: streams to the other replicas, each a Runtime of its own sharing this one's limiter.
         self._root: Runtime = self
         self._limiter: asyncio.Semaphore | None = None
@@ -167,6 +186,8 @@ class Runtime:
             self._limiter = asyncio.Semaphore(self.max_concurrency)
         self._created.set()
         try:
+            if self._metrics is not None:
+                self.metrics_port = self._metrics.serve(*self._metrics_address)
             await self._run()
         except BaseException as exc:
             self._error = exc
@@ -174,6 +195,8 @@ class Runtime:
         finally:
             self._stop_requested = False
             await self._stop_links(set(self._links))
+            if self._metrics is not None:
+                await asyncio.to_thread(self._metrics.close)
             self._ended.set()
 
     async def _run(self) -> None:
@@ -308,6 +331,8 @@ class Runtime:
 
     async def _run_item(self, node_cls: type[BaseNode], item: pb.Execute, store: Any) -> None:
         limiter = self._root._limiter
+        metrics = self._root._metrics  # a cluster link counts into the runtime it belongs to
+        started = RuntimeMetrics.clock() if metrics is not None else 0.0
         try:
             if limiter is None:
                 result = await execute_item(node_cls, item, store)
@@ -316,6 +341,8 @@ class Runtime:
                     result = await execute_item(node_cls, item, store)
         finally:
             self._in_flight.pop(item.dispatch_id, None)
+        if metrics is not None:
+            metrics.executed(item.node_name, result.WhichOneof("outcome") or "none", started)
         self._root.executed_count += 1
         self._push(result)
 

@@ -11,7 +11,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from exosphere.errors import ExosphereError
@@ -29,7 +29,10 @@ logger = logging.getLogger("server")
 STANDBY_POLL_S = 0.25
 
 # The scheduler's own dependencies (the `server` extra), beyond the SDK's.
-SERVER_MODULES = ("croniter", "cryptography", "grpc_health", "grpc_reflection", "yaml")
+SERVER_MODULES = (
+    *("croniter", "cryptography", "grpc_health", "grpc_reflection", "yaml"),
+    *("starlette", "uvicorn", "prometheus_client"),
+)
 
 
 def _version() -> str:
@@ -89,6 +92,25 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--heartbeat-interval", help="runtime heartbeat interval, e.g. PT1S")
     p.add_argument("--default-timeout", help="state timeout when neither node nor graph sets one, e.g. PT30M")
     p.add_argument("--log-level", default=os.environ.get("EXOSPHERE_LOG_LEVEL", "INFO"))
+    p.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=os.environ.get("EXOSPHERE_LOG_FORMAT", "text"),
+        help="text, or json: one object per line (env EXOSPHERE_LOG_FORMAT)",
+    )
+    p.add_argument(
+        "--http-port",
+        type=int,
+        help="dashboard and /metrics port (default 8080, or a free one with --port 0; 0 picks one; -1 turns it off; "
+        "env EXOSPHERE_HTTP_PORT)",
+    )
+    p.add_argument("--no-http", action="store_true", help="serve no dashboard and no /metrics")
+    p.add_argument(
+        "--otel",
+        action="store_true",
+        help="OpenTelemetry traces of triggers and dispatches, exported over OTLP (OTEL_EXPORTER_OTLP_ENDPOINT; "
+        "the otel extra; env EXOSPHERE_OTEL)",
+    )
     return p
 
 
@@ -125,6 +147,8 @@ async def _serve(config: ServerConfig) -> int:
     await app.start()
     # A line scripts can wait for; the log line says the same for humans.
     print(f"exosphere-server listening on {config.host}:{app.port}", flush=True)  # noqa: T201
+    if app.http_url is not None:
+        print(f"exosphere-server dashboard on {app.http_url}", flush=True)  # noqa: T201
     try:
         stopped = asyncio.ensure_future(stop.wait())
         failed = asyncio.ensure_future(app.failed.wait())
@@ -140,6 +164,22 @@ async def _serve(config: ServerConfig) -> int:
     return 0
 
 
+def _setup_tracing() -> Callable[[], None]:
+    """The global tracer provider, exporting over OTLP/gRPC (configured by the standard OTEL_* variables)."""
+    try:
+        from opentelemetry import trace
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    except ImportError as exc:
+        sys.exit(f"exosphere-server --otel needs the otel extra: pip install 'exosphere[otel]' ({exc})")
+    provider = TracerProvider(resource=Resource.create({"service.name": "exosphere-server"}))
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(provider)
+    return provider.shutdown
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     missing = [name for name in SERVER_MODULES if importlib.util.find_spec(name) is None]
@@ -150,6 +190,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if args.log_format == "json":
+        from .logformat import JsonFormatter
+
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonFormatter())
     try:
         config = ServerConfig.from_env(
             host=args.host,
@@ -169,6 +214,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             lease=args.lease,
             heartbeat_interval=args.heartbeat_interval,
             default_timeout=args.default_timeout,
+            http_port=-1 if args.no_http else args.http_port,
+            otel=args.otel or None,
         )
     except ValueError as exc:
         print(f"exosphere-server: invalid configuration: {exc}", file=sys.stderr)  # noqa: T201
@@ -178,12 +225,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         import uvloop
 
         loop_factory = uvloop.new_event_loop
+    shutdown_tracing = _setup_tracing() if config.otel else None
     try:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
             code = runner.run(_serve(config))
     except (ExosphereError, StoreError, OSError) as exc:
         print(f"exosphere-server: {exc}", file=sys.stderr)  # noqa: T201
         sys.exit(1)
+    finally:
+        if shutdown_tracing is not None:
+            shutdown_tracing()  # flushes the spans still batched
     sys.exit(code)
 
 

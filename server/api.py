@@ -220,7 +220,8 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
             after = request.page_token
             nodes = (n for n in self._engine.runtimes.nodes_of(request.namespace) if n.name > after)
             schemas, complete = take_by_size(nodes, schema_to_pb)
-        return pb.ListNodesResponse(nodes=schemas, next_page_token="" if complete else schemas[-1].name)
+            online = sorted(self._engine.runtimes.hosted(request.namespace))
+        return pb.ListNodesResponse(nodes=schemas, next_page_token="" if complete else schemas[-1].name, online=online)
 
     async def ListNamespaces(self, request: pb.ListNamespacesRequest, context: Ctx) -> pb.ListNamespacesResponse:
         async with status_from_errors(context):
@@ -247,6 +248,8 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
                     in_flight=len(s.in_flight),
                     connected_at_unix_ms=s.connected_at_ms,
                     sdk_version=s.sdk_version,
+                    last_heartbeat_unix_ms=self._engine.runtimes.last_heard_ms(s),
+                    draining=s.draining,
                 )
                 for s in sessions
             ]

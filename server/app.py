@@ -28,15 +28,18 @@ from .dblock import DatabaseLock
 from .decode import DecodeInterceptor
 from .engine import Engine, EngineSettings
 from .forward import Forwarder
+from .metrics import RpcCounter
 from .runtime_api import RuntimeApi
 from .secrets import SecretBox, SecretsKeyError, load_or_create_key, load_shared_key
 from .sqlite_schema import check_path
 from .sqlite_store import SqliteStore
 from .store import InMemoryStore, Store, WriteBatch
+from .web import HttpServer
 from .wire import decode_stored_schema
 
 if TYPE_CHECKING:
     from .cluster import ClusterMember
+    from .tracing import Tracing
 
 __all__ = ["App"]
 
@@ -81,6 +84,14 @@ def _read_pair(key: str, cert: str) -> tuple[bytes, bytes]:
     if private_key.public_key().public_bytes(*spki) != chain[0].public_key().public_bytes(*spki):
         raise InvalidArgumentError(f"TLS key {key} does not match the first certificate in {cert}")
     return key_pem, cert_pem
+
+
+def _tracing() -> Tracing:
+    try:
+        from .tracing import Tracing
+    except ImportError as exc:
+        raise InvalidArgumentError(f"--otel needs the otel extra: pip install 'exosphere[otel]' ({exc})") from None
+    return Tracing()
 
 
 def _open_postgres(config: ServerConfig) -> Store:
@@ -173,6 +184,8 @@ class App:
             shard_count=getattr(self.store, "shard_count", 1),
             own_all_shards=not config.postgres,
         )
+        if config.otel:
+            self.engine.enable_tracing(_tracing())
         self.cluster: ClusterMember | None = None
         self._forwarder: Forwarder | None = None
         self.cron = CronScheduler(self.engine)
@@ -185,6 +198,10 @@ class App:
         self._stopped = False
         self._health = health.aio.HealthServicer()
         self.port = 0
+        # The dashboard and /metrics (server/web); http_port stays 0 when HTTP is off.
+        self.rpcs = RpcCounter()
+        self._http: HttpServer | None = None
+        self.http_port = 0
 
     @property
     def address(self) -> str:
@@ -202,7 +219,7 @@ class App:
         await self.engine.start()
         await self.cron.start()
         server = grpc.aio.server(
-            interceptors=[AuthInterceptor(self.auth), DecodeInterceptor()],
+            interceptors=[self.rpcs, AuthInterceptor(self.auth), DecodeInterceptor()],
             options=[
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -238,6 +255,11 @@ class App:
             raise OSError(f"could not bind {target}")
         await server.start()
         self._started = True
+        http_port = self.config.http_port_to_bind()
+        if http_port is not None:
+            tls = (self.config.tls_cert, self.config.tls_key) if self.config.tls_cert and self.config.tls_key else None
+            self._http = HttpServer(self.engine, self.auth, self.rpcs, tls=tls)
+            self.http_port = await self._http.start(self.config.host, http_port)
         for service in ("", "exosphere.v1.SchedulerService", "exosphere.v1.RuntimeService"):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         if self.config.postgres:
@@ -253,7 +275,18 @@ class App:
             )
             await self.cluster.start()
         logger.info("exosphere-server listening on %s:%d db=%s", self.config.host, self.port, self.config.db_label)
+        if self._http is not None:
+            logger.info("dashboard and /metrics on %s", self.http_url)
         return self.port
+
+    @property
+    def http_url(self) -> str | None:
+        """Where the dashboard is served, or None when HTTP is off."""
+        if self._http is None:
+            return None
+        scheme = "https" if self._tls_pair is not None else "http"
+        host = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
+        return f"{scheme}://{host}:{self.http_port}/"
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting, let calls finish within ``grace`` seconds, commit, close the store. Idempotent."""
@@ -267,6 +300,8 @@ class App:
         self._stopped = True
         self._server = None
         try:
+            if self._http is not None:
+                await self._http.stop()
             if server is not None and self._started:
                 await self._health.enter_graceful_shutdown()
                 if self.cluster is not None:

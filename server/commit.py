@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from exosphere.errors import ConnectionFailedError, InternalError
 
+from .observe import Tally
 from .runstate import Run, State
 from .store import Fence, FencedError, Store, WriteBatch
 
@@ -48,9 +49,12 @@ class GroupCommit:
         on_committed: Callable[[list[State], list[Run]], None],
         on_failed: Callable[[BaseException], None],
         fence: Callable[[WriteBatch], Fence | None] | None = None,
+        *,
+        tally: Tally | None = None,
     ) -> None:
         self._store = store
         self._fence = fence
+        self._tally = tally or Tally()
         self._loop = loop
         self._on_committed = on_committed
         self._on_failed = on_failed
@@ -153,9 +157,10 @@ class GroupCommit:
             future = self._writer.submit(self._store.commit, prepared)
         else:
             future = self._writer.submit(_noop)
+        started = time.perf_counter()  # this attempt's: a held commit's latency counts from its last try
 
         def done(f: concurrent.futures.Future[None]) -> None:
-            loop.call_soon_threadsafe(self._done, f, prepared, waiters, changed, finished, attempt)
+            loop.call_soon_threadsafe(self._done, f, prepared, waiters, changed, finished, attempt, started)
 
         future.add_done_callback(done)
 
@@ -167,6 +172,7 @@ class GroupCommit:
         changed: list[State],
         finished: list[Run],
         attempt: int,
+        started: float,
     ) -> None:
         exc = future.exception()
         if isinstance(exc, ConnectionFailedError) and not self._closing:
@@ -192,6 +198,8 @@ class GroupCommit:
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
+        if changed:
+            self._tally.committed((time.perf_counter() - started) * 1000, changed)
         self._on_committed(changed, finished)
 
     def _failed(self, exc: BaseException, waiters: list[asyncio.Future[None]], count: int) -> None:

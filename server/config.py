@@ -10,7 +10,9 @@ from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["ServerConfig", "describe_dsn", "is_postgres_dsn"]
+__all__ = ["DEFAULT_HTTP_PORT", "ServerConfig", "describe_dsn", "is_postgres_dsn"]
+
+DEFAULT_HTTP_PORT = 8080
 
 
 def is_postgres_dsn(db: str) -> bool:
@@ -46,6 +48,8 @@ class ServerConfig(BaseModel):
         "EXOSPHERE_LEASE": "lease",
         "EXOSPHERE_DEFAULT_TIMEOUT": "default_timeout",
         "EXOSPHERE_STANDBY": "standby",
+        "EXOSPHERE_HTTP_PORT": "http_port",
+        "EXOSPHERE_OTEL": "otel",
         "EXOSPHERE_ADVERTISE": "advertise",
         "EXOSPHERE_SHARDS": "shards",
         "EXOSPHERE_SHARD_LEASE": "shard_lease",
@@ -84,6 +88,19 @@ class ServerConfig(BaseModel):
     def db_label(self) -> str:
         """The database for logs and messages (a PostgreSQL DSN without its password)."""
         return describe_dsn(self.db) if self.postgres else self.db
+
+    # The dashboard and /metrics (server/web). None: 8080, or a free port when `port` is 0 (tests, scripts);
+    # 0 picks a free one; -1 turns HTTP off.
+    http_port: int | None = None
+    # OpenTelemetry traces of triggers and dispatches (the `otel` extra; server/tracing.py), on the global tracer
+    # provider, which `exosphere-server --otel` sets up to export over OTLP.
+    otel: bool = False
+
+    def http_port_to_bind(self) -> int | None:
+        """The HTTP port to bind (0: any free one), or None when HTTP is off."""
+        if self.http_port is None:
+            return 0 if self.port == 0 else DEFAULT_HTTP_PORT
+        return None if self.http_port < 0 else self.http_port
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ, **overrides: object) -> Self:

@@ -12,8 +12,10 @@ import heapq
 import itertools
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 from .graph import MAX_DELAY_MS
+from .observe import Tally
 from .runstate import Session, State
 from .runtable import RunTable
 from .status import StateStatus
@@ -33,8 +35,12 @@ class Dispatcher:
         loop: Callable[[], asyncio.AbstractEventLoop | None],
         clock: Callable[[], int],
         default_timeout_ms: int,
+        tally: Tally | None = None,
     ) -> None:
         self._table = table
+        self._tally = tally or Tally()
+        # server/tracing.Tracing when traces are on (set by the engine).
+        self.tracing: Any = None
         self._loop = loop
         self._clock = clock
         self._default_timeout_ms = default_timeout_ms
@@ -56,6 +62,10 @@ class Dispatcher:
         peers = self.by_namespace.get(session.namespace, [])
         if session in peers:
             peers.remove(session)
+
+    def depths(self) -> dict[tuple[str, str], int]:
+        """Ready states waiting for a runtime's credit, by (namespace, node); delayed states not yet due excluded."""
+        return {key: len(queue) for key, queue in self._ready.items()}
 
     def close(self) -> None:
         if self._timer is not None:
@@ -113,10 +123,13 @@ class Dispatcher:
         if not self._ready_keys:
             return
         now = self._clock()
+        tally, tracing = self._tally, self.tracing
         for key in list(self._ready_keys):
             queue = self._ready[key]
             namespace, node_name = key
             sessions = [s for s in self.by_namespace.get(namespace, ()) if node_name in s.node_names and s.credit > 0]
+            # When each state sent became ready (created, requeued, or its start time): one batch for the metrics.
+            ready_at: list[int] = []
             while queue and sessions:
                 share = max(1, -(-len(queue) // len(sessions)))
                 for session in sessions:
@@ -124,14 +137,19 @@ class Dispatcher:
                     for _ in range(take):
                         state = queue.popleft()
                         if state.status == CREATED and not state.run.dropped:
+                            ready_at.append(max(state.updated_at_ms, state.run_at_ms))
                             self._assign(session, state, now)
+                            if tracing is not None:
+                                tracing.dispatched(state, session, now)
                     if take:
                         session.wake.set()
                 sessions = [s for s in sessions if s.credit > 0]
+            if ready_at:
+                tally.dispatched(key, now, ready_at)
             if not queue:
                 self._ready_keys.discard(key)
 
     def _assign(self, session: Session, state: State, now: int) -> None:
         timeout = state.node.timeout_ms or self._default_timeout_ms
-        self._table.dispatched(state, session, next(self._dispatch_seq), now + min(timeout, MAX_DELAY_MS))
+        self._table.dispatched(state, session, next(self._dispatch_seq), now + min(timeout, MAX_DELAY_MS), now)
         session.outbox.append(state)

@@ -23,8 +23,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from exosphere.errors import ConflictError, ExosphereError, RunNotFoundError
 
@@ -35,6 +36,7 @@ from .dispatch import Dispatcher
 from .graph import CompiledGraph
 from .machine import StateMachine
 from .models import GraphSpec, NodeSchema, RunRow, StateRow
+from .observe import Tally
 from .ownership import NotOwnerError, Shards
 from .recovery import recover
 from .retries import ManualRetries
@@ -45,6 +47,9 @@ from .sessions import Sessions
 from .status import ResultKind, RunStatus, StateStatus
 from .store import FencedError, RunCursor, Store
 from .triggers import CheckedTrigger, TriggerRequest, check_trigger
+
+if TYPE_CHECKING:  # opentelemetry is an extra: imported only where tracing is switched on
+    from .tracing import Tracing
 
 __all__ = ["Engine", "EngineSettings", "ResultIn", "TriggerRequest"]
 
@@ -57,6 +62,7 @@ KIND_ERRORED = ResultKind.ERRORED
 KIND_EXECUTED = ResultKind.EXECUTED
 KIND_PRUNED = ResultKind.PRUNED
 QUEUED = StateStatus.QUEUED
+CREATED = StateStatus.CREATED
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,12 +113,23 @@ class Engine:
         self._decode_schema = decode_schema
         self._clock = clock
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Counted on the hot path in batches, read by /metrics (server/observe.py, server/metrics.py).
+        self.tally = Tally()
         self._commit = GroupCommit(
-            store, lambda: self._loop, self._after_commit, self._commit_failed, lambda batch: self.shards.fence(batch)
+            store,
+            lambda: self._loop,
+            self._after_commit,
+            self._commit_failed,
+            lambda batch: self.shards.fence(batch),
+            tally=self.tally,
         )
         self._table = RunTable(self._commit)
         self._dispatcher = Dispatcher(
-            self._table, loop=lambda: self._loop, clock=clock, default_timeout_ms=settings.default_timeout_ms
+            self._table,
+            loop=lambda: self._loop,
+            clock=clock,
+            default_timeout_ms=settings.default_timeout_ms,
+            tally=self.tally,
         )
         # Runtime sessions and registered nodes: the runtime stream calls it directly.
         self.runtimes = Sessions(store, self._table, self._dispatcher, clock=clock, lease_ms=settings.lease_ms)
@@ -131,6 +148,7 @@ class Engine:
         self.replicas: tuple[str, ...] = ()
         self.replica_address = ""
         self.ignored_results = 0
+        self._tracing: Tracing | None = None
         # Set when a commit failed; the scheduler must then stop (see _commit_failed).
         self.fatal_error: BaseException | None = None
         self.on_fatal: Callable[[BaseException], None] | None = None
@@ -196,11 +214,28 @@ class Engine:
     def namespaces(self) -> list[str]:
         return sorted({ns for ns, _ in self.runtimes.nodes} | self.catalog.namespaces())
 
+    def enable_tracing(self, tracing: Tracing) -> None:
+        """Trace triggers and dispatches from now on (server/tracing.py)."""
+        self._tracing = tracing
+        self._dispatcher.tracing = tracing
+
+    def live_states(self) -> Iterable[State]:
+        """Every state of the runs held in memory (pending, or ended and not yet forgotten)."""
+        return self._table.states.values()
+
+    def live_runs(self) -> Iterable[Run]:
+        return self._table.runs.values()
+
+    def queue_depths(self) -> dict[tuple[str, str], int]:
+        """Ready states waiting for credit, by (namespace, node)."""
+        return self._dispatcher.depths()
+
     def handle_results(self, session: Session, results: Sequence[ResultIn]) -> None:
         """Apply a batch of results; each frees one credit of the session."""
         session.last_seen = time.monotonic()
         now = self._clock()
-        machine, in_flight = self._machine, session.in_flight
+        machine, in_flight, tracing, table = self._machine, session.in_flight, self._tracing, self._table
+        answered: list[State] = []
         for result in results:
             state = in_flight.get(result.dispatch_id)
             if state is None or state.state_id != result.state_id:
@@ -211,7 +246,11 @@ class Engine:
                 self.ignored_results += 1  # cancelled or timed out meanwhile: only the credit returns
                 continue
             state.session = None
+            answered.append(state)
+            table.answered(state, session.runtime_name, now)
             kind = result.kind
+            if tracing is not None:
+                tracing.answered(state, kind, result.error, now)
             if kind == KIND_EXECUTED:
                 machine.executed(state, result.outputs, result.store_writes, now)
             elif kind == KIND_ERRORED:
@@ -221,6 +260,8 @@ class Engine:
                 machine.pruned(state, result.pruned_data, now)
             else:
                 machine.requeued(state, result.delay_ms, now)
+        if answered:
+            self.tally.executed(session.namespace, now, answered)
         self._dispatcher.schedule()
 
     # ================================================================== graphs
@@ -274,10 +315,13 @@ class Engine:
         return check_trigger(request, graph, self.runtimes.node_schema(request.namespace, graph.root.node_name))
 
     async def _start_runs(self, checked: Sequence[CheckedTrigger]) -> list[str]:
+        started_ns = time.time_ns()
         now = self._clock()
         runs = [self._machine.start_run(c, self.shards.new_run_id(c.shard), now) for c in checked]
         for c in checked:
             self.catalog.acquire(c.graph)
+        if self._tracing is not None:  # before the commit: the first dispatch may happen in this very tick
+            self._tracing.triggered(runs, started_ns)
         await self._commit.wait()
         return [run.run_id for run in runs]
 
@@ -292,6 +336,7 @@ class Engine:
             states: list[StateRow] = [s for s in run.states if s.seq > after_seq]
             if page_size:
                 states = states[:page_size]
+            run.waiting_for_runtime = self.runtimes.waiting_for_runtime(run)
             return run, states, states[-1].seq if states else -1
         row = self._store.get_run(run_id)
         if row is None:
@@ -308,6 +353,7 @@ class Engine:
         for i, row in enumerate(rows):
             live = self._table.runs.get(row.run_id)
             if live is not None:
+                live.waiting_for_runtime = self.runtimes.waiting_for_runtime(live)
                 rows[i] = live
         return rows
 
@@ -331,8 +377,12 @@ class Engine:
                 return
             if run is None:
                 return
-        async for event in watches.follow(run):
-            yield event
+        async for row, states in watches.follow(run):
+            # Counted only while the run has CREATED states (the counts are refreshed at most every 50 ms).
+            if row.state_counts.get(CREATED, 0) or run.waiting_for_runtime:
+                run.waiting_for_runtime = self.runtimes.waiting_for_runtime(run)
+            row.waiting_for_runtime = run.waiting_for_runtime
+            yield row, states
 
     async def cancel_run(self, run_id: str) -> RunRow:
         run = self._table.runs.get(run_id)

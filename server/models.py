@@ -129,6 +129,10 @@ class StateRow:
     updated_at_ms: int = 0
     run_at_ms: int = 0
     seq: int = 0
+    # The runtime that last answered for it, when it was handed to that runtime, and how long the answer took.
+    runtime_name: str = ""
+    started_at_ms: int = 0
+    ran_ms: int = 0
 
 
 @dataclass(slots=True)
@@ -144,3 +148,5 @@ class RunRow:
     created_at_ms: int = 0
     updated_at_ms: int = 0
     state_counts: dict[str, int] = field(default_factory=dict)
+    # Nodes the run has states ready for that no connected runtime hosts (not stored: computed when read).
+    waiting_for_runtime: list[str] = field(default_factory=list)

@@ -78,7 +78,15 @@ CREATE TABLE members (
 CREATE INDEX members_by_heartbeat ON members (heartbeat_at);
 """
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "graphs, nodes, runs with shards, states, kv, leases, members", _V1),)
+_V2 = """
+ALTER TABLE states ADD COLUMN runtime_name TEXT NOT NULL DEFAULT '',
+    ADD COLUMN started_at_ms BIGINT NOT NULL DEFAULT 0, ADD COLUMN ran_ms BIGINT NOT NULL DEFAULT 0;
+"""
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "graphs, nodes, runs with shards, states, kv, leases, members", _V1),
+    Migration(2, "states: the runtime that ran each, when it was handed over, how long it took", _V2),
+)
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
 # Every table some migration creates: finding one of them without our meta table means someone else's database.

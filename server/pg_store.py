@@ -99,7 +99,7 @@ _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 _STATE_COLUMNS = (
     "run_id, seq, identifier, node_name, status, inputs, attempt, parent_id, parent_output, path, outputs, error, "
-    "pruned_data, created_at_ms, updated_at_ms, run_at_ms"
+    "pruned_data, created_at_ms, updated_at_ms, run_at_ms, runtime_name, started_at_ms, ran_ms"
 )
 _STATE_COLUMN_NAMES = _STATE_COLUMNS.split(", ")
 _RUN_COLUMNS = "run_id, namespace, graph_name, graph_version, status, store, created_at_ms, updated_at_ms, state_counts"
@@ -108,19 +108,23 @@ _INSERT_STATES = f"""
 INSERT INTO states ({_STATE_COLUMNS})
 SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[], $8::text[],
                      $9::int[], $10::text[], $11::text[], $12::text[], $13::text[], $14::bigint[], $15::bigint[],
-                     $16::bigint[])
+                     $16::bigint[], $17::text[], $18::bigint[], $19::bigint[])
 ON CONFLICT (run_id, seq) DO UPDATE SET
     identifier = EXCLUDED.identifier, node_name = EXCLUDED.node_name, status = EXCLUDED.status,
     inputs = EXCLUDED.inputs, attempt = EXCLUDED.attempt, parent_id = EXCLUDED.parent_id,
     parent_output = EXCLUDED.parent_output, path = EXCLUDED.path, outputs = EXCLUDED.outputs, error = EXCLUDED.error,
     pruned_data = EXCLUDED.pruned_data, created_at_ms = EXCLUDED.created_at_ms,
-    updated_at_ms = EXCLUDED.updated_at_ms, run_at_ms = EXCLUDED.run_at_ms
+    updated_at_ms = EXCLUDED.updated_at_ms, run_at_ms = EXCLUDED.run_at_ms, runtime_name = EXCLUDED.runtime_name,
+    started_at_ms = EXCLUDED.started_at_ms, ran_ms = EXCLUDED.ran_ms
 """
 _UPDATE_STATES = """
 UPDATE states AS s SET status = u.status, attempt = u.attempt, outputs = u.outputs, error = u.error,
-    pruned_data = u.pruned_data, updated_at_ms = u.updated_at_ms, run_at_ms = u.run_at_ms
+    pruned_data = u.pruned_data, updated_at_ms = u.updated_at_ms, run_at_ms = u.run_at_ms,
+    runtime_name = u.runtime_name, started_at_ms = u.started_at_ms, ran_ms = u.ran_ms
 FROM unnest($1::text[], $2::int[], $3::text[], $4::int[], $5::text[], $6::text[], $7::text[], $8::bigint[],
-            $9::bigint[]) AS u(run_id, seq, status, attempt, outputs, error, pruned_data, updated_at_ms, run_at_ms)
+            $9::bigint[], $10::text[], $11::bigint[], $12::bigint[])
+    AS u(run_id, seq, status, attempt, outputs, error, pruned_data, updated_at_ms, run_at_ms, runtime_name,
+         started_at_ms, ran_ms)
 WHERE s.run_id = u.run_id AND s.seq = u.seq
 """
 _UPSERT_RUNS = f"""
@@ -146,10 +150,10 @@ def _shifted(statement: str, by: int) -> str:
 # and data-modifying CTEs all run (an empty array writes nothing). Only for batches whose new and updated states
 # differ: the CTEs see one snapshot, so an update could not see a state inserted beside it.
 _ONE_STATEMENT = (
-    f"WITH i AS ({_INSERT_STATES}), u AS ({_shifted(_UPDATE_STATES, 16)}), "
-    f"r AS ({_shifted(_UPSERT_RUNS, 25)}), k AS ({_shifted(_UPSERT_KV, 35)}) SELECT 1"
+    f"WITH i AS ({_INSERT_STATES}), u AS ({_shifted(_UPDATE_STATES, 19)}), "
+    f"r AS ({_shifted(_UPSERT_RUNS, 31)}), k AS ({_shifted(_UPSERT_KV, 41)}) SELECT 1"
 )
-_WIDTHS = (16, 9, 10, 2)  # parameters of each statement above
+_WIDTHS = (19, 12, 10, 2)  # parameters of each statement above
 
 
 @dataclass(slots=True)
@@ -189,6 +193,9 @@ def _state_from_record(r: asyncpg.Record) -> StateRow:
         updated_at_ms=r["updated_at_ms"],
         run_at_ms=r["run_at_ms"],
         seq=seq,
+        runtime_name=r["runtime_name"],
+        started_at_ms=r["started_at_ms"],
+        ran_ms=r["ran_ms"],
     )
 
 
@@ -376,7 +383,7 @@ class PostgresStore:
                 s.run_id, s.seq, s.identifier, s.node_name, s.status, _dumps(s.inputs), s.attempt, s.parent_id,
                 s.parent_output, _dumps(s.path), None if s.outputs is None else _dumps(s.outputs),
                 None if s.error is None else _dumps(s.error), s.pruned_data, s.created_at_ms, s.updated_at_ms,
-                s.run_at_ms,
+                s.run_at_ms, s.runtime_name, s.started_at_ms, s.ran_ms,
             )
             for s in batch.new_states
         }  # fmt: skip
@@ -384,6 +391,7 @@ class PostgresStore:
             (s.run_id, s.seq): (
                 s.run_id, s.seq, s.status, s.attempt, None if s.outputs is None else _dumps(s.outputs),
                 None if s.error is None else _dumps(s.error), s.pruned_data, s.updated_at_ms, s.run_at_ms,
+                s.runtime_name, s.started_at_ms, s.ran_ms,
             )
             for s in batch.updated_states
         }  # fmt: skip

@@ -25,6 +25,13 @@ class State(StateRow):
     session: Session | None = None
     dispatch_id: int = 0
     deadline_ms: int = 0
+    # When it was last handed to a runtime (ms): execution time is measured from here.
+    dispatched_at_ms: int = 0
+    # The status last counted for /metrics (server/observe.py): a state committed again unchanged counts once.
+    counted_status: str = ""
+    # Tracing (server/tracing.py), only when on: the open dispatch span and its W3C traceparent for the runtime.
+    trace_span: Any = None
+    traceparent: str = ""
     # Set on states that merge nodes wait for: open descendants, whether one failed, merges created.
     open_descendants: int = 0
     descendant_failed: bool = False
@@ -38,6 +45,8 @@ class Run(RunRow):
 
     graph: CompiledGraph = None  # type: ignore[assignment]
     states: list[State] = field(default_factory=list)
+    # The trigger span's context (W3C headers) when tracing is on: dispatch spans are its children.
+    trace_carrier: dict[str, str] | None = None
     open_states: int = 0
     failed: bool = False
     cancelled: bool = False

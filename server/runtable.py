@@ -146,14 +146,22 @@ class RunTable:
             state.run_at_ms = run_at_ms
         self._commit.mark(state)
 
-    def dispatched(self, state: State, session: Session, dispatch_id: int, deadline_ms: int) -> None:
+    def dispatched(self, state: State, session: Session, dispatch_id: int, deadline_ms: int, now: int) -> None:
         """CREATED → QUEUED: handed to a runtime. Not committed: after a crash it runs again (at-least-once)."""
         _count(state.run, state.status, QUEUED)
         state.status = QUEUED
         state.session = session
         state.dispatch_id = dispatch_id
         state.deadline_ms = deadline_ms
+        state.dispatched_at_ms = now
         session.in_flight[dispatch_id] = state
+
+    def answered(self, state: State, runtime_name: str, now: int) -> None:
+        """The runtime that held ``state`` answered: who ran it, since when, for how long (committed with the
+        status change the answer brings)."""
+        state.runtime_name = runtime_name
+        state.started_at_ms = state.dispatched_at_ms
+        state.ran_ms = max(0, now - state.dispatched_at_ms)
 
     def undispatched(self, state: State) -> None:
         """QUEUED → CREATED: its runtime went away before answering. The database still holds CREATED."""

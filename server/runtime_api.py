@@ -290,4 +290,5 @@ def _execute(state: Any, *, shared: bool = False) -> pb.Execute:
         dispatch_id=state.dispatch_id,
         store=run.store,
         graph_name=run.graph_name,
+        traceparent=state.traceparent,
     )

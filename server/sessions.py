@@ -18,7 +18,7 @@ from exosphere.errors import ConflictError, InvalidArgumentError
 
 from .dispatch import Dispatcher
 from .models import NodeSchema
-from .runstate import Session, State
+from .runstate import Run, Session, State
 from .runtable import RunTable
 from .status import StateStatus
 from .store import Store
@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 # Enum members bound once: attribute access on an Enum class costs ~70 ns on Python 3.11 and the hot path makes
 # dozens per state.
 QUEUED = StateStatus.QUEUED
+CREATED = StateStatus.CREATED
 
 
 def withdraw(state: State) -> None:
@@ -173,6 +174,30 @@ class Sessions:
 
     def connected(self, namespace: str | None = None) -> list[Session]:
         return [s for s in self._sessions.values() if namespace is None or s.namespace == namespace]
+
+    def hosted(self, namespace: str) -> set[str]:
+        """Names of the nodes that a connected runtime of ``namespace`` hosts and takes work for (not draining)."""
+        names: set[str] = set()
+        for session in self._dispatcher.by_namespace.get(namespace, ()):
+            if not session.draining and not session.closed:
+                names.update(session.node_names)
+        return names
+
+    def waiting_for_runtime(self, run: Run) -> list[str]:
+        """Nodes ``run`` has CREATED states of that no connected runtime hosts: the run waits until one connects.
+
+        Cheap when every node of the graph is hosted (the usual case); otherwise one pass over the run's states.
+        """
+        if not run.pending or run.graph is None:
+            return []
+        missing = {node.node_name for node in run.graph.nodes.values()} - self.hosted(run.namespace)
+        if not missing:
+            return []
+        return sorted({s.node_name for s in run.states if s.status is CREATED and s.node_name in missing})
+
+    def last_heard_ms(self, session: Session) -> int:
+        """Wall-clock time (ms) the runtime was last heard from."""
+        return self._clock() - int((time.monotonic() - session.last_seen) * 1000)
 
     # ------------------------------------------------------------------ leases and deadlines
 

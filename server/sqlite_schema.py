@@ -23,7 +23,7 @@ __all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "check_path", "connect", "open_da
 logger = logging.getLogger(__name__)
 
 APPLICATION_ID = 0x45585350  # "EXSP" in the header's application_id field (PRAGMA application_id)
-SCHEMA_VERSION = 1  # PRAGMA user_version; MIGRATIONS[v] brings a file from v - 1 to v
+SCHEMA_VERSION = 2  # PRAGMA user_version; MIGRATIONS[v] brings a file from v - 1 to v
 
 _TABLES = (
     """CREATE TABLE IF NOT EXISTS graphs (
@@ -56,6 +56,12 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "DROP INDEX IF EXISTS runs_by_namespace",
         "CREATE INDEX IF NOT EXISTS runs_by_time ON runs (namespace, created_at_ms DESC, run_id DESC)",
         "CREATE INDEX IF NOT EXISTS runs_by_graph ON runs (namespace, graph_name, created_at_ms DESC, run_id DESC)",
+    ),
+    # 2: which runtime ran a state, when it was handed to it, and how long it took.
+    2: (
+        "ALTER TABLE states ADD COLUMN runtime_name TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE states ADD COLUMN started_at_ms INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE states ADD COLUMN ran_ms INTEGER NOT NULL DEFAULT 0",
     ),
 }
 

@@ -25,8 +25,10 @@ logger = logging.getLogger(__name__)
 
 _STATE_COLUMNS = (
     "run_id, seq, identifier, node_name, status, inputs, attempt, parent_id, parent_output, path, outputs, error, "
-    "pruned_data, created_at_ms, updated_at_ms, run_at_ms"
+    "pruned_data, created_at_ms, updated_at_ms, run_at_ms, runtime_name, started_at_ms, ran_ms"
 )
+
+_STATE_PLACEHOLDERS = ",".join("?" * len(_STATE_COLUMNS.split(",")))
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
@@ -49,6 +51,9 @@ def _state_params(s: StateRow) -> tuple[object, ...]:
         s.created_at_ms,
         s.updated_at_ms,
         s.run_at_ms,
+        s.runtime_name,
+        s.started_at_ms,
+        s.ran_ms,
     )
 
 
@@ -61,6 +66,9 @@ def _update_params(s: StateRow) -> tuple[object, ...]:
         s.pruned_data,
         s.updated_at_ms,
         s.run_at_ms,
+        s.runtime_name,
+        s.started_at_ms,
+        s.ran_ms,
         s.run_id,
         s.seq,
     )
@@ -99,7 +107,7 @@ def _json(value: object, kind: type[_J]) -> _J:
 
 def _state_from_row(row: sqlite3.Row | tuple[object, ...]) -> StateRow:
     (run_id, seq, identifier, node_name, status, inputs, attempt, parent_id, parent_output, path, outputs, error,
-     pruned, created, updated, run_at) = row  # fmt: skip
+     pruned, created, updated, run_at, runtime_name, started, ran) = row  # fmt: skip
     return StateRow(
         state_id=f"{run_id}-{seq}",
         run_id=str(run_id),
@@ -118,6 +126,9 @@ def _state_from_row(row: sqlite3.Row | tuple[object, ...]) -> StateRow:
         updated_at_ms=_int(updated),
         run_at_ms=_int(run_at),
         seq=_int(seq),
+        runtime_name=str(runtime_name),
+        started_at_ms=_int(started),
+        ran_ms=_int(ran),
     )
 
 
@@ -202,13 +213,13 @@ class SqliteStore:
             try:
                 if prepared.inserts:
                     db.executemany(
-                        f"INSERT OR REPLACE INTO states ({_STATE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                        f"INSERT OR REPLACE INTO states ({_STATE_COLUMNS}) VALUES ({_STATE_PLACEHOLDERS})",
                         prepared.inserts,
                     )
                 if prepared.updates:
                     db.executemany(
                         "UPDATE states SET status=?, attempt=?, outputs=?, error=?, pruned_data=?, updated_at_ms=?, "
-                        "run_at_ms=? WHERE run_id=? AND seq=?",
+                        "run_at_ms=?, runtime_name=?, started_at_ms=?, ran_ms=? WHERE run_id=? AND seq=?",
                         prepared.updates,
                     )
                 if prepared.runs:

@@ -172,6 +172,11 @@ class InMemoryStore:
                 stored.status, stored.attempt, stored.outputs = state.status, state.attempt, state.outputs
                 stored.error, stored.pruned_data = state.error, state.pruned_data
                 stored.updated_at_ms, stored.run_at_ms = state.updated_at_ms, state.run_at_ms
+                stored.runtime_name, stored.started_at_ms, stored.ran_ms = (
+                    state.runtime_name,
+                    state.started_at_ms,
+                    state.ran_ms,
+                )
         for run in runs:
             self._runs[run.run_id] = run
         self._kv.update(kv)
@@ -278,4 +283,7 @@ def _snapshot(state: StateRow) -> StateRow:
         updated_at_ms=state.updated_at_ms,
         run_at_ms=state.run_at_ms,
         seq=state.seq,
+        runtime_name=state.runtime_name,
+        started_at_ms=state.started_at_ms,
+        ran_ms=state.ran_ms,
     )

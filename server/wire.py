@@ -355,6 +355,9 @@ def state_to_pb(state: StateRow) -> scheduler_pb2.State:
         updated_at_unix_ms=state.updated_at_ms,
         pruned_data_json=state.pruned_data or "",
         run_at_unix_ms=state.run_at_ms,
+        runtime_name=state.runtime_name,
+        started_at_unix_ms=state.started_at_ms,
+        ran_ms=state.ran_ms,
     )
     for fields in state.outputs or ():
         message.outputs.add().fields.update(fields)
@@ -376,6 +379,7 @@ def run_to_pb(run: RunRow) -> scheduler_pb2.Run:
         state_counts=run.state_counts,
         store=run.store,
         graph_version=run.graph_version,
+        waiting_for_runtime=run.waiting_for_runtime,
     )
 
 

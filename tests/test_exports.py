@@ -45,6 +45,7 @@ def test_all_is_pinned() -> None:
         "RunNotFoundError",
         "RunStatus",
         "Runtime",
+        "RuntimeModel",
         "StateManager",
         "StateModel",
         "StateNotFoundError",

@@ -143,3 +143,24 @@ def test_the_wheel_installs_the_scheduler_as_exosphere_server_and_no_top_level_s
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     with zipfile.ZipFile(wheel) as archive:
         assert "exosphere-server = exosphere_server.__main__:main" in archive.read(entry_points).decode()
+
+
+@pytest.mark.slow
+def test_the_wheel_ships_the_dashboard_assets(tmp_path: Path) -> None:
+    """The dashboard needs no internet at run time: its page, script, style and the vendored libraries are in the
+    wheel."""
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), ROOT],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert build.returncode == 0, build.stderr
+    [wheel] = tmp_path.glob("exosphere-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+    static = "exosphere_server/web/static"
+    for asset in ("index.html", "app.js", "style.css", "vendor/cytoscape.min.js", "vendor/dagre.min.js"):
+        assert f"{static}/{asset}" in names, asset
+    assert f"{static}/vendor/cytoscape-dagre.js" in names
+    assert "exosphere_server/web/routes.py" in names
+    page = (ROOT / "server/web/static/index.html").read_text()
+    assert not re.search(r"(src|href)=\"https?://", page), "the page must not load anything from the internet"

@@ -593,6 +593,7 @@ class Execute(_message.Message):
     STORE_FIELD_NUMBER: _builtins.int
     GRAPH_NAME_FIELD_NUMBER: _builtins.int
     STORE_AS_PREVIOUS_FIELD_NUMBER: _builtins.int
+    TRACEPARENT_FIELD_NUMBER: _builtins.int
     state_id: _builtins.str
     run_id: _builtins.str
     node_name: _builtins.str
@@ -608,6 +609,10 @@ class Execute(_message.Message):
     store_as_previous: _builtins.bool
     """True when this item's store is the store of the previous item of the same run_id in the same ExecuteBatch;
     `store` is then empty. Sent only to runtimes that set Register.shares_stores.
+    """
+    traceparent: _builtins.str
+    """W3C trace context (`traceparent` header value) of the scheduler's span for this dispatch, when the scheduler
+    traces (`--otel`); a runtime makes its execution span a child of it. Empty when not tracing.
     """
     @_builtins.property
     def inputs(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
@@ -635,10 +640,11 @@ class Execute(_message.Message):
         store: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         graph_name: _builtins.str = ...,
         store_as_previous: _builtins.bool = ...,
+        traceparent: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "deadline_unix_ms", b"deadline_unix_ms", "dispatch_id", b"dispatch_id", "graph_name", b"graph_name", "inputs", b"inputs", "node_name", b"node_name", "run_id", b"run_id", "secrets", b"secrets", "state_id", b"state_id", "store", b"store", "store_as_previous", b"store_as_previous"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "deadline_unix_ms", b"deadline_unix_ms", "dispatch_id", b"dispatch_id", "graph_name", b"graph_name", "inputs", b"inputs", "node_name", b"node_name", "run_id", b"run_id", "secrets", b"secrets", "state_id", b"state_id", "store", b"store", "store_as_previous", b"store_as_previous", "traceparent", b"traceparent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -781,6 +781,9 @@ class State(_message.Message):
     UPDATED_AT_UNIX_MS_FIELD_NUMBER: _builtins.int
     PRUNED_DATA_JSON_FIELD_NUMBER: _builtins.int
     RUN_AT_UNIX_MS_FIELD_NUMBER: _builtins.int
+    RUNTIME_NAME_FIELD_NUMBER: _builtins.int
+    STARTED_AT_UNIX_MS_FIELD_NUMBER: _builtins.int
+    RAN_MS_FIELD_NUMBER: _builtins.int
     state_id: _builtins.str
     run_id: _builtins.str
     identifier: _builtins.str
@@ -795,6 +798,12 @@ class State(_message.Message):
     """For PRUNED states: the PruneSignal data, a JSON object."""
     run_at_unix_ms: _builtins.int
     """Earliest time the state may run (retries, requeues, start delays); 0 when at once."""
+    runtime_name: _builtins.str
+    """The runtime that ran it (its name, as registered), when it was handed to it, and how long until its answer;
+    empty and 0 until a runtime has answered for it.
+    """
+    started_at_unix_ms: _builtins.int
+    ran_ms: _builtins.int
     @_builtins.property
     def inputs(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -818,10 +827,13 @@ class State(_message.Message):
         updated_at_unix_ms: _builtins.int = ...,
         pruned_data_json: _builtins.str = ...,
         run_at_unix_ms: _builtins.int = ...,
+        runtime_name: _builtins.str = ...,
+        started_at_unix_ms: _builtins.int = ...,
+        ran_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "created_at_unix_ms", b"created_at_unix_ms", "error", b"error", "identifier", b"identifier", "inputs", b"inputs", "node_name", b"node_name", "outputs", b"outputs", "parent_id", b"parent_id", "pruned_data_json", b"pruned_data_json", "run_at_unix_ms", b"run_at_unix_ms", "run_id", b"run_id", "state_id", b"state_id", "status", b"status", "updated_at_unix_ms", b"updated_at_unix_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "created_at_unix_ms", b"created_at_unix_ms", "error", b"error", "identifier", b"identifier", "inputs", b"inputs", "node_name", b"node_name", "outputs", b"outputs", "parent_id", b"parent_id", "pruned_data_json", b"pruned_data_json", "ran_ms", b"ran_ms", "run_at_unix_ms", b"run_at_unix_ms", "run_id", b"run_id", "runtime_name", b"runtime_name", "started_at_unix_ms", b"started_at_unix_ms", "state_id", b"state_id", "status", b"status", "updated_at_unix_ms", b"updated_at_unix_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -882,6 +894,7 @@ class Run(_message.Message):
     STATE_COUNTS_FIELD_NUMBER: _builtins.int
     STORE_FIELD_NUMBER: _builtins.int
     GRAPH_VERSION_FIELD_NUMBER: _builtins.int
+    WAITING_FOR_RUNTIME_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     namespace: _builtins.str
     graph_name: _builtins.str
@@ -895,6 +908,12 @@ class Run(_message.Message):
 
     @_builtins.property
     def store(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def waiting_for_runtime(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Nodes this run has states waiting for that no connected runtime hosts: the run cannot move until one
+        connects. Empty once the run has ended.
+        """
+
     def __init__(
         self,
         *,
@@ -907,10 +926,11 @@ class Run(_message.Message):
         state_counts: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         store: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         graph_version: _builtins.int = ...,
+        waiting_for_runtime: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at_unix_ms", b"created_at_unix_ms", "graph_name", b"graph_name", "graph_version", b"graph_version", "namespace", b"namespace", "run_id", b"run_id", "state_counts", b"state_counts", "status", b"status", "store", b"store", "updated_at_unix_ms", b"updated_at_unix_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at_unix_ms", b"created_at_unix_ms", "graph_name", b"graph_name", "graph_version", b"graph_version", "namespace", b"namespace", "run_id", b"run_id", "state_counts", b"state_counts", "status", b"status", "store", b"store", "updated_at_unix_ms", b"updated_at_unix_ms", "waiting_for_runtime", b"waiting_for_runtime"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1213,19 +1233,25 @@ class ListNodesResponse(_message.Message):
 
     NODES_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    ONLINE_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
     """Empty when this is the last page."""
     @_builtins.property
     def nodes(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.NodeSchema]: ...
+    @_builtins.property
+    def online(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Names of the nodes that a connected runtime hosts now; the others are offline."""
+
     def __init__(
         self,
         *,
         nodes: _abc.Iterable[_common_pb2.NodeSchema] | None = ...,
         next_page_token: _builtins.str = ...,
+        online: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "nodes", b"nodes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "nodes", b"nodes", "online", b"online"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1300,6 +1326,8 @@ class RuntimeInfo(_message.Message):
     IN_FLIGHT_FIELD_NUMBER: _builtins.int
     CONNECTED_AT_UNIX_MS_FIELD_NUMBER: _builtins.int
     SDK_VERSION_FIELD_NUMBER: _builtins.int
+    LAST_HEARTBEAT_UNIX_MS_FIELD_NUMBER: _builtins.int
+    DRAINING_FIELD_NUMBER: _builtins.int
     runtime_id: _builtins.str
     runtime_name: _builtins.str
     namespace: _builtins.str
@@ -1307,6 +1335,10 @@ class RuntimeInfo(_message.Message):
     in_flight: _builtins.int
     connected_at_unix_ms: _builtins.int
     sdk_version: _builtins.str
+    last_heartbeat_unix_ms: _builtins.int
+    """When the scheduler last heard from the runtime (a heartbeat or any other message)."""
+    draining: _builtins.bool
+    """The runtime asked for no more work and is finishing what it holds."""
     @_builtins.property
     def node_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -1320,10 +1352,12 @@ class RuntimeInfo(_message.Message):
         in_flight: _builtins.int = ...,
         connected_at_unix_ms: _builtins.int = ...,
         sdk_version: _builtins.str = ...,
+        last_heartbeat_unix_ms: _builtins.int = ...,
+        draining: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["connected_at_unix_ms", b"connected_at_unix_ms", "in_flight", b"in_flight", "max_concurrency", b"max_concurrency", "namespace", b"namespace", "node_names", b"node_names", "runtime_id", b"runtime_id", "runtime_name", b"runtime_name", "sdk_version", b"sdk_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connected_at_unix_ms", b"connected_at_unix_ms", "draining", b"draining", "in_flight", b"in_flight", "last_heartbeat_unix_ms", b"last_heartbeat_unix_ms", "max_concurrency", b"max_concurrency", "namespace", b"namespace", "node_names", b"node_names", "runtime_id", b"runtime_id", "runtime_name", b"runtime_name", "sdk_version", b"sdk_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

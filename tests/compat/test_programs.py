@@ -60,6 +60,7 @@ async def test_python_sdk_graph_page_waits_for_its_runtime_and_returns_the_graph
 
 async def test_readme_advanced_usage_defaults_and_errors(spawn: ProgramFactory, my_project: StateManager) -> None:
     program = await spawn("readme_advanced_usage.py")
+    program.tracebacks_expected = True  # RobustNode raises: its runtime logs the failure with the traceback
     await _registered(my_project, "ConfigurableNode", "RobustNode")
     no_retries = RetryPolicyModel(max_retries=0)
     await my_project.upsert_graph(

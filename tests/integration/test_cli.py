@@ -118,7 +118,7 @@ async def test_apply_yaml_trigger_wait_and_inspect(
     graphs = await cli("graph", "list", namespace, "--address", server_address)
     assert graphs.code == 0 and "echo-graph" in graphs.out
     nodes = await cli("nodes", "list", namespace, "--address", server_address)
-    assert nodes.code == 0 and nodes.out.split() == ["Echo"]
+    assert nodes.code == 0 and nodes.out.split() == ["Echo", "online"]
 
 
 async def test_apply_json_with_overrides_and_round_trip(

@@ -193,6 +193,8 @@ async def test_a_database_from_before_the_marker_is_adopted_with_its_runs(tmp_pa
     legacy.execute("DROP INDEX runs_by_time")
     legacy.execute("DROP INDEX runs_by_graph")
     legacy.execute("CREATE INDEX runs_by_namespace ON runs (namespace, created_at_ms DESC)")
+    for column in ("runtime_name", "started_at_ms", "ran_ms"):  # schema 2's columns were not there yet
+        legacy.execute(f"ALTER TABLE states DROP COLUMN {column}")
     legacy.commit()
     legacy.close()
     with ServerProcess(db) as server:

@@ -136,6 +136,7 @@ def test_updated_states_change_their_result_columns(store: Store) -> None:
     done = state("r1", 0, status=StateStatus.ERRORED)
     done.attempt, done.outputs, done.error, done.pruned_data = 2, [{"x": "1"}, {"x": "2"}], {"message": "no"}, "p"
     done.updated_at_ms, done.run_at_ms = 5000, 6000
+    done.runtime_name, done.started_at_ms, done.ran_ms = "runtime-1", 4000, 1000
     finished = run("r1", status=RunStatus.FAILED)
     store.write(WriteBatch(updated_states=[done], runs=[finished]))
     assert store.get_states("r1", -1, 0) == [done]

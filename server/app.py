@@ -212,7 +212,7 @@ class App:
         try:
             return await self._start()
         except BaseException:
-            await self._shutdown(None, 0)
+            await self._shutdown(self._server, 0)
             raise
 
     async def _start(self) -> int:
@@ -307,6 +307,7 @@ class App:
                 if self.cluster is not None:
                     await self.cluster.stop()  # hand the shards over at once
                 self.engine.runtimes.close_all("scheduler shutting down")
+            if server is not None:  # also one that bound but failed to start the rest: it must not outlive the loop
                 await server.stop(grace)
         finally:
             if self._forwarder is not None:

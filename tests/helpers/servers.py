@@ -63,7 +63,9 @@ class ServerProcess:
 
     def __init__(self, db: Path | str, *extra: str, port: int = 0, env: dict[str, str] | None = None) -> None:
         self.db = db
-        self.args = [sys.executable, "-m", "exosphere_server", "--port", str(port), "--db", str(db), *extra]
+        # A fixed gRPC port means a fixed HTTP port too (8080) unless told otherwise: tests never want that.
+        http = [] if port == 0 or "--http-port" in extra or "--no-http" in extra else ["--http-port", "0"]
+        self.args = [sys.executable, "-m", "exosphere_server", "--port", str(port), "--db", str(db), *http, *extra]
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[str] | None = None
         self.port = 0

@@ -39,8 +39,10 @@ class GraphCatalog:
         self._versions: dict[tuple[str, str, int], CompiledGraph] = {}
         self._users: dict[tuple[str, str, int], int] = {}
         self.on_saved: Callable[[CompiledGraph | None, str, str], None] | None = None
-        # Cluster mode: other replicas save graphs too; a graph not known here is looked up in the store.
+        # Cluster mode: other replicas save graphs too; a graph not known here is looked up in the store, and the
+        # nodes a graph uses may have registered with another replica.
         self.shared = False
+        self.refresh_nodes: Callable[[], bool] | None = None
 
     # ------------------------------------------------------------------ reads
 
@@ -73,7 +75,9 @@ class GraphCatalog:
 
         ``secrets`` None keeps the secrets the graph already has.
         """
-        if self.shared:  # another replica may have saved a newer version
+        if self.shared:  # another replica may have saved a newer version, or registered the nodes
+            if self.refresh_nodes is not None:
+                self.refresh_nodes()
             self.refresh(self._store.load_graphs())
         existing = self._current.get((spec.namespace, spec.name))
         secret_values = (

@@ -61,6 +61,7 @@ class ClusterMember:
         self._task: asyncio.Task[None] | None = None
         self._renewed_at = time.monotonic()
         self._seen_catalog: object = None
+        self._ticking = asyncio.Lock()  # one heartbeat at a time on the one connection
         self.live: list[str] = []
         self.desired: frozenset[int] = frozenset()
 
@@ -95,8 +96,9 @@ class ClusterMember:
         if conn is None:
             return
         try:
-            await self._give_back(conn, self._engine.shards.owned)
-            await conn.execute("DELETE FROM members WHERE replica_id = $1", self.replica_id)
+            async with self._ticking:
+                await self._give_back(conn, self._engine.shards.owned)
+                await conn.execute("DELETE FROM members WHERE replica_id = $1", self.replica_id)
         except (OSError, asyncpg.PostgresError) as exc:
             logger.warning("could not hand shards over on stop (their leases expire instead): %s", exc)
         finally:
@@ -123,6 +125,10 @@ class ClusterMember:
 
     async def tick(self) -> None:
         """One heartbeat: renew our leases (dropping the ones lost), then move shards toward the balance."""
+        async with self._ticking:
+            await self._tick()
+
+    async def _tick(self) -> None:
         conn = self._conn
         assert conn is not None
         shards = self._engine.shards

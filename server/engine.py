@@ -134,6 +134,7 @@ class Engine:
         # Runtime sessions and registered nodes: the runtime stream calls it directly.
         self.runtimes = Sessions(store, self._table, self._dispatcher, clock=clock, lease_ms=settings.lease_ms)
         self.catalog = GraphCatalog(store, secret_box, self.runtimes.node_schema, clock=clock)
+        self.catalog.refresh_nodes = self.refresh_nodes
         self._machine = StateMachine(self._table, self._dispatcher, default_timeout_ms=settings.default_timeout_ms)
         self._retries = ManualRetries(
             store, self._table, self.catalog, self._machine, self._commit, clock=clock, forget=self._forget
@@ -196,6 +197,11 @@ class Engine:
     def refresh_from_store(self) -> int:
         """Cluster mode: take the node registrations and graphs other replicas saved. Returns how many graphs
         changed here."""
+        changed_nodes = self.refresh_nodes()
+        return self.catalog.refresh(self._store.load_graphs(), recompile=changed_nodes)
+
+    def refresh_nodes(self) -> bool:
+        """Cluster mode: take the node registrations other replicas saved. Returns whether any changed."""
         changed_nodes = False
         if self._decode_schema is not None:
             for namespace, name, raw in self._store.load_nodes():
@@ -209,7 +215,7 @@ class Engine:
                     logger.error(
                         "stored schema unreadable, skipped namespace=%s node=%s error=%s", namespace, name, exc
                     )
-        return self.catalog.refresh(self._store.load_graphs(), recompile=changed_nodes)
+        return changed_nodes
 
     def namespaces(self) -> list[str]:
         return sorted({ns for ns, _ in self.runtimes.nodes} | self.catalog.namespaces())

@@ -264,6 +264,8 @@ _BY_STATUS: dict[grpc.StatusCode, type[ExosphereError]] = {
     grpc.StatusCode.UNAUTHENTICATED: AuthenticationError,
     grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
     grpc.StatusCode.UNAVAILABLE: ConnectionFailedError,
+    # A call the scheduler cancelled (it is stopping: SIGTERM, a rolling restart) is worth trying again elsewhere.
+    grpc.StatusCode.CANCELLED: ConnectionFailedError,
     grpc.StatusCode.DEADLINE_EXCEEDED: ExosphereTimeoutError,
 }
 

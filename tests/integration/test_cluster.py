@@ -7,7 +7,8 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import ClassVar
@@ -45,6 +46,17 @@ def replica_config(dsn: str, tmp_path: Path) -> ServerConfig:
     )
 
 
+@asynccontextmanager
+async def two_replicas(dsn: str, tmp_path: Path) -> AsyncIterator[tuple[App, App]]:
+    """Two in-process replicas on one database, balanced (each has had a heartbeat after the other joined)."""
+    config = replica_config(dsn, tmp_path)
+    async with serving(config) as a, serving(config) as b:
+        assert a.cluster is not None and b.cluster is not None
+        await b.cluster.tick()
+        await a.cluster.tick()
+        yield a, b
+
+
 def echo_graph(namespace: str) -> list[GraphNodeModel]:
     return [GraphNodeModel(node_name="Echo", namespace=namespace, identifier="e", inputs={"text": "hi"})]
 
@@ -63,11 +75,7 @@ async def test_two_replicas_split_the_shards_and_one_takes_over_when_the_other_s
     tmp_path: Path,
     namespace: str,
 ) -> None:
-    config = replica_config(pg_dsn, tmp_path)
-    async with serving(config) as a, serving(config) as b, RuntimeGroup() as group:
-        assert a.cluster is not None and b.cluster is not None
-        await b.cluster.tick()
-        await a.cluster.tick()
+    async with two_replicas(pg_dsn, tmp_path) as (a, b), RuntimeGroup() as group:
         await assert_eventually(lambda: len(a.engine.shards.owned) + len(b.engine.shards.owned) == SHARDS)
         owned_a, owned_b = a.engine.shards.owned, b.engine.shards.owned
         assert owned_a and owned_b and not owned_a & owned_b
@@ -84,6 +92,7 @@ async def test_two_replicas_split_the_shards_and_one_takes_over_when_the_other_s
         assert {b.engine.shards.of(r) for r in runs[10:]} <= owned_b
 
         await b.stop(grace=0.5)  # SIGTERM's path: b hands its shards over at once
+        assert a.cluster is not None
         await a.cluster.tick()
         assert a.engine.shards.owned == frozenset(range(SHARDS))
 
@@ -152,11 +161,7 @@ async def test_a_runtime_given_one_replica_serves_every_replica_within_its_concu
     tmp_path: Path,
     namespace: str,
 ) -> None:
-    config = replica_config(pg_dsn, tmp_path)
-    async with serving(config) as a, serving(config) as b, RuntimeGroup() as group:
-        assert a.cluster is not None and b.cluster is not None
-        await b.cluster.tick()
-        await a.cluster.tick()
+    async with two_replicas(pg_dsn, tmp_path) as (a, b), RuntimeGroup() as group:
         runtime = Runtime(
             namespace=namespace, name="rt", nodes=[Counted], address=f"127.0.0.1:{a.port}", max_concurrency=3
         )
@@ -317,11 +322,7 @@ async def test_cancel_and_retry_reach_the_runs_owner_from_any_replica(
     tmp_path: Path,
     namespace: str,
 ) -> None:
-    config = replica_config(pg_dsn, tmp_path)
-    async with serving(config) as a, serving(config) as b, RuntimeGroup() as group:
-        assert a.cluster is not None and b.cluster is not None
-        await b.cluster.tick()
-        await a.cluster.tick()
+    async with two_replicas(pg_dsn, tmp_path) as (a, b), RuntimeGroup() as group:
         await group.start(
             Runtime(namespace=namespace, name="rt", nodes=[Sleeper, Flaky], address=f"127.0.0.1:{a.port}")
         )

@@ -445,6 +445,10 @@ async function statePage(stateId) {
         h("td", {}, a.runtime_name ? `${a.runtime_name} (${duration(a.ran_ms) || "0 ms"})` : ""),
         h("td", {}, a.error ? `${a.error.type || ""}: ${a.error.message || ""}` : ""),
         h("td", { class: "mono" }, link(`#/states/${enc(a.state_id)}`, a.state_id))))));
+  // A state still waiting or running is shown again until it settles (its page is not a watch).
+  if (["CREATED", "QUEUED", "EXECUTED"].includes(s.status)) {
+    setTimeout(() => { if (seq === routeSeq) statePage(stateId).catch(() => {}); }, 1000);
+  }
 }
 
 // ------------------------------------------------------------------ start

@@ -155,7 +155,7 @@ class ClusterMember:
         self.live = [r["replica_id"] for r in members]
         if self.replica_id not in self.live:
             self.live.append(self.replica_id)
-        self._engine.set_replicas({r["address"] for r in members} | {self.address}, self.address)
+        self._engine.runtimes.set_replicas({r["address"] for r in members} | {self.address}, self.address)
         owners = await conn.fetch(
             "SELECT l.shard, m.address FROM shard_leases l JOIN members m ON m.replica_id = l.owner "
             "WHERE l.expires_at > now()"

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -145,9 +145,6 @@ class Engine:
             count=shard_count, clock=clock, forget=self._forget,
         )  # fmt: skip
         self._tasks: list[asyncio.Task[None]] = []
-        # Cluster mode: every live replica's address, and this one's (runtimes hold a stream to each).
-        self.replicas: tuple[str, ...] = ()
-        self.replica_address = ""
         self.ignored_results = 0
         self._tracing: Tracing | None = None
         # Set when a commit failed; the scheduler must then stop (see _commit_failed).
@@ -183,17 +180,6 @@ class Engine:
 
     # ================================================================== runtimes
 
-    def set_replicas(self, addresses: Collection[str], own: str) -> None:
-        """Cluster mode: the live replicas changed; every connected runtime is told (server/runtime_api.py)."""
-        replicas = tuple(sorted(addresses))
-        self.replica_address = own
-        if replicas == self.replicas:
-            return
-        self.replicas = replicas
-        for session in self.runtimes.connected():
-            session.replicas_changed = True
-            session.wake.set()
-
     def refresh_from_store(self) -> int:
         """Cluster mode: take the node registrations and graphs other replicas saved. Returns how many graphs
         changed here."""
@@ -201,21 +187,7 @@ class Engine:
         return self.catalog.refresh(self._store.load_graphs(), recompile=changed_nodes)
 
     def refresh_nodes(self) -> bool:
-        """Cluster mode: take the node registrations other replicas saved. Returns whether any changed."""
-        changed_nodes = False
-        if self._decode_schema is not None:
-            for namespace, name, raw in self._store.load_nodes():
-                known = self.runtimes.nodes.get((namespace, name))
-                if known is not None and known.raw == raw:
-                    continue
-                try:
-                    self.runtimes.nodes[namespace, name] = self._decode_schema(namespace, raw)
-                    changed_nodes = True
-                except ValueError as exc:
-                    logger.error(
-                        "stored schema unreadable, skipped namespace=%s node=%s error=%s", namespace, name, exc
-                    )
-        return changed_nodes
+        return self.runtimes.refresh_nodes(self._decode_schema)
 
     def namespaces(self) -> list[str]:
         return sorted({ns for ns, _ in self.runtimes.nodes} | self.catalog.namespaces())
@@ -369,18 +341,14 @@ class Engine:
         if run is None:
             row, states, _ = self.get_run(run_id)
             yield row, states
-            # Cluster mode: a pending run of a shard another replica owns is followed through the store, until
-            # it ends there or its shard comes here (the owner died or left).
-            while row.status == RunStatus.PENDING and not self.shards.owns(run_id):
-                await asyncio.sleep(self.settings.remote_watch_interval_s)
-                run = self._table.runs.get(run_id)
-                if run is not None:
-                    break
-                stored = self._store.get_run(run_id)
-                if stored is None or stored.status == RunStatus.PENDING:
-                    continue
-                yield stored, self._store.get_states(run_id, -1, 0)
+            if row.status != RunStatus.PENDING or self.shards.owns(run_id):
                 return
+            ended = watches.Ended()
+            async for event in watches.follow_elsewhere(
+                self._store, run_id, self._table.runs, self.settings.remote_watch_interval_s, ended
+            ):
+                yield event
+            run = ended.moved_here
             if run is None:
                 return
         async for row, states in watches.follow(run):

@@ -92,8 +92,8 @@ class RuntimeApi(runtime_pb2_grpc.RuntimeServiceServicer):
                         session_id=session.session_id,
                         heartbeat_interval_ms=engine.settings.heartbeat_interval_ms,
                         lease_ms=engine.settings.lease_ms,
-                        replicas=engine.replicas,
-                        replica_address=engine.replica_address,
+                        replicas=engine.runtimes.replicas,
+                        replica_address=engine.runtimes.replica_address,
                     )
                 )
             )
@@ -163,7 +163,7 @@ class RuntimeApi(runtime_pb2_grpc.RuntimeServiceServicer):
             session.wake.clear()
             if session.replicas_changed:
                 session.replicas_changed = False
-                await context.write(pb.SchedulerMessage(replicas=pb.Replicas(addresses=self._engine.replicas)))
+                await context.write(pb.SchedulerMessage(replicas=pb.Replicas(addresses=self._engine.runtimes.replicas)))
             if session.cancels:
                 cancels, session.cancels = session.cancels, []
                 await context.write(pb.SchedulerMessage(cancel=pb.CancelBatch(state_ids=cancels)))

@@ -12,7 +12,7 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 
 from exosphere.errors import ConflictError, InvalidArgumentError
 
@@ -58,6 +58,9 @@ class Sessions:
         self._lease_s = lease_ms / 1000
         self._sessions: dict[str, Session] = {}
         self.nodes: dict[tuple[str, str], NodeSchema] = {}
+        # Cluster mode: every live replica's address, and this one's (runtimes hold a stream to each).
+        self.replicas: tuple[str, ...] = ()
+        self.replica_address = ""
 
     # ------------------------------------------------------------------ node schemas
 
@@ -66,6 +69,33 @@ class Sessions:
 
     def nodes_of(self, namespace: str) -> list[NodeSchema]:
         return [schema for (ns, _), schema in sorted(self.nodes.items()) if ns == namespace]
+
+    def refresh_nodes(self, decode: Callable[[str, bytes], NodeSchema] | None) -> bool:
+        """Cluster mode: take the node registrations other replicas saved. Returns whether any changed."""
+        changed = False
+        if decode is None:
+            return changed
+        for namespace, name, raw in self._store.load_nodes():
+            known = self.nodes.get((namespace, name))
+            if known is not None and known.raw == raw:
+                continue
+            try:
+                self.nodes[namespace, name] = decode(namespace, raw)
+                changed = True
+            except ValueError as exc:
+                logger.error("stored schema unreadable, skipped namespace=%s node=%s error=%s", namespace, name, exc)
+        return changed
+
+    def set_replicas(self, addresses: Collection[str], own: str) -> None:
+        """Cluster mode: the live replicas changed; every connected runtime is told (server/runtime_api.py)."""
+        replicas = tuple(sorted(addresses))
+        self.replica_address = own
+        if replicas == self.replicas:
+            return
+        self.replicas = replicas
+        for session in self._sessions.values():
+            session.replicas_changed = True
+            session.wake.set()
 
     # ------------------------------------------------------------------ sessions
 

@@ -8,13 +8,14 @@ committed: until then a watcher (and any reader) sees it PENDING (:func:`committ
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 
 from exosphere.errors import ConnectionFailedError
 
 from .models import RunRow, StateRow
 from .runstate import Run, State
 from .status import RunStatus
+from .store import Store
 
 __all__ = ["committed_view", "follow", "notify"]
 
@@ -72,3 +73,30 @@ def notify(changed: Sequence[State], finished: Sequence[Run]) -> None:
     for run, states in by_run.values():
         for queue in run.watchers:
             queue.put_nowait(states)
+
+
+class Ended:
+    """How ``follow_elsewhere`` ended: with the run come to this replica (``moved_here``), or ended elsewhere."""
+
+    __slots__ = ("moved_here",)
+
+    def __init__(self) -> None:
+        self.moved_here: Run | None = None
+
+
+async def follow_elsewhere(
+    store: Store, run_id: str, live: Mapping[str, Run], interval_s: float, ended: Ended
+) -> AsyncIterator[tuple[RunRow, list[StateRow]]]:
+    """Cluster mode: follow a pending run of a shard another replica owns through the store, until it ends there
+    (yielded with its states) or its shard comes here (the owner died or left: ``ended.moved_here``)."""
+    while True:
+        await asyncio.sleep(interval_s)
+        run = live.get(run_id)
+        if run is not None:
+            ended.moved_here = run
+            return
+        stored = store.get_run(run_id)
+        if stored is None or stored.status == RunStatus.PENDING:
+            continue
+        yield stored, store.get_states(run_id, -1, 0)
+        return

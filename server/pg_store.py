@@ -27,27 +27,43 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import json
 import logging
-import re
 import threading
 import time
 from collections.abc import Collection, Coroutine, Sequence
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeAlias, TypeVar
 
 import asyncpg
-import pydantic
 
-from exosphere.errors import ConflictError, ConnectionFailedError
+from exosphere.errors import ConflictError
 
 from .config import describe_dsn
 from .models import GraphSpec, RunRow, StateRow
+from .pg_rows import (
+    CONNECT_REFUSED,
+    INSERT_STATES,
+    ONE_STATEMENT,
+    RUN_COLUMNS,
+    STATE_COLUMN_NAMES,
+    STATE_COLUMNS,
+    UNAVAILABLE,
+    UPDATE_STATES,
+    UPSERT_KV,
+    UPSERT_RUNS,
+    WIDTHS,
+    DatabaseUnavailableError,
+    Prepared,
+    check_fence,
+    columns,
+    dumps,
+    graph_spec,
+    run_from_record,
+    state_from_record,
+)
 from .pg_schema import migrate
 from .shards import MAX_SHARDS, shard_of
-from .status import RunStatus, StateStatus
-from .store import Fence, FencedError, RunCursor, WriteBatch
+from .store import RunCursor, WriteBatch
 
 __all__ = ["DEFAULT_SHARDS", "DatabaseUnavailableError", "PostgresStore"]
 
@@ -64,179 +80,14 @@ CHUNK_ROWS = 20_000
 COPY_MIN_ROWS = 256
 
 
-class DatabaseUnavailableError(ConnectionFailedError):
-    """PostgreSQL cannot be reached, refused the connection, or did not answer in time (travels as UNAVAILABLE)."""
-
-    def __init__(self, where: str, problem: str) -> None:
-        super().__init__(f"PostgreSQL at {where} is unavailable: {problem}")
-        self.where = where
-
-
 # The number of shards of a new database (fixed for its life; see server/shards.py), kept in kv 'cluster:shards'.
 DEFAULT_SHARDS = 64
 _SHARDS_KEY = "cluster:shards"
 
 
-# Errors that mean "the database is not there", not "the statement is wrong".
-_UNAVAILABLE = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.AdminShutdownError,
-    asyncpg.CrashShutdownError,
-    # The server ended a transaction left idle too long (a scheduler paused mid-commit): try it again, fenced.
-    asyncpg.exceptions.IdleInTransactionSessionTimeoutError,
-)
-# Errors that are only possible while connecting: a wrong database name, user or password.
-_CONNECT_REFUSED = (
-    asyncpg.InvalidCatalogNameError,
-    asyncpg.InvalidAuthorizationSpecificationError,
-    asyncpg.InvalidPasswordError,
-)
-
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-
-_STATE_COLUMNS = (
-    "run_id, seq, identifier, node_name, status, inputs, attempt, parent_id, parent_output, path, outputs, error, "
-    "pruned_data, created_at_ms, updated_at_ms, run_at_ms, runtime_name, started_at_ms, ran_ms"
-)
-_STATE_COLUMN_NAMES = _STATE_COLUMNS.split(", ")
-_RUN_COLUMNS = "run_id, namespace, graph_name, graph_version, status, store, created_at_ms, updated_at_ms, state_counts"
-
-_INSERT_STATES = f"""
-INSERT INTO states ({_STATE_COLUMNS})
-SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[], $8::text[],
-                     $9::int[], $10::text[], $11::text[], $12::text[], $13::text[], $14::bigint[], $15::bigint[],
-                     $16::bigint[], $17::text[], $18::bigint[], $19::bigint[])
-ON CONFLICT (run_id, seq) DO UPDATE SET
-    identifier = EXCLUDED.identifier, node_name = EXCLUDED.node_name, status = EXCLUDED.status,
-    inputs = EXCLUDED.inputs, attempt = EXCLUDED.attempt, parent_id = EXCLUDED.parent_id,
-    parent_output = EXCLUDED.parent_output, path = EXCLUDED.path, outputs = EXCLUDED.outputs, error = EXCLUDED.error,
-    pruned_data = EXCLUDED.pruned_data, created_at_ms = EXCLUDED.created_at_ms,
-    updated_at_ms = EXCLUDED.updated_at_ms, run_at_ms = EXCLUDED.run_at_ms, runtime_name = EXCLUDED.runtime_name,
-    started_at_ms = EXCLUDED.started_at_ms, ran_ms = EXCLUDED.ran_ms
-"""
-_UPDATE_STATES = """
-UPDATE states AS s SET status = u.status, attempt = u.attempt, outputs = u.outputs, error = u.error,
-    pruned_data = u.pruned_data, updated_at_ms = u.updated_at_ms, run_at_ms = u.run_at_ms,
-    runtime_name = u.runtime_name, started_at_ms = u.started_at_ms, ran_ms = u.ran_ms
-FROM unnest($1::text[], $2::int[], $3::text[], $4::int[], $5::text[], $6::text[], $7::text[], $8::bigint[],
-            $9::bigint[], $10::text[], $11::bigint[], $12::bigint[])
-    AS u(run_id, seq, status, attempt, outputs, error, pruned_data, updated_at_ms, run_at_ms, runtime_name,
-         started_at_ms, ran_ms)
-WHERE s.run_id = u.run_id AND s.seq = u.seq
-"""
-_UPSERT_RUNS = f"""
-INSERT INTO runs (shard, {_RUN_COLUMNS})
-SELECT * FROM unnest($1::int[], $2::text[], $3::text[], $4::text[], $5::int[], $6::text[], $7::text[], $8::bigint[],
-                     $9::bigint[], $10::text[])
-ON CONFLICT (run_id) DO UPDATE SET
-    namespace = EXCLUDED.namespace, graph_name = EXCLUDED.graph_name, graph_version = EXCLUDED.graph_version,
-    status = EXCLUDED.status, store = EXCLUDED.store, created_at_ms = EXCLUDED.created_at_ms,
-    updated_at_ms = EXCLUDED.updated_at_ms, state_counts = EXCLUDED.state_counts
-"""
-_UPSERT_KV = """
-INSERT INTO kv (key, value) SELECT * FROM unnest($1::text[], $2::text[])
-ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value
-"""
-
-
-def _shifted(statement: str, by: int) -> str:
-    return re.sub(r"\$(\d+)", lambda m: f"${int(m.group(1)) + by}", statement)
-
-
-# A small batch is ONE statement, so one round trip with no BEGIN and COMMIT: a statement is its own transaction,
-# and data-modifying CTEs all run (an empty array writes nothing). Only for batches whose new and updated states
-# differ: the CTEs see one snapshot, so an update could not see a state inserted beside it.
-_ONE_STATEMENT = (
-    f"WITH i AS ({_INSERT_STATES}), u AS ({_shifted(_UPDATE_STATES, 19)}), "
-    f"r AS ({_shifted(_UPSERT_RUNS, 31)}), k AS ({_shifted(_UPSERT_KV, 41)}) SELECT 1"
-)
-_WIDTHS = (19, 12, 10, 2)  # parameters of each statement above
-
-
-@dataclass(slots=True)
-class _Prepared:
-    """A tick's rows, unique by key (last wins); ``disjoint``: no state is both new and updated."""
-
-    inserts: list[tuple[object, ...]]
-    updates: list[tuple[object, ...]]
-    runs: list[tuple[object, ...]]
-    kv: list[tuple[str, str]]
-    fence: Fence | None = None
-    disjoint: bool = True
-
-
-def _columns(rows: Sequence[tuple[object, ...]], width: int) -> list[list[object]]:
-    """``rows`` as ``width`` column arrays, one per ``unnest`` argument."""
-    return [list(column) for column in zip(*rows, strict=True)] if rows else [[] for _ in range(width)]
-
-
-def _state_from_record(r: asyncpg.Record) -> StateRow:
-    run_id, seq = r["run_id"], r["seq"]
-    return StateRow(
-        state_id=f"{run_id}-{seq}",
-        run_id=run_id,
-        identifier=r["identifier"],
-        node_name=r["node_name"],
-        status=StateStatus(r["status"]),
-        inputs=json.loads(r["inputs"]),
-        attempt=r["attempt"],
-        parent_id=r["parent_id"] or None,
-        parent_output=r["parent_output"],
-        path=tuple(json.loads(r["path"])),
-        outputs=json.loads(r["outputs"]) if r["outputs"] is not None else None,
-        error=json.loads(r["error"]) if r["error"] is not None else None,
-        pruned_data=r["pruned_data"],
-        created_at_ms=r["created_at_ms"],
-        updated_at_ms=r["updated_at_ms"],
-        run_at_ms=r["run_at_ms"],
-        seq=seq,
-        runtime_name=r["runtime_name"],
-        started_at_ms=r["started_at_ms"],
-        ran_ms=r["ran_ms"],
-    )
-
-
-def _run_from_record(r: asyncpg.Record) -> RunRow:
-    return RunRow(
-        run_id=r["run_id"],
-        namespace=r["namespace"],
-        graph_name=r["graph_name"],
-        graph_version=r["graph_version"],
-        status=RunStatus(r["status"]),
-        store=json.loads(r["store"]),
-        created_at_ms=r["created_at_ms"],
-        updated_at_ms=r["updated_at_ms"],
-        state_counts=json.loads(r["state_counts"]),
-    )
-
-
 async def _keep_session(conn: asyncpg.Connection[asyncpg.Record]) -> None:
     """Returning a connection to the pool costs no round trip: the store changes no session state (no SET, LISTEN,
     session locks or cursors), and asyncpg still rolls back a transaction left open (a cancelled call)."""
-
-
-def _graph_spec(text: str, where: str) -> GraphSpec | None:
-    try:
-        return GraphSpec.model_validate_json(text)
-    except pydantic.ValidationError as exc:
-        logger.error("stored row unreadable, skipped: %s: %s", where, str(exc).replace("\n", " "))
-        return None
-
-
-async def _check_fence(conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy, fence: Fence) -> None:
-    """Inside the commit's transaction: the writer still holds every lease it writes under. FOR SHARE keeps a
-    takeover (which updates the lease row) waiting until this transaction ends, so none can slip in between."""
-    shards = sorted(fence.epochs)
-    held = await conn.fetch(
-        "SELECT l.shard FROM shard_leases l JOIN unnest($1::int[], $2::bigint[]) AS f(shard, epoch) "
-        "ON l.shard = f.shard AND l.epoch = f.epoch WHERE l.owner = $3 FOR SHARE OF l",
-        shards, [fence.epochs[s] for s in shards], fence.owner,
-    )  # fmt: skip
-    if len(held) != len(shards):
-        raise FencedError(shards)
 
 
 class PostgresStore:
@@ -304,7 +155,7 @@ class PostgresStore:
             return await coro
         except DatabaseUnavailableError:  # an OSError already saying so
             raise
-        except _UNAVAILABLE as exc:
+        except UNAVAILABLE as exc:
             raise DatabaseUnavailableError(self.where, f"{type(exc).__name__}: {exc}") from exc
         except asyncpg.InterfaceError as exc:
             if "connection is closed" not in str(exc):  # any other interface error is a bug, not an outage
@@ -319,7 +170,7 @@ class PostgresStore:
     async def _open(self, pool_size: int) -> _Pool:
         try:
             conn = await asyncpg.connect(self.dsn, timeout=self._connect_timeout_s)
-        except (*_UNAVAILABLE, *_CONNECT_REFUSED) as exc:
+        except (*UNAVAILABLE, *CONNECT_REFUSED) as exc:
             raise DatabaseUnavailableError(self.where, f"cannot connect: {type(exc).__name__}: {exc}") from exc
         try:
             found = await migrate(conn, self.where)
@@ -376,21 +227,21 @@ class PostgresStore:
 
     # ------------------------------------------------------------------ writes
 
-    def prepare(self, batch: WriteBatch) -> _Prepared:
+    def prepare(self, batch: WriteBatch) -> Prepared:
         """Serialize the batch now (its states keep changing after this tick); cheap to hand to another thread."""
         inserts = {
             (s.run_id, s.seq): (
-                s.run_id, s.seq, s.identifier, s.node_name, s.status, _dumps(s.inputs), s.attempt, s.parent_id,
-                s.parent_output, _dumps(s.path), None if s.outputs is None else _dumps(s.outputs),
-                None if s.error is None else _dumps(s.error), s.pruned_data, s.created_at_ms, s.updated_at_ms,
+                s.run_id, s.seq, s.identifier, s.node_name, s.status, dumps(s.inputs), s.attempt, s.parent_id,
+                s.parent_output, dumps(s.path), None if s.outputs is None else dumps(s.outputs),
+                None if s.error is None else dumps(s.error), s.pruned_data, s.created_at_ms, s.updated_at_ms,
                 s.run_at_ms, s.runtime_name, s.started_at_ms, s.ran_ms,
             )
             for s in batch.new_states
         }  # fmt: skip
         updates = {
             (s.run_id, s.seq): (
-                s.run_id, s.seq, s.status, s.attempt, None if s.outputs is None else _dumps(s.outputs),
-                None if s.error is None else _dumps(s.error), s.pruned_data, s.updated_at_ms, s.run_at_ms,
+                s.run_id, s.seq, s.status, s.attempt, None if s.outputs is None else dumps(s.outputs),
+                None if s.error is None else dumps(s.error), s.pruned_data, s.updated_at_ms, s.run_at_ms,
                 s.runtime_name, s.started_at_ms, s.ran_ms,
             )
             for s in batch.updated_states
@@ -398,11 +249,11 @@ class PostgresStore:
         runs = {
             r.run_id: (
                 shard_of(r.run_id, MAX_SHARDS), r.run_id, r.namespace, r.graph_name, r.graph_version, r.status,
-                _dumps(r.store), r.created_at_ms, r.updated_at_ms, _dumps(r.state_counts),
+                dumps(r.store), r.created_at_ms, r.updated_at_ms, dumps(r.state_counts),
             )
             for r in batch.runs
         }  # fmt: skip
-        return _Prepared(
+        return Prepared(
             list(inserts.values()),
             list(updates.values()),
             list(runs.values()),
@@ -413,35 +264,35 @@ class PostgresStore:
 
     def commit(self, prepared: object) -> None:
         """Write a prepared batch in one transaction. Safe to call from the writer thread."""
-        assert isinstance(prepared, _Prepared)
+        assert isinstance(prepared, Prepared)
         self._call(self._commit(prepared))
 
     def write(self, batch: WriteBatch) -> None:
         self.commit(self.prepare(batch))
 
-    async def _commit(self, p: _Prepared) -> None:
+    async def _commit(self, p: Prepared) -> None:
         tables: tuple[Sequence[tuple[object, ...]], ...] = (p.inserts, p.updates, p.runs, p.kv)
         unfenced = p.fence is None or not p.fence.epochs
         if unfenced and p.disjoint and len(p.inserts) < COPY_MIN_ROWS and max(map(len, tables)) <= CHUNK_ROWS:
-            args = [column for rows, width in zip(tables, _WIDTHS, strict=True) for column in _columns(rows, width)]
-            await self.pool.execute(_ONE_STATEMENT, *args)
+            args = [column for rows, width in zip(tables, WIDTHS, strict=True) for column in columns(rows, width)]
+            await self.pool.execute(ONE_STATEMENT, *args)
             return
         async with self.pool.acquire() as conn, conn.transaction():
             if p.fence is not None and p.fence.epochs:
-                await _check_fence(conn, p.fence)
+                await check_fence(conn, p.fence)
             inserts = p.inserts
             if len(inserts) >= COPY_MIN_ROWS:
                 try:
                     async with conn.transaction():  # a savepoint: a state stored already sends all to the upsert
-                        await conn.copy_records_to_table("states", records=inserts, columns=_STATE_COLUMN_NAMES)
+                        await conn.copy_records_to_table("states", records=inserts, columns=STATE_COLUMN_NAMES)
                     inserts = []
                 except asyncpg.UniqueViolationError:
                     logger.debug("new states already stored; upserting them instead count=%d", len(inserts))
             for statement, rows, width in zip(
-                (_INSERT_STATES, _UPDATE_STATES, _UPSERT_RUNS, _UPSERT_KV), (inserts, *tables[1:]), _WIDTHS, strict=True
+                (INSERT_STATES, UPDATE_STATES, UPSERT_RUNS, UPSERT_KV), (inserts, *tables[1:]), WIDTHS, strict=True
             ):
                 for start in range(0, len(rows), CHUNK_ROWS):
-                    await conn.execute(statement, *_columns(rows[start : start + CHUNK_ROWS], width))
+                    await conn.execute(statement, *columns(rows[start : start + CHUNK_ROWS], width))
 
     def save_graph(self, spec: GraphSpec) -> None:
         self._call(self._save_graph(spec))
@@ -489,7 +340,7 @@ class PostgresStore:
     def load_graphs(self) -> list[GraphSpec]:
         rows = self._call(self.pool.fetch("SELECT namespace, name, version, spec FROM graphs ORDER BY namespace, name"))
         specs = (
-            _graph_spec(r["spec"], f"graphs namespace={r['namespace']} name={r['name']} version={r['version']}")
+            graph_spec(r["spec"], f"graphs namespace={r['namespace']} name={r['name']} version={r['version']}")
             for r in rows
         )
         return [spec for spec in specs if spec is not None]
@@ -502,7 +353,7 @@ class PostgresStore:
             )
         )  # fmt: skip
         where = f"graph_versions namespace={namespace} name={name} version={version}"
-        return _graph_spec(text, where) if text is not None else None
+        return graph_spec(text, where) if text is not None else None
 
     def load_nodes(self) -> list[tuple[str, str, bytes]]:
         rows = self._call(self.pool.fetch("SELECT namespace, name, schema FROM nodes ORDER BY namespace, name"))
@@ -524,10 +375,10 @@ class PostgresStore:
         args: list[object] = [] if shards is None else [shards, count]
         async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             runs = await conn.fetch(
-                f"SELECT {_RUN_COLUMNS} FROM runs r WHERE {where} ORDER BY r.created_at_ms, r.run_id", *args
+                f"SELECT {RUN_COLUMNS} FROM runs r WHERE {where} ORDER BY r.created_at_ms, r.run_id", *args
             )
             states = await conn.fetch(
-                f"SELECT {', '.join('s.' + c for c in _STATE_COLUMNS.split(', '))} FROM runs r "
+                f"SELECT {', '.join('s.' + c for c in STATE_COLUMNS.split(', '))} FROM runs r "
                 f"JOIN states s ON s.run_id = r.run_id WHERE {where} ORDER BY r.created_at_ms, r.run_id, s.seq",
                 *args,
             )
@@ -540,11 +391,11 @@ class PostgresStore:
             # A run with a row that cannot be read is left out whole: half a run would run wrongly.
             where = f"runs run_id={record['run_id']}"
             try:
-                run = _run_from_record(record)
+                run = run_from_record(record)
                 run_states = []
                 for state in by_run.get(run.run_id, ()):
                     where = f"states run_id={run.run_id} seq={state['seq']}"
-                    run_states.append(_state_from_record(state))
+                    run_states.append(state_from_record(state))
             except (ValueError, TypeError) as exc:  # not JSON, or not a status
                 logger.error("stored row unreadable, run not recovered: %s: %s", where, exc)
                 continue
@@ -559,18 +410,18 @@ class PostgresStore:
         return {str(r["status"]): int(r["n"]) for r in rows}
 
     def get_run(self, run_id: str) -> RunRow | None:
-        row = self._call(self.pool.fetchrow(f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = $1", run_id))
-        return _run_from_record(row) if row is not None else None
+        row = self._call(self.pool.fetchrow(f"SELECT {RUN_COLUMNS} FROM runs WHERE run_id = $1", run_id))
+        return run_from_record(row) if row is not None else None
 
     def get_states(self, run_id: str, after_seq: int, limit: int) -> list[StateRow]:
         """States of a run with ``seq > after_seq``, by sequence, at most ``limit`` (0: all); [] for unknown runs."""
         rows = self._call(
             self.pool.fetch(
-                f"SELECT {_STATE_COLUMNS} FROM states WHERE run_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+                f"SELECT {STATE_COLUMNS} FROM states WHERE run_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
                 run_id, after_seq, limit or None,
             )
         )  # fmt: skip
-        return [_state_from_record(r) for r in rows]
+        return [state_from_record(r) for r in rows]
 
     def list_runs(
         self,
@@ -583,7 +434,7 @@ class PostgresStore:
     ) -> list[RunRow]:
         """At most ``limit`` runs (of one graph and status when given; "" means any), in ``RunCursor`` order
         (created_at_ms DESC, run_id DESC), after ``after``. Served by runs_by_namespace / runs_by_graph."""
-        query = f"SELECT {_RUN_COLUMNS} FROM runs WHERE namespace = $1"
+        query = f"SELECT {RUN_COLUMNS} FROM runs WHERE namespace = $1"
         args: list[object] = [namespace]
         if graph_name:
             args.append(graph_name)
@@ -596,7 +447,7 @@ class PostgresStore:
             query += f" AND (created_at_ms, run_id) < (${len(args) - 1}, ${len(args)})"
         args.append(limit)
         query += f" ORDER BY created_at_ms DESC, run_id DESC LIMIT ${len(args)}"
-        return [_run_from_record(r) for r in self._call(self.pool.fetch(query, *args))]
+        return [run_from_record(r) for r in self._call(self.pool.fetch(query, *args))]
 
     def get_kv(self, key: str) -> str | None:
         value = self._call(self.pool.fetchval("SELECT value FROM kv WHERE key = $1", key))

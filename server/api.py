@@ -18,19 +18,21 @@ from .forward import Forwarder, forwarded
 from .models import RunRow
 from .names import check_name, check_names
 from .ownership import NotOwnerError
-from .store import RunCursor
-from .wire import (
+from .sizes import (
     check_store_size,
     cut_by_size,
     framed_size,
+    split_by_size,
+    take_by_size,
+)
+from .store import RunCursor
+from .wire import (
     graph_spec_from_pb,
     graph_to_pb,
     run_status_from_pb,
     run_to_pb,
     schema_to_pb,
-    split_by_size,
     states_to_pb,
-    take_by_size,
 )
 
 __all__ = ["SchedulerApi"]

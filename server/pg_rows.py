@@ -186,3 +186,8 @@ async def check_fence(conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProx
     )  # fmt: skip
     if len(held) != len(shards):
         raise FencedError(shards)
+
+
+async def keep_session(conn: asyncpg.Connection[asyncpg.Record]) -> None:
+    """Returning a connection to the pool costs no round trip: the store changes no session state (no SET, LISTEN,
+    session locks or cursors), and asyncpg still rolls back a transaction left open (a cancelled call)."""

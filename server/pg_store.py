@@ -58,6 +58,7 @@ from .pg_rows import (
     columns,
     dumps,
     graph_spec,
+    keep_session,
     run_from_record,
     state_from_record,
 )
@@ -83,11 +84,6 @@ COPY_MIN_ROWS = 256
 # The number of shards of a new database (fixed for its life; see server/shards.py), kept in kv 'cluster:shards'.
 DEFAULT_SHARDS = 64
 _SHARDS_KEY = "cluster:shards"
-
-
-async def _keep_session(conn: asyncpg.Connection[asyncpg.Record]) -> None:
-    """Returning a connection to the pool costs no round trip: the store changes no session state (no SET, LISTEN,
-    session locks or cursors), and asyncpg still rolls back a transaction left open (a cancelled call)."""
 
 
 class PostgresStore:
@@ -195,7 +191,7 @@ class PostgresStore:
                 # when it is tried again.
                 "idle_in_transaction_session_timeout": str(int(self._transaction_timeout.total_seconds() * 1000)),
             },
-            reset=_keep_session,
+            reset=keep_session,
         )
         logger.info("postgres store open where=%s schema_version_found=%d", self.where, found)
         return pool

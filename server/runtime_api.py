@@ -19,16 +19,18 @@ from .errors import status_from_errors
 from .models import NodeSchema
 from .names import check_name, check_text
 from .runstate import Session
-from .status import ResultKind
-from .wire import (
+from .sizes import (
     BATCH_BYTES,
     MAX_ITEM_BYTES,
     MAX_STORE_BYTES,
     framed_size,
-    result_from_pb,
-    schema_from_pb,
     store_bytes,
     text_bytes,
+)
+from .status import ResultKind
+from .wire import (
+    result_from_pb,
+    schema_from_pb,
 )
 
 __all__ = ["RuntimeApi"]

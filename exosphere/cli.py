@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import contextlib
 import importlib.metadata
-import json
 import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -34,11 +33,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 from rich.console import Console
 from rich.text import Text
 
+from exosphere._cli_input import (
+    UsageError,
+    load_graph,
+    non_negative_int,
+    parse_pairs,
+    positive_float,
+    positive_int,
+    text_type,
+    validation_details,
+)
 from exosphere._cli_render import (
     RunProgress,
     counts_text,
@@ -60,7 +68,7 @@ from exosphere.errors import (
     GraphValidationError,
     InvalidArgumentError,
 )
-from exosphere.models import CronTrigger, GraphNodeModel, RetryPolicyModel, RunModel, RunStatus, StoreConfigModel
+from exosphere.models import RunModel, RunStatus
 
 __all__ = ["main"]
 
@@ -73,14 +81,6 @@ EXIT_INTERRUPTED = 130
 _ANY_NAMESPACE = "default"
 # The scheduler returns at most this many runs per page.
 _MAX_RUNS_PAGE = 1000
-
-
-class UsageError(Exception):
-    """A bad command line or input file; exits with code 2. ``details`` are printed one per line after it."""
-
-    def __init__(self, message: str, details: Sequence[str] = ()) -> None:
-        super().__init__(message)
-        self.details = list(details)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -101,137 +101,6 @@ class _Context:
 
 
 _Handler = Callable[[_Context, argparse.Namespace], Coroutine[Any, Any, int]]
-
-
-# ---------------------------------------------------------------------- inputs
-
-
-def parse_pairs(values: Sequence[str] | None, option: str) -> dict[str, str]:
-    """Parse repeated ``KEY=VALUE`` options into a dict.
-
-    Args:
-        values: The option's values, as given.
-        option: The option's name, for error messages.
-
-    Returns:
-        The pairs; the value is everything after the first ``=`` and may be empty.
-
-    Raises:
-        UsageError: A value without ``=``, with an empty key, or a key given twice.
-    """
-    pairs: dict[str, str] = {}
-    for item in values or ():
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise UsageError(f"{option} expects KEY=VALUE, got {item!r}")
-        if key in pairs:
-            raise UsageError(f"{option} key {key!r} given twice")
-        pairs[key] = value
-    return pairs
-
-
-class _GraphFile(BaseModel):
-    """The content of a graph file."""
-
-    model_config = ConfigDict(extra="forbid")
-    namespace: str | None = None
-    name: str | None = None
-    nodes: list[GraphNodeModel]
-    secrets: dict[str, str] | None = None
-    retry_policy: RetryPolicyModel | None = None
-    store_config: StoreConfigModel | None = None
-    triggers: list[CronTrigger] = Field(default_factory=list)
-    # Written by ``graph get --json`` and ignored, so that its output can be applied again.
-    secret_names: list[str] = Field(default_factory=list)
-    version: int | None = None
-    updated_at: str | None = None
-
-
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
-        mark = exc.problem_mark
-        return f"{exc.problem or exc.context or 'syntax error'} at line {mark.line + 1}, column {mark.column + 1}"
-    return " ".join(str(exc).split())
-
-
-def read_graph_file(path: str) -> dict[str, Any]:
-    """Read a graph file: JSON (``.json``), YAML (``.yaml``, ``.yml``) or, for other names and ``-`` (stdin), either.
-
-    Args:
-        path: The file's path, or ``-`` for stdin.
-
-    Returns:
-        The file's top-level mapping.
-
-    Raises:
-        UsageError: The file cannot be read or parsed, or does not hold a mapping.
-    """
-    try:
-        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise UsageError(f"cannot read {path}: {reason}") from None
-    suffix = Path(path).suffix.lower()
-    data: Any
-    if suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise UsageError(f"{path} is not valid JSON: {exc}") from None
-    else:
-        # YAML is a superset of JSON, so this reads JSON from files with other names as well.
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            kind = "YAML" if suffix in (".yaml", ".yml") else "JSON or YAML"
-            raise UsageError(f"{path} is not valid {kind}: {_yaml_problem(exc)}") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"{path} must hold a mapping with 'name' and 'nodes', not {type(data).__name__}")
-    return data
-
-
-def load_graph(path: str, namespace: str | None = None, name: str | None = None) -> _GraphFile:
-    """Read and check a graph file; ``namespace`` and ``name`` override the file's.
-
-    A node without a ``namespace``, or with the file's own, gets the graph's namespace.
-
-    Raises:
-        UsageError: The file cannot be read, has no namespace or name, or is not a valid graph.
-    """
-    data = read_graph_file(path)
-    file_namespace = data.get("namespace")
-    graph_namespace = namespace or file_namespace
-    if not isinstance(graph_namespace, str) or not graph_namespace.strip():
-        raise UsageError(f"{path} has no 'namespace'; add one or pass --namespace")
-    graph_name = name or data.get("name")
-    if not isinstance(graph_name, str) or not graph_name.strip():
-        raise UsageError(f"{path} has no 'name'; add one or pass --name")
-    nodes = data.get("nodes")
-    if isinstance(nodes, list):
-        nodes = [
-            {**node, "namespace": graph_namespace}
-            if isinstance(node, dict) and node.get("namespace") in (None, file_namespace)
-            else node
-            for node in nodes
-        ]
-    try:
-        return _GraphFile.model_validate({**data, "namespace": graph_namespace, "name": graph_name, "nodes": nodes})
-    except ValidationError as exc:
-        raise UsageError(
-            f"{path} is not a valid graph: {exc.error_count()} problem(s):", _validation_details(exc)
-        ) from None
-
-
-def _validation_details(exc: ValidationError) -> list[str]:
-    details = []
-    for error in exc.errors(include_url=False):
-        where = ".".join(str(part) for part in error["loc"])
-        details.append(f"{where}: {error['msg']}" if where else error["msg"])
-    return details
-
-
-# ---------------------------------------------------------------------- commands
 
 
 def _run_exit_code(run: RunModel) -> int:
@@ -423,30 +292,6 @@ async def _runtimes_list(ctx: _Context, args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------- parser
 
 
-def _number(kind: type[int] | type[float], minimum: float, what: str) -> Callable[[str], Any]:
-    def parse(value: str) -> Any:
-        try:
-            number = kind(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {value!r}") from None
-        if number < minimum or (kind is float and number == minimum):
-            raise argparse.ArgumentTypeError(f"expected {what}, got {value!r}")
-        return number
-
-    return parse
-
-
-def _text(value: str) -> str:
-    if not value.strip():
-        raise argparse.ArgumentTypeError("cannot be empty")
-    return value.strip()
-
-
-_positive_int = _number(int, 1, "a positive integer")
-_non_negative_int = _number(int, 0, "an integer >= 0")
-_positive_float = _number(float, 0, "a positive number of seconds")
-
-
 def _connection_options() -> _Parser:
     # SUPPRESS leaves the options unset unless given, so they may come before or after the command.
     parser = _Parser(add_help=False)
@@ -506,66 +351,66 @@ def build_parser() -> argparse.ArgumentParser:
         help="graph file ('-' for stdin) with namespace, name, nodes and optional secrets, retry_policy, "
         "store_config, triggers; a node's namespace defaults to the graph's; omitted secrets keep the stored ones",
     )
-    sub.add_argument("--namespace", type=_text, help="namespace, instead of the file's")
-    sub.add_argument("--name", type=_text, help="graph name, instead of the file's")
+    sub.add_argument("--namespace", type=text_type, help="namespace, instead of the file's")
+    sub.add_argument("--name", type=text_type, help="graph name, instead of the file's")
     sub = command(graph, "get", _graph_get, "show a graph template")
-    sub.add_argument("namespace", type=_text, metavar="NAMESPACE")
-    sub.add_argument("name", type=_text, metavar="NAME")
+    sub.add_argument("namespace", type=text_type, metavar="NAMESPACE")
+    sub.add_argument("name", type=text_type, metavar="NAME")
     add_json(sub, "the graph")
     sub = command(graph, "list", _graph_list, "list the graph templates of a namespace")
-    sub.add_argument("namespace", type=_text, metavar="NAMESPACE")
+    sub.add_argument("namespace", type=text_type, metavar="NAMESPACE")
     add_json(sub, "the graphs")
     sub = command(graph, "delete", _graph_delete, "delete a graph template")
-    sub.add_argument("namespace", type=_text, metavar="NAMESPACE")
-    sub.add_argument("name", type=_text, metavar="NAME")
+    sub.add_argument("namespace", type=text_type, metavar="NAMESPACE")
+    sub.add_argument("name", type=text_type, metavar="NAME")
     sub.add_argument("--force", action="store_true", help="also cancel its pending runs")
 
     sub = command(commands, "trigger", _trigger, "start a run of a graph and print its id")
-    sub.add_argument("namespace", type=_text, metavar="NAMESPACE")
-    sub.add_argument("graph", type=_text, metavar="GRAPH")
+    sub.add_argument("namespace", type=text_type, metavar="NAMESPACE")
+    sub.add_argument("graph", type=text_type, metavar="GRAPH")
     sub.add_argument("--input", action="append", metavar="KEY=VALUE", help="a run input (repeatable)")
     sub.add_argument("--store", action="append", metavar="KEY=VALUE", help="a store value (repeatable)")
-    sub.add_argument("--start-delay", type=_non_negative_int, default=0, metavar="MS", help="start after MS ms")
+    sub.add_argument("--start-delay", type=non_negative_int, default=0, metavar="MS", help="start after MS ms")
     sub.add_argument(
         "--wait", action="store_true", help="wait for the run to finish and show it; exit 1 unless it succeeded"
     )
-    sub.add_argument("--timeout", type=_positive_float, metavar="SECONDS", help="give up waiting after SECONDS")
+    sub.add_argument("--timeout", type=positive_float, metavar="SECONDS", help="give up waiting after SECONDS")
     add_json(sub, "the run")
 
     runs = commands.add_parser(
         "runs", parents=[common], help="list, show, watch, cancel and retry runs"
     ).add_subparsers(dest="runs_command", metavar="COMMAND", required=True)
     sub = command(runs, "list", _runs_list, "list the runs of a namespace, newest first")
-    sub.add_argument("namespace", type=_text, metavar="NAMESPACE")
-    sub.add_argument("--graph", type=_text, help="only runs of this graph")
+    sub.add_argument("namespace", type=text_type, metavar="NAMESPACE")
+    sub.add_argument("--graph", type=text_type, help="only runs of this graph")
     sub.add_argument("--status", choices=[s.value for s in RunStatus], help="only runs with this status")
-    sub.add_argument("--limit", type=_positive_int, default=20, metavar="N", help="at most N runs (default 20)")
+    sub.add_argument("--limit", type=positive_int, default=20, metavar="N", help="at most N runs (default 20)")
     add_json(sub, "the runs")
     sub = command(runs, "show", _runs_show, "show a run and its states")
-    sub.add_argument("run_id", type=_text, metavar="RUN_ID")
+    sub.add_argument("run_id", type=text_type, metavar="RUN_ID")
     add_json(sub, "the run")
     sub = command(runs, "watch", _runs_watch, "follow a run until it finishes; exit 1 unless it succeeded")
-    sub.add_argument("run_id", type=_text, metavar="RUN_ID")
+    sub.add_argument("run_id", type=text_type, metavar="RUN_ID")
     sub = command(runs, "cancel", _runs_cancel, "cancel a run")
-    sub.add_argument("run_id", type=_text, metavar="RUN_ID")
+    sub.add_argument("run_id", type=text_type, metavar="RUN_ID")
     sub = command(runs, "retry", _runs_retry, "retry a failed state and print the new state's id")
-    sub.add_argument("state_id", type=_text, metavar="STATE_ID")
+    sub.add_argument("state_id", type=text_type, metavar="STATE_ID")
     sub.add_argument(
-        "--request-id", type=_text, metavar="ID", help="idempotency key: retrying twice with it retries once"
+        "--request-id", type=text_type, metavar="ID", help="idempotency key: retrying twice with it retries once"
     )
 
     nodes = commands.add_parser("nodes", parents=[common], help="list registered nodes").add_subparsers(
         dest="nodes_command", metavar="COMMAND", required=True
     )
     sub = command(nodes, "list", _nodes_list, "list the nodes registered in a namespace")
-    sub.add_argument("namespace", type=_text, metavar="NAMESPACE")
+    sub.add_argument("namespace", type=text_type, metavar="NAMESPACE")
     add_json(sub, "the nodes, each with whether a connected runtime hosts it")
 
     runtimes = commands.add_parser("runtimes", parents=[common], help="list connected runtimes").add_subparsers(
         dest="runtimes_command", metavar="COMMAND", required=True
     )
     sub = command(runtimes, "list", _runtimes_list, "list the runtimes connected now, their nodes and credit")
-    sub.add_argument("namespace", type=_text, metavar="NAMESPACE", nargs="?", help="only this namespace")
+    sub.add_argument("namespace", type=text_type, metavar="NAMESPACE", nargs="?", help="only this namespace")
     add_json(sub, "the runtimes")
     return parser
 
@@ -637,7 +482,7 @@ def main(argv: Sequence[str] | None = None, *, stdout: Console | None = None, st
         _print_error(err, str(exc) or type(exc).__name__)
         return EXIT_FAILURE
     except ValidationError as exc:
-        _print_error(err, f"invalid {exc.title}: {exc.error_count()} problem(s):", _validation_details(exc))
+        _print_error(err, f"invalid {exc.title}: {exc.error_count()} problem(s):", validation_details(exc))
         return EXIT_USAGE
     except KeyboardInterrupt:
         _print_error(err, "interrupted")

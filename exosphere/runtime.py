@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import threading
 import time
@@ -22,23 +21,27 @@ from exosphere._convert import node_to_schema
 from exosphere._executor import execute_item
 from exosphere._keepalive import KeepAlive
 from exosphere._metrics import RuntimeMetrics
+from exosphere._stream import (
+    BATCH_BYTES,
+    MAX_BATCH,
+    MAX_RESULT_MESSAGE_BYTES,
+    LazyEvent,
+    first_leaf,
+    framed_size,
+    loop_factory,
+    too_large,
+)
 from exosphere.config import ClientConfig
 from exosphere.errors import AuthenticationError, ExosphereError, InvalidArgumentError, PermissionDeniedError
 from exosphere.logs import setup_default_logging
 from exosphere.node import BaseNode, validate_nodes
-from exosphere.v1 import common_pb2, runtime_pb2_grpc
 from exosphere.v1 import runtime_pb2 as pb
+from exosphere.v1 import runtime_pb2_grpc
 
 __all__ = ["Runtime"]
 
 logger = logging.getLogger(__name__)
 
-# Cap a batch so the two processes overlap instead of taking turns on one huge message.
-MAX_BATCH = 256
-# The wire counts bytes: a batch also stops growing at BATCH_BYTES (a bigger result still travels alone), and a
-# result that cannot fit in one message at all is sent as errored (room is kept for the batch around it).
-BATCH_BYTES = 4 * 1024 * 1024
-MAX_RESULT_MESSAGE_BYTES = common_pb2.LIMIT_MAX_MESSAGE_BYTES - 64 * 1024
 # Registration errors no retry can fix: the runtime stops and raises them.
 _FATAL = (InvalidArgumentError, AuthenticationError, PermissionDeniedError)
 
@@ -88,7 +91,7 @@ class Runtime:
         self.runtime_id = runtime_id or str(uuid.uuid4())
         self._config = ClientConfig.resolve(address=address, api_key=key, tls_ca_file=tls_ca_file)
         self._shutdown_grace = shutdown_grace
-        self._created = _LazyEvent()
+        self._created = LazyEvent()
         # A stop asked for before run() made its event (``start()`` then ``stop()`` at once) still counts.
         self._stop_requested = False
         # Set when run() returns or raises, with what it raised: wait_registered() must not outwait a dead runtime.
@@ -134,7 +137,7 @@ class Runtime:
         if loop is not None:
             return loop.create_task(self.run(), name=f"exosphere-runtime-{self.name}")
         setup_default_logging()
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
             runner.run(self._run_with_signals())
         return None
 
@@ -277,7 +280,7 @@ class Runtime:
         except grpc.aio.AioRpcError as exc:
             raise to_exosphere_error(exc) from exc
         except ExceptionGroup as group:  # from the TaskGroup: surface the first stream error
-            first = _first_leaf(group)
+            first = first_leaf(group)
             if isinstance(first, grpc.aio.AioRpcError):
                 raise to_exosphere_error(first) from group
             raise first from group
@@ -389,10 +392,10 @@ class Runtime:
             size = 0
             results: list[pb.Result] = []
             for result in batch:
-                result_size = _framed_size(result.ByteSize())
+                result_size = framed_size(result.ByteSize())
                 if result_size > MAX_RESULT_MESSAGE_BYTES:
-                    result = _too_large(result, result_size)
-                    result_size = _framed_size(result.ByteSize())
+                    result = too_large(result, result_size)
+                    result_size = framed_size(result.ByteSize())
                 if results and size + result_size > BATCH_BYTES:
                     await call.write(pb.RuntimeMessage(results=pb.ResultBatch(results=results)))
                     results, size = [], 0
@@ -434,52 +437,3 @@ class Runtime:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=5)
-
-
-class _LazyEvent:
-    """An asyncio.Event made on first use, so a Runtime can be built outside a running loop."""
-
-    def __init__(self) -> None:
-        self._event: asyncio.Event | None = None
-
-    def _get(self) -> asyncio.Event:
-        if self._event is None:
-            self._event = asyncio.Event()
-        return self._event
-
-    def set(self) -> None:
-        self._get().set()
-
-    async def wait(self) -> None:
-        await self._get().wait()
-
-
-def _framed_size(size: int) -> int:
-    """Bytes an item of ``size`` bytes takes as one element of a repeated field (tag and length prefix)."""
-    return size + 1 + (size.bit_length() + 6) // 7 if size else 2
-
-
-def _too_large(result: pb.Result, size: int) -> pb.Result:
-    """An errored result in place of one too large for any message (its state fails instead of the stream)."""
-    logger.error("result too large to send state_id=%s bytes=%d", result.state_id, size)
-    errored = pb.Result(state_id=result.state_id, attempt=result.attempt, dispatch_id=result.dispatch_id)
-    errored.errored.message = (
-        f"the result of state {result.state_id} is {size} bytes, over the {MAX_RESULT_MESSAGE_BYTES}-byte limit "
-        "of one result (LIMIT_MAX_MESSAGE_BYTES less room for the batch); return or store less data"
-    )
-    errored.errored.type = "ResultTooLargeError"
-    return errored
-
-
-def _first_leaf(group: BaseExceptionGroup[Any]) -> BaseException:
-    first = group.exceptions[0]
-    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
-
-
-def _loop_factory() -> Any:
-    if os.environ.get("EXOSPHERE_LOOP", "uvloop") == "uvloop":
-        with contextlib.suppress(ImportError):
-            import uvloop
-
-            return uvloop.new_event_loop
-    return asyncio.new_event_loop

@@ -1,0 +1,71 @@
+"""Small pieces of the runtime stream: a lazily made event, sizes of framed results, the errored result sent in place
+of one too large, and the event loop a blocking ``Runtime.start()`` runs on."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from typing import Any
+
+from exosphere.v1 import common_pb2
+from exosphere.v1 import runtime_pb2 as pb
+
+logger = logging.getLogger("exosphere.runtime")
+
+# Cap a batch so the two processes overlap instead of taking turns on one huge message.
+MAX_BATCH = 256
+# The wire counts bytes: a batch also stops growing at BATCH_BYTES (a bigger result still travels alone), and a
+# result that cannot fit in one message at all is sent as errored (room is kept for the batch around it).
+BATCH_BYTES = 4 * 1024 * 1024
+MAX_RESULT_MESSAGE_BYTES = common_pb2.LIMIT_MAX_MESSAGE_BYTES - 64 * 1024
+
+
+class LazyEvent:
+    """An asyncio.Event made on first use, so a Runtime can be built outside a running loop."""
+
+    def __init__(self) -> None:
+        self._event: asyncio.Event | None = None
+
+    def _get(self) -> asyncio.Event:
+        if self._event is None:
+            self._event = asyncio.Event()
+        return self._event
+
+    def set(self) -> None:
+        self._get().set()
+
+    async def wait(self) -> None:
+        await self._get().wait()
+
+
+def framed_size(size: int) -> int:
+    """Bytes an item of ``size`` bytes takes as one element of a repeated field (tag and length prefix)."""
+    return size + 1 + (size.bit_length() + 6) // 7 if size else 2
+
+
+def too_large(result: pb.Result, size: int) -> pb.Result:
+    """An errored result in place of one too large for any message (its state fails instead of the stream)."""
+    logger.error("result too large to send state_id=%s bytes=%d", result.state_id, size)
+    errored = pb.Result(state_id=result.state_id, attempt=result.attempt, dispatch_id=result.dispatch_id)
+    errored.errored.message = (
+        f"the result of state {result.state_id} is {size} bytes, over the {MAX_RESULT_MESSAGE_BYTES}-byte limit "
+        "of one result (LIMIT_MAX_MESSAGE_BYTES less room for the batch); return or store less data"
+    )
+    errored.errored.type = "ResultTooLargeError"
+    return errored
+
+
+def first_leaf(group: BaseExceptionGroup[Any]) -> BaseException:
+    first = group.exceptions[0]
+    return first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
+
+
+def loop_factory() -> Any:
+    if os.environ.get("EXOSPHERE_LOOP", "uvloop") == "uvloop":
+        with contextlib.suppress(ImportError):
+            import uvloop
+
+            return uvloop.new_event_loop
+    return asyncio.new_event_loop

@@ -61,6 +61,7 @@ from exosphere._cli_render import (
 )
 from exosphere.client import StateManager
 from exosphere.config import DEFAULT_ADDRESS, ClientConfig
+from exosphere.conformance.command import add_conformance_command
 from exosphere.errors import (
     ConnectionFailedError,
     ExosphereError,
@@ -412,6 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command(runtimes, "list", _runtimes_list, "list the runtimes connected now, their nodes and credit")
     sub.add_argument("namespace", type=text_type, metavar="NAMESPACE", nargs="?", help="only this namespace")
     add_json(sub, "the runtimes")
+
+    add_conformance_command(commands)  # exosphere/conformance/: the kit's options and handler
     return parser
 
 

@@ -1,0 +1,166 @@
+"""``run_conformance``: a real scheduler, the runtime under test behind the recording proxy, every obligation.
+
+The order matters: the runtime registers, runs outputs, fan-out, store writes and errors on a healthy stream,
+fills its credit, stays idle past its lease, has states cancelled, and then the scheduler is stopped (drain) and
+restarted on the same port and database (reconnect). The credit audit reads the whole recording at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import shutil
+import tempfile
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from exosphere.client import StateManager
+from exosphere.conformance.checks_basic import (
+    check_errors,
+    check_fan_out,
+    check_outputs,
+    check_registration,
+    check_store_writes,
+)
+from exosphere.conformance.checks_lifecycle import DRAIN, RECONNECT, check_drain, check_reconnect, stop_while_busy
+from exosphere.conformance.checks_session import CREDIT, check_cancel, check_credit, check_heartbeats, run_credit_load
+from exosphere.conformance.context import CheckFailedError, KitContext, Outcome
+from exosphere.conformance.graphs import save_graphs
+from exosphere.conformance.process import RuntimeProcess
+from exosphere.conformance.proxy import RecordingProxy
+from exosphere.conformance.recording import Recorder
+from exosphere.conformance.scheduler import SchedulerError, SchedulerProcess, SchedulerSettings
+from exosphere.errors import ExosphereError
+
+__all__ = ["OBLIGATIONS", "KitOptions", "Report", "run_conformance"]
+
+OBLIGATIONS = (
+    "registration",
+    "outputs",
+    "fan-out",
+    "store writes",
+    "errors",
+    "credit",
+    "heartbeats",
+    "cancel",
+    "drain",
+    "reconnect",
+)
+
+
+@dataclass(frozen=True)
+class KitOptions:
+    namespace: str = "conformance"
+    # How long the runtime may take to connect and register, and any later step to finish.
+    startup_timeout_s: float = 30.0
+    step_timeout_s: float = 20.0
+    # What the scheduler asks of the runtime: short, so the whole kit takes seconds.
+    heartbeat_interval_ms: int = 250
+    lease_ms: int = 1000
+    drain_grace_ms: int = 3000
+    # Keep the scheduler's and runtime's logs and database in this directory (else a temporary one, removed).
+    keep_dir: Path | None = None
+
+
+@dataclass
+class Report:
+    outcomes: list[Outcome]
+    directory: Path
+    runtime_log_tail: list[str] = field(default_factory=list)
+    runtime_status: int | None = None
+    kept: bool = False
+
+    @property
+    def passed(self) -> bool:
+        return len(self.outcomes) == len(OBLIGATIONS) and all(o.passed for o in self.outcomes)
+
+
+async def _guard(name: str, expected: str, check: Awaitable[Outcome]) -> Outcome:
+    try:
+        return await check
+    except (CheckFailedError, ExosphereError, SchedulerError) as exc:
+        return Outcome(name, False, expected, str(exc) or type(exc).__name__)
+
+
+async def _checks(kit: KitContext, options: KitOptions) -> list[Outcome]:
+    done: dict[str, Outcome] = {}
+    done["registration"] = await check_registration(kit, options.startup_timeout_s)
+
+    def skipped(why: str) -> list[Outcome]:
+        return [done.get(name) or Outcome(name, False, "(not run)", why) for name in OBLIGATIONS]
+
+    if not done["registration"].passed and kit.recorder.streams.get(1, None) is None:
+        return skipped("not run: the runtime never registered")
+    try:
+        await save_graphs(kit.sm, kit.namespace)
+    except ExosphereError as exc:
+        return skipped(f"not run: the conformance graphs cannot be saved on these nodes: {exc}")
+    for name, check in (
+        ("outputs", check_outputs),
+        ("fan-out", check_fan_out),
+        ("store writes", check_store_writes),
+        ("errors", check_errors),
+    ):
+        done[name] = await _guard(name, "(see docs/protocol.md, Conformance)", check(kit))
+    load: Outcome | str
+    try:
+        load = await run_credit_load(kit)
+    except (CheckFailedError, ExosphereError) as exc:
+        load = Outcome("credit", False, CREDIT, str(exc))
+    done["heartbeats"] = await _guard("heartbeats", "(see docs/protocol.md, Conformance)", check_heartbeats(kit))
+    done["cancel"] = await _guard("cancel", "(see docs/protocol.md, Conformance)", check_cancel(kit))
+    try:
+        step = await stop_while_busy(kit)
+    except (CheckFailedError, ExosphereError, SchedulerError) as exc:
+        done["drain"] = Outcome("drain", False, DRAIN, str(exc))
+        done["reconnect"] = Outcome("reconnect", False, RECONNECT, f"not run: {exc}")
+    else:
+        done["drain"] = await _guard("drain", DRAIN, check_drain(kit, step))
+        done["reconnect"] = await _guard("reconnect", RECONNECT, check_reconnect(kit, step))
+    done["credit"] = check_credit(kit, load)
+    return [done[name] for name in OBLIGATIONS]
+
+
+async def run_conformance(command: Sequence[str], options: KitOptions | None = None) -> Report:
+    """Run ``command`` as a runtime against a fresh scheduler and judge it on every obligation.
+
+    Raises ``SchedulerError`` when the scheduler cannot start and ``OSError`` when ``command`` cannot be run.
+    """
+    options = options or KitOptions()
+    if options.keep_dir is not None:
+        options.keep_dir.mkdir(parents=True, exist_ok=True)
+        directory = options.keep_dir
+    else:
+        directory = Path(tempfile.mkdtemp(prefix="exosphere-conformance-"))
+    api_key = secrets.token_urlsafe(16)
+    settings = SchedulerSettings(api_key, options.heartbeat_interval_ms, options.lease_ms, options.drain_grace_ms)
+    recorder = Recorder()
+    scheduler = SchedulerProcess(directory, settings)
+    report = Report([], directory, kept=options.keep_dir is not None)
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            stack.push_async_callback(scheduler.close)
+            await scheduler.start()
+            proxy = await RecordingProxy.start(recorder, upstream=lambda: scheduler.address)
+            stack.push_async_callback(proxy.close)
+            env = {
+                "EXOSPHERE_SCHEDULER_ADDRESS": proxy.address,
+                "EXOSPHERE_API_KEY": api_key,
+                "EXOSPHERE_NAMESPACE": options.namespace,
+            }
+            runtime = await RuntimeProcess.start(command, env=env, log_path=directory / "runtime.log")
+            sm = StateManager(options.namespace, scheduler.address, api_key)
+            stack.push_async_callback(sm.close)
+            try:
+                kit = KitContext(recorder, scheduler, runtime, sm, options.namespace, options.step_timeout_s)
+                report.outcomes = await _checks(kit, options)
+            finally:
+                report.runtime_status = await runtime.stop()
+                report.runtime_log_tail = runtime.tail()
+    finally:
+        if options.keep_dir is None and report.passed:
+            shutil.rmtree(directory, ignore_errors=True)
+        else:
+            report.kept = True
+    return report

@@ -78,7 +78,7 @@ class StoreWrite(BaseNode):
         return self.Outputs(key=self.inputs.key)
 
 
-NODES = [Echo, Fail, Sleep, FanOut, StoreWrite]
+NODES: list[type[BaseNode]] = [Echo, Fail, Sleep, FanOut, StoreWrite]
 
 if __name__ == "__main__":
     Runtime(

@@ -1,6 +1,6 @@
 """The credit audit: from the recording alone, each stream's states outstanding never exceed the runtime's
 ``max_concurrency``, and every ``Execute`` is answered by at most one ``Result`` that echoes its state id, attempt
-and dispatch id.
+and dispatch id; the scheduler never had to reject a result (``ResultsRejected``).
 
 A state the scheduler cancelled stops counting against the credit when the ``CancelBatch`` is sent (the runtime
 may acknowledge it with one result, or ignore it). An item still unanswered when its stream ends is not counted
@@ -10,6 +10,8 @@ here: the drain and run checks judge those.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from google.protobuf import text_format
 
 from exosphere.conformance.recording import Recorder
 from exosphere.v1 import runtime_pb2 as pb
@@ -22,7 +24,7 @@ class CreditAudit:
     executes: int = 0
     results: int = 0
     cancel_acks: int = 0
-    # Per stream: the most states outstanding at once, and the runtime's max_concurrency.
+    # Per stream that had work: the most states outstanding at once, and the runtime's max_concurrency.
     peaks: dict[int, tuple[int, int]] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
@@ -46,11 +48,16 @@ def audit_credit(recorder: Recorder) -> CreditAudit:
                 for dispatch_id, item in list(outstanding.items()):
                     if item.state_id in ids:
                         cancelled[dispatch_id] = outstanding.pop(dispatch_id)
+            elif event.kind == "results_rejected" and event.down is not None:
+                # The scheduler could not match some results (ids not echoed, sent twice, another stream's).
+                rejected = text_format.MessageToString(event.down, as_one_line=True)
+                audit.problems.append(f"stream {number}: the scheduler answered {rejected}")
             elif event.kind == "results" and event.up is not None:
                 for result in event.up.results.results:
                     audit.results += 1
                     _answer(audit, number, result, outstanding, cancelled, answered)
-        audit.peaks[number] = (peak, credit)
+        if peak:
+            audit.peaks[number] = (peak, credit)
         if credit and peak > credit:
             audit.problems.append(f"stream {number}: {peak} states outstanding at once, over max_concurrency {credit}")
     return audit

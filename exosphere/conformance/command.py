@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -94,6 +95,9 @@ async def _handle(ctx: _Consoles, args: argparse.Namespace) -> int:
         command = command[1:]
     if not command:
         ctx.err.print(Text("error: give the runtime to check after --: exosphere conformance -- COMMAND..."))
+        return EXIT_USAGE
+    if shutil.which(command[0]) is None:
+        ctx.err.print(Text(f"error: cannot run {command[0]!r}: no such executable"), soft_wrap=True)
         return EXIT_USAGE
     options = KitOptions(
         namespace=args.namespace,

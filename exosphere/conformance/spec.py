@@ -62,7 +62,7 @@ def _check_descriptor(node: str, part: str, descriptor: DescriptorProto, expecte
         if field.number != number:
             problems.append(f"{where} is numbered {field.number}, expected {number} (declaration order)")
         if field.label != FieldDescriptorProto.LABEL_REQUIRED or field.HasField("default_value"):
-            label = FieldDescriptorProto.Label.Name(field.label) if field.label else "no label"
+            label = FieldDescriptorProto.Label.Name(field.label) if field.HasField("label") else "without a label"
             problems.append(f"{where} is {label}, expected LABEL_REQUIRED without a default")
     return problems
 

@@ -72,6 +72,8 @@ class KitContext:
     ) -> RunModel:
         """Trigger a run and wait until it is no longer PENDING; a run still pending fails the check."""
         timeout = timeout or self.step_timeout_s
+        if why := self.runtime_exit():
+            raise CheckFailedError(f"not run: {why}")
         run_id = (await self.sm.trigger(graph, inputs=inputs, store=store)).run_id
         try:
             return await self.sm.wait(run_id, timeout=timeout)

@@ -12,6 +12,9 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
+
+from google.protobuf import text_format
 
 from exosphere.v1 import runtime_pb2 as pb
 
@@ -126,6 +129,16 @@ class Recorder:
             if e.kind == "results" and e.up is not None
             for result in e.up.results.results
         ]
+
+    def write(self, path: Path, *, width: int = 400) -> None:
+        """Every event, one line each (``+1.234s stream 1 runtime->scheduler results {...}``), for the author."""
+        with path.open("w", encoding="utf-8") as out:
+            for e in self.events:
+                message = e.up if e.up is not None else e.down
+                body = text_format.MessageToString(message, as_one_line=True, as_utf8=True) if message else e.detail
+                line = f"+{e.at:.3f}s stream {e.stream} {e.direction.value} {e.kind} {body}"
+                out.write((line[: width - 3] + "...") if len(line) > width else line)
+                out.write("\n")
 
     async def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
         """Wait until ``predicate()`` holds, re-checked on every new event and every 50 ms; False after ``timeout``."""

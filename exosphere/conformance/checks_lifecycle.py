@@ -60,6 +60,7 @@ async def stop_while_busy(kit: KitContext) -> DrainStep:
     step = DrainStep(stream, state_id, dispatch_id, run_id, stopped_at, status)
     await kit.scheduler.restart()
     step.restarted_at = rec.now()
+    await kit.reconnect_client()
     return step
 
 

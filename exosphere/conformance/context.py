@@ -39,6 +39,12 @@ class KitContext:
     namespace: str
     step_timeout_s: float
 
+    async def reconnect_client(self) -> None:
+        """A fresh client after the scheduler restarted (the old channel may sit in its reconnect backoff)."""
+        old = self.sm
+        self.sm = StateManager(self.namespace, self.scheduler.address, self.scheduler.settings.api_key)
+        await old.close()
+
     @property
     def lease_ms(self) -> int:
         return self.scheduler.settings.lease_ms

@@ -8,6 +8,7 @@ restarted on the same port and database (reconnect). The credit audit reads the 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import secrets
 import shutil
 import tempfile
@@ -143,6 +144,8 @@ async def run_conformance(command: Sequence[str], options: KitOptions | None = N
     Raises ``SchedulerError`` when the scheduler cannot start and ``OSError`` when ``command`` cannot be run.
     """
     options = options or KitOptions()
+    if importlib.util.find_spec("exosphere_server") is None:
+        raise SchedulerError("the conformance kit runs exosphere-server: pip install 'exosphere[server]'")
     if options.keep_dir is not None:
         options.keep_dir.mkdir(parents=True, exist_ok=True)
         directory = options.keep_dir
@@ -166,9 +169,9 @@ async def run_conformance(command: Sequence[str], options: KitOptions | None = N
             }
             runtime = await RuntimeProcess.start(command, env=env, log_path=directory / "runtime.log")
             sm = StateManager(options.namespace, scheduler.address, api_key)
-            stack.push_async_callback(sm.close)
+            kit = KitContext(recorder, scheduler, runtime, sm, options.namespace, options.step_timeout_s)
+            stack.push_async_callback(lambda: kit.sm.close())  # the client of the restarted scheduler, by then
             try:
-                kit = KitContext(recorder, scheduler, runtime, sm, options.namespace, options.step_timeout_s)
                 report.outcomes = await _checks(kit, options)
             finally:
                 report.runtime_status = await runtime.stop()

@@ -43,6 +43,18 @@ class _Servicer(runtime_pb2_grpc.RuntimeServiceServicer):
     def __init__(self, recorder: Recorder, upstream: Callable[[], str]) -> None:
         self._recorder = recorder
         self._upstream = upstream
+        # KeepAlive calls come often (every heartbeat interval): they share one channel per scheduler address.
+        self._keepalive: tuple[str, grpc.aio.Channel] | None = None
+
+    def _keepalive_stub(self) -> runtime_pb2_grpc.RuntimeServiceAsyncStub:
+        address = self._upstream()
+        if self._keepalive is None or self._keepalive[0] != address:
+            self._keepalive = (address, grpc.aio.insecure_channel(address, options=_OPTIONS))
+        return runtime_pb2_grpc.RuntimeServiceStub(self._keepalive[1])
+
+    async def close(self) -> None:
+        if self._keepalive is not None:
+            await self._keepalive[1].close()
 
     async def Connect(  # type: ignore[override]
         self, request_iterator: Any, context: grpc.aio.ServicerContext[Any, Any]
@@ -99,14 +111,11 @@ class _Servicer(runtime_pb2_grpc.RuntimeServiceServicer):
         self, request: pb.KeepAliveRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.KeepAliveResponse:
         metadata = tuple((k, v) for k, v in context.invocation_metadata() or () if k in _FORWARDED_METADATA)
-        async with grpc.aio.insecure_channel(self._upstream()) as channel:
-            try:
-                reply: pb.KeepAliveResponse = await runtime_pb2_grpc.RuntimeServiceStub(channel).KeepAlive(
-                    request, metadata=metadata, timeout=_KEEPALIVE_TIMEOUT_S
-                )
-            except grpc.aio.AioRpcError as exc:
-                self._recorder.keepalive(request.session_id, _status(exc.code(), exc.details()))
-                await context.abort(exc.code(), exc.details() or "")
+        try:
+            reply = await self._keepalive_stub().KeepAlive(request, metadata=metadata, timeout=_KEEPALIVE_TIMEOUT_S)
+        except grpc.aio.AioRpcError as exc:
+            self._recorder.keepalive(request.session_id, _status(exc.code(), exc.details()))
+            await context.abort(exc.code(), exc.details() or "")
         self._recorder.keepalive(request.session_id, f"known={reply.known}")
         return reply
 
@@ -115,17 +124,20 @@ class RecordingProxy:
     """``await RecordingProxy.start(recorder, upstream=lambda: scheduler.address)``; ``address`` is for the
     runtime. ``close()`` ends every stream still open."""
 
-    def __init__(self, server: grpc.aio.Server, port: int) -> None:
+    def __init__(self, server: grpc.aio.Server, servicer: _Servicer, port: int) -> None:
         self._server = server
+        self._servicer = servicer
         self.address = f"127.0.0.1:{port}"
 
     @classmethod
     async def start(cls, recorder: Recorder, *, upstream: Callable[[], str]) -> RecordingProxy:
         server = grpc.aio.server(options=_OPTIONS)
-        runtime_pb2_grpc.add_RuntimeServiceServicer_to_server(_Servicer(recorder, upstream), server)
+        servicer = _Servicer(recorder, upstream)
+        runtime_pb2_grpc.add_RuntimeServiceServicer_to_server(servicer, server)
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
-        return cls(server, port)
+        return cls(server, servicer, port)
 
     async def close(self) -> None:
         await self._server.stop(grace=None)
+        await self._servicer.close()

@@ -15,7 +15,7 @@ from exosphere.conformance.recording import StreamRecord, WireEvent
 from exosphere.errors import ExosphereError
 from exosphere.models import RunStatus
 
-__all__ = ["DrainStep", "check_drain", "check_reconnect", "stop_while_busy"]
+__all__ = ["DrainStep", "check_drain", "check_reconnect", "judge_drain", "stop_while_busy"]
 
 HELD_SLEEP_MS = 700
 
@@ -68,9 +68,8 @@ def _first(events: list[WireEvent], kind: str, after: float = 0.0) -> WireEvent 
     return next((e for e in events if e.kind == kind and e.at >= after), None)
 
 
-async def check_drain(kit: KitContext, step: DrainStep) -> Outcome:
-    rec = kit.recorder
-    events = [e for e in rec.of(step.stream.number, since=step.stopped_at) if e.at <= step.restarted_at]
+def judge_drain(events: list[WireEvent], step: DrainStep) -> tuple[list[str], list[str]]:
+    """What the stream showed from the stop on (``events``), and what is wrong with it: (sequence, problems)."""
     drain = _first(events, "drain")
     closed = _first(events, "closed")
     end = closed.at if closed is not None else step.restarted_at
@@ -109,6 +108,13 @@ async def check_drain(kit: KitContext, step: DrainStep) -> Outcome:
     sequence.append(f"closed {closed.detail if closed else 'never'}")
     if step.exit_status != 0:
         problems.append(f"the scheduler exited with status {step.exit_status}")
+    return sequence, problems
+
+
+async def check_drain(kit: KitContext, step: DrainStep) -> Outcome:
+    rec = kit.recorder
+    events = [e for e in rec.of(step.stream.number, since=step.stopped_at) if e.at <= step.restarted_at]
+    sequence, problems = judge_drain(events, step)
     try:
         run = await kit.sm.wait(step.run_id, timeout=kit.step_timeout_s)
         redispatched = [i for _, i in rec.executes(since=step.stopped_at) if i.state_id == step.state_id]

@@ -7,6 +7,7 @@ from google.protobuf.descriptor_pb2 import FieldDescriptorProto
 from examples.conformance.python_runtime import NODES as PYTHON_NODES
 from exosphere._convert import node_to_schema
 from exosphere.conformance.audit import audit_credit
+from exosphere.conformance.checks_lifecycle import DrainStep, judge_drain
 from exosphere.conformance.recording import Recorder, StreamRecord
 from exosphere.conformance.spec import NODES, check_schema
 from exosphere.v1 import common_pb2
@@ -111,3 +112,54 @@ def test_descriptor_problems_are_named() -> None:
         "StoreWrite.Inputs.key is numbered 3, expected 2 (declaration order)",
         "StoreWrite.Outputs.key is LABEL_OPTIONAL, expected LABEL_REQUIRED without a default",
     ]
+
+
+def _drain_step(recorder: Recorder) -> tuple[StreamRecord, DrainStep]:
+    stream = _stream(recorder, credit=1)
+    _execute(recorder, stream, 7)
+    return stream, DrainStep(stream, "state-7", 7, "run", stopped_at=recorder.now(), exit_status=0)
+
+
+def _judge(recorder: Recorder, step: DrainStep) -> tuple[list[str], list[str]]:
+    step.restarted_at = recorder.now()
+    return judge_drain(list(recorder.of(step.stream.number, since=step.stopped_at)), step)
+
+
+def test_a_runtime_that_drains_in_order_passes() -> None:
+    recorder = Recorder()
+    stream, step = _drain_step(recorder)
+    recorder.down(stream, pb.SchedulerMessage(drain=pb.Drain(grace_ms=3000)))
+    recorder.up(stream, pb.RuntimeMessage(draining=pb.Draining()))
+    _answer(recorder, stream, 7)
+    recorder.half_closed(stream)
+    recorder.closed(stream, "OK")
+    sequence, problems = _judge(recorder, step)
+    assert problems == []
+    assert [part.split(" +")[0] for part in sequence] == [
+        "drain(grace 3000 ms)",
+        "draining",
+        "result",
+        "half-close",
+        "closed OK",
+    ]
+
+
+def test_drain_problems_are_named() -> None:
+    recorder = Recorder()
+    stream, step = _drain_step(recorder)
+    recorder.down(stream, pb.SchedulerMessage(drain=pb.Drain(grace_ms=3000)))
+    recorder.half_closed(stream)  # before its result, and without Draining
+    recorder.closed(stream, "UNAVAILABLE: scheduler shutting down (drain grace of 3s over)")
+    _answer(recorder, stream, 7)  # too late
+    _, problems = _judge(recorder, step)
+    assert problems == [
+        "no draining before the stream ended",
+        "no result before the stream ended",
+        "half-closed before sending the result",
+    ]
+
+    recorder = Recorder()
+    stream, step = _drain_step(recorder)
+    recorder.closed(stream, "UNAVAILABLE: scheduler shutting down")  # a scheduler that does not drain
+    _, problems = _judge(recorder, step)
+    assert problems[0] == "the scheduler sent no Drain"

@@ -116,13 +116,9 @@ class Engine:
         # Counted on the hot path in batches, read by /metrics (server/observe.py, server/metrics.py).
         self.tally = Tally()
         self._commit = GroupCommit(
-            store,
-            lambda: self._loop,
-            self._after_commit,
-            self._commit_failed,
-            lambda batch: self.shards.fence(batch),
+            store, lambda: self._loop, self._after_commit, self._commit_failed, lambda b: self.shards.fence(b),
             tally=self.tally,
-        )
+        )  # fmt: skip
         self._table = RunTable(self._commit)
         self._dispatcher = Dispatcher(
             self._table,
@@ -334,6 +330,10 @@ class Engine:
                 live.waiting_for_runtime = self.runtimes.waiting_for_runtime(live)
                 rows[i] = live
         return rows
+
+    def find_runs(self, prefix: str, limit: int) -> list[tuple[str, str]]:
+        """(run id, namespace) of at most ``limit`` runs whose id starts with ``prefix`` (server/prefixes.py)."""
+        return self._store.find_runs(prefix, limit)
 
     async def watch_run(self, run_id: str) -> AsyncIterator[tuple[RunRow, list[StateRow]]]:
         """Yield the run with all its states, then its changed states after each commit, until it is done."""

@@ -24,10 +24,12 @@ from exosphere.errors import ExosphereError, InvalidArgumentError, NotFoundError
 
 from ..engine import Engine
 from ..metrics import SchedulerMetrics, render
-from ..models import GraphSpec, RunRow, StateRow
+from ..models import RunRow, StateRow
 from ..status import RunStatus, StateStatus
+from ..store import RunCursor
 from ..triggers import TriggerRequest
 from .logins import COOKIE, Caller, Logins
+from .views import graph_view, parse_cursor, read_json, run_id_of, run_view, state_brief, state_full, strings
 
 __all__ = ["Routes"]
 
@@ -36,6 +38,9 @@ __all__ = ["Routes"]
 # 1 / (1 + VIEW_COST_FACTOR) of the scheduler's loop.
 EVENT_INTERVAL_S = 0.2
 VIEW_COST_FACTOR = 20
+# Runs per page of the runs list, by default and at most.
+RUNS_PAGE = 100
+MAX_RUNS_PAGE = 500
 # States listed with a run (the DAG shows counts per node, so a 10,000-way fan-out is not 10,000 rows).
 RUN_STATES_LIMIT = 200
 _HTTP_STATUS = {
@@ -118,7 +123,7 @@ class Routes:
         return JSONResponse({"login_required": self._logins.required, "logged_in": caller is not None})
 
     async def login(self, request: Request) -> Response:
-        body = await _json(request)
+        body = await read_json(request)
         try:
             token = self._logins.login(str(body.get("api_key", "")))
         except ExosphereError as exc:
@@ -184,12 +189,12 @@ class Routes:
         return round((done - before) / (now - then), 1) if now - then > 0.5 else 0.0
 
     async def graphs(self, request: Request, caller: Caller) -> Response:
-        return JSONResponse([_graph(g) for g in self._engine.list_graphs(request.path_params["namespace"])])
+        return JSONResponse([graph_view(g) for g in self._engine.list_graphs(request.path_params["namespace"])])
 
     async def graph(self, request: Request, caller: Caller) -> Response:
         namespace, name = request.path_params["namespace"], request.path_params["name"]
         compiled = self._engine.catalog.get(namespace, name)
-        out = _graph(compiled.spec)
+        out = graph_view(compiled.spec)
         root = next(n for n in compiled.spec.nodes if n.identifier == compiled.root.identifier)
         schema = self._engine.runtimes.node_schema(namespace, root.node_name)
         # The trigger form: the root's inputs, prefilled with the template's values (a trigger may override them).
@@ -205,13 +210,25 @@ class Routes:
         return JSONResponse(out)
 
     async def runs(self, request: Request, caller: Caller) -> Response:
+        """A page of runs, newest first: ``{"runs": [...], "next": cursor}``; ``after=<next>`` asks for the page after
+        (``next`` is "" on the last page). ``graph`` and ``status`` filter, and stay the same from page to page."""
         q = request.query_params
         status = q.get("status") or None
         if status is not None and status not in RunStatus.__members__:
             raise InvalidArgumentError(f"unknown run status {status!r}")
-        limit = min(int(q.get("limit", "50") or 50), 500)
-        rows = self._engine.list_runs(request.path_params["namespace"], q.get("graph") or None, limit, None, status)
-        return JSONResponse([_run(r) for r in rows])
+        try:
+            limit = max(1, min(int(q.get("limit") or RUNS_PAGE), MAX_RUNS_PAGE))
+        except ValueError:
+            raise InvalidArgumentError(f"limit must be a number, not {q.get('limit')!r}") from None
+        after = parse_cursor(q.get("after"))
+        namespace = request.path_params["namespace"]
+        # One more than the page: a cursor only when another page has runs.
+        rows = self._engine.list_runs(namespace, q.get("graph") or None, limit + 1, after, status)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return JSONResponse(
+            {"runs": [run_view(r) for r in rows], "next": RunCursor.of(rows[-1]).token() if more else ""}
+        )
 
     def _readable_run(self, run_id: str, caller: Caller) -> tuple[RunRow, list[StateRow]]:
         run, states, _ = self._engine.get_run(run_id)
@@ -239,14 +256,14 @@ class Routes:
             node["last_ms"] = max(node["last_ms"], s.updated_at_ms)
         graph = None
         with contextlib.suppress(NotFoundError):
-            graph = _graph(self._engine.get_graph(run.namespace, run.graph_name))
+            graph = graph_view(self._engine.get_graph(run.namespace, run.graph_name))
         failed = [s for s in states if s.status in (StateStatus.ERRORED, StateStatus.TIMEDOUT)]
         listed = (failed + [s for s in states if s not in failed])[:RUN_STATES_LIMIT]
         return {
-            "run": _run(run),
+            "run": run_view(run),
             "graph": graph,
             "nodes": nodes,
-            "states": [_state_brief(s) for s in listed],
+            "states": [state_brief(s) for s in listed],
             "states_total": len(states),
         }
 
@@ -288,27 +305,27 @@ class Routes:
 
     async def state(self, request: Request, caller: Caller) -> Response:
         state_id = request.path_params["state_id"]
-        run, states = self._readable_run(_run_id_of(state_id), caller)
+        run, states = self._readable_run(run_id_of(state_id), caller)
         state = next((s for s in states if s.state_id == state_id), None)
         if state is None:
             raise NotFoundError(f"state {state_id} not found")
         attempts = [
-            _state_full(s)
+            state_full(s)
             for s in states
             if s.identifier == state.identifier and s.path == state.path and s.parent_id == state.parent_id
         ]
-        return JSONResponse({"run": _run(run), "state": _state_full(state), "attempts": attempts})
+        return JSONResponse({"run": run_view(run), "state": state_full(state), "attempts": attempts})
 
     # ------------------------------------------------------------------ actions
 
     async def trigger(self, request: Request, caller: Caller) -> Response:
-        body = await _json(request)
+        body = await read_json(request)
         run_id = await self._engine.trigger(
             TriggerRequest(
                 request.path_params["namespace"],
                 str(body.get("graph_name", "")),
-                _strings(body.get("inputs"), "inputs"),
-                _strings(body.get("store"), "store"),
+                strings(body.get("inputs"), "inputs"),
+                strings(body.get("store"), "store"),
             )
         )
         return JSONResponse({"run_id": run_id})
@@ -316,99 +333,11 @@ class Routes:
     async def cancel(self, request: Request, caller: Caller) -> Response:
         run_id = request.path_params["run_id"]
         self._readable_run(run_id, caller)
-        return JSONResponse(_run(await self._engine.cancel_run(run_id)))
+        return JSONResponse(run_view(await self._engine.cancel_run(run_id)))
 
     async def retry(self, request: Request, caller: Caller) -> Response:
         state_id = request.path_params["state_id"]
-        self._readable_run(_run_id_of(state_id), caller)
-        body = await _json(request)
+        self._readable_run(run_id_of(state_id), caller)
+        body = await read_json(request)
         request_id = str(body.get("request_id") or "") or f"dashboard-{time.time_ns()}"
         return JSONResponse({"state_id": await self._engine.retry_state(state_id, request_id)})
-
-
-def _run_id_of(state_id: str) -> str:
-    run_id = state_id.rpartition("-")[0]
-    if not run_id:
-        raise NotFoundError(f"state {state_id} not found")
-    return run_id
-
-
-async def _json(request: Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except ValueError:
-        raise InvalidArgumentError("the body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise InvalidArgumentError("the body must be a JSON object")
-    return body
-
-
-def _strings(value: Any, what: str) -> dict[str, str]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
-        raise InvalidArgumentError(f"{what} must be an object of strings")
-    return value
-
-
-def _graph(spec: GraphSpec) -> dict[str, Any]:
-    return {
-        "namespace": spec.namespace,
-        "name": spec.name,
-        "version": spec.version,
-        "updated_at_ms": spec.updated_at_ms,
-        "secret_names": sorted(spec.secrets),  # names only, never values
-        "store_keys": spec.store_config.required_keys if spec.store_config else [],
-        "store_defaults": spec.store_config.default_values if spec.store_config else {},
-        "nodes": [
-            {
-                "identifier": n.identifier,
-                "node_name": n.node_name,
-                "next_nodes": n.next_nodes,
-                "unites": n.unites.identifier if n.unites else None,
-                "inputs": n.inputs,
-            }
-            for n in spec.nodes
-        ],
-    }
-
-
-def _run(run: RunRow) -> dict[str, Any]:
-    return {
-        "run_id": run.run_id,
-        "namespace": run.namespace,
-        "graph_name": run.graph_name,
-        "graph_version": run.graph_version,
-        "status": str(run.status),
-        "created_at_ms": run.created_at_ms,
-        "updated_at_ms": run.updated_at_ms,
-        "state_counts": {str(k): v for k, v in run.state_counts.items()},
-        "waiting_for_runtime": run.waiting_for_runtime,
-    }
-
-
-def _state_brief(s: StateRow) -> dict[str, Any]:
-    return {
-        "state_id": s.state_id,
-        "identifier": s.identifier,
-        "node_name": s.node_name,
-        "status": str(s.status),
-        "attempt": s.attempt,
-        "created_at_ms": s.created_at_ms,
-        "updated_at_ms": s.updated_at_ms,
-        "runtime_name": s.runtime_name,
-        "started_at_ms": s.started_at_ms,
-        "ran_ms": s.ran_ms,
-    }
-
-
-def _state_full(s: StateRow) -> dict[str, Any]:
-    return {
-        **_state_brief(s),
-        "inputs": s.inputs,
-        "outputs": s.outputs,
-        "error": s.error,
-        "pruned_data": s.pruned_data,
-        "parent_id": s.parent_id,
-        "run_at_ms": s.run_at_ms,
-    }

@@ -313,6 +313,9 @@ async function graphPage(ns, name) {
 
 // ------------------------------------------------------------------ runs
 
+// Runs per page; older pages are reached by the cursor the server gives with each page (after=<cursor>).
+const RUNS_PAGE = 100;
+
 async function runsPage(ns) {
   const seq = routeSeq;
   setNav(ns, "runs");
@@ -323,19 +326,42 @@ async function runsPage(ns) {
   const statusSelect = h("select", { "data-testid": "filter-status" }, h("option", { value: "" }, "any status"),
     RUN_STATUSES.map((s) => h("option", { value: s, selected: s === query.get("status") }, s)));
   const table = h("div");
-  page(seq, `Runs · ${ns}`, h("div", { class: "filters" }, "Graph", graphSelect, "Status", statusSelect, h("span", { class: "muted" }, "live")), table);
+  const pager = h("div", { class: "filters pager", "data-testid": "pager" });
+  page(seq, `Runs · ${ns}`, h("div", { class: "filters" }, "Graph", graphSelect, "Status", statusSelect, h("span", { class: "muted" }, "live")), table, pager);
+  // The cursor of every page from the first (""), the one shown last; the filters stay the same from page to page.
+  let cursors = [""];
+  let shown = 0;  // the last refresh asked for; an older answer arriving late is dropped
   const refresh = async () => {
-    const params = new URLSearchParams({ graph: graphSelect.value, status: statusSelect.value, limit: "100" });
-    const runs = await api(`/api/namespaces/${enc(ns)}/runs?${params}`);
+    const ticket = ++shown;
+    const params = new URLSearchParams({ graph: graphSelect.value, status: statusSelect.value, limit: String(RUNS_PAGE), after: cursors[cursors.length - 1] });
+    const { runs, next } = await api(`/api/namespaces/${enc(ns)}/runs?${params}`);
+    if (ticket !== shown) return;
     table.replaceChildren(runs.length === 0 ? h("p", { class: "muted" }, "No run.") : h("table", { "data-testid": "runs" },
       h("tr", {}, ["Run", "Graph", "Status", "Created", "States"].map((c) => h("th", {}, c))),
       runs.map((r) => h("tr", { "data-run": r.run_id },
         h("td", { class: "mono" }, link(`#/runs/${enc(r.run_id)}`, r.run_id)), h("td", {}, `${r.graph_name} v${r.graph_version}`),
         h("td", {}, badge(r.status), r.waiting_for_runtime.length ? h("span", { class: "muted" }, " waiting for a runtime") : ""),
         h("td", {}, time(r.created_at_ms)), h("td", {}, countsText(r.state_counts))))));
+    const go = (move) => async () => {
+      move();
+      try { await refresh(); } catch (err) { showError(err); }
+    };
+    pager.replaceChildren(
+      h("button", { "data-testid": "newer", disabled: cursors.length === 1, onclick: go(() => cursors.pop()) }, "← Newer"),
+      h("span", { class: "muted", "data-testid": "page" }, `page ${cursors.length} · ${runs.length} run${runs.length === 1 ? "" : "s"}`),
+      h("button", { "data-testid": "older", disabled: !next, onclick: go(() => cursors.push(next)) }, "Older →"));
   };
-  graphSelect.addEventListener("change", refresh);
-  statusSelect.addEventListener("change", refresh);
+  const filtered = async () => {
+    cursors = [""];
+    const params = new URLSearchParams();
+    if (graphSelect.value) params.set("graph", graphSelect.value);
+    if (statusSelect.value) params.set("status", statusSelect.value);
+    // The filters go in the address (to share or reload it) without a hashchange, which would rebuild the page.
+    history.replaceState(null, "", `#/ns/${enc(ns)}/runs${params.size ? `?${params}` : ""}`);
+    try { await refresh(); } catch (err) { showError(err); }
+  };
+  graphSelect.addEventListener("change", filtered);
+  statusSelect.addEventListener("change", filtered);
   await every(1500, refresh);
 }
 

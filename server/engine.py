@@ -329,6 +329,8 @@ class Engine:
             if live is not None:
                 live.waiting_for_runtime = self.runtimes.waiting_for_runtime(live)
                 rows[i] = live
+            elif row.status == RunStatus.PENDING:  # another replica's run: its row's counts are those of its start
+                row.state_counts = self._store.count_states(row.run_id)
         return rows
 
     def find_runs(self, prefix: str, limit: int) -> list[tuple[str, str]]:
@@ -408,10 +410,8 @@ class Engine:
         self._dispatcher.release_due()
         self._dispatcher.schedule()
 
-    # ================================================================== after each commit (see server/commit.py)
-
     def _after_commit(self, changed: list[State], finished: list[Run]) -> None:
-        """Tell watchers what was committed, then forget the runs that ended."""
+        """After each commit (server/commit.py): tell watchers what was committed, forget the runs that ended."""
         for run in finished:
             run.end_committed = not run.pending
         watches.notify(changed, finished)

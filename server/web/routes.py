@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -21,14 +21,18 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from exosphere.errors import ExosphereError, InvalidArgumentError, NotFoundError, RunNotFoundError
+from exosphere.v1 import scheduler_pb2
 
 from ..engine import Engine
+from ..forward import Forwarder
 from ..metrics import SchedulerMetrics, render
 from ..models import RunRow, StateRow
+from ..ownership import NotOwnerError
 from ..status import RunStatus, StateStatus
 from ..store import RunCursor
 from ..triggers import TriggerRequest
 from .logins import COOKIE, Caller, Logins
+from .overview import Overview
 from .views import graph_view, parse_cursor, read_json, run_id_of, run_view, state_brief, state_full, strings
 
 __all__ = ["Routes"]
@@ -58,18 +62,37 @@ _HTTP_STATUS = {
 Handler = Callable[[Request, Caller], Awaitable[Response]]
 
 
+class ForwardedError(Exception):
+    """The replica a call was forwarded to refused it."""
+
+    def __init__(self, failed: grpc.aio.AioRpcError) -> None:
+        super().__init__(failed.details())
+        self.code = failed.code()
+        self.details = failed.details() or self.code.name
+
+
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
 class Routes:
-    def __init__(self, engine: Engine, logins: Logins, metrics: SchedulerMetrics, *, secure_cookie: bool) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        logins: Logins,
+        metrics: SchedulerMetrics,
+        overview: Overview,
+        *,
+        secure_cookie: bool,
+        forwarder: Forwarder | None = None,
+    ) -> None:
         self._engine = engine
         self._logins = logins
         self._metrics = metrics
+        self._overview = overview
         self._secure = secure_cookie
-        # (monotonic time, states finished so far): states per second over the last samples.
-        self._finished: deque[tuple[float, int]] = deque(maxlen=30)
+        # Cluster mode: cancel and retry of a run another replica owns go to that replica.
+        self._forwarder = forwarder
 
     def routes(self) -> list[Route]:
         scoped = self._scoped
@@ -115,6 +138,8 @@ class Routes:
                 return await handler(request, caller)
             except ExosphereError as exc:
                 return _error(_HTTP_STATUS.get(exc.status, 500), str(exc))
+            except ForwardedError as exc:
+                return _error(_HTTP_STATUS.get(exc.code, 500), exc.details)
 
         return endpoint
 
@@ -148,45 +173,7 @@ class Routes:
         return JSONResponse([n for n in self._engine.namespaces() if caller.allows(n)])
 
     async def overview(self, request: Request, caller: Caller) -> Response:
-        namespace = request.path_params["namespace"]
-        runtimes = self._engine.runtimes
-        sessions = sorted(runtimes.connected(namespace), key=lambda s: (s.runtime_name, s.connected_at_ms))
-        online = runtimes.hosted(namespace)
-        depths = {node: n for (ns, node), n in self._engine.queue_depths().items() if ns == namespace}
-        return JSONResponse(
-            {
-                "runtimes": [
-                    {
-                        "runtime_id": s.runtime_id,
-                        "runtime_name": s.runtime_name,
-                        "nodes": sorted(s.node_names),
-                        "credit_used": len(s.in_flight),
-                        "credit": s.max_concurrency,
-                        "connected_at_ms": s.connected_at_ms,
-                        "last_heartbeat_ms": runtimes.last_heard_ms(s),
-                        "draining": s.draining,
-                    }
-                    for s in sessions
-                ],
-                "nodes": [
-                    {"name": n.name, "online": n.name in online, "queue_depth": depths.get(n.name, 0)}
-                    for n in runtimes.nodes_of(namespace)
-                ],
-                "states_per_second": self._states_per_second(),
-                "pending_runs": sum(1 for r in self._engine.live_runs() if r.namespace == namespace and r.pending),
-            }
-        )
-
-    def _states_per_second(self) -> float:
-        """States finished per second, scheduler-wide, between this call and one about 10 s before."""
-        done = sum(self._engine.tally.states_finished.values())
-        now = time.monotonic()
-        samples = self._finished
-        samples.append((now, done))
-        while len(samples) > 2 and now - samples[1][0] > 10:
-            samples.popleft()
-        then, before = samples[0]
-        return round((done - before) / (now - then), 1) if now - then > 0.5 else 0.0
+        return JSONResponse(self._overview.of(request.path_params["namespace"]))
 
     async def graphs(self, request: Request, caller: Caller) -> Response:
         return JSONResponse([graph_view(g) for g in self._engine.list_graphs(request.path_params["namespace"])])
@@ -265,7 +252,16 @@ class Routes:
             "nodes": nodes,
             "states": [state_brief(s) for s in listed],
             "states_total": len(states),
+            "owned_elsewhere": self._owner_elsewhere(run),
         }
+
+    def _owner_elsewhere(self, run: RunRow) -> str | None:
+        """Cluster mode: the replica holding a pending run this one does not (its address, "" when unknown); None
+        for a run held here or ended. Such a run is read as committed, where a state a runtime holds reads CREATED."""
+        if run.status != RunStatus.PENDING or self._engine.is_live(run.run_id):
+            return None
+        shards = self._engine.shards
+        return shards.owners.get(shards.of(run.run_id), "")
 
     async def run_events(self, request: Request, caller: Caller) -> Response:
         run_id = request.path_params["run_id"]
@@ -333,11 +329,29 @@ class Routes:
     async def cancel(self, request: Request, caller: Caller) -> Response:
         run_id = request.path_params["run_id"]
         self._readable_run(run_id, caller)
-        return JSONResponse(run_view(await self._engine.cancel_run(run_id)))
+        try:
+            return JSONResponse(run_view(await self._engine.cancel_run(run_id)))
+        except NotOwnerError as exc:
+            await self._forward(exc, "CancelRun", scheduler_pb2.CancelRunRequest(run_id=run_id), caller)
+            return JSONResponse(run_view(self._readable_run(run_id, caller)[0]))  # committed by the owner
 
     async def retry(self, request: Request, caller: Caller) -> Response:
         state_id = request.path_params["state_id"]
         self._readable_run(run_id_of(state_id), caller)
         body = await read_json(request)
         request_id = str(body.get("request_id") or "") or f"dashboard-{time.time_ns()}"
-        return JSONResponse({"state_id": await self._engine.retry_state(state_id, request_id)})
+        try:
+            return JSONResponse({"state_id": await self._engine.retry_state(state_id, request_id)})
+        except NotOwnerError as exc:
+            forwarded = scheduler_pb2.RetryStateRequest(state_id=state_id, request_id=request_id)
+            reply = await self._forward(exc, "RetryState", forwarded, caller)
+            return JSONResponse({"state_id": reply.state_id})
+
+    async def _forward(self, exc: NotOwnerError, method: str, request: Any, caller: Caller) -> Any:
+        """The call on the replica that owns the run; its refusal is answered as this replica's would be."""
+        if exc.address is None or self._forwarder is None:
+            raise exc
+        try:
+            return await self._forwarder.call_as(exc.address, method, request, caller.key.key if caller.key else None)
+        except grpc.aio.AioRpcError as failed:
+            raise ForwardedError(failed) from None

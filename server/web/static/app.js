@@ -231,9 +231,10 @@ async function overviewPage(ns) {
   const seq = routeSeq;
   setNav(ns, "overview");
   const stats = h("div", { class: "cards" });
+  const replicas = h("div");
   const runtimes = h("div");
   const nodes = h("div");
-  page(seq, `Overview · ${ns}`, stats, h("h2", {}, "Runtimes online"), runtimes, h("h2", {}, "Nodes"), nodes);
+  page(seq, `Overview · ${ns}`, stats, replicas, h("h2", {}, "Runtimes online"), runtimes, h("h2", {}, "Nodes"), nodes);
   await every(2000, async () => {
     const o = await api(`/api/namespaces/${enc(ns)}/overview`);
     const used = o.runtimes.reduce((a, r) => a + r.credit_used, 0);
@@ -245,12 +246,20 @@ async function overviewPage(ns) {
       stat("States finished / s", o.states_per_second, "states-per-second"),
       stat("Pending runs", o.pending_runs, "pending-runs"),
     );
+    // Cluster mode: every live replica, and for each runtime the replicas it holds a stream to.
+    const cluster = o.replicas.length > 0;
+    replicas.replaceChildren(...(cluster ? [h("h2", {}, `Scheduler replicas (${o.replicas.length})`), h("table", { "data-testid": "replicas" },
+      h("tr", {}, ["Replica", "Address", "Shards owned", "Runtimes here", "Last heartbeat"].map((c) => h("th", {}, c))),
+      o.replicas.map((r) => h("tr", { "data-replica": r.address },
+        h("td", { class: "mono" }, r.replica_id, r.this ? h("span", { class: "muted" }, " (this one)") : ""), h("td", { class: "mono" }, r.address),
+        h("td", {}, r.shards), h("td", {}, r.runtimes), h("td", {}, `${r.heartbeat_age_s.toFixed(1)} s ago`))))] : []));
     runtimes.replaceChildren(o.runtimes.length === 0 ? h("p", { class: "muted" }, "No runtime connected.") : h("table", { "data-testid": "runtimes" },
-      h("tr", {}, ["Runtime", "Id", "Nodes", "Credit", "Connected", "Last heartbeat"].map((c) => h("th", {}, c))),
+      h("tr", {}, ["Runtime", "Id", "Nodes", "Credit", "Connected", "Last heartbeat", cluster ? "Replicas" : null].filter(Boolean).map((c) => h("th", {}, c))),
       o.runtimes.map((r) => h("tr", {},
         h("td", {}, r.runtime_name, r.draining ? " (draining)" : ""), h("td", { class: "mono" }, r.runtime_id),
         h("td", {}, r.nodes.join(", ")), h("td", {}, `${r.credit_used} / ${r.credit}`),
-        h("td", {}, time(r.connected_at_ms)), h("td", {}, `${((Date.now() - r.last_heartbeat_ms) / 1000).toFixed(1)} s ago`)))));
+        h("td", {}, time(r.connected_at_ms)), h("td", {}, `${((Date.now() - r.last_heartbeat_ms) / 1000).toFixed(1)} s ago`),
+        cluster ? h("td", { class: "mono", "data-testid": "runtime-replicas" }, r.replicas.join(", ")) : null))));
     nodes.replaceChildren(h("table", { "data-testid": "nodes" },
       h("tr", {}, ["Node", "Status", "Queue depth"].map((c) => h("th", {}, c))),
       o.nodes.map((n) => h("tr", {}, h("td", {}, n.name), h("td", {}, badge(n.online ? "online" : "offline")), h("td", {}, n.queue_depth)))));
@@ -398,7 +407,10 @@ async function runPage(runId) {
       cards("States", countsText(r.state_counts) || view.states_total),
     );
     waiting.replaceChildren(r.waiting_for_runtime.length ? h("div", { class: "warn", "data-testid": "waiting" },
-      `Waiting for a runtime: no connected runtime hosts ${r.waiting_for_runtime.join(", ")}.`) : "");
+      `Waiting for a runtime: no connected runtime hosts ${r.waiting_for_runtime.join(", ")}.`) : "",
+      view.owned_elsewhere !== null ? h("p", { class: "muted", "data-testid": "owned-elsewhere" },
+        `This run is held by the scheduler replica ${view.owned_elsewhere || "that owns its shard"} and read here from the database, `
+        + "as last committed: a state a runtime is executing reads CREATED until it finishes.") : "");
     actions.replaceChildren(r.status === "PENDING" ? h("button", { class: "danger", "data-testid": "cancel", onclick: async () => {
       await api(`/api/runs/${enc(runId)}/cancel`, {});
     } }, "Cancel run") : "");

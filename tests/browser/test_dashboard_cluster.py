@@ -2,7 +2,7 @@
 
 Either replica's overview shows both replicas (address, shards owned, heartbeat age) and the runtimes connected
 across them; a run the other replica owns shows from the database with its states, follows live to its end, and is
-cancelled from this replica's page (the cancel goes to its owner).
+cancelled, or its failed state retried, from this replica's pages (the call goes to its owner).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pydantic import BaseModel
 
 from exosphere import BaseNode, RetryPolicyModel, RunStatus, Runtime, StateManager
 from server.app import App
+from tests.engine_nodes import Flaky
 from tests.helpers.browser import browsing
 from tests.helpers.cluster import SHARDS, two_replicas
 from tests.helpers.graphs import gnode
@@ -58,7 +59,7 @@ async def test_either_replica_shows_the_whole_cluster(pg_dsn: str, tmp_path: Any
     async with two_replicas(pg_dsn, tmp_path) as (a, b), RuntimeGroup() as group:
         # One runtime is given each replica; each learns the other replica and holds a stream to both.
         for app, name in ((a, "rt-alpha"), (b, "rt-beta")):
-            await group.start(Runtime(namespace, name, [Gate], address=app.address, max_concurrency=4))
+            await group.start(Runtime(namespace, name, [Gate, Flaky], address=app.address, max_concurrency=4))
         try:
             await _check(a, b, namespace, keys)
         finally:
@@ -94,6 +95,13 @@ async def _check(a: App, b: App, namespace: str, keys: list[str]) -> None:
             retry_policy=RetryPolicyModel(max_retries=0),
         )
         live, doomed = [(await sm.trigger("gated", store={"key": key})).run_id for key in keys]
+        await sm.upsert_graph(
+            "flaky",
+            [gnode(namespace, "Flaky", "flaky", {"key": f"{namespace}-flaky", "fails": "1"})],
+            retry_policy=RetryPolicyModel(max_retries=0),
+        )
+        failed = await sm.trigger_and_wait("flaky", timeout=10)
+        assert failed.status is RunStatus.FAILED
     assert b.engine.is_live(live) and not a.engine.is_live(live)
     # The run's one state executes on b; a reads it from the database as committed (a hand-over to a runtime is
     # not committed, so it reads CREATED there).
@@ -139,7 +147,15 @@ async def _check(a: App, b: App, namespace: str, keys: list[str]) -> None:
         await page.get_by_test_id("cancel").click()  # a forwards it to b, the owner
         await expect(page.get_by_test_id("run-status")).to_have_text("CANCELLED")
         await browser.screenshot("cluster-run-cancelled-from-another-replica")
+
+        (state,) = failed.states
+        await page.goto(f"/#/states/{state.state_id}")
+        await expect(page.get_by_test_id("state-error")).to_contain_text("ValueError: boom 1")
+        await page.get_by_test_id("retry").click()  # a forwards it to b, the owner
+        await page.wait_for_url(lambda url: state.state_id not in url)
+        await expect(page.get_by_test_id("state-status")).to_contain_text("SUCCESS")
     Gate.gates[keys[1]].set()
     async with StateManager(namespace, address=a.address) as sm:
         assert (await sm.get_run(live)).status is RunStatus.SUCCESS
         assert (await sm.get_run(doomed)).status is RunStatus.CANCELLED
+        assert (await sm.get_run(failed.run_id)).status is RunStatus.SUCCESS

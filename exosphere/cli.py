@@ -6,6 +6,7 @@ Examples::
     exosphere trigger my-ns my-graph --input text=hello --wait
     exosphere runs list my-ns --graph my-graph
     exosphere runs show RUN_ID --json
+    exosphere states show 00a3f9-2          # a run id may be shortened to a unique prefix
 
 The connection options (``--address``, ``--api-key``, ``--tls-ca-file``) may come before or after the command and
 default to ``EXOSPHERE_SCHEDULER_ADDRESS``, ``EXOSPHERE_API_KEY`` and ``EXOSPHERE_TLS_CA_FILE``.
@@ -34,7 +35,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.text import Text
 
-from exosphere import _cli_graphs, _cli_runs, _cli_runtimes
+from exosphere import _cli_graphs, _cli_runs, _cli_runtimes, _cli_states
 from exosphere._cli_base import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
@@ -56,6 +57,7 @@ __all__ = ["COMMAND_MODULES", "build_parser", "main"]
 COMMAND_MODULES: tuple[Callable[[Commands, Parser], None], ...] = (
     _cli_graphs.register,
     _cli_runs.register,
+    _cli_states.register,
     _cli_runtimes.register,
 )
 

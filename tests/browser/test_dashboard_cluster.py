@@ -154,6 +154,10 @@ async def _check(a: App, b: App, namespace: str, keys: list[str]) -> None:
         await page.get_by_test_id("retry").click()  # a forwards it to b, the owner
         await page.wait_for_url(lambda url: state.state_id not in url)
         await expect(page.get_by_test_id("state-status")).to_contain_text("SUCCESS")
+        failed_attempt = page.get_by_test_id("attempts").locator("details")  # every attempt's traceback
+        await failed_attempt.locator("summary").click()
+        await expect(failed_attempt).to_contain_text("ValueError: boom 1")
+        await browser.screenshot("cluster-state-retried-attempts")
     Gate.gates[keys[1]].set()
     async with StateManager(namespace, address=a.address) as sm:
         assert (await sm.get_run(live)).status is RunStatus.SUCCESS

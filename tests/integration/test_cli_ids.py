@@ -1,5 +1,5 @@
-"""The CLI takes a run id by a unique prefix everywhere it takes one (runs show/watch/cancel/retry, a state id's run
-part), against a real scheduler and a real runtime; an unknown or ambiguous prefix is one clear error line."""
+"""The CLI takes a run id by a unique prefix everywhere it takes one (runs show/watch/cancel/retry, states show, a
+state id's run part), against a real scheduler and runtime; an unknown or ambiguous prefix is one clear error line."""
 
 from __future__ import annotations
 
@@ -53,6 +53,15 @@ async def test_run_and_state_ids_by_unique_prefix(
     # A state id's run part may be a prefix too; the new attempt succeeds, so the run does.
     (state,) = failed.states
     number = state.state_id.rpartition("-")[2]
+    shown_state = await cli("states", "show", f"{short}-{number}", *address)
+    assert shown_state.code == 0, shown_state.err
+    assert state.state_id in shown_state.out and "ValueError: boom 1" in shown_state.out
+    assert "Traceback (most recent call last)" in shown_state.out and "input key" in shown_state.out
+    as_json = await cli("states", "show", f"{short}-{number}", "--json", *address)
+    assert json.loads(as_json.out)["error"]["type"] == "ValueError"
+    missing_state = await cli("states", "show", f"{short}-99", *address)
+    assert missing_state.code == 1
+    assert one_error_line(missing_state) == f"error: state '{failed.run_id}-99' not found"
     retried = await cli("runs", "retry", f"{short}-{number}", *address)
     assert retried.code == 0, retried.err
     assert retried.out.strip().startswith(f"{failed.run_id}-")

@@ -481,7 +481,8 @@ async function statePage(stateId) {
       h("tr", {}, ["Attempt", "Status", "Created", "Ran on", "Error", "State"].map((c) => h("th", {}, c))),
       view.attempts.map((a) => h("tr", {}, h("td", {}, a.attempt), h("td", {}, badge(a.status)), h("td", {}, time(a.created_at_ms)),
         h("td", {}, a.runtime_name ? `${a.runtime_name} (${duration(a.ran_ms) || "0 ms"})` : ""),
-        h("td", {}, a.error ? `${a.error.type || ""}: ${a.error.message || ""}` : ""),
+        h("td", {}, a.error ? `${a.error.type || ""}: ${a.error.message || ""}` : "",
+          a.error && a.error.traceback ? h("details", {}, h("summary", { class: "muted" }, "traceback"), h("pre", {}, a.error.traceback)) : ""),
         h("td", { class: "mono" }, link(`#/states/${enc(a.state_id)}`, a.state_id))))));
   // A state still waiting or running is shown again until it settles (its page is not a watch).
   if (["CREATED", "QUEUED", "EXECUTED"].includes(s.status)) {

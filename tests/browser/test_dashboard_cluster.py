@@ -7,16 +7,14 @@ cancelled, or its failed state retried, from this replica's pages (the call goes
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 from playwright.async_api import expect
-from pydantic import BaseModel
 
-from exosphere import BaseNode, RetryPolicyModel, RunStatus, Runtime, StateManager
+from exosphere import RetryPolicyModel, RunStatus, Runtime, StateManager
 from server.app import App
-from tests.engine_nodes import Flaky
+from tests.engine_nodes import Flaky, Waiter
 from tests.helpers.browser import browsing
 from tests.helpers.cluster import SHARDS, two_replicas
 from tests.helpers.graphs import gnode
@@ -26,22 +24,6 @@ from tests.helpers.waiting import assert_eventually
 from tests.helpers.web import http_client
 
 pytestmark = pytest.mark.slow
-
-
-class Gate(BaseNode):
-    """Waits until the test opens ``Gate.gates[key]``: its run stays PENDING, its state QUEUED, until then."""
-
-    gates: ClassVar[dict[str, asyncio.Event]] = {}
-
-    class Inputs(BaseModel):
-        key: str
-
-    class Outputs(BaseModel):
-        key: str
-
-    async def execute(self) -> Outputs:
-        await Gate.gates.setdefault(self.inputs.key, asyncio.Event()).wait()
-        return self.Outputs(key=self.inputs.key)
 
 
 async def overview(app: App, namespace: str) -> dict[str, Any]:
@@ -54,17 +36,15 @@ async def overview(app: App, namespace: str) -> dict[str, Any]:
 
 async def test_either_replica_shows_the_whole_cluster(pg_dsn: str, tmp_path: Any, namespace: str) -> None:  # noqa: F811
     keys = [f"{namespace}-{name}" for name in ("live", "cancel")]
-    for key in keys:
-        Gate.gates[key] = asyncio.Event()
     async with two_replicas(pg_dsn, tmp_path) as (a, b), RuntimeGroup() as group:
         # One runtime is given each replica; each learns the other replica and holds a stream to both.
         for app, name in ((a, "rt-alpha"), (b, "rt-beta")):
-            await group.start(Runtime(namespace, name, [Gate, Flaky], address=app.address, max_concurrency=4))
+            await group.start(Runtime(namespace, name, [Waiter, Flaky], address=app.address, max_concurrency=4))
         try:
             await _check(a, b, namespace, keys)
         finally:
             for key in keys:
-                Gate.gates[key].set()  # the runtimes stop promptly whatever happened
+                Waiter.release(key)  # the runtimes stop promptly whatever happened
 
 
 async def _check(a: App, b: App, namespace: str, keys: list[str]) -> None:
@@ -90,7 +70,7 @@ async def _check(a: App, b: App, namespace: str, keys: list[str]) -> None:
     async with StateManager(namespace, address=b.address) as sm:
         await sm.upsert_graph(
             "gated",
-            [gnode(namespace, "Gate", "gate", {"key": "${{ store.key }}"})],
+            [gnode(namespace, "Waiter", "wait", {"key": "${{ store.key }}"})],
             store_config={"required_keys": ["key"]},
             retry_policy=RetryPolicyModel(max_retries=0),
         )
@@ -131,12 +111,12 @@ async def _check(a: App, b: App, namespace: str, keys: list[str]) -> None:
         await page.goto(f"/#/runs/{live}")
         status = page.get_by_test_id("run-status")
         await expect(status).to_have_text("PENDING")
-        await expect(page.get_by_test_id("states")).to_contain_text("gate")
+        await expect(page.get_by_test_id("states")).to_contain_text("wait")
         await expect(page.get_by_test_id("owned-elsewhere")).to_contain_text(
             f"held by the scheduler replica {b.address}"
         )
         await browser.screenshot("cluster-run-owned-elsewhere-pending")
-        Gate.gates[keys[0]].set()  # b finishes the run; a's page hears of it without a reload
+        Waiter.release(keys[0])  # b finishes the run; a's page hears of it without a reload
         await expect(status).to_have_text("SUCCESS")
         await expect(page.get_by_test_id("states")).to_contain_text("SUCCESS")
         await expect(page.get_by_test_id("owned-elsewhere")).to_have_count(0)  # ended: nothing left uncommitted
@@ -158,7 +138,7 @@ async def _check(a: App, b: App, namespace: str, keys: list[str]) -> None:
         await failed_attempt.locator("summary").click()
         await expect(failed_attempt).to_contain_text("ValueError: boom 1")
         await browser.screenshot("cluster-state-retried-attempts")
-    Gate.gates[keys[1]].set()
+    Waiter.release(keys[1])
     async with StateManager(namespace, address=a.address) as sm:
         assert (await sm.get_run(live)).status is RunStatus.SUCCESS
         assert (await sm.get_run(doomed)).status is RunStatus.CANCELLED

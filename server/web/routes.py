@@ -246,13 +246,19 @@ class Routes:
             graph = graph_view(self._engine.get_graph(run.namespace, run.graph_name))
         failed = [s for s in states if s.status in (StateStatus.ERRORED, StateStatus.TIMEDOUT)]
         listed = (failed + [s for s in states if s not in failed])[:RUN_STATES_LIMIT]
+        owner = self._owner_elsewhere(run)
+        view = run_view(run)
+        if owner is not None:  # its owner knows what it waits for; runtimes stream to every replica, so this one does
+            hosted = self._engine.runtimes.hosted(run.namespace)
+            created = {s.node_name for s in states if s.status == StateStatus.CREATED}
+            view["waiting_for_runtime"] = sorted(created - hosted)
         return {
-            "run": run_view(run),
+            "run": view,
             "graph": graph,
             "nodes": nodes,
             "states": [state_brief(s) for s in listed],
             "states_total": len(states),
-            "owned_elsewhere": self._owner_elsewhere(run),
+            "owned_elsewhere": owner,
         }
 
     def _owner_elsewhere(self, run: RunRow) -> str | None:

@@ -19,9 +19,10 @@ from tests.helpers.browser import browsing
 from tests.helpers.cluster import SHARDS, two_replicas
 from tests.helpers.graphs import gnode
 from tests.helpers.pg import pg_dsn  # noqa: F401 - the fixture
-from tests.helpers.runtimes import RuntimeGroup
+from tests.helpers.runtimes import RuntimeGroup, running
 from tests.helpers.waiting import assert_eventually
 from tests.helpers.web import http_client
+from tests.nodes import Echo
 
 pytestmark = pytest.mark.slow
 
@@ -88,6 +89,14 @@ async def _check(a: App, b: App, namespace: str, keys: list[str]) -> None:
     await assert_eventually(lambda: b.engine.get_run(live)[0].state_counts == {"QUEUED": 1}, timeout=10)
     assert a.engine.get_run(live)[0].state_counts == {"CREATED": 1}
 
+    # A run waiting on a node no connected runtime hosts (its runtime came and went), held by b.
+    async with running(Runtime(namespace, "gone", [Echo], address=b.address)):
+        pass
+    async with StateManager(namespace, address=b.address) as sm:
+        await sm.upsert_graph("orphan", [gnode(namespace, "Echo", "echo", {"text": "x"})])
+        orphan = (await sm.trigger("orphan")).run_id
+    await assert_eventually(lambda: b.engine.get_run(orphan)[0].waiting_for_runtime == ["Echo"], timeout=10)
+
     assert a.http_url is not None
     async with browsing(a.http_url) as browser:
         page = browser.page
@@ -100,7 +109,7 @@ async def _check(a: App, b: App, namespace: str, keys: list[str]) -> None:
         await expect(page.get_by_test_id("runtimes")).to_contain_text("rt-beta")
         for cell in await page.get_by_test_id("runtime-replicas").all_inner_texts():
             assert cell == ", ".join(addresses)
-        await expect(page.get_by_test_id("pending-runs")).to_have_text("2")
+        await expect(page.get_by_test_id("pending-runs")).to_have_text("3")
         await browser.screenshot("cluster-overview")
 
         await page.goto(f"/#/ns/{namespace}/runs")
@@ -127,6 +136,10 @@ async def _check(a: App, b: App, namespace: str, keys: list[str]) -> None:
         await page.get_by_test_id("cancel").click()  # a forwards it to b, the owner
         await expect(page.get_by_test_id("run-status")).to_have_text("CANCELLED")
         await browser.screenshot("cluster-run-cancelled-from-another-replica")
+
+        await page.goto(f"/#/runs/{orphan}")
+        await expect(page.get_by_test_id("waiting")).to_contain_text("no connected runtime hosts Echo")
+        await browser.screenshot("cluster-run-waiting-for-a-runtime")
 
         (state,) = failed.states
         await page.goto(f"/#/states/{state.state_id}")

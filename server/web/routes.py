@@ -28,6 +28,7 @@ from ..forward import Forwarder
 from ..metrics import SchedulerMetrics, render
 from ..models import RunRow, StateRow
 from ..ownership import NotOwnerError
+from ..prefixes import resolve_run_id
 from ..status import RunStatus, StateStatus
 from ..store import RunCursor
 from ..triggers import TriggerRequest
@@ -224,7 +225,11 @@ class Routes:
         return run, states
 
     async def run(self, request: Request, caller: Caller) -> Response:
-        run, states = self._readable_run(request.path_params["run_id"], caller)
+        run_id = request.path_params["run_id"]
+        try:
+            run, states = self._readable_run(run_id, caller)
+        except RunNotFoundError:  # a unique prefix, as the CLI takes (/#/runs/00a3f9); the page moves to the whole id
+            run, states = self._readable_run(resolve_run_id(self._engine, run_id, caller.allows), caller)
         return JSONResponse(self._run_view(run, states))
 
     def _run_view(self, run: RunRow, states: list[StateRow]) -> dict[str, Any]:

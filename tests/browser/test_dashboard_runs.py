@@ -1,4 +1,5 @@
-"""The dashboard's run list in a real browser: more than a page of runs, paged by cursor, filters kept."""
+"""The dashboard's run list in a real browser: more than a page of runs, paged by cursor, filters kept; a run's
+page by a unique prefix of its id."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from playwright.async_api import Page, expect
 from exosphere import RunStatus, StateManager
 from server.app import App
 from tests.helpers.browser import browsing
+from tests.helpers.cli import unique_prefix
 from tests.helpers.graphs import gnode
 from tests.helpers.runtimes import RuntimeFactory
 from tests.nodes import Echo
@@ -74,3 +76,9 @@ async def test_runs_past_a_page_are_paged_with_the_filters_kept(
         await page.reload()
         await expect(position).to_have_text("page 1 · 3 runs")
         await b.screenshot("runs-filtered-pending")
+
+        # A run id may be given by a unique prefix, as the CLI takes it: the page moves to the whole id.
+        run_id = first[0]
+        await page.goto(f"/#/runs/{unique_prefix(run_id, [r.run_id for r in runs] + held)}")
+        await page.wait_for_url(f"**/#/runs/{run_id}")
+        await expect(page.get_by_test_id("run-status")).to_have_text("SUCCESS")

@@ -11,7 +11,7 @@ from rich.console import Console
 
 from exosphere.cli import main
 
-__all__ = ["Result", "cli", "one_error_line", "run_cli"]
+__all__ = ["Result", "cli", "one_error_line", "run_cli", "unique_prefix"]
 
 
 @dataclass
@@ -43,3 +43,9 @@ def one_error_line(result: Result) -> str:
     assert len(lines) == 1, result.err
     assert lines[0].startswith("error: ")
     return lines[0]
+
+
+def unique_prefix(run_id: str, others: list[str]) -> str:
+    """The shortest prefix of ``run_id`` that no other of ``others`` starts with."""
+    n = next(n for n in range(1, len(run_id)) if not any(o.startswith(run_id[:n]) for o in others if o != run_id))
+    return run_id[:n]

@@ -14,19 +14,13 @@ from server.app import App
 from server.config import ServerConfig
 from server.prefixes import CANDIDATES
 from tests.engine_nodes import Flaky
-from tests.helpers.cli import cli, one_error_line
+from tests.helpers.cli import cli, one_error_line, unique_prefix
 from tests.helpers.graphs import gnode
 from tests.helpers.runtimes import RuntimeFactory, running
 from tests.helpers.servers import serving
 
 ADMIN = "k-admin-cli-ids-0123456789"
 ALPHA = "k-alpha-cli-ids-0123456789"
-
-
-def unique_prefix(run_id: str, others: list[str]) -> str:
-    """The shortest prefix of ``run_id`` that no other id starts with."""
-    n = next(n for n in range(1, len(run_id)) if not any(o.startswith(run_id[:n]) for o in others if o != run_id))
-    return run_id[:n]
 
 
 async def test_run_and_state_ids_by_unique_prefix(

@@ -377,6 +377,7 @@ async function runsPage(ns) {
 async function runPage(runId) {
   const seq = routeSeq;
   const first = await api(`/api/runs/${enc(runId)}`);
+  if (first.run.run_id !== runId) { location.replace(`#/runs/${enc(first.run.run_id)}`); return; }  // a prefix
   const ns = first.run.namespace;
   setNav(ns, "runs");
   const header = h("div", { class: "cards" });

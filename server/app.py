@@ -258,7 +258,14 @@ class App:
         http_port = self.config.http_port_to_bind()
         if http_port is not None:
             tls = (self.config.tls_cert, self.config.tls_key) if self.config.tls_cert and self.config.tls_key else None
-            self._http = HttpServer(self.engine, self.auth, self.rpcs, tls=tls)
+            self._http = HttpServer(
+                self.engine,
+                self.auth,
+                self.rpcs,
+                tls=tls,
+                replicas=lambda: self.cluster.view if self.cluster is not None else [],
+                forwarder=self._forwarder,
+            )
             self.http_port = await self._http.start(self.config.host, http_port)
         for service in ("", "exosphere.v1.SchedulerService", "exosphere.v1.RuntimeService"):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)

@@ -116,13 +116,9 @@ class Engine:
         # Counted on the hot path in batches, read by /metrics (server/observe.py, server/metrics.py).
         self.tally = Tally()
         self._commit = GroupCommit(
-            store,
-            lambda: self._loop,
-            self._after_commit,
-            self._commit_failed,
-            lambda batch: self.shards.fence(batch),
+            store, lambda: self._loop, self._after_commit, self._commit_failed, lambda b: self.shards.fence(b),
             tally=self.tally,
-        )
+        )  # fmt: skip
         self._table = RunTable(self._commit)
         self._dispatcher = Dispatcher(
             self._table,
@@ -333,7 +329,13 @@ class Engine:
             if live is not None:
                 live.waiting_for_runtime = self.runtimes.waiting_for_runtime(live)
                 rows[i] = live
+            elif row.status == RunStatus.PENDING:  # another replica's run: its row's counts are those of its start
+                row.state_counts = self._store.count_states(row.run_id)
         return rows
+
+    def find_runs(self, prefix: str, limit: int) -> list[tuple[str, str]]:
+        """(run id, namespace) of at most ``limit`` runs whose id starts with ``prefix`` (server/prefixes.py)."""
+        return self._store.find_runs(prefix, limit)
 
     async def watch_run(self, run_id: str) -> AsyncIterator[tuple[RunRow, list[StateRow]]]:
         """Yield the run with all its states, then its changed states after each commit, until it is done."""
@@ -408,10 +410,8 @@ class Engine:
         self._dispatcher.release_due()
         self._dispatcher.schedule()
 
-    # ================================================================== after each commit (see server/commit.py)
-
     def _after_commit(self, changed: list[State], finished: list[Run]) -> None:
-        """Tell watchers what was committed, then forget the runs that ended."""
+        """After each commit (server/commit.py): tell watchers what was committed, forget the runs that ended."""
         for run in finished:
             run.end_committed = not run.pending
         watches.notify(changed, finished)

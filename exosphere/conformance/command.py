@@ -5,19 +5,15 @@ from __future__ import annotations
 import argparse
 import shutil
 from pathlib import Path
-from typing import Any, Protocol
 
 from rich.console import Console
 from rich.text import Text
 
+from exosphere._cli_base import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, Commands, Context, Parser
 from exosphere.conformance.kit import KitOptions, Report, run_conformance
 from exosphere.conformance.scheduler import SchedulerError
 
-__all__ = ["add_conformance_command", "render_report"]
-
-EXIT_PASSED = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
+__all__ = ["register", "render_report"]
 
 DESCRIPTION = (
     "Check a runtime written in any language against the runtime protocol: start a scheduler (SQLite in a "
@@ -26,11 +22,6 @@ DESCRIPTION = (
     "errors, credit, heartbeats, cancel, drain, reconnect) and print one PASS or FAIL line for each. Exit status 0 "
     "only when all pass. COMMAND must host the conformance nodes (docs/protocol.md, Conformance)."
 )
-
-
-class _Consoles(Protocol):
-    out: Console
-    err: Console
 
 
 def _positive_ms(text: str) -> int:
@@ -53,8 +44,9 @@ def _positive_s(text: str) -> float:
     return value
 
 
-def add_conformance_command(commands: Any) -> None:
-    """Add ``conformance`` to the ``exosphere`` subcommands (``commands`` is argparse's subparsers action)."""
+def register(commands: Commands, common: Parser) -> None:
+    """Add ``conformance`` to the ``exosphere`` commands; it starts its own scheduler, so takes no connection
+    options (``common``)."""
     sub = commands.add_parser("conformance", help="check a runtime against the protocol", description=DESCRIPTION)
     sub.set_defaults(handler=_handle)
     sub.add_argument("--namespace", default="conformance", help="namespace the runtime registers in")
@@ -89,7 +81,7 @@ def render_report(report: Report, out: Console) -> None:
         out.print(Text(f"logs: {report.directory}"), highlight=False)
 
 
-async def _handle(ctx: _Consoles, args: argparse.Namespace) -> int:
+async def _handle(ctx: Context, args: argparse.Namespace) -> int:
     command = list(args.command)
     if command[:1] == ["--"]:
         command = command[1:]
@@ -112,9 +104,9 @@ async def _handle(ctx: _Consoles, args: argparse.Namespace) -> int:
         report = await run_conformance(command, options)
     except SchedulerError as exc:
         ctx.err.print(Text(f"error: {exc}"), soft_wrap=True)
-        return EXIT_FAILED
+        return EXIT_FAILURE
     except OSError as exc:
         ctx.err.print(Text(f"error: cannot run {command[0]!r}: {exc.strerror or exc}"), soft_wrap=True)
         return EXIT_USAGE
     render_report(report, ctx.out)
-    return EXIT_PASSED if report.passed else EXIT_FAILED
+    return EXIT_OK if report.passed else EXIT_FAILURE

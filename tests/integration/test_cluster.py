@@ -7,9 +7,7 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from datetime import timedelta
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import ClassVar
 
@@ -22,8 +20,8 @@ from exosphere.errors import ConnectionFailedError, InvalidArgumentError
 from exosphere.v1 import scheduler_pb2, scheduler_pb2_grpc
 from server.app import App
 from server.cluster import rendezvous_owner
-from server.config import ServerConfig
 from tests.engine_nodes import Collect, Count, Flaky, Sleeper
+from tests.helpers.cluster import SHARDS, replica_config, two_replicas
 from tests.helpers.pg import pg_dsn  # noqa: F401 - the fixture
 from tests.helpers.runtimes import RuntimeGroup
 from tests.helpers.servers import ServerProcess, serving
@@ -31,30 +29,6 @@ from tests.helpers.waiting import assert_eventually
 from tests.nodes import Echo
 
 pytestmark = pytest.mark.slow
-
-SHARDS = 16
-
-
-def replica_config(dsn: str, tmp_path: Path) -> ServerConfig:
-    return ServerConfig(
-        host="127.0.0.1",
-        port=0,
-        db=dsn,
-        secrets_key_file=str(tmp_path / "secrets.key"),
-        shards=SHARDS,
-        shard_lease=timedelta(seconds=2),
-    )
-
-
-@asynccontextmanager
-async def two_replicas(dsn: str, tmp_path: Path) -> AsyncIterator[tuple[App, App]]:
-    """Two in-process replicas on one database, balanced (each has had a heartbeat after the other joined)."""
-    config = replica_config(dsn, tmp_path)
-    async with serving(config) as a, serving(config) as b:
-        assert a.cluster is not None and b.cluster is not None
-        await b.cluster.tick()
-        await a.cluster.tick()
-        yield a, b
 
 
 def echo_graph(namespace: str) -> list[GraphNodeModel]:

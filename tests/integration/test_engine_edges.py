@@ -73,7 +73,7 @@ class RawRuntime:
 
 
 def _done(item: runtime_pb2.Execute, y: str, state_id: str | None = None) -> runtime_pb2.Result:
-    result = runtime_pb2.Result(state_id=state_id or item.state_id, dispatch_id=item.dispatch_id)
+    result = runtime_pb2.Result(state_id=state_id or item.state_id, attempt=item.attempt, dispatch_id=item.dispatch_id)
     result.executed.outputs.add().fields["y"] = y
     return result
 

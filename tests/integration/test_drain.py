@@ -5,6 +5,7 @@ schedulers on one SQLite file, restarted on the same port; a real Python runtime
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -73,6 +74,60 @@ async def _restarted(db_path: Path, port: int) -> App:
     app = App(_config(db_path, "PT5S", port))
     await app.start()
     return app
+
+
+async def test_results_within_the_drain_grace_are_committed_and_the_runtime_comes_back(
+    db_path: Path, namespace: str, runtimes: RuntimeGroup, gate: asyncio.Event
+) -> None:
+    app = App(_config(db_path, "PT10S"))
+    await app.start()
+    runtime, run_ids = await _hold_three(app, namespace, runtimes)
+    (session,) = app.engine.runtimes.connected(namespace)
+    stopping = asyncio.create_task(app.stop())
+    await assert_eventually(lambda: session.drain_sent and session.draining, message="Drain sent")
+    assert not stopping.done()  # the scheduler waits for the runtime, within the grace
+    gate.set()
+    started = time.monotonic()
+    await asyncio.wait_for(stopping, 10)
+    assert time.monotonic() - started < 5, "the scheduler waited past the runtime's half-close"
+    # The same database and port again: the runtime reconnects by itself, and nothing runs twice.
+    restarted = await _restarted(db_path, app.port)
+    try:
+        await runtimes.wait_registered(runtime)
+        async with StateManager(namespace, address=restarted.address) as sm:
+            for run_id in run_ids:
+                run = await sm.wait(run_id, timeout=10)
+                assert run.status is RunStatus.SUCCESS
+                assert [(s.attempt, s.outputs) for s in run.states] == [(1, [{"y": f"done {run_ids.index(run_id)}"}])]
+            assert STARTED == Counter({"0": 1, "1": 1, "2": 1})
+            # And it goes on taking work from the restarted scheduler.
+            run = await sm.wait((await sm.trigger("g", inputs={"x": "after"})).run_id, timeout=10)
+            assert run.status is RunStatus.SUCCESS
+    finally:
+        await restarted.stop()
+
+
+async def test_states_held_past_the_drain_grace_are_requeued_and_run_again(
+    db_path: Path, namespace: str, runtimes: RuntimeGroup, gate: asyncio.Event
+) -> None:
+    app = App(_config(db_path, "PT0.3S"))
+    await app.start()
+    runtime, run_ids = await _hold_three(app, namespace, runtimes)
+    started = time.monotonic()
+    await asyncio.wait_for(app.stop(), 10)
+    assert time.monotonic() - started >= 0.3  # it waited the grace for states that were not done
+    restarted = await _restarted(db_path, app.port)
+    try:
+        await runtimes.wait_registered(runtime)
+        await assert_eventually(lambda: sum(STARTED.values()) == 6, message=lambda: f"started {dict(STARTED)}")
+        gate.set()
+        async with StateManager(namespace, address=restarted.address) as sm:
+            for run_id in run_ids:
+                run = await sm.wait(run_id, timeout=10)
+                # Requeued, not failed: the same attempt ran again.
+                assert run.status is RunStatus.SUCCESS and [s.attempt for s in run.states] == [1]
+    finally:
+        await restarted.stop()
 
 
 async def test_a_raw_runtime_gets_drain_and_its_answer_within_the_grace_counts(db_path: Path, namespace: str) -> None:

@@ -4,6 +4,7 @@ declared defaults filled in, descriptors checked at Register, results that match
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import grpc
@@ -19,6 +20,7 @@ from exosphere.v1 import runtime_pb2
 from server.app import App
 from tests.helpers.raw import RawRuntime, descriptor, done, node_schema
 from tests.helpers.runtimes import RuntimeFactory
+from tests.helpers.waiting import assert_eventually
 from tests.helpers.web import http_client, sample
 
 REQUIRED = FieldDescriptorProto.LABEL_REQUIRED
@@ -200,3 +202,28 @@ async def test_results_that_match_no_dispatch_are_answered_and_counted(
         text = (await client.get("/metrics")).text
     for reason, count in {"STATE_MISMATCH": 2, "ATTEMPT_MISMATCH": 1, "NOT_HELD": 1, "UNKNOWN_STATE": 1}.items():
         assert sample(text, "exosphere_results_rejected_total", namespace=namespace, reason=reason) == count
+
+
+async def test_the_python_runtime_warns_of_rejected_results(
+    start_runtime: RuntimeFactory,
+    namespace: str,
+    state_manager: StateManager,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    execute_item = exosphere._executor.execute_item
+
+    async def stale(*args: Any) -> runtime_pb2.Result:
+        result = await execute_item(*args)
+        result.attempt += 7  # the bug the scheduler must point out
+        return result
+
+    monkeypatch.setattr(exosphere.runtime, "execute_item", stale)
+    await start_runtime([Defaults])
+    await state_manager.upsert_graph(
+        "g", [GraphNodeModel(node_name="Defaults", namespace=namespace, identifier="d", inputs={"x": "1"})]
+    )
+    with caplog.at_level(logging.WARNING, logger="exosphere.runtime"):
+        run_id = (await state_manager.trigger("g")).run_id
+        await assert_eventually(lambda: "result rejected by the scheduler" in caplog.text, timeout=10)
+    assert f"state_id={run_id}-" in caplog.text and "reason=ATTEMPT_MISMATCH" in caplog.text

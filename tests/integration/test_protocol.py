@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -18,8 +21,10 @@ from exosphere._convert import node_to_schema
 from exosphere.errors import InvalidArgumentError
 from exosphere.v1 import runtime_pb2
 from server.app import App
+from server.config import ServerConfig
 from tests.helpers.raw import RawRuntime, descriptor, done, node_schema
 from tests.helpers.runtimes import RuntimeFactory
+from tests.helpers.servers import serving
 from tests.helpers.waiting import assert_eventually
 from tests.helpers.web import http_client, sample
 
@@ -227,3 +232,63 @@ async def test_the_python_runtime_warns_of_rejected_results(
         run_id = (await state_manager.trigger("g")).run_id
         await assert_eventually(lambda: "result rejected by the scheduler" in caplog.text, timeout=10)
     assert f"state_id={run_id}-" in caplog.text and "reason=ATTEMPT_MISMATCH" in caplog.text
+
+
+# ---------------------------------------------------------------------------------------------- cancel and credit
+
+
+def _ack(item: runtime_pb2.Execute) -> runtime_pb2.Result:
+    ack = runtime_pb2.Result(state_id=item.state_id, attempt=item.attempt, dispatch_id=item.dispatch_id)
+    ack.errored.message, ack.errored.type = "cancelled by the scheduler", "CancelledError"
+    return ack
+
+
+async def _cancel_first(raw: RawRuntime, sm: StateManager, namespace: str) -> tuple[runtime_pb2.Execute, str]:
+    """On a runtime of credit 1: dispatch a run, cancel it, and trigger a second run (which must wait)."""
+    await sm.upsert_graph(
+        "g", [GraphNodeModel(node_name="Echo", namespace=namespace, identifier="e", inputs={"x": "1"})]
+    )
+    first = await sm.trigger("g")
+    (item,) = await raw.executes()
+    await sm.cancel_run(first.run_id)
+    assert list((await raw.next("cancel")).cancel.state_ids) == [item.state_id]
+    return item, (await sm.trigger("g")).run_id
+
+
+async def test_a_cancelled_dispatch_keeps_its_credit_until_the_runtime_answers(
+    app: App, server_address: str, namespace: str, state_manager: StateManager
+) -> None:
+    async with RawRuntime(server_address, namespace, [node_schema("Echo")], credit=1) as raw:
+        item, second = await _cancel_first(raw, state_manager, namespace)
+        (session,) = app.engine.runtimes.connected(namespace)
+        assert session.credit == 0 and app.engine.queue_depths()[namespace, "Echo"] == 1
+        await raw.answer(_ack(item))  # the acknowledgement returns the credit; it is not a rejected result
+        (next_item,) = await raw.executes()
+        assert next_item.run_id == second
+        assert not [m for m in raw.received if m.HasField("results_rejected")]
+        await raw.answer(done(next_item, "ok"))
+        assert (await state_manager.wait(second, timeout=10)).status is RunStatus.SUCCESS
+
+
+async def test_a_cancel_never_answered_returns_its_credit_after_a_lease(db_path: Path, namespace: str) -> None:
+    config = ServerConfig(
+        port=0, db=str(db_path), lease=timedelta(seconds=1), heartbeat_interval=timedelta(seconds=0.2), http_port=-1
+    )
+    async with serving(config) as app, StateManager(namespace, address=app.address) as sm:
+        async with RawRuntime(app.address, namespace, [node_schema("Echo")], credit=1) as raw:
+
+            async def heartbeats() -> None:  # alive, but it never answers the cancel
+                while True:
+                    await raw.send(runtime_pb2.RuntimeMessage(heartbeat=runtime_pb2.Heartbeat(in_flight=1)))
+                    await asyncio.sleep(0.2)
+
+            beating = asyncio.create_task(heartbeats())
+            try:
+                _, second = await _cancel_first(raw, sm, namespace)
+                cancelled_at = time.monotonic()
+                (next_item,) = await raw.executes()
+                assert next_item.run_id == second
+                assert time.monotonic() - cancelled_at >= 0.8  # one lease, less the time the cancel took to arrive
+            finally:
+                beating.cancel()
+                await asyncio.gather(beating, return_exceptions=True)

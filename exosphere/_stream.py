@@ -86,10 +86,13 @@ LOG_REJECTED = 5
 def log_rejected(runtime: str, message: pb.ResultsRejected) -> None:
     """The scheduler could not match some results: a bug on this side (or a result that raced a restart)."""
     for rejected in message.results[:LOG_REJECTED]:
+        try:
+            reason = pb.RejectReason.Name(rejected.reason).removeprefix("REJECT_REASON_")
+        except ValueError:  # a reason newer than this SDK
+            reason = str(rejected.reason)
         logger.warning(
             "result rejected by the scheduler runtime=%s state_id=%s dispatch_id=%d attempt=%d reason=%s: %s",
-            runtime, rejected.state_id, rejected.dispatch_id, rejected.attempt,
-            pb.RejectReason.Name(rejected.reason).removeprefix("REJECT_REASON_"), rejected.message,
+            runtime, rejected.state_id, rejected.dispatch_id, rejected.attempt, reason, rejected.message,
         )  # fmt: skip
     if len(message.results) > LOG_REJECTED:
         logger.warning("%d more results rejected runtime=%s", len(message.results) - LOG_REJECTED, runtime)

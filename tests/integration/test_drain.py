@@ -5,6 +5,7 @@ schedulers on one SQLite file, restarted on the same port; a real Python runtime
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -21,6 +22,7 @@ from server.app import App
 from server.config import ServerConfig
 from tests.helpers.raw import RawRuntime, done, node_schema
 from tests.helpers.runtimes import RuntimeGroup
+from tests.helpers.servers import ServerProcess
 from tests.helpers.waiting import assert_eventually
 
 # The gate the slow node waits at, and how often each state started; reset by the fixture.
@@ -181,3 +183,16 @@ def test_drain_grace_is_configured_and_checked() -> None:
     assert ServerConfig.from_env({"EXOSPHERE_DRAIN_GRACE": "PT2S"}).drain_grace == timedelta(seconds=2)
     with pytest.raises(ValueError, match="greater than or equal to 0"):
         ServerConfig(drain_grace=timedelta(seconds=-1))
+
+
+async def test_sigterm_drains_with_the_grace_given_on_the_command_line(tmp_path: Path, namespace: str) -> None:
+    with ServerProcess(tmp_path / "exosphere.db", "--drain-grace", "PT3S") as server:
+        async with RawRuntime(server.address, namespace, [node_schema("Echo")]) as raw:
+            assert server.proc is not None
+            server.proc.send_signal(signal.SIGTERM)
+            assert (await raw.next("drain")).drain.grace_ms == 3000
+            await raw.send(runtime_pb2.RuntimeMessage(draining=runtime_pb2.Draining()))
+            await raw.half_close()
+            assert await raw.ended() == (grpc.StatusCode.OK, "")
+        assert await asyncio.to_thread(server.stop) == 0
+    assert "draining runtimes sessions=1 grace_s=3.0" in server.output

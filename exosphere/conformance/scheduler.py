@@ -1,6 +1,6 @@
 """The real scheduler the kit runs: ``exosphere-server`` as a child process, on 127.0.0.1, SQLite in a directory.
 
-It is started with a short heartbeat interval and lease (and drain grace, where the scheduler has one) so that
+It is started with a short heartbeat interval, lease and drain grace so that
 every check takes seconds, and restarted on the same port and database for the reconnect check. Its output goes
 to a log file the report points at when something fails.
 """
@@ -52,39 +52,27 @@ class SchedulerProcess:
         self._proc: asyncio.subprocess.Process | None = None
         self._pump: asyncio.Task[None] | None = None
         self._log: IO[str] | None = None
-        self._drain_grace: bool | None = None  # whether this exosphere-server has --drain-grace
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def _args(self, port: int, *, with_drain_grace: bool) -> list[str]:
+    def _args(self, port: int) -> list[str]:
         s = self.settings
         args = [
             sys.executable, "-m", "exosphere_server",
             "--host", "127.0.0.1", "--port", str(port), "--db", str(self.db), "--no-http",
             "--api-key", s.api_key,
             "--heartbeat-interval", _iso(s.heartbeat_interval_ms), "--lease", _iso(s.lease_ms),
+            "--drain-grace", _iso(s.drain_grace_ms),
         ]  # fmt: skip
-        if with_drain_grace:
-            args += ["--drain-grace", _iso(s.drain_grace_ms)]
         return args
-
-    async def _supports_drain_grace(self) -> bool:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "exosphere_server", "--help",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        )  # fmt: skip
-        out, _ = await proc.communicate()
-        return b"--drain-grace" in out
 
     async def start(self, port: int = 0) -> None:
         """Start and wait until it listens; ``port`` 0 picks a free one (kept for ``restart``)."""
         if self._log is None:
             self._log = self.log_path.open("a", encoding="utf-8")
-        if self._drain_grace is None:
-            self._drain_grace = await self._supports_drain_grace()
-        args = self._args(port, with_drain_grace=self._drain_grace)
+        args = self._args(port)
         self._log.write(f"--- {' '.join(args)}\n")
         self._log.flush()
         self._proc = await asyncio.create_subprocess_exec(

@@ -191,7 +191,7 @@ class Routes:
             {
                 "name": f.name,
                 "required": f.required and f.name not in root.inputs,
-                "default": root.inputs.get(f.name, f.default),
+                "default": root.inputs.get(f.name, f.default or ""),
             }
             for f in (schema.inputs if schema else ())
         ]

@@ -382,3 +382,51 @@ async def test_a_replica_with_another_secrets_key_refuses_to_join(pg_dsn: str, t
         (tmp_path / "elsewhere").mkdir()
         with pytest.raises(InvalidArgumentError, match="not the key of the cluster"):
             App(other)
+
+
+class Gated(BaseNode):
+    """Echoes ``text`` once ``gate`` opens; counts the executions started."""
+
+    gate: ClassVar[asyncio.Event | None] = None
+    started: ClassVar[int] = 0
+
+    class Inputs(BaseModel):
+        text: str
+
+    class Outputs(BaseModel):
+        text: str
+
+    async def execute(self) -> Outputs:
+        Gated.started += 1
+        assert Gated.gate is not None
+        await Gated.gate.wait()
+        return self.Outputs(text=self.inputs.text)
+
+
+async def test_a_stopping_replica_drains_its_runtimes_before_handing_its_shards_over(
+    pg_dsn: str,  # noqa: F811
+    tmp_path: Path,
+    namespace: str,
+) -> None:
+    Gated.gate, Gated.started = asyncio.Event(), 0
+    async with two_replicas(pg_dsn, tmp_path) as (a, b), RuntimeGroup() as group:
+        await group.start(Runtime(namespace=namespace, name="rt", nodes=[Gated], address=a.address, max_concurrency=8))
+        await assert_eventually(lambda: len(b.engine.runtimes.connected(namespace)) == 1, timeout=10)
+        graph = [GraphNodeModel(node_name="Gated", namespace=namespace, identifier="g", inputs={"text": "x"})]
+        async with StateManager(namespace, address=b.address) as sm_b:
+            await sm_b.upsert_graph("g", graph)
+            runs = [(await sm_b.trigger("g")).run_id for _ in range(3)]  # in b's shards, held on the stream to b
+        await assert_eventually(lambda: Gated.started == 3)
+        (session,) = b.engine.runtimes.connected(namespace)
+        stopping = asyncio.create_task(b.stop(grace=10))
+        await assert_eventually(lambda: session.drain_sent, message="Drain sent on the stream to b")
+        assert b.engine.shards.owned and not stopping.done()  # its shards wait for the drain
+        Gated.gate.set()
+        await asyncio.wait_for(stopping, 10)
+        assert a.cluster is not None
+        await a.cluster.tick()
+        async with StateManager(namespace, address=a.address) as sm_a:
+            for run_id in runs:
+                run = await sm_a.wait(run_id, timeout=20)
+                assert run.status is RunStatus.SUCCESS and [s.attempt for s in run.states] == [1]
+        assert Gated.started == 3  # their results were committed by b within the grace: none ran again on a

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import subprocess
 import sys
 from pathlib import Path
 
@@ -22,14 +21,6 @@ from tests.helpers.node import NODE_RUNTIME_DIR, ensure_node_modules
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON_RUNTIME = ROOT / "examples" / "conformance" / "python_runtime.py"
 BROKEN_RUNTIME = ROOT / "tests" / "conformance" / "broken_runtime.py"
-
-
-def _scheduler_drains() -> bool:
-    """Whether this exosphere-server sends Drain on stop (it has --drain-grace)."""
-    out = subprocess.run(
-        [sys.executable, "-m", "exosphere_server", "--help"], capture_output=True, text=True, check=True
-    ).stdout
-    return "--drain-grace" in out
 
 
 def _conformance(*argv: str) -> tuple[int, list[str], str]:
@@ -58,12 +49,10 @@ def _assert_conforms(code: int, lines: list[str], err: str) -> None:
     report = "\n".join(lines) + err
     verdicts = _verdicts(lines)
     assert set(verdicts) == set(OBLIGATIONS), report
-    # TODO(issue 12): until the scheduler sends Drain on stop, the drain obligation cannot pass.
-    required = set(OBLIGATIONS) if _scheduler_drains() else set(OBLIGATIONS) - {"drain"}
-    failed = sorted(name for name in required if verdicts[name] != "PASS")
+    failed = sorted(name for name in OBLIGATIONS if verdicts[name] != "PASS")
     assert not failed, f"failed {failed}:\n{report}"
-    assert code == (0 if verdicts["drain"] == "PASS" else 1), report
-    assert f"{sum(v == 'PASS' for v in verdicts.values())}/{len(OBLIGATIONS)} obligations passed" in lines, report
+    assert code == 0, report
+    assert f"{len(OBLIGATIONS)}/{len(OBLIGATIONS)} obligations passed" in lines, report
 
 
 @pytest.mark.slow

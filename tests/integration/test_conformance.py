@@ -1,4 +1,5 @@
-"""`exosphere conformance -- COMMAND` on real runtimes: the Python SDK's, the Node.js example's, and a broken one.
+"""`exosphere conformance -- COMMAND` on real runtimes: the Python SDK's and the Node.js example's pass; a broken one
+and a sloppy hand-written one fail, each on what it gets wrong.
 
 Each run starts a real exosphere-server process (SQLite in a temporary directory) and the runtime as a child
 process behind the kit's recording proxy, as a user's run does.
@@ -21,6 +22,7 @@ from tests.helpers.node import NODE_RUNTIME_DIR, ensure_node_modules
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON_RUNTIME = ROOT / "examples" / "conformance" / "python_runtime.py"
 BROKEN_RUNTIME = ROOT / "tests" / "conformance" / "broken_runtime.py"
+SLOPPY_RUNTIME = ROOT / "tests" / "conformance" / "sloppy_runtime.py"
 
 
 def _conformance(*argv: str) -> tuple[int, list[str], str]:
@@ -92,3 +94,27 @@ def test_usage_errors_name_the_problem() -> None:
     assert code == 2 and "cannot run '/nonexistent/runtime-binary': no such executable" in err
     code, _, err = _conformance("--lease-ms", "0", "--", "true")
     assert code == 2 and "--lease-ms: must be at least 1 ms, got 0" in err
+
+
+@pytest.mark.slow
+def test_kit_fails_what_a_sloppy_runtime_gets_wrong(tmp_path: Path) -> None:
+    # Short lease and grace: the cancel check waits a lease + 5 s for credit that never comes back.
+    options = ("--lease-ms", "500", "--drain-grace-ms", "1000", "--timeout", "10", "--keep", str(tmp_path))
+    code, lines, err = _conformance(*options, "--", sys.executable, str(SLOPPY_RUNTIME))
+    report = "\n".join(lines) + err
+    assert code == 1, report
+    verdicts = _verdicts(lines)
+    passed = {name for name, verdict in verdicts.items() if verdict == "PASS"}
+    assert passed == {"registration", "outputs", "fan-out", "store writes", "heartbeats"}, report
+
+    def seen(obligation: str) -> str:
+        return next(line for line in lines if line.startswith(f"FAIL  {obligation} ")).partition("| seen: ")[2]
+
+    assert "on the wire ['errored', 'errored']" in seen("errors"), report  # its duplicate
+    assert "a second result: state" in seen("credit") and "results_rejected" in seen("credit"), report
+    assert "run of conformance-fan-echo still PENDING after 5.5s" in seen("cancel"), report
+    assert seen("drain").startswith("drain(grace 1000 ms) -> closed UNAVAILABLE"), report
+    assert "no draining before the stream ended" in seen("drain"), report
+    assert seen("reconnect").startswith("the runtime exited with status 0"), report
+    wire = (tmp_path / "wire.log").read_text()
+    assert "runtime->scheduler register" in wire and "scheduler->runtime drain" in wire

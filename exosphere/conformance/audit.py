@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from google.protobuf import text_format
-
 from exosphere.conformance.recording import Recorder
 from exosphere.v1 import runtime_pb2 as pb
 
@@ -50,8 +48,12 @@ def audit_credit(recorder: Recorder) -> CreditAudit:
                         cancelled[dispatch_id] = outstanding.pop(dispatch_id)
             elif event.kind == "results_rejected" and event.down is not None:
                 # The scheduler could not match some results (ids not echoed, sent twice, another stream's).
-                rejected = text_format.MessageToString(event.down, as_one_line=True)
-                audit.problems.append(f"stream {number}: the scheduler answered {rejected}")
+                for r in event.down.results_rejected.results:
+                    reason = pb.RejectReason.Name(r.reason).removeprefix("REJECT_REASON_")
+                    audit.problems.append(
+                        f"stream {number}: the scheduler rejected the result for state {r.state_id} "
+                        f"dispatch_id {r.dispatch_id} ({reason}: {r.message})"
+                    )
             elif event.kind == "results" and event.up is not None:
                 for result in event.up.results.results:
                     audit.results += 1

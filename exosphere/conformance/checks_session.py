@@ -55,8 +55,8 @@ async def check_heartbeats(kit: KitContext) -> Outcome:
     lease_s = kit.lease_ms / 1000
     idle_s = IDLE_LEASES * lease_s
     expected = (
-        f"idle for {idle_s:g}s ({IDLE_LEASES:g} leases of {kit.lease_ms} ms): a Heartbeat or KeepAlive at least once "
-        "per lease, the same stream kept, then an Echo runs on it"
+        f"idle for {idle_s:g}s ({IDLE_LEASES:g} leases of {kit.lease_ms} ms): Heartbeats or KeepAlives keep the "
+        "session (the scheduler does not end the stream), then an Echo runs on the same stream"
     )
     rec = kit.recorder
     stream = kit.stream()
@@ -72,7 +72,10 @@ async def check_heartbeats(kit: KitContext) -> Outcome:
     longest = max(b - a for a, b in itertools.pairwise(times))
     run = await kit.run(ECHO, inputs={"text": "after the idle period"})
     on_stream = {e.stream for e, item in rec.executes(since=end) if item.run_id == run.run_id}
-    passed = longest <= lease_s and kit.succeeded(run) and on_stream == {stream.number}
+    # The scheduler itself ends a session silent past its lease (the stream would not be kept); the silence measured
+    # here also counts the kit's own pauses on a loaded machine, so it is reported, and the count is what must hold.
+    renewals = len(beats) + len(keepalives)
+    passed = renewals >= int(IDLE_LEASES) and kit.succeeded(run) and on_stream == {stream.number}
     seen = (
         f"{len(beats)} messages ({', '.join(sorted({e.kind for e in beats})) or 'none'}) and {len(keepalives)} "
         f"KeepAlive calls in {end - start:.2f}s, longest silence {longest:.2f}s; stream {stream.number} kept; "

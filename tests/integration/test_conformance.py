@@ -98,8 +98,8 @@ def test_usage_errors_name_the_problem() -> None:
 
 @pytest.mark.slow
 def test_kit_fails_what_a_sloppy_runtime_gets_wrong(tmp_path: Path) -> None:
-    # Short lease and grace: the cancel check waits a lease + 5 s for credit that never comes back.
-    options = ("--lease-ms", "500", "--drain-grace-ms", "1000", "--timeout", "10", "--keep", str(tmp_path))
+    # A short grace: the sloppy runtime ignores Drain, so the scheduler waits all of it.
+    options = ("--drain-grace-ms", "1000", "--timeout", "10", "--keep", str(tmp_path))
     code, lines, err = _conformance(*options, "--", sys.executable, str(SLOPPY_RUNTIME))
     report = "\n".join(lines) + err
     assert code == 1, report
@@ -111,8 +111,8 @@ def test_kit_fails_what_a_sloppy_runtime_gets_wrong(tmp_path: Path) -> None:
         return next(line for line in lines if line.startswith(f"FAIL  {obligation} ")).partition("| seen: ")[2]
 
     assert "on the wire ['errored', 'errored']" in seen("errors"), report  # its duplicate
-    assert "a second result: state" in seen("credit") and "results_rejected" in seen("credit"), report
-    assert "run of conformance-fan-echo still PENDING after 5.5s" in seen("cancel"), report
+    assert "a second result: state" in seen("credit") and "the scheduler rejected the result" in seen("credit"), report
+    assert "run of conformance-fan-echo still PENDING after 6s" in seen("cancel"), report
     assert seen("drain").startswith("drain(grace 1000 ms) -> closed UNAVAILABLE"), report
     assert "no draining before the stream ended" in seen("drain"), report
     assert seen("reconnect").startswith("the runtime exited with status 0"), report

@@ -163,3 +163,15 @@ def test_drain_problems_are_named() -> None:
     recorder.closed(stream, "UNAVAILABLE: scheduler shutting down")  # a scheduler that does not drain
     _, problems = _judge(recorder, step)
     assert problems[0] == "the scheduler sent no Drain"
+
+
+def test_results_the_scheduler_rejected_are_problems() -> None:
+    recorder = Recorder()
+    stream = _stream(recorder, credit=1)
+    rejected = pb.RejectedResult(
+        state_id="s", dispatch_id=5, attempt=1, reason=pb.REJECT_REASON_NOT_HELD, message="not outstanding here"
+    )
+    recorder.down(stream, pb.SchedulerMessage(results_rejected=pb.ResultsRejected(results=[rejected])))
+    assert audit_credit(recorder).problems == [
+        "stream 1: the scheduler rejected the result for state s dispatch_id 5 (NOT_HELD: not outstanding here)"
+    ]

@@ -17,7 +17,8 @@ from exosphere.models import RunStatus
 
 __all__ = ["DrainStep", "check_drain", "check_reconnect", "judge_drain", "stop_while_busy"]
 
-HELD_SLEEP_MS = 700
+# Long enough that the scheduler, even on a loaded machine, sends Drain while the runtime still holds it.
+HELD_SLEEP_MS = 1500
 
 DRAIN = (
     f"while a Sleep({HELD_SLEEP_MS} ms) runs, the scheduler stops: Drain{{grace_ms}} -> the runtime sends Draining, "
@@ -92,6 +93,11 @@ def judge_drain(events: list[WireEvent], step: DrainStep) -> tuple[list[str], li
         ),
         None,
     )
+    early = [e for e in events if e.kind == "results" and e.at < after and e.up is not None and any(
+        r.dispatch_id == step.dispatch_id for r in e.up.results.results
+    )]  # fmt: skip
+    if early:
+        problems.append("the Sleep's result came before the Drain (the scheduler was slow to drain): inconclusive")
     half_close = _first(events, "half_close", after)
     for name, event in (("draining", draining), ("result", result), ("half-close", half_close)):
         if event is None or event.at > end:

@@ -166,6 +166,8 @@ async def run_conformance(command: Sequence[str], options: KitOptions | None = N
                 "EXOSPHERE_SCHEDULER_ADDRESS": proxy.address,
                 "EXOSPHERE_API_KEY": api_key,
                 "EXOSPHERE_NAMESPACE": options.namespace,
+                # What exospherehost programs read (exospherehost/): the same address, as a URL.
+                "EXOSPHERE_STATE_MANAGER_URI": f"http://{proxy.address}",
             }
             runtime = await RuntimeProcess.start(command, env=env, log_path=directory / "runtime.log")
             sm = StateManager(options.namespace, scheduler.address, api_key)

@@ -14,6 +14,9 @@ from pathlib import Path
 __all__ = ["RuntimeProcess"]
 
 _STOP_TIMEOUT_S = 10.0
+_CONNECTION_VARIABLES = frozenset(
+    {"EXOSPHERE_SCHEDULER_ADDRESS", "EXOSPHERE_API_KEY", "EXOSPHERE_TLS_CA_FILE", "EXOSPHERE_STATE_MANAGER_URI"}
+)
 
 
 class RuntimeProcess:
@@ -26,9 +29,11 @@ class RuntimeProcess:
     @classmethod
     async def start(cls, command: Sequence[str], *, env: dict[str, str], log_path: Path) -> RuntimeProcess:
         """Launch ``command``; raises ``OSError`` when it cannot be run (not found, not executable)."""
+        # Connection settings of the user's own shell (TLS, another scheduler) would lead the runtime astray.
+        inherited = {k: v for k, v in os.environ.items() if k not in _CONNECTION_VARIABLES}
         with log_path.open("ab") as log:
             proc = await asyncio.create_subprocess_exec(
-                *command, env={**os.environ, **env}, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log
+                *command, env={**inherited, **env}, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log
             )
         return cls(proc, log_path)
 

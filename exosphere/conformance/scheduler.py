@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import signal
 import sys
@@ -62,7 +63,6 @@ class SchedulerProcess:
         args = [
             sys.executable, "-m", "exosphere_server",
             "--host", "127.0.0.1", "--port", str(port), "--db", str(self.db), "--no-http",
-            "--api-key", s.api_key,
             "--heartbeat-interval", _iso(s.heartbeat_interval_ms), "--lease", _iso(s.lease_ms),
             "--drain-grace", _iso(s.drain_grace_ms),
         ]  # fmt: skip
@@ -75,8 +75,12 @@ class SchedulerProcess:
         args = self._args(port)
         self._log.write(f"--- {' '.join(args)}\n")
         self._log.flush()
+        # The user's own EXOSPHERE_* settings (a database, TLS, keys files) must not reach the kit's scheduler; the
+        # API key goes by the environment, where no command line shows it.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EXOSPHERE_")}
+        env["EXOSPHERE_API_KEY"] = self.settings.api_key
         self._proc = await asyncio.create_subprocess_exec(
-            *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+            *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
         )
         self.returncode = None
         listening: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -86,8 +90,9 @@ class SchedulerProcess:
                 self.port = await listening
         except (TimeoutError, EOFError):
             await self.stop(sig=signal.SIGKILL)
+            tail = "".join(self.log_path.read_text(errors="replace").splitlines(keepends=True)[-5:])
             raise SchedulerError(
-                f"exosphere-server did not start (exit status {self.returncode}); see {self.log_path}"
+                f"exosphere-server did not start (exit status {self.returncode}); the end of {self.log_path}:\n{tail}"
             ) from None
 
     async def _read_output(self, proc: asyncio.subprocess.Process, listening: asyncio.Future[int]) -> None:

@@ -58,7 +58,10 @@ def _assert_conforms(code: int, lines: list[str], err: str) -> None:
 
 
 @pytest.mark.slow
-def test_python_runtime_conforms(tmp_path: Path) -> None:
+def test_python_runtime_conforms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The user's own settings reach neither the kit's scheduler nor the runtime.
+    monkeypatch.setenv("EXOSPHERE_DB", str(tmp_path / "missing" / "elsewhere.db"))
+    monkeypatch.setenv("EXOSPHERE_SCHEDULER_ADDRESS", "127.0.0.1:1")
     code, lines, err = _conformance("--keep", str(tmp_path), "--", sys.executable, str(PYTHON_RUNTIME))
     _assert_conforms(code, lines, err)
 

@@ -4,7 +4,7 @@ and dispatch id; the scheduler never had to reject a result (``ResultsRejected``
 
 A state the scheduler cancelled stops counting against the credit when the ``CancelBatch`` is sent (the runtime
 may acknowledge it with one result, or ignore it). An item still unanswered when its stream ends is not counted
-here: the drain and run checks judge those.
+here (the drain and run checks judge those); one still unanswered on the stream that is open at the end is.
 """
 
 from __future__ import annotations
@@ -62,6 +62,9 @@ def audit_credit(recorder: Recorder) -> CreditAudit:
             audit.peaks[number] = (peak, credit)
         if credit and peak > credit:
             audit.problems.append(f"stream {number}: {peak} states outstanding at once, over max_concurrency {credit}")
+        if outstanding and stream.closed_at is None:  # the kit's last run has finished: nothing may be left
+            states = ", ".join(sorted(item.state_id for item in outstanding.values())[:3])
+            audit.problems.append(f"stream {number}: {len(outstanding)} states never answered ({states})")
     return audit
 
 

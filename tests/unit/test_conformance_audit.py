@@ -81,6 +81,11 @@ def test_more_outstanding_than_the_credit_is_found() -> None:
     recorder = Recorder()
     stream = _stream(recorder, credit=1)
     _execute(recorder, stream, 1, 2)
+    assert audit_credit(recorder).problems == [
+        "stream 1: 2 states outstanding at once, over max_concurrency 1",
+        "stream 1: 2 states never answered (state-1, state-2)",
+    ]
+    recorder.closed(stream, "UNAVAILABLE: lease expired")  # unanswered when the stream ended: requeued, not judged
     assert audit_credit(recorder).problems == ["stream 1: 2 states outstanding at once, over max_concurrency 1"]
 
 

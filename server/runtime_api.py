@@ -30,7 +30,7 @@ from .sizes import (
 )
 from .status import ResultKind
 from .wire import (
-    result_from_pb,
+    results_from_pb,
     schema_from_pb,
 )
 
@@ -148,7 +148,7 @@ class RuntimeApi(runtime_pb2_grpc.RuntimeServiceServicer):
                 await refuse(context, message)
             kind = message.WhichOneof("kind")
             if kind == "results":
-                results = [result_from_pb(r) for r in message.results.results]
+                results = results_from_pb(message.results.results)
                 _bound_store_writes(session, results)
                 engine.handle_results(session, results)
             elif kind == "heartbeat":

@@ -45,6 +45,7 @@ __all__ = [
     "graph_spec_from_pb",
     "graph_to_pb",
     "result_from_pb",
+    "results_from_pb",
     "run_status_from_pb",
     "run_to_pb",
     "schema_from_pb",
@@ -288,6 +289,35 @@ def run_to_pb(run: RunRow) -> scheduler_pb2.Run:
         graph_version=run.graph_version,
         waiting_for_runtime=run.waiting_for_runtime,
     )
+
+
+def results_from_pb(results: Iterable[runtime_pb2.Result]) -> list[ResultIn]:
+    """A batch of results. The common one (executed, a few outputs, no store writes) is decoded inline; any other
+    goes through :func:`result_from_pb`."""
+    decoded: list[ResultIn] = []
+    append = decoded.append
+    executed_kind = ResultKind.EXECUTED
+    for result in results:
+        if result.store_writes or not result.HasField("executed"):
+            append(result_from_pb(result))
+            continue
+        outs = result.executed.outputs
+        if len(outs) > MAX_OUTPUTS_PER_RESULT:
+            append(result_from_pb(result))
+            continue
+        outputs = []
+        size = 0
+        for out in outs:
+            fields = out.fields
+            values = {k: fields[k] for k in fields}  # faster than dict(fields) on a upb map
+            for v in values.values():
+                size += len(v) if v.isascii() else len(v.encode())
+            outputs.append(values)
+        if size > MAX_OUTPUTS_BYTES:
+            append(result_from_pb(result))
+            continue
+        append(ResultIn(result.state_id, result.dispatch_id, executed_kind, outputs))
+    return decoded
 
 
 def result_from_pb(result: runtime_pb2.Result) -> ResultIn:

@@ -14,6 +14,8 @@ from typing import TypeVar
 
 import pydantic
 
+from .jsontext import dumps as _dumps
+from .jsontext import int_list, str_map, str_maps
 from .models import GraphSpec, RunRow, StateRow
 from .sqlite_schema import connect, open_database, store_error
 from .status import RunStatus, StateStatus
@@ -30,8 +32,6 @@ _STATE_COLUMNS = (
 
 _STATE_PLACEHOLDERS = ",".join("?" * len(_STATE_COLUMNS.split(",")))
 
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-
 
 def _state_params(s: StateRow) -> tuple[object, ...]:
     return (
@@ -40,12 +40,12 @@ def _state_params(s: StateRow) -> tuple[object, ...]:
         s.identifier,
         s.node_name,
         s.status,
-        _dumps(s.inputs),
+        str_map(s.inputs),
         s.attempt,
         s.parent_id,
         s.parent_output,
-        _dumps(s.path),
-        None if s.outputs is None else _dumps(s.outputs),
+        int_list(s.path),
+        None if s.outputs is None else str_maps(s.outputs),
         None if s.error is None else _dumps(s.error),
         s.pruned_data,
         s.created_at_ms,
@@ -61,7 +61,7 @@ def _update_params(s: StateRow) -> tuple[object, ...]:
     return (
         s.status,
         s.attempt,
-        None if s.outputs is None else _dumps(s.outputs),
+        None if s.outputs is None else str_maps(s.outputs),
         None if s.error is None else _dumps(s.error),
         s.pruned_data,
         s.updated_at_ms,

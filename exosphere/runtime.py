@@ -19,6 +19,7 @@ from exosphere import __version__
 from exosphere._channel import Backoff, metadata, open_channel, to_exosphere_error
 from exosphere._convert import node_to_schema
 from exosphere._executor import execute_item
+from exosphere._inline import start_inline
 from exosphere._keepalive import KeepAlive
 from exosphere._metrics import RuntimeMetrics
 from exosphere._stream import (
@@ -329,8 +330,9 @@ class Runtime:
             result.errored.type = "UnknownNodeError"
             self._push(result)
             return
-        task = asyncio.get_running_loop().create_task(self._run_item(node_cls, item, store))
-        self._in_flight[item.dispatch_id] = (task, item)
+        task = start_inline(self._run_item(node_cls, item, store), lambda: f"exosphere-state-{item.state_id}")
+        if task is not None:  # it waits on something: cancellable until it finishes
+            self._in_flight[item.dispatch_id] = (task, item)
 
     async def _run_item(self, node_cls: type[BaseNode], item: pb.Execute, store: Any) -> None:
         limiter = self._root._limiter

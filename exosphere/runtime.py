@@ -24,12 +24,15 @@ from exosphere._keepalive import KeepAlive
 from exosphere._metrics import RuntimeMetrics
 from exosphere._stream import (
     BATCH_BYTES,
+    CONNECT,
     MAX_BATCH,
     MAX_RESULT_MESSAGE_BYTES,
     LazyEvent,
     first_leaf,
     framed_size,
     loop_factory,
+    results_message,
+    serialize,
     too_large,
 )
 from exosphere.config import ClientConfig
@@ -37,7 +40,6 @@ from exosphere.errors import AuthenticationError, ExosphereError, InvalidArgumen
 from exosphere.logs import setup_default_logging
 from exosphere.node import BaseNode, validate_nodes
 from exosphere.v1 import runtime_pb2 as pb
-from exosphere.v1 import runtime_pb2_grpc
 
 __all__ = ["Runtime"]
 
@@ -235,8 +237,11 @@ class Runtime:
     async def _session(self, channel: grpc.aio.Channel, schemas: list[Any]) -> bool:
         """One stream's life. Returns whether registration succeeded; raises on errors."""
         assert self._stopping is not None and self._registered is not None
-        stub = runtime_pb2_grpc.RuntimeServiceStub(channel)
-        call = stub.Connect(metadata=metadata(self._config))
+        # The generated stub, except that results are written already serialized (_stream.results_message).
+        connect = channel.stream_stream(
+            CONNECT, request_serializer=serialize, response_deserializer=pb.SchedulerMessage.FromString
+        )
+        call = connect(metadata=metadata(self._config))
         register = pb.Register(
             namespace=self.namespace,
             runtime_name=self.name,
@@ -392,19 +397,20 @@ class Runtime:
             batch = self._outbox[:MAX_BATCH]
             del self._outbox[:MAX_BATCH]
             size = 0
-            results: list[pb.Result] = []
+            results: list[bytes] = []
             for result in batch:
-                result_size = framed_size(result.ByteSize())
+                data = result.SerializeToString()
+                result_size = framed_size(len(data))
                 if result_size > MAX_RESULT_MESSAGE_BYTES:
-                    result = too_large(result, result_size)
-                    result_size = framed_size(result.ByteSize())
+                    data = too_large(result, result_size).SerializeToString()
+                    result_size = framed_size(len(data))
                 if results and size + result_size > BATCH_BYTES:
-                    await call.write(pb.RuntimeMessage(results=pb.ResultBatch(results=results)))
+                    await call.write(results_message(results))
                     results, size = [], 0
-                results.append(result)
+                results.append(data)
                 size += result_size
             if results:
-                await call.write(pb.RuntimeMessage(results=pb.ResultBatch(results=results)))
+                await call.write(results_message(results))
 
     async def _write_loop(self, call: Any, heartbeat_s: float) -> None:
         assert self._wake_writer is not None

@@ -28,7 +28,7 @@ SCHEDULER = [
     ("sqlite commit (writer thread)", ("commit (server/sqlite_store.py", "commit (server/pg_store.py")),
     ("sqlite prepare (rows)", ("prepare (server/sqlite_store.py", "prepare (server/pg_store.py")),
     ("Execute build + write", ("_send (server/runtime_api.py", "_write_loop (server/runtime_api.py")),
-    ("Result decode", ("result_from_pb (server/wire.py", "_bound_store_writes")),
+    ("Result decode", ("result_from_pb (server/wire.py", "results_from_pb (server/wire.py", "_bound_store_writes")),
     ("engine: results, children, fan-in", ("handle_results (server/engine.py",)),
     ("engine: dispatch", ("dispatch (server/dispatch.py",)),
     ("commit bookkeeping + watchers", ("server/commit.py", "server/watches.py", "_after_commit")),

@@ -37,6 +37,8 @@ TARGETS: dict[str, tuple[str, bool, str, Callable[[float], bool]]] = {
     "runs_single": ("runs/s", True, "(1 run per call)", lambda v: True),
     "scale_seconds": ("s", False, "<= 11x fanout time", lambda v: True),
     "scale_rss": ("MiB", False, "<= 1024", lambda v: v <= 1024),
+    "scale_rss_before": ("MiB", False, "(the scheduler before that run)", lambda v: True),
+    "scale_bytes_per_state": ("bytes", False, "<= 1,250 (peak less before, per state)", lambda v: v <= 1250),
 }
 
 
@@ -78,10 +80,14 @@ async def _measure(args: argparse.Namespace) -> dict[str, list[float]]:
                 add("runs_single", await h.runs(c, total // 4, clients=4, in_flight=32))
         if want("scale") and round_ == 0:  # once: a fresh scheduler, so its peak memory is this workload's
             async with h.cluster(runtimes=1, postgres=args.postgres) as c:
+                before_mb = c.server_rss_mb()
                 started = time.perf_counter()
-                await h.fanout(c, big)
+                states = await h.fanout_staged(c, big)
                 add("scale_seconds", time.perf_counter() - started)
                 add("scale_rss", c.server_peak_rss_mb())
+                add("scale_rss_before", before_mb)
+                # What a live state costs: the scheduler's growth to its peak, per state of the run.
+                add("scale_bytes_per_state", (c.server_peak_rss_mb() - before_mb) * 2**20 / states)
     results["scale_n"] = [big]
     results["fanout_n"] = [n]
     return results

@@ -95,7 +95,12 @@ def children_of(parent: State) -> list[Child]:
             def output(ref: OutputRef, name: str, k: int = k, node: CompiledNode = node) -> str:
                 return _lookup(ref, parent, k, node, name)
 
-            children.append(Child(node, k, path, render_inputs(node, store, output)))
+            inputs = render_inputs(node, store, output)
+            if k < len(outputs) and inputs == outputs[k]:
+                # The child's inputs are its parent's output (a fan-out passing items on): one dict serves both.
+                # Neither is changed once made, and a live run holds both for each of its states.
+                inputs = outputs[k]
+            children.append(Child(node, k, path, inputs))
     return children
 
 

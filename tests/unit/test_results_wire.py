@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from exosphere.v1 import runtime_pb2 as pb
 from server.sizes import MAX_OUTPUTS_BYTES, MAX_OUTPUTS_PER_RESULT
 from server.status import ResultKind
@@ -41,3 +43,5 @@ def test_results_from_pb_matches_result_from_pb_for_every_kind() -> None:
     assert decoded[2].store_writes == {"cursor": "9"} and decoded[3].kind == ResultKind.ERRORED
     assert decoded[8].error is not None and decoded[8].error["type"] == "TooManyOutputsError"
     assert decoded[9].error is not None and decoded[9].error["type"] == "ResultTooLargeError"  # counted in bytes
+    # Output names are interned: a run's outputs repeat a few names, kept once.
+    assert all(key is sys.intern("item") for r in decoded[:3] for out in r.outputs for key in out)

@@ -1,0 +1,47 @@
+"""What a live state holds is shared where it can be: the engine without sockets (tests/helpers/engine.py)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from tests.helpers.engine import Kit, node, schema
+
+SPLIT = schema("Split", outputs=("x",))
+ECHO = schema("Echo")
+
+
+@pytest.fixture
+async def kit() -> AsyncIterator[Kit]:
+    k = await Kit().start()
+    try:
+        yield k
+    finally:
+        await k.stop()
+
+
+async def test_a_branch_whose_inputs_are_its_parents_output_shares_that_dict(kit: Kit) -> None:
+    session = kit.connect(SPLIT, ECHO)
+    await kit.graph(
+        "g",
+        [
+            node("split", "Split", next_nodes=["same", "renamed"]),
+            node("same", "Echo", {"x": "${{ split.outputs.x }}"}),
+            node("renamed", "Echo", {"x": "item ${{ split.outputs.x }}"}),
+        ],
+    )
+    await kit.trigger("g", inputs={"x": "go"})
+    [split] = await kit.dispatched(session)
+    kit.answer(session, split, outputs=[{"x": "a"}, {"x": "b"}])
+    children = await kit.dispatched(session)
+    assert split.outputs is not None
+    same = sorted((s for s in children if s.identifier == "same"), key=lambda s: s.path)
+    assert [s.inputs for s in same] == [{"x": "a"}, {"x": "b"}]
+    assert all(s.inputs is out for s, out in zip(same, split.outputs, strict=True))
+    renamed = sorted((s for s in children if s.identifier == "renamed"), key=lambda s: s.path)
+    assert [s.inputs for s in renamed] == [{"x": "item a"}, {"x": "item b"}]
+    assert all(s.inputs is not out for s, out in zip(renamed, split.outputs, strict=True))
+    # Dispatched in one tick with one timeout: one deadline object for all of them.
+    assert len({id(s.deadline_ms) for s in children}) == 1
+    assert {s.deadline_ms for s in children} == {kit.now + kit.settings.default_timeout_ms}

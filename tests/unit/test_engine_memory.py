@@ -6,7 +6,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.helpers.engine import Kit, node, schema
+from server.models import FieldSpec, NodeSchema
+from server.status import RunStatus, StateStatus
+from tests.helpers.engine import NS, Kit, node, schema
 
 SPLIT = schema("Split", outputs=("x",))
 ECHO = schema("Echo")
@@ -45,3 +47,19 @@ async def test_a_branch_whose_inputs_are_its_parents_output_shares_that_dict(kit
     # Dispatched in one tick with one timeout: one deadline object for all of them.
     assert len({id(s.deadline_ms) for s in children}) == 1
     assert {s.deadline_ms for s in children} == {kit.now + kit.settings.default_timeout_ms}
+
+
+async def test_a_branch_reading_a_field_its_parent_did_not_return_fails_as_before(kit: Kit) -> None:
+    optional = NodeSchema(
+        namespace=NS, name="Maybe", inputs=(FieldSpec("x", True),), outputs=(FieldSpec("x", False),), secrets=(),
+        raw=b"Maybe",
+    )  # fmt: skip
+    session = kit.connect(optional, ECHO)
+    await kit.graph("g", [node("maybe", "Maybe", next_nodes=["e"]), node("e", "Echo", {"x": "${{ maybe.outputs.x }}"})])
+    run_id = await kit.trigger("g", inputs={"x": "go"})
+    [maybe] = await kit.dispatched(session)
+    kit.answer(session, maybe, outputs=[{"x": "a"}, {}])
+    run, states = await kit.run(run_id)
+    assert run.status is RunStatus.FAILED
+    assert [s.status for s in states] == [StateStatus.NEXT_CREATED_ERROR]  # no branch is created
+    assert states[0].error is not None and "maybe has no output 'x'" in states[0].error["message"]

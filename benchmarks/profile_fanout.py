@@ -51,7 +51,8 @@ def classify(raw: str, components: list[tuple[str, tuple[str, ...]]]) -> dict[st
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
-        frames = stack.split(";")[::-1]
+        # The scheduler's modules are server/ in a checkout and exosphere_server/ when run from elsewhere.
+        frames = stack.replace("exosphere_server/", "server/").split(";")[::-1]
         name = "other (event loop, grpc, gc)"
         for frame in frames:
             hit = next((c for c, keys in components if any(k in frame for k in keys)), None)

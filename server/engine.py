@@ -199,7 +199,7 @@ class Engine:
 
     def live_states(self) -> Iterable[State]:
         """Every state of the runs held in memory (pending, or ended and not yet forgotten)."""
-        return self._table.states.values()
+        return self._table.live_states()
 
     def live_runs(self) -> Iterable[Run]:
         return self._table.runs.values()

@@ -11,7 +11,8 @@ all of them are marked for the next group commit (server/commit.py). :meth:`load
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from bisect import bisect_left
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from . import fanin
 from .commit import GroupCommit
@@ -36,12 +37,29 @@ RUN_SUCCESS = RunStatus.SUCCESS
 
 
 class RunTable:
-    """Live runs by id and their states by id; the only writer of statuses, timestamps and commit marks."""
+    """Live runs by id (and through them their states); the only writer of statuses, timestamps and commit marks."""
 
     def __init__(self, commit: GroupCommit) -> None:
         self.runs: dict[str, Run] = {}
-        self.states: dict[str, State] = {}
         self._commit = commit
+
+    def state(self, state_id: str) -> State | None:
+        """A live state by id: found in its run's states (in sequence order) rather than kept in an index of its own,
+        which would cost every live state about 50 bytes and an insertion."""
+        run_id, _, seq_text = state_id.rpartition("-")
+        run = self.runs.get(run_id)
+        if run is None or not seq_text.isdigit():
+            return None
+        seq, states = int(seq_text), run.states
+        index = seq if seq < len(states) and states[seq].seq == seq else bisect_left(states, seq, key=_seq)
+        if index < len(states) and states[index].state_id == state_id:
+            return states[index]
+        return None
+
+    def live_states(self) -> Iterator[State]:
+        """Every state of the runs held in memory."""
+        for run in self.runs.values():
+            yield from run.states
 
     # ------------------------------------------------------------------ runs
 
@@ -68,8 +86,6 @@ class RunTable:
 
     def forget(self, run: Run) -> None:
         """Drop a run whose end is committed; reads go to the store from now on."""
-        for state in run.states:
-            self.states.pop(state.state_id, None)
         self.runs.pop(run.run_id, None)
 
     # ------------------------------------------------------------------ states
@@ -117,7 +133,6 @@ class RunTable:
         run.states.append(state)
         _count(run, None, CREATED)
         run.open_states += 1
-        self.states[state.state_id] = state
         self._commit.add_state(state)
         return state
 
@@ -196,6 +211,7 @@ class RunTable:
                 graph=graph_of(run_row),  # type: ignore[arg-type]
                 state_counts={},  # counted again from the states below
             )
+        loaded: dict[str, State] = {}  # a parent is always in its child's run, and loaded before it
         latest: dict[tuple[str | None, str, int], int] = {}
         for row in state_rows:
             key = (row.parent_id, row.identifier, row.parent_output)
@@ -212,7 +228,7 @@ class RunTable:
                 run.failed = True
                 continue
             node = run.graph.nodes[row.identifier]
-            parent = self.states.get(row.parent_id) if row.parent_id else None
+            parent = loaded.get(row.parent_id) if row.parent_id else None
             if parent is not None and parent.run is not run:
                 parent = None
             state = State(
@@ -241,7 +257,7 @@ class RunTable:
             run.states.append(state)
             _count(run, None, state.status)
             run.next_seq = max(run.next_seq, state.seq + 1)
-            self.states[state.state_id] = state
+            loaded[state.state_id] = state
             superseded = latest[row.parent_id, row.identifier, row.parent_output] > row.attempt
             fanin.restore(state, superseded=superseded)
             if state.status == CREATED:
@@ -263,3 +279,7 @@ def _count(run: Run, old: StateStatus | None, new: StateStatus) -> None:
         else:
             counts.pop(old, None)
     counts[new] = counts.get(new, 0) + 1
+
+
+def _seq(state: State) -> int:
+    return state.seq

@@ -63,3 +63,20 @@ async def test_a_branch_reading_a_field_its_parent_did_not_return_fails_as_befor
     assert run.status is RunStatus.FAILED
     assert [s.status for s in states] == [StateStatus.NEXT_CREATED_ERROR]  # no branch is created
     assert states[0].error is not None and "maybe has no output 'x'" in states[0].error["message"]
+
+
+async def test_live_states_are_found_by_id_through_their_run(kit: Kit) -> None:
+    session = kit.connect(SPLIT, ECHO)
+    await kit.graph("g", [node("split", "Split", next_nodes=["e"]), node("e", "Echo", {"x": "${{ split.outputs.x }}"})])
+    run_id = await kit.trigger("g", inputs={"x": "go"})
+    [split] = await kit.dispatched(session)
+    kit.answer(session, split, outputs=[{"x": str(i)} for i in range(300)])
+    table = kit.engine._table
+    states = list(table.runs[run_id].states)
+    assert len(states) == 301 and list(kit.engine.live_states()) == states
+    assert all(table.state(s.state_id) is s for s in states)
+    for missing in (f"{run_id}-301", f"{run_id}-x", f"{run_id}-", "nope-1", run_id, ""):
+        assert table.state(missing) is None
+    states[5:7] = []  # a run loaded without some of its states (recovery drops what it cannot run)
+    table.runs[run_id].states = states
+    assert table.state(f"{run_id}-8") is states[6] and table.state(f"{run_id}-6") is None

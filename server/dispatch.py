@@ -83,7 +83,8 @@ class Dispatcher:
             queue = self._ready[key] = deque()
         queue.append(state)
         self._ready_keys.add(key)
-        self.schedule()
+        if not self._scheduled:  # once per tick, not per state
+            self.schedule()
 
     def _arm_timer(self) -> None:
         loop = self._loop()

@@ -10,6 +10,7 @@ all of them are marked for the next group commit (server/commit.py). :meth:`load
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -34,6 +35,16 @@ RUN_CANCELLED = RunStatus.CANCELLED
 RUN_FAILED = RunStatus.FAILED
 RUN_PENDING = RunStatus.PENDING
 RUN_SUCCESS = RunStatus.SUCCESS
+
+
+# The leading fields of State, in declaration order, as new_state passes them.
+_NEW_STATE_FIELDS = (
+    "state_id", "run_id", "identifier", "node_name", "status", "inputs", "attempt", "parent_id", "parent_output",
+    "path", "outputs", "error", "pruned_data", "created_at_ms", "updated_at_ms", "run_at_ms", "seq", "runtime_name",
+    "started_at_ms", "ran_ms", "run", "node", "parent", "watchers",
+)  # fmt: skip
+if tuple(f.name for f in dataclasses.fields(State))[: len(_NEW_STATE_FIELDS)] != _NEW_STATE_FIELDS:
+    raise TypeError("State's fields changed order: update _NEW_STATE_FIELDS and RunTable.new_state")
 
 
 class RunTable:
@@ -109,26 +120,14 @@ class RunTable:
         ``watchers`` may be given when the caller computed them once for many siblings (see fanin.watchers_of)."""
         seq = run.next_seq
         run.next_seq = seq + 1
+        run_id = run.run_id
+        # Positional, in _NEW_STATE_FIELDS order: a dataclass of 35 fields is built 3x faster so (0.49 against 1.63 us).
         state = State(
-            state_id=f"{run.run_id}-{seq}",
-            run_id=run.run_id,
-            identifier=node.identifier,
-            node_name=node.node_name,
-            status=CREATED,
-            inputs=inputs,
-            attempt=attempt,
-            parent_id=parent.state_id if parent is not None else None,
-            parent_output=parent_output,
-            path=path,
-            created_at_ms=now,
-            updated_at_ms=now,
-            run_at_ms=run_at_ms,
-            seq=seq,
-            run=run,
-            node=node,
-            parent=parent,
-            watchers=fanin.watchers_of(parent, node) if watchers is None else watchers,
-        )
+            f"{run_id}-{seq}", run_id, node.identifier, node.node_name, CREATED, inputs, attempt,
+            parent.state_id if parent is not None else None, parent_output, path, None, None, None, now, now,
+            run_at_ms, seq, "", 0, 0, run, node, parent,
+            fanin.watchers_of(parent, node) if watchers is None else watchers,
+        )  # fmt: skip
         fanin.opened(state)
         run.states.append(state)
         _count(run, None, CREATED)

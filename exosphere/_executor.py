@@ -29,10 +29,30 @@ def _plain(mapping: Any) -> dict[str, str]:
     return {k: mapping[k] for k in mapping}
 
 
+# Secrets models with nothing in them (no fields, private attributes, extras or validators), validated once: an
+# instance holds nothing a node could change, so every state of the node shares it (0.54 us per state otherwise).
+_EMPTY_SECRETS: dict[type[BaseModel], BaseModel] = {}
+
+
 def _no_secrets(node_cls: type[BaseNode]) -> BaseModel:
     """The Secrets of a node given none: validated, so a node that declares required secrets still fails (and
     validating nothing is faster than ``model_construct``: 0.56 against 0.98 us)."""
-    return node_cls.Secrets.model_validate({})
+    model = node_cls.Secrets
+    empty = _EMPTY_SECRETS.get(model)
+    if empty is not None:
+        return empty
+    secrets = model.model_validate({})
+    decorators = model.__pydantic_decorators__
+    holds_nothing = not (
+        model.model_fields
+        or model.__private_attributes__
+        or model.model_config.get("extra") == "allow"
+        or decorators.model_validators
+        or decorators.field_validators
+    )
+    if holds_nothing:
+        _EMPTY_SECRETS[model] = secrets
+    return secrets
 
 
 def _errored(result: runtime_pb2.Result, exc_type: str, message: str, tb: str = "") -> runtime_pb2.Result:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 
-from exosphere.errors import GraphNotFoundError, InvalidArgumentError
+from exosphere.errors import GraphNotFoundError, InvalidArgumentError, RunNotFoundError
 from exosphere.v1 import common_pb2, scheduler_pb2_grpc
 from exosphere.v1 import scheduler_pb2 as pb
 
@@ -18,6 +19,7 @@ from .forward import Forwarder, forwarded
 from .models import RunRow
 from .names import check_name, check_names
 from .ownership import NotOwnerError
+from .prefixes import resolve_run_id
 from .sizes import (
     check_store_size,
     cut_by_size,
@@ -133,9 +135,13 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
     async def GetRun(self, request: pb.GetRunRequest, context: Ctx) -> pb.GetRunResponse:
         async with status_from_errors(context):
             page_size = min(request.page_size or MAX_STATE_PAGE, MAX_STATE_PAGE)
-            run, states, last = self._engine.get_run(
-                request.run_id, page_size, _int_token(request.page_token, "GetRun")
-            )
+            after_seq = _int_token(request.page_token, "GetRun")
+            try:
+                run, states, last = self._engine.get_run(request.run_id, page_size, after_seq)
+            except RunNotFoundError:  # an operator's unique prefix (exosphere runs show 7ced34)
+                allowed = functools.partial(self._auth.allowed, context)
+                run_id = resolve_run_id(self._engine, request.run_id, allowed)
+                run, states, last = self._engine.get_run(run_id, page_size, after_seq)
             self._check_run(context, run)
             run_message = run_to_pb(run)
             messages = states_to_pb(states)

@@ -11,6 +11,7 @@ RuntimeService's response serializer passes bytes through (:func:`serialize`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from exosphere.v1 import runtime_pb2 as pb
@@ -76,17 +77,19 @@ class SharedParts:
         self._parts.clear()
 
 
-def execute_bytes(state: State, shared: SharedParts, *, store_as_previous: bool = False) -> bytes:
-    """The serialized ``Execute`` of a dispatched state."""
+def execute_bytes(
+    state: State, inputs: Mapping[str, str], shared: SharedParts, *, store_as_previous: bool = False
+) -> bytes:
+    """The serialized ``Execute`` of a dispatched state, carrying ``inputs`` (its own, with declared defaults)."""
     own = pb.Execute(
         state_id=state.state_id,
         attempt=state.attempt,
         deadline_unix_ms=state.deadline_ms,
         dispatch_id=state.dispatch_id,
     )
-    inputs = own.inputs
-    for key, value in state.inputs.items():  # a loop of assignments: faster than a map built from a dict
-        inputs[key] = value
+    fields = own.inputs
+    for key, value in inputs.items():  # a loop of assignments: faster than a map built from a dict
+        fields[key] = value
     if state.traceparent:
         own.traceparent = state.traceparent
     return own.SerializeToString() + shared.get(state, store_as_previous=store_as_previous)

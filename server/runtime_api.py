@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import grpc
@@ -19,6 +20,7 @@ from .errors import status_from_errors
 from .execute_wire import SharedParts, execute_bytes, execute_message, serialize
 from .models import NodeSchema
 from .names import check_name, check_text
+from .rejects import Rejected
 from .runstate import Session
 from .sizes import (
     BATCH_BYTES,
@@ -77,6 +79,8 @@ class RuntimeApi(runtime_pb2_grpc.RuntimeServiceServicer):
             check_name("runtime_id", register.runtime_id)
         check_text("sdk_version", register.sdk_version)
         self._auth.check(context, register.namespace)
+        if engine.runtimes.stopping:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the scheduler is stopping; reconnect later")
         if len(register.nodes) > MANY_NODES:  # decoding tens of thousands of schemas would stall the loop
             schemas = await asyncio.to_thread(_schemas, register)
         else:
@@ -89,6 +93,7 @@ class RuntimeApi(runtime_pb2_grpc.RuntimeServiceServicer):
             schemas=schemas,
             max_concurrency=register.max_concurrency,
         )
+        half_closed = False
         try:
             await context.write(
                 pb.SchedulerMessage(
@@ -112,13 +117,15 @@ class RuntimeApi(runtime_pb2_grpc.RuntimeServiceServicer):
                 for task in done:
                     if task is not closed and not task.cancelled() and task.exception() is not None:
                         raise task.exception()  # type: ignore[misc]
+                # The runtime half-closed (after a drain, or stopping): its stream ends with OK.
+                half_closed = reader in done and not session.close_reason
             finally:
                 for task in (reader, writer, closed):
                     task.cancel()
                 await asyncio.gather(reader, writer, closed, return_exceptions=True)
         finally:
             engine.runtimes.unregister(session)
-        if session.close_reason and not context.done():
+        if session.close_reason and not half_closed and not context.done():
             # The runtime reconnects (with backoff) when its stream ends this way.
             try:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, session.close_reason)
@@ -150,7 +157,10 @@ class RuntimeApi(runtime_pb2_grpc.RuntimeServiceServicer):
             if kind == "results":
                 results = results_from_pb(message.results.results)
                 _bound_store_writes(session, results)
-                engine.handle_results(session, results)
+                rejected = engine.handle_results(session, results)
+                if rejected:
+                    session.rejected.extend(rejected)
+                    session.wake.set()
             elif kind == "heartbeat":
                 engine.runtimes.touch(session)
             elif kind == "draining":
@@ -171,10 +181,16 @@ class RuntimeApi(runtime_pb2_grpc.RuntimeServiceServicer):
             if session.cancels:
                 cancels, session.cancels = session.cancels, []
                 await context.write(pb.SchedulerMessage(cancel=pb.CancelBatch(state_ids=cancels)))
+            if session.rejected:
+                rejected, session.rejected = session.rejected, []
+                await context.write(pb.SchedulerMessage(results_rejected=_rejected(rejected)))
             while session.outbox:
                 batch = session.outbox[:MAX_BATCH]
                 del session.outbox[:MAX_BATCH]
                 await self._send(context, session, batch, shares_stores)
+            if session.drain_grace_ms is not None and not session.drain_sent:  # after the last ExecuteBatch
+                session.drain_sent = True
+                await context.write(pb.SchedulerMessage(drain=pb.Drain(grace_ms=session.drain_grace_ms)))
 
     async def _send(
         self, context: grpc.aio.ServicerContext[Any, Any], session: Session, states: list[Any], shares_stores: bool
@@ -189,11 +205,13 @@ class RuntimeApi(runtime_pb2_grpc.RuntimeServiceServicer):
         undeliverable: list[ResultIn] = []
         in_batch: set[str] = set()  # runs whose store an earlier item of this batch carries
         shared = SharedParts()
+        nodes = self._engine.runtimes.nodes
         for state in states:
             if state.session is not session:
                 continue
+            inputs = _with_defaults(nodes.get((session.namespace, state.node_name)), state.inputs)
             as_previous = state.run_id in in_batch
-            item = execute_bytes(state, shared, store_as_previous=as_previous)
+            item = execute_bytes(state, inputs, shared, store_as_previous=as_previous)
             item_size = framed_size(len(item))
             if item_size > MAX_ITEM_BYTES:
                 undeliverable.append(_too_large(state, item, item_size))
@@ -204,7 +222,7 @@ class RuntimeApi(runtime_pb2_grpc.RuntimeServiceServicer):
                 in_batch.clear()
                 shared.clear()  # a store may change while the batch is written
                 if as_previous:  # its store went with the batch just written
-                    item = execute_bytes(state, shared)
+                    item = execute_bytes(state, inputs, shared)
                     item_size = framed_size(len(item))
                     if item_size > MAX_ITEM_BYTES:
                         undeliverable.append(_too_large(state, item, item_size))
@@ -285,4 +303,28 @@ def _too_large(state: Any, data: bytes, size: int) -> ResultIn:
         state.dispatch_id,
         ResultKind.ERRORED,
         error={"message": message, "type": "MessageTooLargeError"},
+        attempt=state.attempt,
     )
+
+
+def _rejected(rejected: list[Rejected]) -> pb.ResultsRejected:
+    return pb.ResultsRejected(
+        results=[
+            pb.RejectedResult(
+                state_id=r.state_id,
+                dispatch_id=r.dispatch_id,
+                attempt=r.attempt,
+                reason=pb.RejectReason.Value(f"REJECT_REASON_{r.reason}"),
+                message=r.message,
+            )
+            for r in rejected
+        ]
+    )
+
+
+def _with_defaults(schema: NodeSchema | None, inputs: Mapping[str, str]) -> Mapping[str, str]:
+    """``inputs`` with the declared defaults of the inputs it lacks (LABEL_OPTIONAL fields with a default_value)."""
+    if schema is None or not schema.defaults:
+        return inputs
+    missing = {name: value for name, value in schema.defaults if name not in inputs}
+    return {**inputs, **missing} if missing else inputs

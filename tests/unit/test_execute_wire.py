@@ -38,13 +38,13 @@ def test_an_item_is_the_execute_message_of_its_state() -> None:
     run, node = _fixtures()
     state = _state(run, node, 3, {"item": "ü" * 200, "n": "1"}, traceparent="00-abc-def-01")
     shared = SharedParts()
-    item = pb.Execute.FromString(execute_bytes(state, shared))
+    item = pb.Execute.FromString(execute_bytes(state, state.inputs, shared))
     assert item == pb.Execute(
         state_id="r1-3", run_id="r1", node_name="Work", inputs={"item": "ü" * 200, "n": "1"},
         secrets={"api_key": "k3y"}, attempt=2, deadline_unix_ms=1_764_000_000_003, dispatch_id=1003,
         store=run.store, graph_name="g", traceparent="00-abc-def-01",
     )  # fmt: skip
-    later = pb.Execute.FromString(execute_bytes(_state(run, node, 4, {}), shared, store_as_previous=True))
+    later = pb.Execute.FromString(execute_bytes(_state(run, node, 4, {}), {}, shared, store_as_previous=True))
     assert later.store_as_previous and not later.store and later.secrets == {"api_key": "k3y"}
     assert later.state_id == "r1-4" and later.run_id == "r1" and not later.traceparent
 
@@ -52,17 +52,17 @@ def test_an_item_is_the_execute_message_of_its_state() -> None:
 def test_shared_parts_follow_the_store_once_cleared() -> None:
     run, node = _fixtures()
     shared = SharedParts()
-    execute_bytes(_state(run, node, 1, {}), shared)
+    execute_bytes(_state(run, node, 1, {}), {}, shared)
     run.store = {"cursor": "8"}
-    assert pb.Execute.FromString(execute_bytes(_state(run, node, 2, {}), shared)).store["cursor"] == "7"
+    assert pb.Execute.FromString(execute_bytes(_state(run, node, 2, {}), {}, shared)).store["cursor"] == "7"
     shared.clear()
-    assert pb.Execute.FromString(execute_bytes(_state(run, node, 3, {}), shared)).store == {"cursor": "8"}
+    assert pb.Execute.FromString(execute_bytes(_state(run, node, 3, {}), {}, shared)).store == {"cursor": "8"}
 
 
 def test_a_batch_is_a_scheduler_message_and_passes_the_serializer_unchanged() -> None:
     run, node = _fixtures()
     shared = SharedParts()
-    items = [execute_bytes(_state(run, node, seq, {"item": "x" * seq}), shared) for seq in range(300)]
+    items = [execute_bytes(_state(run, node, seq, {}), {"item": "x" * seq}, shared) for seq in range(300)]
     data = execute_message(items)
     message = pb.SchedulerMessage.FromString(data)
     assert [i.state_id for i in message.execute.items] == [f"r1-{seq}" for seq in range(300)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import traceback
+from collections.abc import Coroutine
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -103,13 +104,21 @@ def _outputs_list(node_cls: type[BaseNode], returned: Any) -> list[dict[str, str
     return outputs
 
 
-async def execute_item(node_cls: type[BaseNode], item: runtime_pb2.Execute, store: Any = None) -> runtime_pb2.Result:
-    """Execute one state. Never raises except ``CancelledError``: every failure becomes an errored result.
+def execute_item(
+    node_cls: type[BaseNode], item: runtime_pb2.Execute, store: Any = None
+) -> Coroutine[Any, Any, runtime_pb2.Result]:
+    """Execute one state (await what this returns). Never raises except ``CancelledError``: every failure becomes an
+    errored result.
 
-    ``store`` is the run's store when it did not travel in ``item`` (Execute.store_as_previous).
+    ``store`` is the run's store when it did not travel in ``item`` (Execute.store_as_previous). Without tracing the
+    execution's own coroutine is returned, not one more around it.
     """
     if not item.traceparent:  # the scheduler does not trace: no span, one check
-        return await _execute_item(node_cls, item, store)
+        return _execute_item(node_cls, item, store)
+    return _traced(node_cls, item, store)
+
+
+async def _traced(node_cls: type[BaseNode], item: runtime_pb2.Execute, store: Any) -> runtime_pb2.Result:
     with execution_span(item) as span:
         result = await _execute_item(node_cls, item, store)
         if span is not None:

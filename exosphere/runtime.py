@@ -20,6 +20,7 @@ from exosphere._convert import node_to_schema
 from exosphere._executor import execute_item
 from exosphere._inline import start_inline
 from exosphere._keepalive import KeepAlive
+from exosphere._limiter import Limiter
 from exosphere._metrics import RuntimeMetrics
 from exosphere._stream import CONNECT, LazyEvent, first_leaf, flush, log_rejected, loop_factory, serialize
 from exosphere.config import ClientConfig
@@ -115,7 +116,7 @@ class Runtime:
         self.metrics_port = 0
         # Cluster mode: streams to the other replicas, each a Runtime of its own sharing this one's limiter.
         self._root: Runtime = self
-        self._limiter: asyncio.Semaphore | None = None
+        self._limiter: Limiter | None = None
         self._links: dict[str, tuple[Runtime, asyncio.Task[None]]] = {}
         self._unlinking: set[asyncio.Task[None]] = set()
         self._replicas: tuple[str, ...] = ()
@@ -183,7 +184,7 @@ class Runtime:
         self._error = None
         self._wake_writer = asyncio.Event()
         if self._root is self:
-            self._limiter = asyncio.Semaphore(self.max_concurrency)
+            self._limiter = Limiter(self.max_concurrency)
         self._created.set()
         try:
             if self._metrics is not None:
@@ -316,7 +317,9 @@ class Runtime:
                 stores: dict[str, Any] = {}  # run id -> its store, sent once per batch (Execute.store_as_previous)
                 for item in message.execute.items:
                     if item.store_as_previous:
-                        store = stores.get(item.run_id, item.store)
+                        store = stores.get(item.run_id)
+                        if store is None:
+                            store = item.store
                     else:
                         store = stores[item.run_id] = item.store
                     self._start(item, store)
@@ -352,8 +355,12 @@ class Runtime:
             if limiter is None:
                 result = await execute_item(node_cls, item, store)
             else:  # shared by the streams to every replica: max_concurrency across all of them
-                async with limiter:
+                if not limiter.try_acquire():
+                    await limiter.acquire()
+                try:
                     result = await execute_item(node_cls, item, store)
+                finally:
+                    limiter.release()
         finally:
             self._in_flight.pop(item.dispatch_id, None)
         if metrics is not None:

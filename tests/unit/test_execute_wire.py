@@ -87,3 +87,11 @@ def test_the_runtime_service_registers_every_rpc_of_the_proto() -> None:
     server = Server()
     add_runtime_service(RuntimeApi(None, None), server)  # type: ignore[arg-type]
     assert server.methods == set(pb.DESCRIPTOR.services_by_name["RuntimeService"].methods_by_name)
+
+
+def test_every_field_of_execute_is_built_by_execute_wire() -> None:
+    # A field added to Execute must be set in execute_bytes or in SharedParts (server/execute_wire.py).
+    built = {"state_id", "attempt", "deadline_unix_ms", "dispatch_id", "inputs", "traceparent"} | {
+        "run_id", "node_name", "secrets", "graph_name", "store", "store_as_previous",
+    }  # fmt: skip
+    assert {f.name for f in pb.Execute.DESCRIPTOR.fields} == built

@@ -23,6 +23,8 @@ from exosphere import GraphNodeModel, RunStatus, StateManager, UnitesModel
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMESPACE = "bench"
+# Outputs of each second-stage fan-out in fanout_staged.
+STAGE = 1000
 
 
 @dataclass
@@ -36,10 +38,19 @@ class Cluster:
         return _cpu(self.server.pid), sum(_cpu(p.pid) for p in self.runtimes)
 
     def server_peak_rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.server.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
+        """The scheduler's peak resident memory so far (MiB)."""
+        return _status_mb(self.server.pid, "VmHWM:")
+
+    def server_rss_mb(self) -> float:
+        """The scheduler's resident memory now (MiB)."""
+        return _status_mb(self.server.pid, "VmRSS:")
+
+
+def _status_mb(pid: int, field: str) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def _cpu(pid: int) -> float:
@@ -154,6 +165,22 @@ async def _graphs(sm: StateManager) -> None:
             ),
         ],
     )
+    # A result carries at most LIMIT_MAX_OUTPUTS_PER_RESULT (10,000) outputs: wider fan-outs go in two stages.
+    await sm.upsert_graph(
+        "fanout_staged",
+        [
+            _node("FanOut", "root", {"n": "10"}, ["mid"]),
+            _node("FanOut", "mid", {"n": str(STAGE)}, ["work"]),
+            _node("Noop", "work", {"item": "${{ mid.outputs.item }}"}, ["merge"]),
+            GraphNodeModel(
+                node_name="Merge",
+                namespace=NAMESPACE,
+                identifier="merge",
+                inputs={"items": "${{ work.outputs.item }}"},
+                unites=UnitesModel(identifier="root"),
+            ),
+        ],
+    )
     await sm.upsert_graph("one", [_node("Noop", "only", {"item": "x"})])
     chain = [
         _node("Noop", f"n{i}", {"item": "x" if i == 0 else f"${{{{ n{i - 1}.outputs.item }}}}"}, [f"n{i + 1}"])
@@ -185,6 +212,13 @@ async def _finish(sm: StateManager, graph: str, inputs: dict[str, str] | None = 
 async def fanout(c: Cluster, n: int) -> float:
     """States per second of 1 -> n -> 1 with an aggregating merge."""
     return (await fanout_profile(c, n))[0]
+
+
+async def fanout_staged(c: Cluster, n: int) -> int:
+    """1 -> n / STAGE -> n -> 1 (n a multiple of STAGE); returns how many states the run had."""
+    async with StateManager(NAMESPACE, address=c.address) as sm:
+        await _finish(sm, "fanout_staged", {"n": str(n // STAGE)})
+    return 1 + n // STAGE + n + 1
 
 
 async def fanout_profile(c: Cluster, n: int) -> tuple[float, float, float]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import traceback
+from collections.abc import Coroutine
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -29,11 +30,30 @@ def _plain(mapping: Any) -> dict[str, str]:
     return {k: mapping[k] for k in mapping}
 
 
+# Secrets models with nothing in them (no fields, private attributes, extras or validators), validated once: an
+# instance holds nothing a node could change, so every state of the node shares it (0.54 us per state otherwise).
+_EMPTY_SECRETS: dict[type[BaseModel], BaseModel] = {}
+
+
 def _no_secrets(node_cls: type[BaseNode]) -> BaseModel:
-    """The Secrets of a node given none: validated, so a node that declares required secrets still fails."""
-    if node_cls.Secrets.model_fields:
-        return node_cls.Secrets.model_validate({})
-    return node_cls.Secrets.model_construct()
+    """The Secrets of a node given none: validated, so a node that declares required secrets still fails (and
+    validating nothing is faster than ``model_construct``: 0.56 against 0.98 us)."""
+    model = node_cls.Secrets
+    empty = _EMPTY_SECRETS.get(model)
+    if empty is not None:
+        return empty
+    secrets = model.model_validate({})
+    decorators = model.__pydantic_decorators__
+    holds_nothing = not (
+        model.model_fields
+        or model.__private_attributes__
+        or model.model_config.get("extra") == "allow"
+        or decorators.model_validators
+        or decorators.field_validators
+    )
+    if holds_nothing:
+        _EMPTY_SECRETS[model] = secrets
+    return secrets
 
 
 def _errored(result: runtime_pb2.Result, exc_type: str, message: str, tb: str = "") -> runtime_pb2.Result:
@@ -84,13 +104,21 @@ def _outputs_list(node_cls: type[BaseNode], returned: Any) -> list[dict[str, str
     return outputs
 
 
-async def execute_item(node_cls: type[BaseNode], item: runtime_pb2.Execute, store: Any = None) -> runtime_pb2.Result:
-    """Execute one state. Never raises except ``CancelledError``: every failure becomes an errored result.
+def execute_item(
+    node_cls: type[BaseNode], item: runtime_pb2.Execute, store: Any = None
+) -> Coroutine[Any, Any, runtime_pb2.Result]:
+    """Execute one state (await what this returns). Never raises except ``CancelledError``: every failure becomes an
+    errored result.
 
-    ``store`` is the run's store when it did not travel in ``item`` (Execute.store_as_previous).
+    ``store`` is the run's store when it did not travel in ``item`` (Execute.store_as_previous). Without tracing the
+    execution's own coroutine is returned, not one more around it.
     """
     if not item.traceparent:  # the scheduler does not trace: no span, one check
-        return await _execute_item(node_cls, item, store)
+        return _execute_item(node_cls, item, store)
+    return _traced(node_cls, item, store)
+
+
+async def _traced(node_cls: type[BaseNode], item: runtime_pb2.Execute, store: Any) -> runtime_pb2.Result:
     with execution_span(item) as span:
         result = await _execute_item(node_cls, item, store)
         if span is not None:
@@ -143,7 +171,9 @@ async def _execute_item(node_cls: type[BaseNode], item: runtime_pb2.Execute, sto
     for fields in outputs:
         for value in fields.values():
             size += len(value)
-        executed.outputs.add().fields.update(fields)
+        added = executed.outputs.add().fields
+        for key, value in fields.items():  # assignments: faster than update() on a map
+            added[key] = value
     if size > MAX_RESULT_BYTES:
         result.ClearField("executed")
         return _errored(

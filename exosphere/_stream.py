@@ -41,6 +41,36 @@ class LazyEvent:
         await self._get().wait()
 
 
+CONNECT = "/exosphere.v1.RuntimeService/Connect"
+_SMALL = [bytes((n,)) for n in range(128)]
+
+
+def _varint(value: int) -> bytes:
+    if value < 128:
+        return _SMALL[value]
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def serialize(message: Any) -> bytes:
+    """The Connect stream's request serializer: a RuntimeMessage, or one already serialized."""
+    if type(message) is bytes:
+        return message
+    data: bytes = message.SerializeToString()
+    return data
+
+
+def results_message(results: list[bytes]) -> bytes:
+    """``RuntimeMessage(results=ResultBatch(results=...))`` of serialized results: each result is serialized once
+    (its length is its size), never copied into a batch message."""
+    body = b"".join([b for result in results for b in (b"\x0a", _varint(len(result)), result)])
+    return b"\x12" + _varint(len(body)) + body
+
+
 def framed_size(size: int) -> int:
     """Bytes an item of ``size`` bytes takes as one element of a repeated field (tag and length prefix)."""
     return size + 1 + (size.bit_length() + 6) // 7 if size else 2
@@ -64,19 +94,20 @@ async def flush(call: Any, outbox: list[pb.Result]) -> None:
         batch = outbox[:MAX_BATCH]
         del outbox[:MAX_BATCH]
         size = 0
-        results: list[pb.Result] = []
+        results: list[bytes] = []
         for result in batch:
-            result_size = framed_size(result.ByteSize())
+            data = result.SerializeToString()  # once: its length is its size (no ByteSize pass, no copy into a batch)
+            result_size = framed_size(len(data))
             if result_size > MAX_RESULT_MESSAGE_BYTES:
-                result = too_large(result, result_size)
-                result_size = framed_size(result.ByteSize())
+                data = too_large(result, result_size).SerializeToString()
+                result_size = framed_size(len(data))
             if results and size + result_size > BATCH_BYTES:
-                await call.write(pb.RuntimeMessage(results=pb.ResultBatch(results=results)))
+                await call.write(results_message(results))
                 results, size = [], 0
-            results.append(result)
+            results.append(data)
             size += result_size
         if results:
-            await call.write(pb.RuntimeMessage(results=pb.ResultBatch(results=results)))
+            await call.write(results_message(results))
 
 
 # Rejected results logged one per line, at most this many per ResultsRejected message (then a count).

@@ -18,15 +18,16 @@ from exosphere import __version__
 from exosphere._channel import Backoff, metadata, open_channel, to_exosphere_error
 from exosphere._convert import node_to_schema
 from exosphere._executor import execute_item
+from exosphere._inline import start_inline
 from exosphere._keepalive import KeepAlive
+from exosphere._limiter import Limiter
 from exosphere._metrics import RuntimeMetrics
-from exosphere._stream import LazyEvent, first_leaf, flush, log_rejected, loop_factory
+from exosphere._stream import CONNECT, LazyEvent, first_leaf, flush, log_rejected, loop_factory, serialize
 from exosphere.config import ClientConfig
 from exosphere.errors import AuthenticationError, ExosphereError, InvalidArgumentError, PermissionDeniedError
 from exosphere.logs import setup_default_logging
 from exosphere.node import BaseNode, validate_nodes
 from exosphere.v1 import runtime_pb2 as pb
-from exosphere.v1 import runtime_pb2_grpc
 
 __all__ = ["Runtime"]
 
@@ -115,7 +116,7 @@ class Runtime:
         self.metrics_port = 0
         # Cluster mode: streams to the other replicas, each a Runtime of its own sharing this one's limiter.
         self._root: Runtime = self
-        self._limiter: asyncio.Semaphore | None = None
+        self._limiter: Limiter | None = None
         self._links: dict[str, tuple[Runtime, asyncio.Task[None]]] = {}
         self._unlinking: set[asyncio.Task[None]] = set()
         self._replicas: tuple[str, ...] = ()
@@ -183,7 +184,7 @@ class Runtime:
         self._error = None
         self._wake_writer = asyncio.Event()
         if self._root is self:
-            self._limiter = asyncio.Semaphore(self.max_concurrency)
+            self._limiter = Limiter(self.max_concurrency)
         self._created.set()
         try:
             if self._metrics is not None:
@@ -231,8 +232,11 @@ class Runtime:
     async def _session(self, channel: grpc.aio.Channel, schemas: list[Any]) -> bool:
         """One stream's life. Returns whether registration succeeded; raises on errors."""
         assert self._stopping is not None and self._registered is not None
-        stub = runtime_pb2_grpc.RuntimeServiceStub(channel)
-        call = stub.Connect(metadata=metadata(self._config))
+        # The generated stub, except that results are written already serialized (_stream.results_message).
+        connect = channel.stream_stream(
+            CONNECT, request_serializer=serialize, response_deserializer=pb.SchedulerMessage.FromString
+        )
+        call = connect(metadata=metadata(self._config))
         register = pb.Register(
             namespace=self.namespace,
             runtime_name=self.name,
@@ -313,7 +317,9 @@ class Runtime:
                 stores: dict[str, Any] = {}  # run id -> its store, sent once per batch (Execute.store_as_previous)
                 for item in message.execute.items:
                     if item.store_as_previous:
-                        store = stores.get(item.run_id, item.store)
+                        store = stores.get(item.run_id)
+                        if store is None:
+                            store = item.store
                     else:
                         store = stores[item.run_id] = item.store
                     self._start(item, store)
@@ -337,8 +343,9 @@ class Runtime:
             result.errored.type = "UnknownNodeError"
             self._push(result)
             return
-        task = asyncio.get_running_loop().create_task(self._run_item(node_cls, item, store))
-        self._in_flight[item.dispatch_id] = (task, item)
+        task = start_inline(self._run_item(node_cls, item, store), lambda: f"exosphere-state-{item.state_id}")
+        if task is not None:  # it waits on something: cancellable until it finishes
+            self._in_flight[item.dispatch_id] = (task, item)
 
     async def _run_item(self, node_cls: type[BaseNode], item: pb.Execute, store: Any) -> None:
         limiter = self._root._limiter
@@ -348,8 +355,12 @@ class Runtime:
             if limiter is None:
                 result = await execute_item(node_cls, item, store)
             else:  # shared by the streams to every replica: max_concurrency across all of them
-                async with limiter:
+                if not limiter.try_acquire():
+                    await limiter.acquire()
+                try:
                     result = await execute_item(node_cls, item, store)
+                finally:
+                    limiter.release()
         finally:
             self._in_flight.pop(item.dispatch_id, None)
         if metrics is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import importlib.metadata
 import importlib.util
 import logging
@@ -27,6 +28,8 @@ logger = logging.getLogger("server")
 
 # How often a standby scheduler tries the database lock.
 STANDBY_POLL_S = 0.25
+# gc.set_threshold once serving: a young collection every 20,000 allocations instead of 700 (see _tune_gc).
+GC_THRESHOLDS = (20_000, 50, 100)
 
 # The scheduler's own dependencies (the `server` extra), beyond the SDK's.
 SERVER_MODULES = (
@@ -141,6 +144,19 @@ async def _open(config: ServerConfig, stop: asyncio.Event) -> App | None:
             return None
 
 
+def _tune_gc() -> None:
+    """Fewer, cheaper garbage collections once the modules are loaded (measured: GC took ~5 us of CPU per state of a
+    fan-out, a sixth of the scheduler's, then ~1.3 us).
+
+    The objects made so far (modules, classes, the app) live as long as the process: frozen, full collections no
+    longer walk them. The engine's live states are long-lived too and freed mostly by reference counting, so young
+    collections can wait for more allocations.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 async def _serve(config: ServerConfig) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -149,6 +165,7 @@ async def _serve(config: ServerConfig) -> int:
     app = await _open(config, stop)
     if app is None:
         return 0
+    _tune_gc()
     await app.start()
     # A line scripts can wait for; the log line says the same for humans.
     print(f"exosphere-server listening on {config.host}:{app.port}", flush=True)  # noqa: T201

@@ -18,7 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from exosphere.errors import InvalidArgumentError
-from exosphere.v1 import runtime_pb2, runtime_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
+from exosphere.v1 import runtime_pb2, scheduler_pb2, scheduler_pb2_grpc
 
 from .api import SchedulerApi
 from .auth import ApiKey, Authenticator, AuthInterceptor, load_keys_file
@@ -29,7 +29,7 @@ from .decode import DecodeInterceptor
 from .engine import Engine, EngineSettings
 from .forward import Forwarder
 from .metrics import RpcCounter
-from .runtime_api import RuntimeApi
+from .runtime_api import RuntimeApi, add_runtime_service
 from .secrets import SecretBox, SecretsKeyError, load_or_create_key, load_shared_key
 from .sqlite_schema import check_path
 from .sqlite_store import SqliteStore
@@ -234,7 +234,7 @@ class App:
         scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(
             SchedulerApi(self.engine, self.auth, forwarder=self._forwarder), server
         )
-        runtime_pb2_grpc.add_RuntimeServiceServicer_to_server(RuntimeApi(self.engine, self.auth), server)
+        add_runtime_service(RuntimeApi(self.engine, self.auth), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (

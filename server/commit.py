@@ -73,18 +73,23 @@ class GroupCommit:
 
     # ------------------------------------------------------------------ what changed
 
+    # Called two or three times per state on the hot path: the flush is scheduled by the first call of a tick.
+
     def add_state(self, state: State) -> None:
         self._new_states.append(state)
         self._new_ids.add(state.state_id)
-        self.schedule()
+        if not self._scheduled:
+            self.schedule()
 
     def mark(self, state: State) -> None:
         self._dirty_states[state.state_id] = state
-        self.schedule()
+        if not self._scheduled:
+            self.schedule()
 
     def mark_run(self, run: Run) -> None:
         self._dirty_runs[run.run_id] = run
-        self.schedule()
+        if not self._scheduled:
+            self.schedule()
 
     def finish_run(self, run: Run) -> None:
         """The run reached its end: commit it, then tell its watchers and let the engine forget it."""

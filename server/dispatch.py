@@ -83,7 +83,8 @@ class Dispatcher:
             queue = self._ready[key] = deque()
         queue.append(state)
         self._ready_keys.add(key)
-        self.schedule()
+        if not self._scheduled:  # once per tick, not per state
+            self.schedule()
 
     def _arm_timer(self) -> None:
         loop = self._loop()
@@ -124,6 +125,7 @@ class Dispatcher:
             return
         now = self._clock()
         tally, tracing = self._tally, self.tracing
+        deadlines: dict[int, int] = {}
         for key in list(self._ready_keys):
             queue = self._ready[key]
             namespace, node_name = key
@@ -138,7 +140,7 @@ class Dispatcher:
                         state = queue.popleft()
                         if state.status == CREATED and not state.run.dropped:
                             ready_at.append(max(state.updated_at_ms, state.run_at_ms))
-                            self._assign(session, state, now)
+                            self._assign(session, state, now, deadlines)
                             if tracing is not None:
                                 tracing.dispatched(state, session, now)
                     if take:
@@ -149,7 +151,11 @@ class Dispatcher:
             if not queue:
                 self._ready_keys.discard(key)
 
-    def _assign(self, session: Session, state: State, now: int) -> None:
+    def _assign(self, session: Session, state: State, now: int, deadlines: dict[int, int]) -> None:
         timeout = state.node.timeout_ms or self._default_timeout_ms
-        self._table.dispatched(state, session, next(self._dispatch_seq), now + min(timeout, MAX_DELAY_MS), now)
+        # One deadline object per timeout and tick, shared by the states it applies to (an int each otherwise).
+        deadline = deadlines.get(timeout)
+        if deadline is None:
+            deadline = deadlines[timeout] = now + min(timeout, MAX_DELAY_MS)
+        self._table.dispatched(state, session, next(self._dispatch_seq), deadline, now)
         session.outbox.append(state)

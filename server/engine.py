@@ -193,7 +193,7 @@ class Engine:
 
     def live_states(self) -> Iterable[State]:
         """Every state of the runs held in memory (pending, or ended and not yet forgotten)."""
-        return self._table.states.values()
+        return self._table.live_states()
 
     def live_runs(self) -> Iterable[Run]:
         return self._table.runs.values()
@@ -213,7 +213,7 @@ class Engine:
             state = in_flight.get(result.dispatch_id)
             if state is None or state.state_id != result.state_id or state.attempt != result.attempt:
                 self.ignored_results += 1  # not a dispatch of this session: the credit it holds stays held
-                rejected.append(self.rejects.reject(session, result, state, table.states.get(result.state_id)))
+                rejected.append(self.rejects.reject(session, result, state, table.state(result.state_id)))
                 continue
             del in_flight[result.dispatch_id]
             if state.session is not session or state.status != QUEUED:

@@ -250,7 +250,10 @@ def _output_problems(node: CompiledNode, outputs: list[dict[str, str]]) -> str:
     if not node.output_fields and not node.required_outputs:
         return ""
     declared = node.output_fields
-    if all(fields.keys() == declared for fields in outputs):  # the common case, without building sets
+    for fields in outputs:  # the common case, without building sets (or a generator per result)
+        if fields.keys() != declared:
+            break
+    else:
         return ""
     for index, fields in enumerate(outputs):
         unknown = fields.keys() - node.output_fields

@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 from .graph import CompiledNode
 from .runstate import State
+from .sizes import MAX_OUTPUTS_BYTES
 from .templating import OutputRef, StoreRef
 
 __all__ = ["Child", "ResolutionError", "children_of", "merge_inputs", "render_inputs", "root_inputs"]
@@ -88,15 +89,58 @@ def children_of(parent: State) -> list[Child]:
     multi = count > 1
     store = parent.run.store
     children = []
+    directs = [_direct_fields(node, parent.identifier) for node in nexts]
     for k in range(count):
         path = (*parent.path, k) if multi else parent.path
-        for node in nexts:
+        for node, direct in zip(nexts, directs, strict=True):
+            inputs = None
+            if direct is not None and outputs:
+                inputs = _direct_inputs(node, direct, outputs[k])
+            if inputs is None:
 
-            def output(ref: OutputRef, name: str, k: int = k, node: CompiledNode = node) -> str:
-                return _lookup(ref, parent, k, node, name)
+                def output(ref: OutputRef, name: str, k: int = k, node: CompiledNode = node) -> str:
+                    return _lookup(ref, parent, k, node, name)
 
-            children.append(Child(node, k, path, render_inputs(node, store, output)))
+                inputs = render_inputs(node, store, output)
+            if k < len(outputs) and inputs == outputs[k]:
+                # The child's inputs are its parent's output (a fan-out passing items on): one dict serves both.
+                # Neither is changed once made, and a live run holds both for each of its states.
+                inputs = outputs[k]
+            children.append(Child(node, k, path, inputs))
     return children
+
+
+def _direct_fields(node: CompiledNode, parent_identifier: str) -> list[tuple[str, str]] | None:
+    """``(input, output field)`` when every templated input of ``node`` is exactly one output field of the parent,
+    and no child's inputs can pass MAX_INPUTS_BYTES (each value is at most a result's MAX_OUTPUTS_BYTES); else None,
+    and the general path resolves them."""
+    fields = []
+    for name, template in node.inputs.items():
+        if name in node.literal_inputs:
+            continue
+        segments = template.segments
+        if len(segments) != 1:
+            return None
+        ref = segments[0]
+        if not isinstance(ref, OutputRef) or ref.identifier != parent_identifier:
+            return None
+        fields.append((name, ref.field))
+    literal_bytes = sum(len(k.encode()) + len(v.encode()) for k, v in node.literal_inputs.items())
+    if literal_bytes + len(fields) * MAX_OUTPUTS_BYTES > MAX_INPUTS_BYTES:
+        return None
+    return fields
+
+
+def _direct_inputs(node: CompiledNode, direct: list[tuple[str, str]], output: dict[str, str]) -> dict[str, str] | None:
+    """A child's inputs read straight from its parent's output; None when a field is missing (the general path
+    then reports it)."""
+    inputs = dict(node.literal_inputs)
+    for name, field in direct:
+        value = output.get(field)
+        if value is None:
+            return None
+        inputs[name] = value
+    return inputs
 
 
 def merge_inputs(merge: CompiledNode, united: State) -> dict[str, str]:

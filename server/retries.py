@@ -59,7 +59,7 @@ class ManualRetries:
         if previous is not None:
             return previous
         reopened = run_id not in self._table.runs
-        state = self._table.states.get(state_id) or self._reopen(row, state_id)
+        state = self._table.state(state_id) or self._reopen(row, state_id)
         try:
             _check_retryable(state)
         except ExosphereError:
@@ -91,7 +91,7 @@ class ManualRetries:
             if run.graph is not None:
                 self._catalog.acquire(run.graph)
         self._machine.resume(runs, self._clock(), end=False)
-        state = self._table.states.get(state_id)
+        state = self._table.state(state_id)
         if state is None:
             for run in runs:
                 self._forget(run)

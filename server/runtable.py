@@ -10,8 +10,10 @@ all of them are marked for the next group commit (server/commit.py). :meth:`load
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from bisect import bisect_left
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from . import fanin
 from .commit import GroupCommit
@@ -35,13 +37,40 @@ RUN_PENDING = RunStatus.PENDING
 RUN_SUCCESS = RunStatus.SUCCESS
 
 
+# The leading fields of State, in declaration order, as new_state passes them.
+_NEW_STATE_FIELDS = (
+    "state_id", "run_id", "identifier", "node_name", "status", "inputs", "attempt", "parent_id", "parent_output",
+    "path", "outputs", "error", "pruned_data", "created_at_ms", "updated_at_ms", "run_at_ms", "seq", "runtime_name",
+    "started_at_ms", "ran_ms", "run", "node", "parent", "watchers",
+)  # fmt: skip
+if tuple(f.name for f in dataclasses.fields(State))[: len(_NEW_STATE_FIELDS)] != _NEW_STATE_FIELDS:
+    raise TypeError("State's fields changed order: update _NEW_STATE_FIELDS and RunTable.new_state")
+
+
 class RunTable:
-    """Live runs by id and their states by id; the only writer of statuses, timestamps and commit marks."""
+    """Live runs by id (and through them their states); the only writer of statuses, timestamps and commit marks."""
 
     def __init__(self, commit: GroupCommit) -> None:
         self.runs: dict[str, Run] = {}
-        self.states: dict[str, State] = {}
         self._commit = commit
+
+    def state(self, state_id: str) -> State | None:
+        """A live state by id: found in its run's states (in sequence order) rather than kept in an index of its own,
+        which would cost every live state about 50 bytes and an insertion."""
+        run_id, _, seq_text = state_id.rpartition("-")
+        run = self.runs.get(run_id)
+        if run is None or not seq_text.isdigit():
+            return None
+        seq, states = int(seq_text), run.states
+        index = seq if seq < len(states) and states[seq].seq == seq else bisect_left(states, seq, key=_seq)
+        if index < len(states) and states[index].state_id == state_id:
+            return states[index]
+        return None
+
+    def live_states(self) -> Iterator[State]:
+        """Every state of the runs held in memory."""
+        for run in self.runs.values():
+            yield from run.states
 
     # ------------------------------------------------------------------ runs
 
@@ -68,8 +97,6 @@ class RunTable:
 
     def forget(self, run: Run) -> None:
         """Drop a run whose end is committed; reads go to the store from now on."""
-        for state in run.states:
-            self.states.pop(state.state_id, None)
         self.runs.pop(run.run_id, None)
 
     # ------------------------------------------------------------------ states
@@ -93,31 +120,18 @@ class RunTable:
         ``watchers`` may be given when the caller computed them once for many siblings (see fanin.watchers_of)."""
         seq = run.next_seq
         run.next_seq = seq + 1
+        run_id = run.run_id
+        # Positional, in _NEW_STATE_FIELDS order: a dataclass of 35 fields is built 3x faster so (0.49 against 1.63 us).
         state = State(
-            state_id=f"{run.run_id}-{seq}",
-            run_id=run.run_id,
-            identifier=node.identifier,
-            node_name=node.node_name,
-            status=CREATED,
-            inputs=inputs,
-            attempt=attempt,
-            parent_id=parent.state_id if parent is not None else None,
-            parent_output=parent_output,
-            path=path,
-            created_at_ms=now,
-            updated_at_ms=now,
-            run_at_ms=run_at_ms,
-            seq=seq,
-            run=run,
-            node=node,
-            parent=parent,
-            watchers=fanin.watchers_of(parent, node) if watchers is None else watchers,
-        )
+            f"{run_id}-{seq}", run_id, node.identifier, node.node_name, CREATED, inputs, attempt,
+            parent.state_id if parent is not None else None, parent_output, path, None, None, None, now, now,
+            run_at_ms, seq, "", 0, 0, run, node, parent,
+            fanin.watchers_of(parent, node) if watchers is None else watchers,
+        )  # fmt: skip
         fanin.opened(state)
         run.states.append(state)
         _count(run, None, CREATED)
         run.open_states += 1
-        self.states[state.state_id] = state
         self._commit.add_state(state)
         return state
 
@@ -196,6 +210,7 @@ class RunTable:
                 graph=graph_of(run_row),  # type: ignore[arg-type]
                 state_counts={},  # counted again from the states below
             )
+        loaded: dict[str, State] = {}  # a parent is always in its child's run, and loaded before it
         latest: dict[tuple[str | None, str, int], int] = {}
         for row in state_rows:
             key = (row.parent_id, row.identifier, row.parent_output)
@@ -212,7 +227,7 @@ class RunTable:
                 run.failed = True
                 continue
             node = run.graph.nodes[row.identifier]
-            parent = self.states.get(row.parent_id) if row.parent_id else None
+            parent = loaded.get(row.parent_id) if row.parent_id else None
             if parent is not None and parent.run is not run:
                 parent = None
             state = State(
@@ -241,7 +256,7 @@ class RunTable:
             run.states.append(state)
             _count(run, None, state.status)
             run.next_seq = max(run.next_seq, state.seq + 1)
-            self.states[state.state_id] = state
+            loaded[state.state_id] = state
             superseded = latest[row.parent_id, row.identifier, row.parent_output] > row.attempt
             fanin.restore(state, superseded=superseded)
             if state.status == CREATED:
@@ -263,3 +278,7 @@ def _count(run: Run, old: StateStatus | None, new: StateStatus) -> None:
         else:
             counts.pop(old, None)
     counts[new] = counts.get(new, 0) + 1
+
+
+def _seq(state: State) -> int:
+    return state.seq

@@ -17,6 +17,7 @@ from .auth import Authenticator
 from .decode import BadRequest, refuse
 from .engine import Engine, ResultIn
 from .errors import status_from_errors
+from .execute_wire import SharedParts, execute_bytes, execute_message, serialize
 from .models import NodeSchema
 from .names import check_name, check_text
 from .rejects import Rejected
@@ -31,16 +32,17 @@ from .sizes import (
 )
 from .status import ResultKind
 from .wire import (
-    result_from_pb,
+    results_from_pb,
     schema_from_pb,
 )
 
-__all__ = ["RuntimeApi"]
+__all__ = ["RuntimeApi", "add_runtime_service"]
 
 logger = logging.getLogger(__name__)
 
 # Cap a batch so the two processes overlap instead of taking turns on one huge message.
 MAX_BATCH = 256
+SERVICE = pb.DESCRIPTOR.services_by_name["RuntimeService"].full_name
 # Registrations with more node schemas than this are decoded off the event loop.
 MANY_NODES = 1000
 
@@ -153,7 +155,7 @@ class RuntimeApi(runtime_pb2_grpc.RuntimeServiceServicer):
                 await refuse(context, message)
             kind = message.WhichOneof("kind")
             if kind == "results":
-                results = [result_from_pb(r) for r in message.results.results]
+                results = results_from_pb(message.results.results)
                 _bound_store_writes(session, results)
                 rejected = engine.handle_results(session, results)
                 if rejected:
@@ -198,27 +200,30 @@ class RuntimeApi(runtime_pb2_grpc.RuntimeServiceServicer):
         To a runtime that shares stores, a run's store travels once per batch (Execute.store_as_previous). Items are
         built without awaiting in between, so every item of one batch sees the same store.
         """
-        items: list[pb.Execute] = []
+        items: list[bytes] = []
         size = 0
         undeliverable: list[ResultIn] = []
         in_batch: set[str] = set()  # runs whose store an earlier item of this batch carries
+        shared = SharedParts()
         nodes = self._engine.runtimes.nodes
         for state in states:
             if state.session is not session:
                 continue
             inputs = _with_defaults(nodes.get((session.namespace, state.node_name)), state.inputs)
-            item = _execute(state, inputs, shared=state.run_id in in_batch)
-            item_size = framed_size(item.ByteSize())
+            as_previous = state.run_id in in_batch
+            item = execute_bytes(state, inputs, shared, store_as_previous=as_previous)
+            item_size = framed_size(len(item))
             if item_size > MAX_ITEM_BYTES:
                 undeliverable.append(_too_large(state, item, item_size))
                 continue
             if items and size + item_size > BATCH_BYTES:
-                await context.write(pb.SchedulerMessage(execute=pb.ExecuteBatch(items=items)))
+                await context.write(execute_message(items))
                 items, size = [], 0
                 in_batch.clear()
-                if item.store_as_previous:  # its store went with the batch just written
-                    item = _execute(state, inputs, shared=False)
-                    item_size = framed_size(item.ByteSize())
+                shared.clear()  # a store may change while the batch is written
+                if as_previous:  # its store went with the batch just written
+                    item = execute_bytes(state, inputs, shared)
+                    item_size = framed_size(len(item))
                     if item_size > MAX_ITEM_BYTES:
                         undeliverable.append(_too_large(state, item, item_size))
                         continue
@@ -227,10 +232,27 @@ class RuntimeApi(runtime_pb2_grpc.RuntimeServiceServicer):
                 in_batch.add(state.run_id)
             size += item_size
         if items:
-            await context.write(pb.SchedulerMessage(execute=pb.ExecuteBatch(items=items)))
+            await context.write(execute_message(items))
         if undeliverable:
             # Through the runtime-result path, so the failure is committed, retried and reported like any other.
             self._engine.handle_results(session, undeliverable)
+
+
+def add_runtime_service(api: RuntimeApi, server: grpc.aio.Server) -> None:
+    """Serve ``api`` as exosphere.v1.RuntimeService: the generated registration, except that Connect writes
+    Execute batches already serialized (server/execute_wire.py)."""
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
+        "Connect": grpc.stream_stream_rpc_method_handler(
+            api.Connect, request_deserializer=pb.RuntimeMessage.FromString, response_serializer=serialize
+        ),
+        "KeepAlive": grpc.unary_unary_rpc_method_handler(
+            api.KeepAlive,
+            request_deserializer=pb.KeepAliveRequest.FromString,
+            response_serializer=pb.KeepAliveResponse.SerializeToString,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_registered_method_handlers(SERVICE, handlers)
 
 
 def _schemas(register: pb.Register) -> list[NodeSchema]:
@@ -265,7 +287,8 @@ def _bound_store_writes(session: Session, results: list[ResultIn]) -> None:
         earlier.update(writes)
 
 
-def _too_large(state: Any, item: pb.Execute, size: int) -> ResultIn:
+def _too_large(state: Any, data: bytes, size: int) -> ResultIn:
+    item = pb.Execute.FromString(data)
     parts = {"inputs": item.inputs, "store": item.store, "secrets": item.secrets}
     sizes = ", ".join(
         f"{name} {sum(len(k.encode()) + len(v.encode()) for k, v in m.items())}" for name, m in parts.items()
@@ -305,34 +328,3 @@ def _with_defaults(schema: NodeSchema | None, inputs: Mapping[str, str]) -> Mapp
         return inputs
     missing = {name: value for name, value in schema.defaults if name not in inputs}
     return {**inputs, **missing} if missing else inputs
-
-
-def _execute(state: Any, inputs: Mapping[str, str], *, shared: bool = False) -> pb.Execute:
-    node = state.node
-    run = state.run
-    if shared:
-        return pb.Execute(
-            state_id=state.state_id,
-            run_id=state.run_id,
-            node_name=state.node_name,
-            inputs=inputs,
-            secrets=node.secrets,
-            attempt=state.attempt,
-            deadline_unix_ms=state.deadline_ms,
-            dispatch_id=state.dispatch_id,
-            graph_name=run.graph_name,
-            store_as_previous=True,
-        )
-    return pb.Execute(
-        state_id=state.state_id,
-        run_id=state.run_id,
-        node_name=state.node_name,
-        inputs=inputs,
-        secrets=node.secrets,
-        attempt=state.attempt,
-        deadline_unix_ms=state.deadline_ms,
-        dispatch_id=state.dispatch_id,
-        store=run.store,
-        graph_name=run.graph_name,
-        traceparent=state.traceparent,
-    )

@@ -8,13 +8,14 @@ import sqlite3
 import threading
 import time
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 import pydantic
 
+from . import sqlite_rows
 from .models import GraphSpec, RunRow, StateRow
+from .sqlite_rows import RUN_COLUMNS, STATE_COLUMNS, PreparedRows
 from .sqlite_schema import connect, open_database, store_error
 from .status import RunStatus, StateStatus
 from .store import RunCursor, WriteBatch, prefix_range
@@ -22,57 +23,6 @@ from .store import RunCursor, WriteBatch, prefix_range
 __all__ = ["SqliteStore"]
 
 logger = logging.getLogger(__name__)
-
-_STATE_COLUMNS = (
-    "run_id, seq, identifier, node_name, status, inputs, attempt, parent_id, parent_output, path, outputs, error, "
-    "pruned_data, created_at_ms, updated_at_ms, run_at_ms, runtime_name, started_at_ms, ran_ms"
-)
-
-_STATE_PLACEHOLDERS = ",".join("?" * len(_STATE_COLUMNS.split(",")))
-
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-
-
-def _state_params(s: StateRow) -> tuple[object, ...]:
-    return (
-        s.run_id,
-        s.seq,
-        s.identifier,
-        s.node_name,
-        s.status,
-        _dumps(s.inputs),
-        s.attempt,
-        s.parent_id,
-        s.parent_output,
-        _dumps(s.path),
-        None if s.outputs is None else _dumps(s.outputs),
-        None if s.error is None else _dumps(s.error),
-        s.pruned_data,
-        s.created_at_ms,
-        s.updated_at_ms,
-        s.run_at_ms,
-        s.runtime_name,
-        s.started_at_ms,
-        s.ran_ms,
-    )
-
-
-def _update_params(s: StateRow) -> tuple[object, ...]:
-    return (
-        s.status,
-        s.attempt,
-        None if s.outputs is None else _dumps(s.outputs),
-        None if s.error is None else _dumps(s.error),
-        s.pruned_data,
-        s.updated_at_ms,
-        s.run_at_ms,
-        s.runtime_name,
-        s.started_at_ms,
-        s.ran_ms,
-        s.run_id,
-        s.seq,
-    )
-
 
 _J = TypeVar("_J", dict, list)  # type: ignore[type-arg]
 _S = TypeVar("_S", RunStatus, StateStatus)
@@ -147,9 +97,6 @@ def _run_from_row(row: tuple[object, ...]) -> RunRow:
     )
 
 
-_RUN_COLUMNS = "run_id, namespace, graph_name, graph_version, status, store, created_at_ms, updated_at_ms, state_counts"
-
-
 class SqliteStore:
     """Graphs, nodes, runs and states in one SQLite file, in WAL mode.
 
@@ -182,52 +129,18 @@ class SqliteStore:
             level = self._db.execute("PRAGMA synchronous").fetchone()[0]
         return {1: "NORMAL", 2: "FULL"}.get(level, str(level))
 
-    def prepare(self, batch: WriteBatch) -> _Prepared:
+    def prepare(self, batch: WriteBatch) -> PreparedRows:
         """Serialize the batch now (its states keep changing after this tick); cheap to hand to another thread."""
-        return _Prepared(
-            inserts=[_state_params(s) for s in batch.new_states],
-            updates=[_update_params(s) for s in batch.updated_states],
-            runs=[
-                (
-                    r.run_id,
-                    r.namespace,
-                    r.graph_name,
-                    r.graph_version,
-                    r.status,
-                    _dumps(r.store),
-                    r.created_at_ms,
-                    r.updated_at_ms,
-                    _dumps(r.state_counts),
-                )
-                for r in batch.runs
-            ],
-            kv=list(batch.kv.items()),
-        )
+        return sqlite_rows.prepare(batch)
 
     def commit(self, prepared: object) -> None:
         """Write a prepared batch in one transaction. Safe to call from the writer thread."""
-        assert isinstance(prepared, _Prepared)
+        assert isinstance(prepared, PreparedRows)
         with self._lock:
             db = self._db
             db.execute("BEGIN")
             try:
-                if prepared.inserts:
-                    db.executemany(
-                        f"INSERT OR REPLACE INTO states ({_STATE_COLUMNS}) VALUES ({_STATE_PLACEHOLDERS})",
-                        prepared.inserts,
-                    )
-                if prepared.updates:
-                    db.executemany(
-                        "UPDATE states SET status=?, attempt=?, outputs=?, error=?, pruned_data=?, updated_at_ms=?, "
-                        "run_at_ms=?, runtime_name=?, started_at_ms=?, ran_ms=? WHERE run_id=? AND seq=?",
-                        prepared.updates,
-                    )
-                if prepared.runs:
-                    db.executemany(
-                        f"INSERT OR REPLACE INTO runs ({_RUN_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)", prepared.runs
-                    )
-                if prepared.kv:
-                    db.executemany("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)", prepared.kv)
+                sqlite_rows.write(db, prepared)
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
@@ -291,11 +204,11 @@ class SqliteStore:
         """Every pending run: a SQLite file has one scheduler, which owns every shard."""
         runs: list[RunRow] = []
         states: list[StateRow] = []
-        for raw in self._start_read(f"SELECT {_RUN_COLUMNS} FROM runs WHERE status='PENDING'"):
+        for raw in self._start_read(f"SELECT {RUN_COLUMNS} FROM runs WHERE status='PENDING'"):
             where = f"runs run_id={raw[0]}"
             try:
                 run = _run_from_row(raw)
-                rows = self._start_read(f"SELECT {_STATE_COLUMNS} FROM states WHERE run_id=? ORDER BY seq", run.run_id)
+                rows = self._start_read(f"SELECT {STATE_COLUMNS} FROM states WHERE run_id=? ORDER BY seq", run.run_id)
                 run_states = []
                 for row in rows:
                     where = f"states run_id={run.run_id} seq={row[1]}"
@@ -312,12 +225,12 @@ class SqliteStore:
         return {str(status): int(count) for status, count in rows}
 
     def get_run(self, run_id: str) -> RunRow | None:
-        row = self._reader.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id=?", (run_id,)).fetchone()
+        row = self._reader.execute(f"SELECT {RUN_COLUMNS} FROM runs WHERE run_id=?", (run_id,)).fetchone()
         return _run_from_row(row) if row else None
 
     def get_states(self, run_id: str, after_seq: int, limit: int) -> list[StateRow]:
         rows = self._reader.execute(
-            f"SELECT {_STATE_COLUMNS} FROM states WHERE run_id=? AND seq>? ORDER BY seq LIMIT ?",
+            f"SELECT {STATE_COLUMNS} FROM states WHERE run_id=? AND seq>? ORDER BY seq LIMIT ?",
             (run_id, after_seq, limit or -1),
         ).fetchall()
         return [_state_from_row(r) for r in rows]
@@ -332,7 +245,7 @@ class SqliteStore:
         status: str | None = None,
     ) -> list[RunRow]:
         # Served by the runs_by_time / runs_by_graph indexes, which hold exactly this order.
-        query = f"SELECT {_RUN_COLUMNS} FROM runs WHERE namespace=?"
+        query = f"SELECT {RUN_COLUMNS} FROM runs WHERE namespace=?"
         params: list[object] = [namespace]
         if graph_name:
             query += " AND graph_name=?"
@@ -394,14 +307,6 @@ def _graph_spec(text: object, where: str) -> GraphSpec | None:
     except pydantic.ValidationError as exc:
         logger.error("stored row unreadable, skipped: %s: %s", where, str(exc).replace("\n", " "))
         return None
-
-
-@dataclass(slots=True)
-class _Prepared:
-    inserts: list[tuple[object, ...]]
-    updates: list[tuple[object, ...]]
-    runs: list[tuple[object, ...]]
-    kv: list[tuple[str, str]]
 
 
 class _Tx:

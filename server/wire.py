@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from sys import intern
 from typing import Any, TypeVar
 
 from google.protobuf.message import DecodeError, Message
@@ -44,6 +45,7 @@ __all__ = [
     "graph_spec_from_pb",
     "graph_to_pb",
     "result_from_pb",
+    "results_from_pb",
     "run_status_from_pb",
     "run_to_pb",
     "schema_from_pb",
@@ -268,6 +270,37 @@ def run_to_pb(run: RunRow) -> scheduler_pb2.Run:
     )
 
 
+def results_from_pb(results: Iterable[runtime_pb2.Result]) -> list[ResultIn]:
+    """A batch of results. The common one (executed, a few outputs, no store writes) is decoded inline; any other
+    goes through :func:`result_from_pb`."""
+    decoded: list[ResultIn] = []
+    append = decoded.append
+    executed_kind = ResultKind.EXECUTED
+    for result in results:
+        if result.store_writes or not result.HasField("executed"):
+            append(result_from_pb(result))
+            continue
+        outs = result.executed.outputs
+        if len(outs) > MAX_OUTPUTS_PER_RESULT:
+            append(result_from_pb(result))
+            continue
+        outputs = []
+        size = 0
+        for out in outs:
+            fields = out.fields
+            # Faster than dict(fields) on a upb map. Keys are interned: every output of a node repeats the same few
+            # names, and each decoded key is a new string otherwise (53 bytes per output, kept while the run lives).
+            values = {intern(k): fields[k] for k in fields}
+            for v in values.values():
+                size += len(v) if v.isascii() else len(v.encode())
+            outputs.append(values)
+        if size > MAX_OUTPUTS_BYTES:
+            append(result_from_pb(result))
+            continue
+        append(ResultIn(result.state_id, result.dispatch_id, executed_kind, outputs, attempt=result.attempt))
+    return decoded
+
+
 def result_from_pb(result: runtime_pb2.Result) -> ResultIn:
     decoded = _outcome(result)
     decoded.attempt = result.attempt  # matched with the dispatch (server/rejects.py)
@@ -296,7 +329,7 @@ def _outcome(result: runtime_pb2.Result) -> ResultIn:
         size = 0
         for out in result.executed.outputs:
             fields = out.fields
-            values = {k: fields[k] for k in fields}
+            values = {intern(k): fields[k] for k in fields}
             size += sum(text_bytes(v) for v in values.values())
             outputs.append(values)
         if size > MAX_OUTPUTS_BYTES:  # the Python runtime refuses it first; runtimes in other languages may not

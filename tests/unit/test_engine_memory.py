@@ -1,0 +1,82 @@
+"""What a live state holds is shared where it can be: the engine without sockets (tests/helpers/engine.py)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from server.models import FieldSpec, NodeSchema
+from server.status import RunStatus, StateStatus
+from tests.helpers.engine import NS, Kit, node, schema
+
+SPLIT = schema("Split", outputs=("x",))
+ECHO = schema("Echo")
+
+
+@pytest.fixture
+async def kit() -> AsyncIterator[Kit]:
+    k = await Kit().start()
+    try:
+        yield k
+    finally:
+        await k.stop()
+
+
+async def test_a_branch_whose_inputs_are_its_parents_output_shares_that_dict(kit: Kit) -> None:
+    session = kit.connect(SPLIT, ECHO)
+    await kit.graph(
+        "g",
+        [
+            node("split", "Split", next_nodes=["same", "renamed"]),
+            node("same", "Echo", {"x": "${{ split.outputs.x }}"}),
+            node("renamed", "Echo", {"x": "item ${{ split.outputs.x }}"}),
+        ],
+    )
+    await kit.trigger("g", inputs={"x": "go"})
+    [split] = await kit.dispatched(session)
+    kit.answer(session, split, outputs=[{"x": "a"}, {"x": "b"}])
+    children = await kit.dispatched(session)
+    assert split.outputs is not None
+    same = sorted((s for s in children if s.identifier == "same"), key=lambda s: s.path)
+    assert [s.inputs for s in same] == [{"x": "a"}, {"x": "b"}]
+    assert all(s.inputs is out for s, out in zip(same, split.outputs, strict=True))
+    renamed = sorted((s for s in children if s.identifier == "renamed"), key=lambda s: s.path)
+    assert [s.inputs for s in renamed] == [{"x": "item a"}, {"x": "item b"}]
+    assert all(s.inputs is not out for s, out in zip(renamed, split.outputs, strict=True))
+    # Dispatched in one tick with one timeout: one deadline object for all of them.
+    assert len({id(s.deadline_ms) for s in children}) == 1
+    assert {s.deadline_ms for s in children} == {kit.now + kit.settings.default_timeout_ms}
+
+
+async def test_a_branch_reading_a_field_its_parent_did_not_return_fails_as_before(kit: Kit) -> None:
+    optional = NodeSchema(
+        namespace=NS, name="Maybe", inputs=(FieldSpec("x", True),), outputs=(FieldSpec("x", False),), secrets=(),
+        raw=b"Maybe",
+    )  # fmt: skip
+    session = kit.connect(optional, ECHO)
+    await kit.graph("g", [node("maybe", "Maybe", next_nodes=["e"]), node("e", "Echo", {"x": "${{ maybe.outputs.x }}"})])
+    run_id = await kit.trigger("g", inputs={"x": "go"})
+    [maybe] = await kit.dispatched(session)
+    kit.answer(session, maybe, outputs=[{"x": "a"}, {}])
+    run, states = await kit.run(run_id)
+    assert run.status is RunStatus.FAILED
+    assert [s.status for s in states] == [StateStatus.NEXT_CREATED_ERROR]  # no branch is created
+    assert states[0].error is not None and "maybe has no output 'x'" in states[0].error["message"]
+
+
+async def test_live_states_are_found_by_id_through_their_run(kit: Kit) -> None:
+    session = kit.connect(SPLIT, ECHO)
+    await kit.graph("g", [node("split", "Split", next_nodes=["e"]), node("e", "Echo", {"x": "${{ split.outputs.x }}"})])
+    run_id = await kit.trigger("g", inputs={"x": "go"})
+    [split] = await kit.dispatched(session)
+    kit.answer(session, split, outputs=[{"x": str(i)} for i in range(300)])
+    table = kit.engine._table
+    states = list(table.runs[run_id].states)
+    assert len(states) == 301 and list(kit.engine.live_states()) == states
+    assert all(table.state(s.state_id) is s for s in states)
+    for missing in (f"{run_id}-301", f"{run_id}-x", f"{run_id}-", "nope-1", run_id, ""):
+        assert table.state(missing) is None
+    states[5:7] = []  # a run loaded without some of its states (recovery drops what it cannot run)
+    table.runs[run_id].states = states
+    assert table.state(f"{run_id}-8") is states[6] and table.state(f"{run_id}-6") is None

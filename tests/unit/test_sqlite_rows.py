@@ -1,0 +1,47 @@
+"""Rows the SQLite store writes through its narrow statements read back as whole as the ones it writes whole."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from server.models import RunRow, StateRow
+from server.sqlite_rows import prepare
+from server.sqlite_store import SqliteStore
+from server.status import RunStatus, StateStatus
+from server.store import WriteBatch
+
+
+def _state(seq: int, **changes: object) -> StateRow:
+    state = StateRow(
+        state_id=f"r1-{seq}", run_id="r1", identifier="work", node_name="Work", status=StateStatus.CREATED,
+        inputs={"item": f"é{seq}"}, attempt=1, parent_id="r1-0", parent_output=seq, path=(seq,),
+        created_at_ms=1_000, updated_at_ms=1_000, seq=seq,
+    )  # fmt: skip
+    return dataclasses.replace(state, **changes)  # type: ignore[arg-type]
+
+
+def test_new_and_finished_states_read_back_as_written(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "s.db")
+    run = RunRow(run_id="r1", namespace="ns", graph_name="g", graph_version=1, status=RunStatus.PENDING)
+    new = [
+        _state(1),  # not run yet: the narrow insert
+        _state(2, run_at_ms=5_000),
+        _state(3, status=StateStatus.SUCCESS, outputs=[{"y": "1"}], runtime_name="rt", started_at_ms=1_001, ran_ms=2),
+        _state(4, attempt=2, error={"message": "boom", "type": "ValueError"}, status=StateStatus.ERRORED),
+    ]
+    first = prepare(WriteBatch(new_states=new, runs=[run]))
+    assert len(first.new_inserts) == 2 and len(first.inserts) == 2
+    store.commit(first)
+    done: dict[str, object] = {"status": StateStatus.SUCCESS, "outputs": [{"y": "ü"}], "updated_at_ms": 1_500}
+    done |= {"runtime_name": "rt", "ran_ms": 4}
+    updated = [
+        _state(1, started_at_ms=1_100, **done),  # a success: the narrow update
+        _state(2, run_at_ms=5_000, **done),
+        _state(3, status=StateStatus.PRUNED, pruned_data='{"why": "x"}', updated_at_ms=1_600),
+        _state(4, attempt=2, status=StateStatus.RETRY_CREATED, error={"message": "boom", "type": "E"}),
+    ]
+    second = prepare(WriteBatch(updated_states=updated))
+    assert len(second.done_updates) == 1 and len(second.updates) == 3
+    store.commit(second)
+    assert store.get_states("r1", -1, 0) == updated

@@ -8,8 +8,8 @@ from typing import Any
 import grpc
 
 from exosphere.errors import GraphNotFoundError, InvalidArgumentError
-from exosphere.v1 import common_pb2, scheduler_pb2_grpc
 from exosphere.v1 import scheduler_pb2 as pb
+from exosphere.v1 import scheduler_pb2_grpc
 
 from .auth import Authenticator
 from .engine import Engine, TriggerRequest
@@ -19,12 +19,15 @@ from .models import RunRow
 from .names import check_name, check_names
 from .ownership import NotOwnerError
 from .sizes import (
+    PAGE_BYTES,
+    SNAPSHOT_EVENT_BYTES,
     check_store_size,
+    chunks_by_size,
     cut_by_size,
     framed_size,
-    split_by_size,
     take_by_size,
 )
+from .status import RunStatus
 from .store import RunCursor
 from .wire import (
     graph_spec_from_pb,
@@ -32,6 +35,7 @@ from .wire import (
     run_status_from_pb,
     run_to_pb,
     schema_to_pb,
+    state_to_pb,
     states_to_pb,
 )
 
@@ -167,24 +171,31 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
                 t = request.trigger
                 self._auth.check(context, t.namespace)
                 run_id = await self._engine.trigger(_trigger_request(self._engine, t))
-            events = self._engine.watch_run(run_id)
+            snapshot = request.final_snapshot
+            events = self._engine.watch_run(run_id, whole_end=snapshot)
             try:
                 first = True
                 async for run, states in events:
                     if first:
                         self._check_run(context, run)
                         first = False
+                    pending = run.status == RunStatus.PENDING
+                    if pending and (snapshot or (request.run_only and request.HasField("trigger"))):
+                        continue  # only the outcome is wanted
                     message = run_to_pb(run)
-                    if request.run_only:
-                        if message.status == common_pb2.RUN_STATUS_PENDING and request.HasField("trigger"):
-                            continue  # trigger-and-wait: only the outcome is wanted, one message
-                        if message.status == common_pb2.RUN_STATUS_PENDING:
+                    if request.run_only and not snapshot:
+                        if pending:
                             message.ClearField("store")  # up to 16 MiB; a waiting client needs it once, at the end
-                        yield pb.WatchRunResponse(run=message)
+                        yield pb.WatchRunResponse(run=message, last=not pending)
                         continue
                     reserved = framed_size(message.ByteSize())
-                    for chunk in split_by_size(states_to_pb(states), reserved=reserved):
+                    budget = SNAPSHOT_EVENT_BYTES if snapshot else PAGE_BYTES
+                    chunks = chunks_by_size(states, state_to_pb, budget=budget, reserved=reserved)
+                    chunk = next(chunks)
+                    for following in chunks:  # one chunk behind, so the last event is known and marked
                         yield pb.WatchRunResponse(run=message, states=chunk)
+                        chunk = following
+                    yield pb.WatchRunResponse(run=message, states=chunk, last=not pending)
             finally:
                 await events.aclose()  # type: ignore[attr-defined]
 

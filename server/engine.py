@@ -335,8 +335,8 @@ class Engine:
                 rows[i] = live
         return rows
 
-    async def watch_run(self, run_id: str) -> AsyncIterator[tuple[RunRow, list[StateRow]]]:
-        """Yield the run with all its states, then its changed states after each commit, until it is done."""
+    async def watch_run(self, run_id: str, *, whole_end: bool = False) -> AsyncIterator[tuple[RunRow, list[StateRow]]]:
+        """Yield the run with all its states, then the changed ones per commit, until its end (all, with whole_end)."""
         run = self._table.runs.get(run_id)
         if run is None:
             row, states, _ = self.get_run(run_id)
@@ -351,7 +351,7 @@ class Engine:
             run = ended.moved_here
             if run is None:
                 return
-        async for row, states in watches.follow(run):
+        async for row, states in watches.follow(run, whole_end=whole_end):
             # Counted only while the run has CREATED states (the counts are refreshed at most every 50 ms).
             if row.state_counts.get(CREATED, 0) or run.waiting_for_runtime:
                 run.waiting_for_runtime = self.runtimes.waiting_for_runtime(run)

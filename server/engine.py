@@ -73,6 +73,7 @@ class EngineSettings:
     sweep_interval_s: float = 0.2
     # Cluster mode: how often a watch of a run another replica owns reads it from the store.
     remote_watch_interval_s: float = 0.25
+    inline_commits: int = 0  # commits of at most this many changes run in the loop's thread (server/commit.py)
 
 
 @dataclass(slots=True)
@@ -122,6 +123,7 @@ class Engine:
             self._commit_failed,
             lambda batch: self.shards.fence(batch),
             tally=self.tally,
+            inline_max=settings.inline_commits,
         )
         self._table = RunTable(self._commit)
         self._dispatcher = Dispatcher(
@@ -312,8 +314,7 @@ class Engine:
         run = self._table.runs.get(run_id)
         if run is not None:
             states: list[StateRow] = [s for s in run.states if s.seq > after_seq]
-            if page_size:
-                states = states[:page_size]
+            del states[page_size or len(states) :]
             run.waiting_for_runtime = self.runtimes.waiting_for_runtime(run)
             return run, states, states[-1].seq if states else -1
         row = self._store.get_run(run_id)

@@ -27,6 +27,7 @@ from .sizes import (
     framed_size,
     take_by_size,
 )
+from .snapshots import Snapshot, SnapshotCache, frame
 from .status import RunStatus
 from .store import RunCursor
 from .wire import (
@@ -91,6 +92,7 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
         self._engine = engine
         self._auth = auth
         self._forwarder = forwarder or Forwarder()
+        self._snapshots = SnapshotCache()
 
     async def UpsertGraph(self, request: pb.UpsertGraphRequest, context: Ctx) -> pb.UpsertGraphResponse:
         async with status_from_errors(context):
@@ -137,18 +139,41 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
     async def GetRun(self, request: pb.GetRunRequest, context: Ctx) -> pb.GetRunResponse:
         async with status_from_errors(context):
             page_size = min(request.page_size or MAX_STATE_PAGE, MAX_STATE_PAGE)
-            run, states, last = self._engine.get_run(
-                request.run_id, page_size, _int_token(request.page_token, "GetRun")
-            )
+            after = _int_token(request.page_token, "GetRun")
+            snapshot = self._snapshot(request.run_id, context)
+            if snapshot is not None:
+                run, states = snapshot
+                run_message = run_to_pb(run)
+                blob, last_seq, more = states.page(
+                    after, page_size, budget=PAGE_BYTES, reserved=framed_size(run_message.ByteSize())
+                )
+                response = pb.GetRunResponse(run=run_message, next_page_token=str(last_seq) if more else "")
+                response.MergeFromString(blob)
+                return response
+            run, rows, last = self._engine.get_run(request.run_id, page_size, after)
             self._check_run(context, run)
             run_message = run_to_pb(run)
-            messages = states_to_pb(states)
+            messages = states_to_pb(rows)
             count = cut_by_size(messages, reserved=framed_size(run_message.ByteSize()))
             if count < len(messages):
-                token = str(states[count - 1].seq)
+                token = str(rows[count - 1].seq)
             else:
-                token = str(last) if len(states) == page_size and last >= 0 else ""
+                token = str(last) if len(rows) == page_size and last >= 0 else ""
             return pb.GetRunResponse(run=run_message, states=messages[:count], next_page_token=token)
+
+    def _snapshot(self, run_id: str, context: Ctx) -> tuple[RunRow, Snapshot] | None:
+        """A finished run that is no longer in memory, with all its states encoded once (server/snapshots.py); None
+        for a pending or live run, or one too big to snapshot."""
+        if self._engine.is_live(run_id):
+            return None
+        run, _, _ = self._engine.get_run(run_id, 1)
+        self._check_run(context, run)
+        if not self._snapshots.fits(run):
+            return None
+        snapshot = self._snapshots.get(run)
+        if snapshot is None:
+            snapshot = self._snapshots.make(run, self._engine.get_run(run_id)[1])
+        return run, snapshot
 
     async def ListRuns(self, request: pb.ListRunsRequest, context: Ctx) -> pb.ListRunsResponse:
         async with status_from_errors(context):
@@ -171,8 +196,20 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
                 t = request.trigger
                 self._auth.check(context, t.namespace)
                 run_id = await self._engine.trigger(_trigger_request(self._engine, t))
-            snapshot = request.final_snapshot
-            events = self._engine.watch_run(run_id, whole_end=snapshot)
+            wants_snapshot = request.final_snapshot
+            finished = self._snapshot(run_id, context) if wants_snapshot else None
+            if finished is not None:
+                run, snapshot = finished
+                message = run_to_pb(run)
+                reserved = framed_size(message.ByteSize())
+                parts = snapshot.chunks(budget=SNAPSHOT_EVENT_BYTES, reserved=reserved)
+                part = next(parts)
+                for next_part in parts:  # one part behind, so the last event is known and marked
+                    yield _event(message, part)
+                    part = next_part
+                yield _event(message, part, last=True)
+                return
+            events = self._engine.watch_run(run_id, whole_end=wants_snapshot)
             try:
                 first = True
                 async for run, states in events:
@@ -180,22 +217,29 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
                         self._check_run(context, run)
                         first = False
                     pending = run.status == RunStatus.PENDING
-                    if pending and (snapshot or (request.run_only and request.HasField("trigger"))):
+                    if pending and (wants_snapshot or (request.run_only and request.HasField("trigger"))):
                         continue  # only the outcome is wanted
                     message = run_to_pb(run)
-                    if request.run_only and not snapshot:
+                    if request.run_only and not wants_snapshot:
                         if pending:
                             message.ClearField("store")  # up to 16 MiB; a waiting client needs it once, at the end
                         yield pb.WatchRunResponse(run=message, last=not pending)
                         continue
                     reserved = framed_size(message.ByteSize())
-                    budget = SNAPSHOT_EVENT_BYTES if snapshot else PAGE_BYTES
+                    budget = SNAPSHOT_EVENT_BYTES if wants_snapshot else PAGE_BYTES
+                    # The final snapshot of a run small enough is kept, encoded, for the reads that follow.
+                    frames: list[bytes] | None = [] if wants_snapshot and self._snapshots.fits(run) else None
                     chunks = chunks_by_size(states, state_to_pb, budget=budget, reserved=reserved)
                     chunk = next(chunks)
                     for following in chunks:  # one chunk behind, so the last event is known and marked
                         yield pb.WatchRunResponse(run=message, states=chunk)
+                        if frames is not None:
+                            frames.extend(map(frame, chunk))
                         chunk = following
                     yield pb.WatchRunResponse(run=message, states=chunk, last=not pending)
+                    if frames is not None and not pending:
+                        frames.extend(map(frame, chunk))
+                        self._snapshots.keep(run, [s.seq for s in states], frames)
             finally:
                 await events.aclose()  # type: ignore[attr-defined]
 
@@ -270,6 +314,13 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
 
     def _check_run(self, context: Ctx, run: RunRow) -> None:
         self._auth.check(context, run.namespace)
+
+
+def _event(run: pb.Run, states: bytes, *, last: bool = False) -> pb.WatchRunResponse:
+    """A watch event carrying ``states`` already encoded (server/snapshots.py)."""
+    event = pb.WatchRunResponse(run=run, last=last)
+    event.MergeFromString(states)
+    return event
 
 
 def _plain(mapping: Any) -> dict[str, str]:

@@ -6,6 +6,7 @@ budget, the last one marked; clients that never heard of the snapshot get what t
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 
 import grpc
@@ -18,7 +19,7 @@ from server.api import Ctx, SchedulerApi
 from server.app import App
 from server.config import ServerConfig
 from server.sizes import SNAPSHOT_EVENT_BYTES
-from tests.engine_nodes import Split, Tag
+from tests.engine_nodes import Flaky, Split, Tag
 from tests.helpers.graphs import gnode, states_of
 from tests.helpers.runtimes import RuntimeFactory, RuntimeGroup
 from tests.helpers.servers import serving
@@ -178,3 +179,63 @@ async def test_wait_on_a_scheduler_before_the_snapshot_reads_the_states_with_get
         assert waited.status is RunStatus.SUCCESS and len(waited.states) == 3
         assert both.status is RunStatus.SUCCESS and [s.outputs for s in states_of(both, "tag")] == [[{"text": "c!"}]]
         assert sum(count for key, count in app.rpcs.calls.items() if key[0] == GET_RUN) == 2
+
+
+async def test_a_finished_run_reads_in_pages_from_its_snapshot(
+    state_manager: StateManager,
+    start_runtime: RuntimeFactory,
+    namespace: str,
+    stub: scheduler_pb2_grpc.SchedulerServiceAsyncStub,
+) -> None:
+    await _fan_graph(state_manager, start_runtime, namespace)
+    (done,) = await _events(
+        stub,
+        pb.WatchRunRequest(
+            run_only=True, trigger=pb.TriggerGraphRequest(namespace=namespace, graph_name="fan", inputs={"csv": _csv()})
+        ),
+    )
+    run_id = done.run.run_id
+
+    pages, token = [], ""
+    while True:  # the first page encodes the run once; the others are cut from that
+        page = await stub.GetRun(pb.GetRunRequest(run_id=run_id, page_size=7, page_token=token), timeout=10)
+        pages.append(page)
+        token = page.next_page_token
+        if not token:
+            break
+    whole = await state_manager.get_run(run_id)
+
+    assert [len(p.states) for p in pages] == [7, 7, 7, 7, 3]
+    assert all(p.run.status == common_pb2.RUN_STATUS_SUCCESS for p in pages)
+    seqs = [int(s.state_id.rpartition("-")[2]) for p in pages for s in p.states]
+    assert seqs == sorted(seqs) and len(set(seqs)) == BRANCHES + 1
+    assert [s.state_id for s in whole.states] == [s.state_id for p in pages for s in p.states]
+    assert sorted(s.outputs[0]["text"][:1] for s in states_of(whole, "tag")) == sorted(
+        chr(ord("a") + i % 26) for i in range(BRANCHES)
+    )
+    # A token past the end gives an empty last page, as before.
+    beyond = await stub.GetRun(pb.GetRunRequest(run_id=run_id, page_token=str(10**9)), timeout=10)
+    assert not beyond.states and not beyond.next_page_token
+
+
+async def test_reads_of_a_finished_run_follow_a_manual_retry(
+    state_manager: StateManager, start_runtime: RuntimeFactory, namespace: str
+) -> None:
+    await start_runtime([Flaky])
+    key = uuid.uuid4().hex
+    await state_manager.upsert_graph(
+        "once", [gnode(namespace, "Flaky", "f", {"key": key, "fails": "1"})], retry_policy={"max_retries": 0}
+    )
+    run = await state_manager.trigger("once")
+    failed = await state_manager.wait(run.run_id, timeout=10)
+    assert failed.status is RunStatus.FAILED
+    assert (await state_manager.get_run(run.run_id)).states == failed.states  # read once more: now kept encoded
+
+    await state_manager.retry_state(failed.states[0].state_id)
+    async for event, _ in state_manager.watch(run.run_id, states=False):  # no snapshot made on the way
+        if event.status is not RunStatus.PENDING:
+            break
+
+    for again in (await state_manager.get_run(run.run_id), await state_manager.wait(run.run_id, timeout=10)):
+        assert again.status is RunStatus.SUCCESS
+        assert [(s.attempt, s.status) for s in again.states] == [(1, StateStatus.ERRORED), (2, StateStatus.SUCCESS)]

@@ -151,21 +151,26 @@ def _state_status(number: int) -> StateStatus:
     return status
 
 
-def state_from_pb(state: scheduler_pb2.State) -> StateModel:
+def _time(ms: int, times: dict[int, datetime | None]) -> datetime | None:
+    try:
+        return times[ms]
+    except KeyError:
+        when = times[ms] = datetime.fromtimestamp(ms / 1000, tz=UTC) if ms else None
+        return when
+
+
+def state_from_pb(state: scheduler_pb2.State, times: dict[int, datetime | None] | None = None) -> StateModel:
     """One state as the SDK's model. Reads of big runs convert thousands of these, so it avoids the slow paths:
-    ``dict(map_field)`` and keyword construction cost several times a comprehension and ``validate_python``."""
+    ``dict(map_field)`` and keyword construction cost several times a comprehension and ``validate_python``, and
+    ``times`` (shared by the states of one read, immutable values) makes each distinct timestamp once."""
+    if times is None:
+        times = {}
     error = None
     if state.HasField("error"):
         e = state.error
         error = {"message": e.message, "type": e.type, "traceback": e.traceback}
     inputs = state.inputs
     pruned = state.pruned_data_json
-    created, updated, run_at, started = (
-        state.created_at_unix_ms,
-        state.updated_at_unix_ms,
-        state.run_at_unix_ms,
-        state.started_at_unix_ms,
-    )
     return _validate_state(  # type: ignore[no-any-return]
         {
             "state_id": state.state_id,
@@ -178,19 +183,20 @@ def state_from_pb(state: scheduler_pb2.State) -> StateModel:
             "error": error,
             "attempt": state.attempt,
             "parent_id": state.parent_id or None,
-            "created_at": datetime.fromtimestamp(created / 1000, tz=UTC) if created else None,
-            "updated_at": datetime.fromtimestamp(updated / 1000, tz=UTC) if updated else None,
-            "run_at": datetime.fromtimestamp(run_at / 1000, tz=UTC) if run_at else None,
+            "created_at": _time(state.created_at_unix_ms, times),
+            "updated_at": _time(state.updated_at_unix_ms, times),
+            "run_at": _time(state.run_at_unix_ms, times),
             "pruned_data": json.loads(pruned) if pruned else None,
             "runtime_name": state.runtime_name,
-            "started_at": datetime.fromtimestamp(started / 1000, tz=UTC) if started else None,
+            "started_at": _time(state.started_at_unix_ms, times),
             "ran_ms": state.ran_ms,
         }
     )
 
 
 def states_from_pb(states: Iterable[scheduler_pb2.State]) -> list[StateModel]:
-    return [state_from_pb(s) for s in states]
+    times: dict[int, datetime | None] = {}
+    return [state_from_pb(s, times) for s in states]
 
 
 def run_from_pb(run: scheduler_pb2.Run, states: Sequence[StateModel] = ()) -> RunModel:

@@ -280,6 +280,7 @@ class StateManager:
         call = self._api().WatchRun(request, metadata=self._metadata)
         final: pb.Run | None = None
         states: list[StateModel] = []
+        last = False
         try:
             async with translate_errors():
                 async for event in call:
@@ -289,13 +290,17 @@ class StateManager:
                         final = event.run
                     if request.final_snapshot:
                         states.extend(states_from_pb(event.states))  # this event's, while the next one travels
-                        if event.last:
-                            return run_from_pb(final, states), True
-                    else:
+                    last = event.last
+                    if last or not request.final_snapshot:
                         break
         finally:
-            call.cancel()
-        return None if final is None else (run_from_pb(final), False)
+            # The scheduler ends the stream right after its last event: cancelling it would cost both sides more
+            # than letting it end, and waiting for that end would delay the answer.
+            if not last:
+                call.cancel()
+        if final is None:
+            return None
+        return run_from_pb(final, states), last and request.final_snapshot
 
     async def watch(self, run_id: str, *, states: bool = True) -> AsyncIterator[tuple[RunModel, list[StateModel]]]:
         """Yield ``(run, changed_states)`` as the run progresses; ends once the run is no longer pending.

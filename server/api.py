@@ -166,13 +166,14 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
         for a pending or live run, or one too big to snapshot."""
         if self._engine.is_live(run_id):
             return None
-        run, _, _ = self._engine.get_run(run_id, 1)
+        run, first, _ = self._engine.get_run(run_id, 1)
         self._check_run(context, run)
         if not self._snapshots.fits(run):
             return None
         snapshot = self._snapshots.get(run)
         if snapshot is None:
-            snapshot = self._snapshots.make(run, self._engine.get_run(run_id)[1])
+            whole = first if sum(run.state_counts.values()) <= len(first) else self._engine.get_run(run_id)[1]
+            snapshot = self._snapshots.make(run, whole)
         return run, snapshot
 
     async def ListRuns(self, request: pb.ListRunsRequest, context: Ctx) -> pb.ListRunsResponse:

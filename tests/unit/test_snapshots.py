@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from exosphere.v1 import scheduler_pb2 as pb
 from server.models import RunRow, StateRow
-from server.snapshots import MAX_SNAPSHOT_STATES, SnapshotCache
+from server.sizes import SNAPSHOT_EVENT_BYTES
+from server.snapshots import CACHE_BYTES, MAX_SNAPSHOT_STATES, SnapshotCache
 from server.status import RunStatus, StateStatus
 
 
@@ -102,3 +105,10 @@ def test_the_cache_stays_within_its_bytes_dropping_the_least_recently_read() -> 
     cache.make(_run("f"), _states(2, size=300))
     assert cache.get(_run("c")) is None
     assert all(cache.get(_run(name)) is not None for name in ("b", "d", "e", "f"))
+
+
+def test_the_readme_states_the_snapshot_sizes_the_scheduler_uses() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert SNAPSHOT_EVENT_BYTES == 256 * 1024 and "about 256 KiB per event" in readme
+    assert MAX_SNAPSHOT_STATES == 20_000 and CACHE_BYTES == 64 * 1024 * 1024
+    assert "runs of up to\n20,000 states, 64 MiB in all" in readme

@@ -15,16 +15,19 @@ def model_to_descriptor(name: str, model: type[BaseModel]) -> DescriptorProto:
     """Translate a pydantic model of ``str`` fields into a proto2-shaped ``DescriptorProto``.
 
     Fields are numbered in declaration order; a field without a default is required, one with a default is
-    optional and carries it as ``default_value``.
+    optional and carries it as ``default_value`` (which the scheduler fills in when the input is absent). A
+    ``None`` default is optional without a ``default_value``: the input may be absent, and the node sees ``None``.
     """
     descriptor = DescriptorProto(name=name)
     for number, (field_name, field) in enumerate(model.model_fields.items(), start=1):
         fd = descriptor.field.add(name=field_name, number=number, type=FieldDescriptorProto.TYPE_STRING)
         if field.is_required():
             fd.label = FieldDescriptorProto.LABEL_REQUIRED
-        else:
-            fd.label = FieldDescriptorProto.LABEL_OPTIONAL
-            fd.default_value = str(field.get_default(call_default_factory=True))
+            continue
+        fd.label = FieldDescriptorProto.LABEL_OPTIONAL
+        default = field.get_default(call_default_factory=True)
+        if default is not None:
+            fd.default_value = str(default)
     return descriptor
 
 

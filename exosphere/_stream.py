@@ -1,5 +1,6 @@
 """Small pieces of the runtime stream: a lazily made event, sizes of framed results, the errored result sent in place
-of one too large, and the event loop a blocking ``Runtime.start()`` runs on."""
+of one too large, result batches cut by size, rejected results logged, and the event loop a blocking
+``Runtime.start()`` runs on."""
 
 from __future__ import annotations
 
@@ -55,6 +56,46 @@ def too_large(result: pb.Result, size: int) -> pb.Result:
     )
     errored.errored.type = "ResultTooLargeError"
     return errored
+
+
+async def flush(call: Any, outbox: list[pb.Result]) -> None:
+    """Write ``outbox`` (emptying it) in ResultBatch messages cut by count and by size."""
+    while outbox:
+        batch = outbox[:MAX_BATCH]
+        del outbox[:MAX_BATCH]
+        size = 0
+        results: list[pb.Result] = []
+        for result in batch:
+            result_size = framed_size(result.ByteSize())
+            if result_size > MAX_RESULT_MESSAGE_BYTES:
+                result = too_large(result, result_size)
+                result_size = framed_size(result.ByteSize())
+            if results and size + result_size > BATCH_BYTES:
+                await call.write(pb.RuntimeMessage(results=pb.ResultBatch(results=results)))
+                results, size = [], 0
+            results.append(result)
+            size += result_size
+        if results:
+            await call.write(pb.RuntimeMessage(results=pb.ResultBatch(results=results)))
+
+
+# Rejected results logged one per line, at most this many per ResultsRejected message (then a count).
+LOG_REJECTED = 5
+
+
+def log_rejected(runtime: str, message: pb.ResultsRejected) -> None:
+    """The scheduler could not match some results: a bug on this side (or a result that raced a restart)."""
+    for rejected in message.results[:LOG_REJECTED]:
+        try:
+            reason = pb.RejectReason.Name(rejected.reason).removeprefix("REJECT_REASON_")
+        except ValueError:  # a reason newer than this SDK
+            reason = str(rejected.reason)
+        logger.warning(
+            "result rejected by the scheduler runtime=%s state_id=%s dispatch_id=%d attempt=%d reason=%s: %s",
+            runtime, rejected.state_id, rejected.dispatch_id, rejected.attempt, reason, rejected.message,
+        )  # fmt: skip
+    if len(message.results) > LOG_REJECTED:
+        logger.warning("%d more results rejected runtime=%s", len(message.results) - LOG_REJECTED, runtime)
 
 
 def first_leaf(group: BaseExceptionGroup[Any]) -> BaseException:

@@ -219,6 +219,19 @@ class StateManager:
             finally:
                 upcoming.cancel()
 
+    async def resolve_run_id(self, run_id: str) -> str:
+        """The whole id of the run that ``run_id`` names: a run id, or a unique prefix of one (``7ced34``).
+
+        Raises:
+            RunNotFoundError: No run id starts with it.
+            InvalidArgumentError: Several do; the message lists a few of them.
+        """
+        async with translate_errors():
+            response = await self._api().GetRun(
+                pb.GetRunRequest(run_id=run_id, page_size=1), metadata=self._metadata, timeout=CALL_TIMEOUT_S
+            )
+        return response.run.run_id
+
     async def list_runs(
         self,
         graph_name: str | None = None,

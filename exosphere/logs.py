@@ -2,7 +2,8 @@
 
 ``EXOSPHERE_LOG_FORMAT=json`` makes it one JSON object per line: ``time``, ``level``, ``logger``, ``message``, the
 message's ``key=value`` ids as fields, and ``exception`` (the traceback) when there is one; the scheduler's
-``--log-format json`` writes the same.
+``--log-format json`` uses this same formatter. This module imports only the standard library, which is why the
+scheduler may import it (besides ``exosphere.v1`` and ``exosphere.errors``, nothing else of the SDK).
 """
 
 from __future__ import annotations

@@ -7,7 +7,6 @@ import contextlib
 import logging
 import signal
 import threading
-import time
 import uuid
 from collections.abc import Sequence
 from datetime import timedelta
@@ -21,16 +20,7 @@ from exosphere._convert import node_to_schema
 from exosphere._executor import execute_item
 from exosphere._keepalive import KeepAlive
 from exosphere._metrics import RuntimeMetrics
-from exosphere._stream import (
-    BATCH_BYTES,
-    MAX_BATCH,
-    MAX_RESULT_MESSAGE_BYTES,
-    LazyEvent,
-    first_leaf,
-    framed_size,
-    loop_factory,
-    too_large,
-)
+from exosphere._stream import LazyEvent, first_leaf, flush, log_rejected, loop_factory
 from exosphere.config import ClientConfig
 from exosphere.errors import AuthenticationError, ExosphereError, InvalidArgumentError, PermissionDeniedError
 from exosphere.logs import setup_default_logging
@@ -103,6 +93,11 @@ class Runtime:
         self._in_flight: dict[int, tuple[asyncio.Task[None], pb.Execute]] = {}
         self._outbox: list[pb.Result] = []
         self._wake_writer: asyncio.Event | None = None
+        # One stream's drain: set on stop() or the scheduler's Drain; then Draining is sent, held states finish and
+        # are reported, the stream is half-closed, and (unless stopping) the runtime reconnects.
+        self._leave: asyncio.Event | None = None
+        self._draining = False
+        self._drain_grace_s: float | None = None
         self.executed_count = 0
         # Prometheus /metrics of this runtime (exosphere/_metrics.py) when metrics_port is set (0 picks a port,
         # found in self.metrics_port once run() started).
@@ -156,6 +151,8 @@ class Runtime:
         self._stop_requested = True
         if self._stopping is not None:
             self._stopping.set()
+        if self._leave is not None:
+            self._leave.set()
         for link, _ in self._links.values():
             link.stop()
 
@@ -267,14 +264,17 @@ class Runtime:
             keepalive = KeepAlive(self._config, registered.session_id, heartbeat_s)
             keepalive.start()
             stack.callback(keepalive.stop)
+            self._leave, self._draining, self._drain_grace_s = asyncio.Event(), False, None
+            if self._stopping.is_set():
+                self._leave.set()
             async with asyncio.TaskGroup() as tg:
                 reader = tg.create_task(self._read_loop(call), name="runtime-reader")
                 writer = tg.create_task(self._write_loop(call, heartbeat_s), name="runtime-writer")
-                stopper = tg.create_task(self._stopping.wait(), name="runtime-stop-watch")
-                done, _ = await asyncio.wait({reader, writer, stopper}, return_when=asyncio.FIRST_COMPLETED)
-                if stopper in done:
-                    await self._drain(call)
-                for task in (reader, writer, stopper):
+                leaver = tg.create_task(self._leave.wait(), name="runtime-leave-watch")
+                done, _ = await asyncio.wait({reader, writer, leaver}, return_when=asyncio.FIRST_COMPLETED)
+                if leaver in done:
+                    await self._drain(reader, heartbeat_s)
+                for task in (reader, writer, leaver):
                     task.cancel()
             return True
         except grpc.aio.AioRpcError as exc:
@@ -288,21 +288,25 @@ class Runtime:
             stack.close()
             call.cancel()
 
-    async def _drain(self, call: Any) -> None:
-        """Tell the scheduler we take no more work, finish in-flight states, flush their results."""
-        with contextlib.suppress(grpc.aio.AioRpcError):
-            await call.write(pb.RuntimeMessage(draining=pb.Draining()))
-        deadline = time.monotonic() + self._shutdown_grace.total_seconds()
-        while self._in_flight and time.monotonic() < deadline:
-            await asyncio.wait([t for t, _ in self._in_flight.values()], timeout=deadline - time.monotonic())
-        with contextlib.suppress(grpc.aio.AioRpcError):
-            await self._flush(call)
-            await call.done_writing()
+    async def _drain(self, reader: asyncio.Task[None], heartbeat_s: float) -> None:
+        """Take no more work: the writer sends Draining, reports the held states as they finish and half-closes the
+        stream once none is left; the scheduler then ends it. Bounded by the grace (ours when stopping, the
+        scheduler's when it asked); what is still running after it is cancelled when the stream goes."""
+        assert self._wake_writer is not None
+        grace_s = self._shutdown_grace.total_seconds()
+        if self._drain_grace_s is not None:
+            grace_s = min(grace_s, self._drain_grace_s)
+        logger.info("runtime draining runtime=%s held=%d grace_s=%.1f", self.name, len(self._in_flight), grace_s)
+        self._draining = True
+        self._wake_writer.set()
+        await asyncio.wait({reader}, timeout=grace_s + heartbeat_s)
 
     async def _read_loop(self, call: Any) -> None:
         while True:
             message = await call.read()
             if message is grpc.aio.EOF:
+                if self._draining:  # the end a drain asks for
+                    return
                 raise ExosphereError("scheduler closed the runtime stream")
             kind = message.WhichOneof("kind")
             if kind == "execute":
@@ -318,8 +322,12 @@ class Runtime:
             elif kind == "replicas":
                 self._root._on_replicas(message.replicas.addresses)
             elif kind == "drain":
-                logger.info("scheduler asked runtime to drain runtime=%s", self.name)
-                self.stop()
+                self._drain_grace_s = message.drain.grace_ms / 1000
+                logger.info("scheduler asked runtime to drain runtime=%s grace_s=%.1f", self.name, self._drain_grace_s)
+                assert self._leave is not None
+                self._leave.set()
+            elif kind == "results_rejected":
+                log_rejected(self.name, message.results_rejected)
 
     def _start(self, item: pb.Execute, store: Any) -> None:
         node_cls = self._nodes.get(item.node_name)
@@ -385,37 +393,26 @@ class Runtime:
         assert self._wake_writer is not None
         self._wake_writer.set()
 
-    async def _flush(self, call: Any) -> None:
-        while self._outbox:
-            batch = self._outbox[:MAX_BATCH]
-            del self._outbox[:MAX_BATCH]
-            size = 0
-            results: list[pb.Result] = []
-            for result in batch:
-                result_size = framed_size(result.ByteSize())
-                if result_size > MAX_RESULT_MESSAGE_BYTES:
-                    result = too_large(result, result_size)
-                    result_size = framed_size(result.ByteSize())
-                if results and size + result_size > BATCH_BYTES:
-                    await call.write(pb.RuntimeMessage(results=pb.ResultBatch(results=results)))
-                    results, size = [], 0
-                results.append(result)
-                size += result_size
-            if results:
-                await call.write(pb.RuntimeMessage(results=pb.ResultBatch(results=results)))
-
     async def _write_loop(self, call: Any, heartbeat_s: float) -> None:
+        """The stream's only writer: results as they come, a heartbeat when idle, and a drain's messages."""
         assert self._wake_writer is not None
         wake = self._wake_writer
+        said_draining = False
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(heartbeat_s):
                     await wake.wait()
             wake.clear()
+            if self._draining and not said_draining:
+                said_draining = True
+                await call.write(pb.RuntimeMessage(draining=pb.Draining()))
             if self._outbox:
-                await self._flush(call)
+                await flush(call, self._outbox)
             else:
                 await call.write(pb.RuntimeMessage(heartbeat=pb.Heartbeat(in_flight=len(self._in_flight))))
+            if self._draining and not self._in_flight and not self._outbox:
+                await call.done_writing()
+                return
 
     def _cancel(self, state_ids: set[str]) -> None:
         """Stop states the scheduler cancelled (timed out, run cancelled) and acknowledge each, freeing its credit."""

@@ -91,6 +91,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lease", help="runtime lease, e.g. PT5S (env EXOSPHERE_LEASE)")
     p.add_argument("--heartbeat-interval", help="runtime heartbeat interval, e.g. PT1S")
     p.add_argument("--default-timeout", help="state timeout when neither node nor graph sets one, e.g. PT30M")
+    p.add_argument(
+        "--drain-grace",
+        help="on SIGTERM, how long runtimes may finish and report the states they hold before those are requeued, "
+        "e.g. PT5S (default 5s; env EXOSPHERE_DRAIN_GRACE)",
+    )
     p.add_argument("--log-level", default=os.environ.get("EXOSPHERE_LOG_LEVEL", "INFO"))
     p.add_argument(
         "--log-format",
@@ -191,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if args.log_format == "json":
-        from .logformat import JsonFormatter
+        from exosphere.logs import JsonFormatter
 
         for handler in logging.getLogger().handlers:
             handler.setFormatter(JsonFormatter())
@@ -214,6 +219,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             lease=args.lease,
             heartbeat_interval=args.heartbeat_interval,
             default_timeout=args.default_timeout,
+            drain_grace=args.drain_grace,
             http_port=-1 if args.no_http else args.http_port,
             otel=args.otel or None,
         )

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 
-from exosphere.errors import GraphNotFoundError, InvalidArgumentError
+from exosphere.errors import GraphNotFoundError, InvalidArgumentError, RunNotFoundError
 from exosphere.v1 import scheduler_pb2 as pb
 from exosphere.v1 import scheduler_pb2_grpc
 
@@ -15,9 +16,10 @@ from .auth import Authenticator
 from .engine import Engine, TriggerRequest
 from .errors import status_from_errors
 from .forward import Forwarder, forwarded
-from .models import RunRow
+from .models import RunRow, StateRow
 from .names import check_name, check_names
 from .ownership import NotOwnerError
+from .prefixes import resolve_run_id
 from .sizes import (
     PAGE_BYTES,
     SNAPSHOT_EVENT_BYTES,
@@ -140,17 +142,17 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
         async with status_from_errors(context):
             page_size = min(request.page_size or MAX_STATE_PAGE, MAX_STATE_PAGE)
             after = _int_token(request.page_token, "GetRun")
-            snapshot = self._snapshot(request.run_id, context)
+            run, first = self._found(request.run_id, context)
+            snapshot = self._snapshot(run, first)
             if snapshot is not None:
-                run, states = snapshot
                 run_message = run_to_pb(run)
-                blob, last_seq, more = states.page(
+                blob, last_seq, more = snapshot.page(
                     after, page_size, budget=PAGE_BYTES, reserved=framed_size(run_message.ByteSize())
                 )
                 response = pb.GetRunResponse(run=run_message, next_page_token=str(last_seq) if more else "")
                 response.MergeFromString(blob)
                 return response
-            run, rows, last = self._engine.get_run(request.run_id, page_size, after)
+            run, rows, last = self._engine.get_run(run.run_id, page_size, after)
             self._check_run(context, run)
             run_message = run_to_pb(run)
             messages = states_to_pb(rows)
@@ -161,20 +163,26 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
                 token = str(last) if len(rows) == page_size and last >= 0 else ""
             return pb.GetRunResponse(run=run_message, states=messages[:count], next_page_token=token)
 
-    def _snapshot(self, run_id: str, context: Ctx) -> tuple[RunRow, Snapshot] | None:
-        """A finished run that is no longer in memory, with all its states encoded once (server/snapshots.py); None
-        for a pending or live run, or one too big to snapshot."""
-        if self._engine.is_live(run_id):
-            return None
-        run, first, _ = self._engine.get_run(run_id, 1)
+    def _found(self, run_id: str, context: Ctx) -> tuple[RunRow, list[StateRow]]:
+        """The run and its first state, by id or by an operator's unique prefix of it (exosphere runs show 7ced34)."""
+        try:
+            run, first, _ = self._engine.get_run(run_id, 1)
+        except RunNotFoundError:
+            allowed = functools.partial(self._auth.allowed, context)
+            run, first, _ = self._engine.get_run(resolve_run_id(self._engine, run_id, allowed), 1)
         self._check_run(context, run)
-        if not self._snapshots.fits(run):
+        return run, first
+
+    def _snapshot(self, run: RunRow, first: list[StateRow]) -> Snapshot | None:
+        """All the states of a finished run no longer in memory, encoded once (server/snapshots.py); None for a
+        pending or live run, or one too big to snapshot. ``first`` is its first state, as read already."""
+        if self._engine.is_live(run.run_id) or not self._snapshots.fits(run):
             return None
         snapshot = self._snapshots.get(run)
         if snapshot is None:
-            whole = first if sum(run.state_counts.values()) <= len(first) else self._engine.get_run(run_id)[1]
+            whole = first if sum(run.state_counts.values()) <= len(first) else self._engine.get_run(run.run_id)[1]
             snapshot = self._snapshots.make(run, whole)
-        return run, snapshot
+        return snapshot
 
     async def ListRuns(self, request: pb.ListRunsRequest, context: Ctx) -> pb.ListRunsResponse:
         async with status_from_errors(context):
@@ -198,9 +206,12 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
                 self._auth.check(context, t.namespace)
                 run_id = await self._engine.trigger(_trigger_request(self._engine, t))
             wants_snapshot = request.final_snapshot
-            finished = self._snapshot(run_id, context) if wants_snapshot else None
-            if finished is not None:
-                run, snapshot = finished
+            snapshot = None
+            if wants_snapshot and not self._engine.is_live(run_id):  # finished, or another replica's
+                run, head, _ = self._engine.get_run(run_id, 1)
+                self._check_run(context, run)
+                snapshot = self._snapshot(run, head)
+            if snapshot is not None:
                 message = run_to_pb(run)
                 reserved = framed_size(message.ByteSize())
                 parts = snapshot.chunks(budget=SNAPSHOT_EVENT_BYTES, reserved=reserved)

@@ -261,7 +261,14 @@ class App:
         http_port = self.config.http_port_to_bind()
         if http_port is not None:
             tls = (self.config.tls_cert, self.config.tls_key) if self.config.tls_cert and self.config.tls_key else None
-            self._http = HttpServer(self.engine, self.auth, self.rpcs, tls=tls)
+            self._http = HttpServer(
+                self.engine,
+                self.auth,
+                self.rpcs,
+                tls=tls,
+                replicas=lambda: self.cluster.view if self.cluster is not None else [],
+                forwarder=self._forwarder,
+            )
             self.http_port = await self._http.start(self.config.host, http_port)
         for service in ("", "exosphere.v1.SchedulerService", "exosphere.v1.RuntimeService"):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
@@ -292,12 +299,18 @@ class App:
         return f"{scheme}://{host}:{self.http_port}/"
 
     async def stop(self, grace: float | None = None) -> None:
-        """Stop accepting, let calls finish within ``grace`` seconds, commit, close the store. Idempotent."""
+        """Drain the runtimes (``drain_grace``), stop accepting, let calls finish within ``grace`` seconds, commit,
+        close the store. A ``grace`` given also bounds the drain. Idempotent."""
         if self._stopped:
             return
-        await self._shutdown(self._server, self.config.shutdown_grace.total_seconds() if grace is None else grace)
+        drain_s = self.config.drain_grace.total_seconds()
+        if grace is None:
+            grace = self.config.shutdown_grace.total_seconds()
+        else:
+            drain_s = min(drain_s, grace)
+        await self._shutdown(self._server, grace, drain_s)
 
-    async def _shutdown(self, server: grpc.aio.Server | None, grace: float) -> None:
+    async def _shutdown(self, server: grpc.aio.Server | None, grace: float, drain_s: float = 0.0) -> None:
         if self._stopped:
             return
         self._stopped = True
@@ -307,9 +320,11 @@ class App:
                 await self._http.stop()
             if server is not None and self._started:
                 await self._health.enter_graceful_shutdown()
+                # Runtimes finish what they hold within the grace (their results are committed), then what is
+                # left goes back to the queue, before a cluster replica hands its shards over.
+                await self.engine.runtimes.drain(drain_s)
                 if self.cluster is not None:
                     await self.cluster.stop()  # hand the shards over at once
-                self.engine.runtimes.close_all("scheduler shutting down")
             if server is not None:  # also one that bound but failed to start the rest: it must not outlive the loop
                 await server.stop(grace)
         finally:

@@ -17,12 +17,14 @@ import contextlib
 import hashlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Collection, Sequence
 from datetime import timedelta
 
 import asyncpg
 
 from .engine import Engine
+from .replicas import ReplicaReport, ReplicaView, report_of
 
 __all__ = ["ClusterMember", "rendezvous_owner"]
 
@@ -63,6 +65,8 @@ class ClusterMember:
         self._seen_catalog: object = None
         self._ticking = asyncio.Lock()  # one heartbeat at a time on the one connection
         self.live: list[str] = []
+        # The live replicas as the last heartbeat read them (the dashboard's cluster view, server/replicas.py).
+        self.view: list[ReplicaView] = []
         self.desired: frozenset[int] = frozenset()
 
     async def start(self) -> None:
@@ -134,9 +138,9 @@ class ClusterMember:
         shards = self._engine.shards
         lease = timedelta(seconds=self._lease_s)
         await conn.execute(
-            "INSERT INTO members (replica_id, address, heartbeat_at) VALUES ($1, $2, now()) "
-            "ON CONFLICT (replica_id) DO UPDATE SET address = $2, heartbeat_at = now()",
-            self.replica_id, self.address,
+            "INSERT INTO members (replica_id, address, heartbeat_at, report) VALUES ($1, $2, now(), $3) "
+            "ON CONFLICT (replica_id) DO UPDATE SET address = $2, heartbeat_at = now(), report = $3",
+            self.replica_id, self.address, report_of(self._engine).to_json(),
         )  # fmt: skip
         owned = sorted(shards.owned)
         renewed = await conn.fetch(
@@ -149,7 +153,8 @@ class ClusterMember:
         if lost := set(owned) - kept:
             shards.drop(lost)
         members = await conn.fetch(
-            "SELECT replica_id, address FROM members WHERE heartbeat_at > now() - $1::interval ORDER BY replica_id",
+            "SELECT replica_id, address, report, extract(epoch FROM now() - heartbeat_at)::float8 AS age_s "
+            "FROM members WHERE heartbeat_at > now() - $1::interval ORDER BY replica_id",
             lease,
         )
         self.live = [r["replica_id"] for r in members]
@@ -157,10 +162,19 @@ class ClusterMember:
             self.live.append(self.replica_id)
         self._engine.runtimes.set_replicas({r["address"] for r in members} | {self.address}, self.address)
         owners = await conn.fetch(
-            "SELECT l.shard, m.address FROM shard_leases l JOIN members m ON m.replica_id = l.owner "
+            "SELECT l.shard, l.owner, m.address FROM shard_leases l JOIN members m ON m.replica_id = l.owner "
             "WHERE l.expires_at > now()"
         )
         shards.owners = {r["shard"]: r["address"] for r in owners}
+        held = Counter(r["owner"] for r in owners)
+        now = time.monotonic()
+        self.view = [
+            ReplicaView(
+                r["replica_id"], r["address"], held[r["replica_id"]], now - r["age_s"],
+                ReplicaReport.from_json(r["report"], r["replica_id"]), is_self=r["replica_id"] == self.replica_id,
+            )
+            for r in members
+        ]  # fmt: skip
         desired = {s for s in range(shards.count) if rendezvous_owner(s, self.live) == self.replica_id}
         self.desired = frozenset(desired)
         for shard in sorted(desired - shards.owned):

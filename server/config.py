@@ -53,6 +53,7 @@ class ServerConfig(BaseModel):
         "EXOSPHERE_ADVERTISE": "advertise",
         "EXOSPHERE_SHARDS": "shards",
         "EXOSPHERE_SHARD_LEASE": "shard_lease",
+        "EXOSPHERE_DRAIN_GRACE": "drain_grace",
     }
     host: str = "127.0.0.1"
     port: int = 50051
@@ -72,6 +73,8 @@ class ServerConfig(BaseModel):
     lease: timedelta = timedelta(seconds=5)
     default_timeout: timedelta = timedelta(minutes=30)
     shutdown_grace: timedelta = timedelta(seconds=10)
+    # On stop, runtimes are sent Drain and their results accepted this long; what they still hold is then requeued.
+    drain_grace: timedelta = Field(default=timedelta(seconds=5), ge=timedelta(0))
     # SQLite: wait for the scheduler holding the database to stop, then take over (instead of refusing to start).
     standby: bool = False
     # PostgreSQL (cluster mode): how the other replicas and runtimes reach this one (default host:port), the number

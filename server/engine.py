@@ -39,6 +39,7 @@ from .models import GraphSpec, NodeSchema, RunRow, StateRow
 from .observe import Tally
 from .ownership import NotOwnerError, Shards
 from .recovery import recover
+from .rejects import Rejected, Rejects
 from .retries import ManualRetries
 from .runstate import Run, Session, State
 from .runtable import RunTable
@@ -88,10 +89,7 @@ class ResultIn:
     pruned_data: str = "{}"
     delay_ms: int = 0
     store_writes: dict[str, str] | None = None
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
+    attempt: int = 0
 
 
 class Engine:
@@ -104,7 +102,7 @@ class Engine:
         secret_box: SecretBox,
         settings: EngineSettings | None = None,
         decode_schema: Callable[[str, bytes], NodeSchema] | None = None,
-        clock: Callable[[], int] = _now_ms,
+        clock: Callable[[], int] = lambda: int(time.time() * 1000),
         shard_count: int = 1,
         own_all_shards: bool = True,
     ) -> None:
@@ -117,14 +115,9 @@ class Engine:
         # Counted on the hot path in batches, read by /metrics (server/observe.py, server/metrics.py).
         self.tally = Tally()
         self._commit = GroupCommit(
-            store,
-            lambda: self._loop,
-            self._after_commit,
-            self._commit_failed,
-            lambda batch: self.shards.fence(batch),
-            tally=self.tally,
-            inline_max=settings.inline_commits,
-        )
+            store, lambda: self._loop, self._after_commit, self._commit_failed, lambda b: self.shards.fence(b),
+            tally=self.tally, inline_max=settings.inline_commits,
+        )  # fmt: skip
         self._table = RunTable(self._commit)
         self._dispatcher = Dispatcher(
             self._table,
@@ -148,6 +141,7 @@ class Engine:
         )  # fmt: skip
         self._tasks: list[asyncio.Task[None]] = []
         self.ignored_results = 0
+        self.rejects = Rejects()  # results that matched no dispatch, for /metrics (server/rejects.py)
         self._tracing: Tracing | None = None
         # Set when a commit failed; the scheduler must then stop (see _commit_failed).
         self.fatal_error: BaseException | None = None
@@ -183,8 +177,7 @@ class Engine:
     # ================================================================== runtimes
 
     def refresh_from_store(self) -> int:
-        """Cluster mode: take the node registrations and graphs other replicas saved. Returns how many graphs
-        changed here."""
+        """Cluster mode: take the nodes and graphs other replicas saved; returns how many graphs changed here."""
         changed_nodes = self.refresh_nodes()
         return self.catalog.refresh(self._store.load_graphs(), recompile=changed_nodes)
 
@@ -210,16 +203,18 @@ class Engine:
         """Ready states waiting for credit, by (namespace, node)."""
         return self._dispatcher.depths()
 
-    def handle_results(self, session: Session, results: Sequence[ResultIn]) -> None:
-        """Apply a batch of results; each frees one credit of the session."""
+    def handle_results(self, session: Session, results: Sequence[ResultIn]) -> list[Rejected]:
+        """Apply a batch of results; each frees one credit of the session. Returns those that match no dispatch."""
         session.last_seen = time.monotonic()
         now = self._clock()
         machine, in_flight, tracing, table = self._machine, session.in_flight, self._tracing, self._table
         answered: list[State] = []
+        rejected: list[Rejected] = []
         for result in results:
             state = in_flight.get(result.dispatch_id)
-            if state is None or state.state_id != result.state_id:
+            if state is None or state.state_id != result.state_id or state.attempt != result.attempt:
                 self.ignored_results += 1  # not a dispatch of this session: the credit it holds stays held
+                rejected.append(self.rejects.reject(session, result, state, table.states.get(result.state_id)))
                 continue
             del in_flight[result.dispatch_id]
             if state.session is not session or state.status != QUEUED:
@@ -243,6 +238,7 @@ class Engine:
         if answered:
             self.tally.executed(session.namespace, now, answered)
         self._dispatcher.schedule()
+        return rejected
 
     # ================================================================== graphs
 
@@ -334,7 +330,13 @@ class Engine:
             if live is not None:
                 live.waiting_for_runtime = self.runtimes.waiting_for_runtime(live)
                 rows[i] = live
+            elif row.status == RunStatus.PENDING:  # another replica's run: its row's counts are those of its start
+                row.state_counts = self._store.count_states(row.run_id)
         return rows
+
+    def find_runs(self, prefix: str, limit: int) -> list[tuple[str, str]]:
+        """(run id, namespace) of at most ``limit`` runs whose id starts with ``prefix`` (server/prefixes.py)."""
+        return self._store.find_runs(prefix, limit)
 
     async def watch_run(self, run_id: str, *, whole_end: bool = False) -> AsyncIterator[tuple[RunRow, list[StateRow]]]:
         """Yield the run with all its states, then the changed ones per commit, until its end (all, with whole_end)."""
@@ -409,10 +411,8 @@ class Engine:
         self._dispatcher.release_due()
         self._dispatcher.schedule()
 
-    # ================================================================== after each commit (see server/commit.py)
-
     def _after_commit(self, changed: list[State], finished: list[Run]) -> None:
-        """Tell watchers what was committed, then forget the runs that ended."""
+        """After each commit (server/commit.py): tell watchers what was committed, forget the runs that ended."""
         for run in finished:
             run.end_committed = not run.pending
         watches.notify(changed, finished)

@@ -52,6 +52,13 @@ class Forwarder:
             await context.abort(exc.code(), exc.details() or "", trailing_metadata=exc.trailing_metadata() or ())
             raise  # context.abort raises; this keeps type checkers informed
 
+    async def call_as(self, address: str, method: str, request: Any, api_key: str | None) -> Any:
+        """For the dashboard: ``method`` on the replica at ``address``, as the holder of ``api_key`` (checked there
+        as if it had been called directly). A failure raises that replica's ``grpc.aio.AioRpcError``."""
+        metadata = [(FORWARDED, "1"), *([("x-api-key", api_key)] if api_key else [])]
+        logger.debug("forwarding dashboard call method=%s replica=%s", method, address)
+        return await getattr(self._stub(address), method)(request, metadata=metadata, timeout=CALL_TIMEOUT_S)
+
     async def close(self) -> None:
         channels, self._channels = self._channels, {}
         for channel in channels.values():

@@ -151,6 +151,16 @@ class SchedulerMetrics:
         yield total
         yield used
 
+        rejected = CounterMetricFamily(
+            "exosphere_results_rejected",
+            "Runtime results that matched no dispatch of their stream, by reason (server/rejects.py).",
+            labels=["namespace", "reason"],
+        )
+        for (namespace, reason), n in sorted(engine.rejects.counts.items()):
+            if allowed(namespace):
+                rejected.add_metric([namespace, reason], n)
+        yield rejected
+
         yield CounterMetricFamily("exosphere_commits", "Group commits (transactions).", value=tally.commits)
         yield CounterMetricFamily(
             "exosphere_committed_states", "State rows written by group commits.", value=tally.committed_states

@@ -83,7 +83,8 @@ class GraphSpec(_Spec):
 class FieldSpec:
     name: str
     required: bool
-    default: str = ""
+    # LABEL_OPTIONAL with a default_value: the scheduler fills it in when the input is absent.
+    default: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +98,8 @@ class NodeSchema:
     secrets: tuple[FieldSpec, ...]
     timeout_ms: int = 0
     raw: bytes = b""  # the serialized NodeSchema message, kept to answer ListNodes
+    # (name, default) of the optional inputs that declare a default: the scheduler fills them in at dispatch.
+    defaults: tuple[tuple[str, str], ...] = ()
 
     def input_names(self) -> set[str]:
         return {f.name for f in self.inputs}

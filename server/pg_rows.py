@@ -18,7 +18,7 @@ from exosphere.errors import ConnectionFailedError
 
 from .models import GraphSpec, RunRow, StateRow
 from .status import RunStatus, StateStatus
-from .store import Fence, FencedError
+from .store import Fence, FencedError, RunCursor
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +125,34 @@ class Prepared:
 def columns(rows: Sequence[tuple[object, ...]], width: int) -> list[list[object]]:
     """``rows`` as ``width`` column arrays, one per ``unnest`` argument."""
     return [list(column) for column in zip(*rows, strict=True)] if rows else [[] for _ in range(width)]
+
+
+def list_runs_query(
+    namespace: str, graph_name: str | None, limit: int, after: RunCursor | None, status: str | None
+) -> tuple[str, list[object]]:
+    """The statement and arguments of ``PostgresStore.list_runs``."""
+    query = f"SELECT {RUN_COLUMNS} FROM runs WHERE namespace = $1"
+    args: list[object] = [namespace]
+    if graph_name:
+        args.append(graph_name)
+        query += f" AND graph_name = ${len(args)}"
+    if status:
+        args.append(status)
+        query += f" AND status = ${len(args)}"
+    if after is not None:
+        args += (after.created_at_ms, after.run_id)
+        query += f" AND (created_at_ms, run_id) < (${len(args) - 1}, ${len(args)})"
+    args.append(limit)
+    query += f" ORDER BY created_at_ms DESC, run_id DESC LIMIT ${len(args)}"
+    return query, args
+
+
+# Runs whose id starts with $3, in [$1, $2) (the range lets the primary key's index serve it; starts_with keeps it
+# exact under any collation).
+FIND_RUNS = (
+    "SELECT run_id, namespace FROM runs WHERE run_id >= $1 AND run_id < $2 AND starts_with(run_id, $3) "
+    "ORDER BY run_id LIMIT $4"
+)
 
 
 def state_from_record(r: asyncpg.Record) -> StateRow:

@@ -83,9 +83,14 @@ ALTER TABLE states ADD COLUMN runtime_name TEXT NOT NULL DEFAULT '',
     ADD COLUMN started_at_ms BIGINT NOT NULL DEFAULT 0, ADD COLUMN ran_ms BIGINT NOT NULL DEFAULT 0;
 """
 
+_V3 = """
+ALTER TABLE members ADD COLUMN report TEXT NOT NULL DEFAULT '{}';
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "graphs, nodes, runs with shards, states, kv, leases, members", _V1),
     Migration(2, "states: the runtime that ran each, when it was handed over, how long it took", _V2),
+    Migration(3, "members: what each replica reports of itself (runtimes, queues) for the dashboard", _V3),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

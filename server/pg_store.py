@@ -42,6 +42,7 @@ from .config import describe_dsn
 from .models import GraphSpec, RunRow, StateRow
 from .pg_rows import (
     CONNECT_REFUSED,
+    FIND_RUNS,
     INSERT_STATES,
     ONE_STATEMENT,
     RUN_COLUMNS,
@@ -59,12 +60,13 @@ from .pg_rows import (
     dumps,
     graph_spec,
     keep_session,
+    list_runs_query,
     run_from_record,
     state_from_record,
 )
 from .pg_schema import migrate
 from .shards import MAX_SHARDS, shard_of
-from .store import RunCursor, WriteBatch
+from .store import RunCursor, WriteBatch, prefix_range
 
 __all__ = ["DEFAULT_SHARDS", "DatabaseUnavailableError", "PostgresStore"]
 
@@ -430,20 +432,15 @@ class PostgresStore:
     ) -> list[RunRow]:
         """At most ``limit`` runs (of one graph and status when given; "" means any), in ``RunCursor`` order
         (created_at_ms DESC, run_id DESC), after ``after``. Served by runs_by_namespace / runs_by_graph."""
-        query = f"SELECT {RUN_COLUMNS} FROM runs WHERE namespace = $1"
-        args: list[object] = [namespace]
-        if graph_name:
-            args.append(graph_name)
-            query += f" AND graph_name = ${len(args)}"
-        if status:
-            args.append(status)
-            query += f" AND status = ${len(args)}"
-        if after is not None:
-            args += (after.created_at_ms, after.run_id)
-            query += f" AND (created_at_ms, run_id) < (${len(args) - 1}, ${len(args)})"
-        args.append(limit)
-        query += f" ORDER BY created_at_ms DESC, run_id DESC LIMIT ${len(args)}"
+        query, args = list_runs_query(namespace, graph_name, limit, after, status)
         return [run_from_record(r) for r in self._call(self.pool.fetch(query, *args))]
+
+    def find_runs(self, prefix: str, limit: int) -> list[tuple[str, str]]:
+        bounds = prefix_range(prefix)
+        if bounds is None:
+            return []
+        rows = self._call(self.pool.fetch(FIND_RUNS, *bounds, prefix, limit))
+        return [(str(r["run_id"]), str(r["namespace"])) for r in rows]
 
     def get_kv(self, key: str) -> str | None:
         value = self._call(self.pool.fetchval("SELECT value FROM kv WHERE key = $1", key))

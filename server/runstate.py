@@ -90,6 +90,11 @@ class Session:
     # Set when the scheduler ends the session (lease expired, shutting down).
     closed_event: asyncio.Event = field(default_factory=asyncio.Event)
     draining: bool = False
+    # Set when the stopping scheduler asks the runtime to drain (SchedulerMessage.drain, sent once).
+    drain_grace_ms: int | None = None
+    drain_sent: bool = False
+    # Results that matched no dispatch (server/rejects.py), to answer with ResultsRejected.
+    rejected: list[Any] = field(default_factory=list)
     # Cluster mode: the set of live replicas changed since this runtime last heard it.
     replicas_changed: bool = False
     closed: bool = False

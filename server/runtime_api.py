@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import grpc
@@ -18,6 +19,7 @@ from .engine import Engine, ResultIn
 from .errors import status_from_errors
 from .models import NodeSchema
 from .names import check_name, check_text
+from .rejects import Rejected
 from .runstate import Session
 from .sizes import (
     BATCH_BYTES,
@@ -75,6 +77,8 @@ class RuntimeApi(runtime_pb2_grpc.RuntimeServiceServicer):
             check_name("runtime_id", register.runtime_id)
         check_text("sdk_version", register.sdk_version)
         self._auth.check(context, register.namespace)
+        if engine.runtimes.stopping:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the scheduler is stopping; reconnect later")
         if len(register.nodes) > MANY_NODES:  # decoding tens of thousands of schemas would stall the loop
             schemas = await asyncio.to_thread(_schemas, register)
         else:
@@ -87,6 +91,7 @@ class RuntimeApi(runtime_pb2_grpc.RuntimeServiceServicer):
             schemas=schemas,
             max_concurrency=register.max_concurrency,
         )
+        half_closed = False
         try:
             await context.write(
                 pb.SchedulerMessage(
@@ -110,13 +115,15 @@ class RuntimeApi(runtime_pb2_grpc.RuntimeServiceServicer):
                 for task in done:
                     if task is not closed and not task.cancelled() and task.exception() is not None:
                         raise task.exception()  # type: ignore[misc]
+                # The runtime half-closed (after a drain, or stopping): its stream ends with OK.
+                half_closed = reader in done and not session.close_reason
             finally:
                 for task in (reader, writer, closed):
                     task.cancel()
                 await asyncio.gather(reader, writer, closed, return_exceptions=True)
         finally:
             engine.runtimes.unregister(session)
-        if session.close_reason and not context.done():
+        if session.close_reason and not half_closed and not context.done():
             # The runtime reconnects (with backoff) when its stream ends this way.
             try:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, session.close_reason)
@@ -148,7 +155,10 @@ class RuntimeApi(runtime_pb2_grpc.RuntimeServiceServicer):
             if kind == "results":
                 results = [result_from_pb(r) for r in message.results.results]
                 _bound_store_writes(session, results)
-                engine.handle_results(session, results)
+                rejected = engine.handle_results(session, results)
+                if rejected:
+                    session.rejected.extend(rejected)
+                    session.wake.set()
             elif kind == "heartbeat":
                 engine.runtimes.touch(session)
             elif kind == "draining":
@@ -169,10 +179,16 @@ class RuntimeApi(runtime_pb2_grpc.RuntimeServiceServicer):
             if session.cancels:
                 cancels, session.cancels = session.cancels, []
                 await context.write(pb.SchedulerMessage(cancel=pb.CancelBatch(state_ids=cancels)))
+            if session.rejected:
+                rejected, session.rejected = session.rejected, []
+                await context.write(pb.SchedulerMessage(results_rejected=_rejected(rejected)))
             while session.outbox:
                 batch = session.outbox[:MAX_BATCH]
                 del session.outbox[:MAX_BATCH]
                 await self._send(context, session, batch, shares_stores)
+            if session.drain_grace_ms is not None and not session.drain_sent:  # after the last ExecuteBatch
+                session.drain_sent = True
+                await context.write(pb.SchedulerMessage(drain=pb.Drain(grace_ms=session.drain_grace_ms)))
 
     async def _send(
         self, context: grpc.aio.ServicerContext[Any, Any], session: Session, states: list[Any], shares_stores: bool
@@ -186,10 +202,12 @@ class RuntimeApi(runtime_pb2_grpc.RuntimeServiceServicer):
         size = 0
         undeliverable: list[ResultIn] = []
         in_batch: set[str] = set()  # runs whose store an earlier item of this batch carries
+        nodes = self._engine.runtimes.nodes
         for state in states:
             if state.session is not session:
                 continue
-            item = _execute(state, shared=state.run_id in in_batch)
+            inputs = _with_defaults(nodes.get((session.namespace, state.node_name)), state.inputs)
+            item = _execute(state, inputs, shared=state.run_id in in_batch)
             item_size = framed_size(item.ByteSize())
             if item_size > MAX_ITEM_BYTES:
                 undeliverable.append(_too_large(state, item, item_size))
@@ -199,7 +217,7 @@ class RuntimeApi(runtime_pb2_grpc.RuntimeServiceServicer):
                 items, size = [], 0
                 in_batch.clear()
                 if item.store_as_previous:  # its store went with the batch just written
-                    item = _execute(state, shared=False)
+                    item = _execute(state, inputs, shared=False)
                     item_size = framed_size(item.ByteSize())
                     if item_size > MAX_ITEM_BYTES:
                         undeliverable.append(_too_large(state, item, item_size))
@@ -262,10 +280,34 @@ def _too_large(state: Any, item: pb.Execute, size: int) -> ResultIn:
         state.dispatch_id,
         ResultKind.ERRORED,
         error={"message": message, "type": "MessageTooLargeError"},
+        attempt=state.attempt,
     )
 
 
-def _execute(state: Any, *, shared: bool = False) -> pb.Execute:
+def _rejected(rejected: list[Rejected]) -> pb.ResultsRejected:
+    return pb.ResultsRejected(
+        results=[
+            pb.RejectedResult(
+                state_id=r.state_id,
+                dispatch_id=r.dispatch_id,
+                attempt=r.attempt,
+                reason=pb.RejectReason.Value(f"REJECT_REASON_{r.reason}"),
+                message=r.message,
+            )
+            for r in rejected
+        ]
+    )
+
+
+def _with_defaults(schema: NodeSchema | None, inputs: Mapping[str, str]) -> Mapping[str, str]:
+    """``inputs`` with the declared defaults of the inputs it lacks (LABEL_OPTIONAL fields with a default_value)."""
+    if schema is None or not schema.defaults:
+        return inputs
+    missing = {name: value for name, value in schema.defaults if name not in inputs}
+    return {**inputs, **missing} if missing else inputs
+
+
+def _execute(state: Any, inputs: Mapping[str, str], *, shared: bool = False) -> pb.Execute:
     node = state.node
     run = state.run
     if shared:
@@ -273,7 +315,7 @@ def _execute(state: Any, *, shared: bool = False) -> pb.Execute:
             state_id=state.state_id,
             run_id=state.run_id,
             node_name=state.node_name,
-            inputs=state.inputs,
+            inputs=inputs,
             secrets=node.secrets,
             attempt=state.attempt,
             deadline_unix_ms=state.deadline_ms,
@@ -285,7 +327,7 @@ def _execute(state: Any, *, shared: bool = False) -> pb.Execute:
         state_id=state.state_id,
         run_id=state.run_id,
         node_name=state.node_name,
-        inputs=state.inputs,
+        inputs=inputs,
         secrets=node.secrets,
         attempt=state.attempt,
         deadline_unix_ms=state.deadline_ms,

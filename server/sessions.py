@@ -8,6 +8,7 @@ runtime is told to stop it, and its credit returns with the runtime's answer or,
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -61,6 +62,8 @@ class Sessions:
         # Cluster mode: every live replica's address, and this one's (runtimes hold a stream to each).
         self.replicas: tuple[str, ...] = ()
         self.replica_address = ""
+        # Set once the scheduler stops: registrations are refused (UNAVAILABLE), so runtimes go elsewhere or retry.
+        self.stopping = False
 
     # ------------------------------------------------------------------ node schemas
 
@@ -184,6 +187,26 @@ class Sessions:
             session.session_id, session.runtime_name, session.close_reason, requeued,
         )  # fmt: skip
         self._dispatcher.schedule()
+
+    async def drain(self, grace_s: float) -> None:
+        """Scheduler stopping: dispatch nothing more, ask every runtime to drain, accept results until each closes
+        its stream or ``grace_s`` passes, then end the streams left (what they hold goes back to the queue)."""
+        self.stopping = True
+        sessions = list(self._sessions.values())
+        for session in sessions:
+            session.draining = True  # no credit: the dispatcher sends it nothing more
+            session.drain_grace_ms = int(grace_s * 1000)
+            session.wake.set()
+        waits = [asyncio.ensure_future(s.closed_event.wait()) for s in sessions if not s.closed]
+        if waits and grace_s > 0:
+            logger.info("draining runtimes sessions=%d grace_s=%.1f", len(waits), grace_s)
+            await asyncio.wait(waits, timeout=grace_s)
+        for wait in waits:
+            wait.cancel()
+        held = sum(len(s.in_flight) for s in self._sessions.values())
+        if self._sessions:
+            logger.info("drain grace over sessions=%d requeued_up_to=%d", len(self._sessions), held)
+        self.close_all(f"scheduler shutting down (drain grace of {grace_s:.1f}s over)")
 
     def close_all(self, reason: str) -> None:
         """End every runtime stream (scheduler shutting down); runtimes reconnect by themselves."""

@@ -17,7 +17,7 @@ import pydantic
 from .models import GraphSpec, RunRow, StateRow
 from .sqlite_schema import connect, open_database, store_error
 from .status import RunStatus, StateStatus
-from .store import RunCursor, WriteBatch
+from .store import RunCursor, WriteBatch, prefix_range
 
 __all__ = ["SqliteStore"]
 
@@ -346,6 +346,13 @@ class SqliteStore:
         query += " ORDER BY created_at_ms DESC, run_id DESC LIMIT ?"
         params.append(limit)
         return [_run_from_row(r) for r in self._reader.execute(query, params)]
+
+    def find_runs(self, prefix: str, limit: int) -> list[tuple[str, str]]:
+        bounds = prefix_range(prefix)
+        if bounds is None:
+            return []
+        query = "SELECT run_id, namespace FROM runs WHERE run_id >= ? AND run_id < ? ORDER BY run_id LIMIT ?"
+        return [(str(r[0]), str(r[1])) for r in self._reader.execute(query, (*bounds, limit))]
 
     def get_kv(self, key: str) -> str | None:
         row = self._reader.execute("SELECT value FROM kv WHERE key=?", (key,)).fetchone()

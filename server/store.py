@@ -16,7 +16,16 @@ from typing import Protocol
 from .models import GraphSpec, RunRow, StateRow
 from .status import RunStatus
 
-__all__ = ["Fence", "FencedError", "InMemoryStore", "RunCursor", "Store", "StoreError", "WriteBatch"]
+__all__ = [
+    "Fence",
+    "FencedError",
+    "InMemoryStore",
+    "RunCursor",
+    "Store",
+    "StoreError",
+    "WriteBatch",
+    "prefix_range",
+]
 
 
 class StoreError(Exception):
@@ -39,6 +48,18 @@ class RunCursor:
     @classmethod
     def of(cls, run: RunRow) -> RunCursor:
         return cls(run.created_at_ms, run.run_id)
+
+    def token(self) -> str:
+        """The cursor as a page token, ``<created_at_ms>:<run_id>`` (what ``ListRuns`` and the dashboard hand out)."""
+        return f"{self.created_at_ms}:{self.run_id}"
+
+
+def prefix_range(prefix: str) -> tuple[str, str] | None:
+    """The run ids starting with ``prefix`` are those in ``[low, high)``; None when no run id can (run ids are
+    lowercase hex, server/shards.py). A range, not LIKE, so that the primary key's index serves it."""
+    if not prefix or any(c not in "0123456789abcdef" for c in prefix):
+        return None
+    return prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +151,9 @@ class Store(Protocol):
     ) -> list[RunRow]:
         """At most ``limit`` runs of the namespace (of one graph and one status when given; "" means any), newest
         first in ``RunCursor`` order, starting after ``after`` (the cursor of the previous page's last run)."""
+
+    def find_runs(self, prefix: str, limit: int) -> list[tuple[str, str]]:
+        """At most ``limit`` (run id, namespace) pairs of the runs whose id starts with ``prefix``, by run id."""
 
     def get_kv(self, key: str) -> str | None: ...
 
@@ -241,6 +265,10 @@ class InMemoryStore:
         ]
         runs.sort(key=RunCursor.of, reverse=True)
         return [_copy_run(r) for r in runs[:limit]]
+
+    def find_runs(self, prefix: str, limit: int) -> list[tuple[str, str]]:
+        found = sorted((r.run_id, r.namespace) for r in self._runs.values() if r.run_id.startswith(prefix))
+        return found[:limit] if prefix_range(prefix) else []
 
     def get_kv(self, key: str) -> str | None:
         return self._kv.get(key)

@@ -6,18 +6,17 @@ import json
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
-from google.protobuf.descriptor_pb2 import DescriptorProto, FieldDescriptorProto
 from google.protobuf.message import DecodeError, Message
 from pydantic import ValidationError
 
 from exosphere.errors import InvalidArgumentError
 from exosphere.v1 import common_pb2, runtime_pb2, scheduler_pb2
 
+from .descriptors import fields_of
 from .engine import ResultIn
 from .graph import MAX_DELAY_MS
 from .models import (
     CronSpec,
-    FieldSpec,
     GraphNodeSpec,
     GraphSpec,
     NodeSchema,
@@ -67,40 +66,19 @@ def _enum_name(enum: Any, value: int, prefix: str) -> str:
     return name.removeprefix(prefix)
 
 
-def _fields(namespace: str, node: str, label: str, descriptor: DescriptorProto) -> tuple[FieldSpec, ...]:
-    fields = []
-    seen = set()
-    for fd in descriptor.field:
-        where = f"node {node!r} {label} field {fd.name!r}"
-        if not fd.name.isidentifier():
-            raise InvalidArgumentError(f"{where}: not a valid field name")
-        if fd.name in seen:
-            raise InvalidArgumentError(f"{where}: declared twice")
-        seen.add(fd.name)
-        if fd.type != FieldDescriptorProto.TYPE_STRING:
-            type_name = FieldDescriptorProto.Type.Name(fd.type) if fd.type else "unset"
-            raise InvalidArgumentError(f"{where}: must be TYPE_STRING, got {type_name}")
-        if fd.label == FieldDescriptorProto.LABEL_REPEATED:
-            raise InvalidArgumentError(f"{where}: repeated fields are not supported")
-        # Required when declared so, or when no label says otherwise and there is no default.
-        required = fd.label == FieldDescriptorProto.LABEL_REQUIRED or (
-            fd.label != FieldDescriptorProto.LABEL_OPTIONAL and not fd.HasField("default_value")
-        )
-        fields.append(FieldSpec(name=fd.name, required=required, default=fd.default_value))
-    return tuple(fields)
-
-
-def schema_from_pb(namespace: str, schema: common_pb2.NodeSchema) -> NodeSchema:
-    """A registered node schema; raises InvalidArgumentError naming a bad field."""
+def schema_from_pb(namespace: str, schema: common_pb2.NodeSchema, *, stored: bool = False) -> NodeSchema:
+    """A registered node schema; raises InvalidArgumentError naming a bad field (server/descriptors.py)."""
     check_name("node name", schema.name)
+    inputs = fields_of(schema.name, "Inputs", schema.inputs, stored=stored)
     return NodeSchema(
         namespace=namespace,
         name=schema.name,
-        inputs=_fields(namespace, schema.name, "Inputs", schema.inputs),
-        outputs=_fields(namespace, schema.name, "Outputs", schema.outputs),
-        secrets=_fields(namespace, schema.name, "Secrets", schema.secrets),
+        inputs=inputs,
+        outputs=fields_of(schema.name, "Outputs", schema.outputs, stored=stored),
+        secrets=fields_of(schema.name, "Secrets", schema.secrets, stored=stored),
         timeout_ms=min(schema.timeout_ms, MAX_DELAY_MS),
         raw=schema.SerializeToString(),
+        defaults=tuple((f.name, f.default) for f in inputs if not f.required and f.default is not None),
     )
 
 
@@ -111,7 +89,7 @@ def decode_stored_schema(namespace: str, raw: bytes) -> NodeSchema:
         message.ParseFromString(raw)
     except DecodeError as exc:  # not a ValueError
         raise ValueError(f"not a NodeSchema message: {exc}") from None
-    return schema_from_pb(namespace, message)
+    return schema_from_pb(namespace, message, stored=True)
 
 
 def _retry_from_pb(policy: scheduler_pb2.RetryPolicy) -> RetryPolicySpec:
@@ -291,6 +269,12 @@ def run_to_pb(run: RunRow) -> scheduler_pb2.Run:
 
 
 def result_from_pb(result: runtime_pb2.Result) -> ResultIn:
+    decoded = _outcome(result)
+    decoded.attempt = result.attempt  # matched with the dispatch (server/rejects.py)
+    return decoded
+
+
+def _outcome(result: runtime_pb2.Result) -> ResultIn:
     kind = result.WhichOneof("outcome")
     writes = {k: result.store_writes[k] for k in result.store_writes} if result.store_writes else None
     bad_key = next((k for k in writes or () if name_problem(k) is not None), None)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from exosphere.v1 import common_pb2 as exosphere_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x65xosphere/v1/runtime.proto\x12\x0c\x65xosphere.v1\x1a\x19\x65xosphere/v1/common.proto\"&\n\x10KeepAliveRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\"\n\x11KeepAliveResponse\x12\r\n\x05known\x18\x01 \x01(\x08\"\xcc\x01\n\x0eRuntimeMessage\x12*\n\x08register\x18\x01 \x01(\x0b\x32\x16.exosphere.v1.RegisterH\x00\x12,\n\x07results\x18\x02 \x01(\x0b\x32\x19.exosphere.v1.ResultBatchH\x00\x12,\n\theartbeat\x18\x03 \x01(\x0b\x32\x17.exosphere.v1.HeartbeatH\x00\x12*\n\x08\x64raining\x18\x04 \x01(\x0b\x32\x16.exosphere.v1.DrainingH\x00\x42\x06\n\x04kind\"\xb5\x01\n\x08Register\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x14\n\x0cruntime_name\x18\x02 \x01(\t\x12\x12\n\nruntime_id\x18\x03 \x01(\t\x12\x13\n\x0bsdk_version\x18\x04 \x01(\t\x12\'\n\x05nodes\x18\x05 \x03(\x0b\x32\x18.exosphere.v1.NodeSchema\x12\x17\n\x0fmax_concurrency\x18\x06 \x01(\r\x12\x15\n\rshares_stores\x18\x07 \x01(\x08\"4\n\x0bResultBatch\x12%\n\x07results\x18\x01 \x03(\x0b\x32\x14.exosphere.v1.Result\"\xf2\x02\n\x06Result\x12\x10\n\x08state_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x13\n\x0b\x64ispatch_id\x18\x03 \x01(\x04\x12*\n\x08\x65xecuted\x18\x04 \x01(\x0b\x32\x16.exosphere.v1.ExecutedH\x00\x12+\n\x07\x65rrored\x18\x05 \x01(\x0b\x32\x18.exosphere.v1.StateErrorH\x00\x12&\n\x06pruned\x18\x06 \x01(\x0b\x32\x14.exosphere.v1.PrunedH\x00\x12\x33\n\rrequeue_after\x18\x07 \x01(\x0b\x32\x1a.exosphere.v1.RequeueAfterH\x00\x12;\n\x0cstore_writes\x18\x08 \x03(\x0b\x32%.exosphere.v1.Result.StoreWritesEntry\x1a\x32\n\x10StoreWritesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\t\n\x07outcome\"2\n\x08\x45xecuted\x12&\n\x07outputs\x18\x01 \x03(\x0b\x32\x15.exosphere.v1.Outputs\"\x1b\n\x06Pruned\x12\x11\n\tdata_json\x18\x01 \x01(\t\" \n\x0cRequeueAfter\x12\x10\n\x08\x64\x65lay_ms\x18\x01 \x01(\x04\"\x1e\n\tHeartbeat\x12\x11\n\tin_flight\x18\x01 \x01(\r\"\n\n\x08\x44raining\"\xf8\x01\n\x10SchedulerMessage\x12.\n\nregistered\x18\x01 \x01(\x0b\x32\x18.exosphere.v1.RegisteredH\x00\x12-\n\x07\x65xecute\x18\x02 \x01(\x0b\x32\x1a.exosphere.v1.ExecuteBatchH\x00\x12$\n\x05\x64rain\x18\x03 \x01(\x0b\x32\x13.exosphere.v1.DrainH\x00\x12+\n\x06\x63\x61ncel\x18\x04 \x01(\x0b\x32\x19.exosphere.v1.CancelBatchH\x00\x12*\n\x08replicas\x18\x05 \x01(\x0b\x32\x16.exosphere.v1.ReplicasH\x00\x42\x06\n\x04kind\"\x1d\n\x08Replicas\x12\x11\n\taddresses\x18\x01 \x03(\t\"|\n\nRegistered\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x1d\n\x15heartbeat_interval_ms\x18\x02 \x01(\x04\x12\x10\n\x08lease_ms\x18\x03 \x01(\x04\x12\x10\n\x08replicas\x18\x04 \x03(\t\x12\x17\n\x0freplica_address\x18\x05 \x01(\t\"4\n\x0c\x45xecuteBatch\x12$\n\x05items\x18\x01 \x03(\x0b\x32\x15.exosphere.v1.Execute\"\xe8\x03\n\x07\x45xecute\x12\x10\n\x08state_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x11\n\tnode_name\x18\x03 \x01(\t\x12\x31\n\x06inputs\x18\x04 \x03(\x0b\x32!.exosphere.v1.Execute.InputsEntry\x12\x33\n\x07secrets\x18\x05 \x03(\x0b\x32\".exosphere.v1.Execute.SecretsEntry\x12\x0f\n\x07\x61ttempt\x18\x06 \x01(\r\x12\x18\n\x10\x64\x65\x61\x64line_unix_ms\x18\x07 \x01(\x04\x12\x13\n\x0b\x64ispatch_id\x18\x08 \x01(\x04\x12/\n\x05store\x18\t \x03(\x0b\x32 .exosphere.v1.Execute.StoreEntry\x12\x12\n\ngraph_name\x18\n \x01(\t\x12\x19\n\x11store_as_previous\x18\x0b \x01(\x08\x12\x13\n\x0btraceparent\x18\x0c \x01(\t\x1a-\n\x0bInputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a.\n\x0cSecretsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a,\n\nStoreEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x19\n\x05\x44rain\x12\x10\n\x08grace_ms\x18\x01 \x01(\x04\" \n\x0b\x43\x61ncelBatch\x12\x11\n\tstate_ids\x18\x01 \x03(\t2\xab\x01\n\x0eRuntimeService\x12K\n\x07\x43onnect\x12\x1c.exosphere.v1.RuntimeMessage\x1a\x1e.exosphere.v1.SchedulerMessage(\x01\x30\x01\x12L\n\tKeepAlive\x12\x1e.exosphere.v1.KeepAliveRequest\x1a\x1f.exosphere.v1.KeepAliveResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x65xosphere/v1/runtime.proto\x12\x0c\x65xosphere.v1\x1a\x19\x65xosphere/v1/common.proto\"&\n\x10KeepAliveRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\"\n\x11KeepAliveResponse\x12\r\n\x05known\x18\x01 \x01(\x08\"\xcc\x01\n\x0eRuntimeMessage\x12*\n\x08register\x18\x01 \x01(\x0b\x32\x16.exosphere.v1.RegisterH\x00\x12,\n\x07results\x18\x02 \x01(\x0b\x32\x19.exosphere.v1.ResultBatchH\x00\x12,\n\theartbeat\x18\x03 \x01(\x0b\x32\x17.exosphere.v1.HeartbeatH\x00\x12*\n\x08\x64raining\x18\x04 \x01(\x0b\x32\x16.exosphere.v1.DrainingH\x00\x42\x06\n\x04kind\"\xb5\x01\n\x08Register\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x14\n\x0cruntime_name\x18\x02 \x01(\t\x12\x12\n\nruntime_id\x18\x03 \x01(\t\x12\x13\n\x0bsdk_version\x18\x04 \x01(\t\x12\'\n\x05nodes\x18\x05 \x03(\x0b\x32\x18.exosphere.v1.NodeSchema\x12\x17\n\x0fmax_concurrency\x18\x06 \x01(\r\x12\x15\n\rshares_stores\x18\x07 \x01(\x08\"4\n\x0bResultBatch\x12%\n\x07results\x18\x01 \x03(\x0b\x32\x14.exosphere.v1.Result\"\xf2\x02\n\x06Result\x12\x10\n\x08state_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x13\n\x0b\x64ispatch_id\x18\x03 \x01(\x04\x12*\n\x08\x65xecuted\x18\x04 \x01(\x0b\x32\x16.exosphere.v1.ExecutedH\x00\x12+\n\x07\x65rrored\x18\x05 \x01(\x0b\x32\x18.exosphere.v1.StateErrorH\x00\x12&\n\x06pruned\x18\x06 \x01(\x0b\x32\x14.exosphere.v1.PrunedH\x00\x12\x33\n\rrequeue_after\x18\x07 \x01(\x0b\x32\x1a.exosphere.v1.RequeueAfterH\x00\x12;\n\x0cstore_writes\x18\x08 \x03(\x0b\x32%.exosphere.v1.Result.StoreWritesEntry\x1a\x32\n\x10StoreWritesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\t\n\x07outcome\"2\n\x08\x45xecuted\x12&\n\x07outputs\x18\x01 \x03(\x0b\x32\x15.exosphere.v1.Outputs\"\x1b\n\x06Pruned\x12\x11\n\tdata_json\x18\x01 \x01(\t\" \n\x0cRequeueAfter\x12\x10\n\x08\x64\x65lay_ms\x18\x01 \x01(\x04\"\x1e\n\tHeartbeat\x12\x11\n\tin_flight\x18\x01 \x01(\r\"\n\n\x08\x44raining\"\xb3\x02\n\x10SchedulerMessage\x12.\n\nregistered\x18\x01 \x01(\x0b\x32\x18.exosphere.v1.RegisteredH\x00\x12-\n\x07\x65xecute\x18\x02 \x01(\x0b\x32\x1a.exosphere.v1.ExecuteBatchH\x00\x12$\n\x05\x64rain\x18\x03 \x01(\x0b\x32\x13.exosphere.v1.DrainH\x00\x12+\n\x06\x63\x61ncel\x18\x04 \x01(\x0b\x32\x19.exosphere.v1.CancelBatchH\x00\x12*\n\x08replicas\x18\x05 \x01(\x0b\x32\x16.exosphere.v1.ReplicasH\x00\x12\x39\n\x10results_rejected\x18\x06 \x01(\x0b\x32\x1d.exosphere.v1.ResultsRejectedH\x00\x42\x06\n\x04kind\"@\n\x0fResultsRejected\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.exosphere.v1.RejectedResult\"\x85\x01\n\x0eRejectedResult\x12\x10\n\x08state_id\x18\x01 \x01(\t\x12\x13\n\x0b\x64ispatch_id\x18\x02 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\x12*\n\x06reason\x18\x04 \x01(\x0e\x32\x1a.exosphere.v1.RejectReason\x12\x0f\n\x07message\x18\x05 \x01(\t\"\x1d\n\x08Replicas\x12\x11\n\taddresses\x18\x01 \x03(\t\"|\n\nRegistered\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x1d\n\x15heartbeat_interval_ms\x18\x02 \x01(\x04\x12\x10\n\x08lease_ms\x18\x03 \x01(\x04\x12\x10\n\x08replicas\x18\x04 \x03(\t\x12\x17\n\x0freplica_address\x18\x05 \x01(\t\"4\n\x0c\x45xecuteBatch\x12$\n\x05items\x18\x01 \x03(\x0b\x32\x15.exosphere.v1.Execute\"\xe8\x03\n\x07\x45xecute\x12\x10\n\x08state_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x11\n\tnode_name\x18\x03 \x01(\t\x12\x31\n\x06inputs\x18\x04 \x03(\x0b\x32!.exosphere.v1.Execute.InputsEntry\x12\x33\n\x07secrets\x18\x05 \x03(\x0b\x32\".exosphere.v1.Execute.SecretsEntry\x12\x0f\n\x07\x61ttempt\x18\x06 \x01(\r\x12\x18\n\x10\x64\x65\x61\x64line_unix_ms\x18\x07 \x01(\x04\x12\x13\n\x0b\x64ispatch_id\x18\x08 \x01(\x04\x12/\n\x05store\x18\t \x03(\x0b\x32 .exosphere.v1.Execute.StoreEntry\x12\x12\n\ngraph_name\x18\n \x01(\t\x12\x19\n\x11store_as_previous\x18\x0b \x01(\x08\x12\x13\n\x0btraceparent\x18\x0c \x01(\t\x1a-\n\x0bInputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a.\n\x0cSecretsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a,\n\nStoreEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x19\n\x05\x44rain\x12\x10\n\x08grace_ms\x18\x01 \x01(\x04\" \n\x0b\x43\x61ncelBatch\x12\x11\n\tstate_ids\x18\x01 \x03(\t*\xb0\x01\n\x0cRejectReason\x12\x1d\n\x19REJECT_REASON_UNSPECIFIED\x10\x00\x12\x1f\n\x1bREJECT_REASON_UNKNOWN_STATE\x10\x01\x12\x1a\n\x16REJECT_REASON_NOT_HELD\x10\x02\x12 \n\x1cREJECT_REASON_STATE_MISMATCH\x10\x03\x12\"\n\x1eREJECT_REASON_ATTEMPT_MISMATCH\x10\x04\x32\xab\x01\n\x0eRuntimeService\x12K\n\x07\x43onnect\x12\x1c.exosphere.v1.RuntimeMessage\x1a\x1e.exosphere.v1.SchedulerMessage(\x01\x30\x01\x12L\n\tKeepAlive\x12\x1e.exosphere.v1.KeepAliveRequest\x1a\x1f.exosphere.v1.KeepAliveResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,6 +40,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EXECUTE_SECRETSENTRY']._serialized_options = b'8\001'
   _globals['_EXECUTE_STOREENTRY']._loaded_options = None
   _globals['_EXECUTE_STOREENTRY']._serialized_options = b'8\001'
+  _globals['_REJECTREASON']._serialized_start=2400
+  _globals['_REJECTREASON']._serialized_end=2576
   _globals['_KEEPALIVEREQUEST']._serialized_start=71
   _globals['_KEEPALIVEREQUEST']._serialized_end=109
   _globals['_KEEPALIVERESPONSE']._serialized_start=111
@@ -65,25 +67,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DRAINING']._serialized_start=1112
   _globals['_DRAINING']._serialized_end=1122
   _globals['_SCHEDULERMESSAGE']._serialized_start=1125
-  _globals['_SCHEDULERMESSAGE']._serialized_end=1373
-  _globals['_REPLICAS']._serialized_start=1375
-  _globals['_REPLICAS']._serialized_end=1404
-  _globals['_REGISTERED']._serialized_start=1406
-  _globals['_REGISTERED']._serialized_end=1530
-  _globals['_EXECUTEBATCH']._serialized_start=1532
-  _globals['_EXECUTEBATCH']._serialized_end=1584
-  _globals['_EXECUTE']._serialized_start=1587
-  _globals['_EXECUTE']._serialized_end=2075
-  _globals['_EXECUTE_INPUTSENTRY']._serialized_start=1936
-  _globals['_EXECUTE_INPUTSENTRY']._serialized_end=1981
-  _globals['_EXECUTE_SECRETSENTRY']._serialized_start=1983
-  _globals['_EXECUTE_SECRETSENTRY']._serialized_end=2029
-  _globals['_EXECUTE_STOREENTRY']._serialized_start=2031
-  _globals['_EXECUTE_STOREENTRY']._serialized_end=2075
-  _globals['_DRAIN']._serialized_start=2077
-  _globals['_DRAIN']._serialized_end=2102
-  _globals['_CANCELBATCH']._serialized_start=2104
-  _globals['_CANCELBATCH']._serialized_end=2136
-  _globals['_RUNTIMESERVICE']._serialized_start=2139
-  _globals['_RUNTIMESERVICE']._serialized_end=2310
+  _globals['_SCHEDULERMESSAGE']._serialized_end=1432
+  _globals['_RESULTSREJECTED']._serialized_start=1434
+  _globals['_RESULTSREJECTED']._serialized_end=1498
+  _globals['_REJECTEDRESULT']._serialized_start=1501
+  _globals['_REJECTEDRESULT']._serialized_end=1634
+  _globals['_REPLICAS']._serialized_start=1636
+  _globals['_REPLICAS']._serialized_end=1665
+  _globals['_REGISTERED']._serialized_start=1667
+  _globals['_REGISTERED']._serialized_end=1791
+  _globals['_EXECUTEBATCH']._serialized_start=1793
+  _globals['_EXECUTEBATCH']._serialized_end=1845
+  _globals['_EXECUTE']._serialized_start=1848
+  _globals['_EXECUTE']._serialized_end=2336
+  _globals['_EXECUTE_INPUTSENTRY']._serialized_start=2197
+  _globals['_EXECUTE_INPUTSENTRY']._serialized_end=2242
+  _globals['_EXECUTE_SECRETSENTRY']._serialized_start=2244
+  _globals['_EXECUTE_SECRETSENTRY']._serialized_end=2290
+  _globals['_EXECUTE_STOREENTRY']._serialized_start=2292
+  _globals['_EXECUTE_STOREENTRY']._serialized_end=2336
+  _globals['_DRAIN']._serialized_start=2338
+  _globals['_DRAIN']._serialized_end=2363
+  _globals['_CANCELBATCH']._serialized_start=2365
+  _globals['_CANCELBATCH']._serialized_end=2397
+  _globals['_RUNTIMESERVICE']._serialized_start=2579
+  _globals['_RUNTIMESERVICE']._serialized_end=2750
 # @@protoc_insertion_point(module_scope)

@@ -16,6 +16,7 @@ from exosphere.v1 import common_pb2 as _common_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -26,6 +27,40 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _RejectReason:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RejectReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RejectReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    REJECT_REASON_UNSPECIFIED: _RejectReason.ValueType  # 0
+    REJECT_REASON_UNKNOWN_STATE: _RejectReason.ValueType  # 1
+    """No live state has this state_id: mistyped, or its run has ended (a late or repeated answer)."""
+    REJECT_REASON_NOT_HELD: _RejectReason.ValueType  # 2
+    """The state exists, but this dispatch_id is not outstanding on this stream: it was already answered, its credit
+    already returned, or the state was dispatched on another stream (another session or replica).
+    """
+    REJECT_REASON_STATE_MISMATCH: _RejectReason.ValueType  # 3
+    """The dispatch_id is outstanding on this stream, but for another state_id."""
+    REJECT_REASON_ATTEMPT_MISMATCH: _RejectReason.ValueType  # 4
+    """The dispatch matches, but the attempt is not the one the Execute item carried."""
+
+class RejectReason(_RejectReason, metaclass=_RejectReasonEnumTypeWrapper):
+    """Why a result was rejected."""
+
+REJECT_REASON_UNSPECIFIED: RejectReason.ValueType  # 0
+REJECT_REASON_UNKNOWN_STATE: RejectReason.ValueType  # 1
+"""No live state has this state_id: mistyped, or its run has ended (a late or repeated answer)."""
+REJECT_REASON_NOT_HELD: RejectReason.ValueType  # 2
+"""The state exists, but this dispatch_id is not outstanding on this stream: it was already answered, its credit
+already returned, or the state was dispatched on another stream (another session or replica).
+"""
+REJECT_REASON_STATE_MISMATCH: RejectReason.ValueType  # 3
+"""The dispatch_id is outstanding on this stream, but for another state_id."""
+REJECT_REASON_ATTEMPT_MISMATCH: RejectReason.ValueType  # 4
+"""The dispatch matches, but the attempt is not the one the Execute item carried."""
+Global___RejectReason: _TypeAlias = RejectReason  # noqa: Y015
 
 @_typing.final
 class KeepAliveRequest(_message.Message):
@@ -224,7 +259,9 @@ class Result(_message.Message):
     state_id: _builtins.str
     """The state id from the Execute item."""
     attempt: _builtins.int
-    """The attempt from the Execute item; a result for an older attempt or dispatch is ignored."""
+    """The attempt from the Execute item. A result is matched by (dispatch_id, state_id, attempt) against the
+    dispatches outstanding on this stream; one that does not match is answered with ResultsRejected.
+    """
     dispatch_id: _builtins.int
     """The dispatch token from the Execute item."""
     @_builtins.property
@@ -385,6 +422,7 @@ class SchedulerMessage(_message.Message):
     DRAIN_FIELD_NUMBER: _builtins.int
     CANCEL_FIELD_NUMBER: _builtins.int
     REPLICAS_FIELD_NUMBER: _builtins.int
+    RESULTS_REJECTED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def registered(self) -> Global___Registered:
         """Answer to Register."""
@@ -395,15 +433,23 @@ class SchedulerMessage(_message.Message):
 
     @_builtins.property
     def drain(self) -> Global___Drain:
-        """Stop taking work, finish what you hold, then close the stream."""
+        """Stop taking work, finish what you hold, report it, then half-close the stream (and reconnect later)."""
 
     @_builtins.property
     def cancel(self) -> Global___CancelBatch:
-        """Stop executing these states; their results will be ignored."""
+        """Stop executing these states and answer each (any outcome): the answer returns its credit, and its content is
+        ignored. A dispatch never answered returns its credit after one lease.
+        """
 
     @_builtins.property
     def replicas(self) -> Global___Replicas:
         """Cluster mode: the live scheduler replicas changed (see Registered.replicas)."""
+
+    @_builtins.property
+    def results_rejected(self) -> Global___ResultsRejected:
+        """Results of the runtime's last ResultBatch that the scheduler could not match to a state it dispatched on
+        this stream, and why. They change nothing and return no credit; a correct runtime never sees one.
+        """
 
     def __init__(
         self,
@@ -413,16 +459,73 @@ class SchedulerMessage(_message.Message):
         drain: Global___Drain | None = ...,
         cancel: Global___CancelBatch | None = ...,
         replicas: Global___Replicas | None = ...,
+        results_rejected: Global___ResultsRejected | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "drain", b"drain", "execute", b"execute", "kind", b"kind", "registered", b"registered", "replicas", b"replicas"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "drain", b"drain", "execute", b"execute", "kind", b"kind", "registered", b"registered", "replicas", b"replicas", "results_rejected", b"results_rejected"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "drain", b"drain", "execute", b"execute", "kind", b"kind", "registered", b"registered", "replicas", b"replicas"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "drain", b"drain", "execute", b"execute", "kind", b"kind", "registered", b"registered", "replicas", b"replicas", "results_rejected", b"results_rejected"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["registered", "execute", "drain", "cancel", "replicas"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["registered", "execute", "drain", "cancel", "replicas", "results_rejected"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___SchedulerMessage: _TypeAlias = SchedulerMessage  # noqa: Y015
+
+@_typing.final
+class ResultsRejected(_message.Message):
+    """Results the scheduler could not match (see Result for how a result is matched)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___RejectedResult]: ...
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___RejectedResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResultsRejected: _TypeAlias = ResultsRejected  # noqa: Y015
+
+@_typing.final
+class RejectedResult(_message.Message):
+    """One rejected result, as the runtime sent it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_ID_FIELD_NUMBER: _builtins.int
+    DISPATCH_ID_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    state_id: _builtins.str
+    dispatch_id: _builtins.int
+    attempt: _builtins.int
+    reason: Global___RejectReason.ValueType
+    message: _builtins.str
+    """What did not match, for a human."""
+    def __init__(
+        self,
+        *,
+        state_id: _builtins.str = ...,
+        dispatch_id: _builtins.int = ...,
+        attempt: _builtins.int = ...,
+        reason: Global___RejectReason.ValueType = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "dispatch_id", b"dispatch_id", "message", b"message", "reason", b"reason", "state_id", b"state_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RejectedResult: _TypeAlias = RejectedResult  # noqa: Y015
 
 @_typing.final
 class Replicas(_message.Message):
@@ -652,7 +755,10 @@ Global___Execute: _TypeAlias = Execute  # noqa: Y015
 
 @_typing.final
 class Drain(_message.Message):
-    """Asks the runtime to drain."""
+    """Asks the runtime to drain. A stopping scheduler sends it on every stream, dispatches nothing more, and keeps
+    accepting results until the runtime half-closes the stream or grace_ms pass; then it requeues what the runtime
+    still holds and ends the stream.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +24,11 @@ from starlette.staticfiles import StaticFiles
 
 from ..auth import Authenticator
 from ..engine import Engine
+from ..forward import Forwarder
 from ..metrics import RpcCounter, SchedulerMetrics
+from ..replicas import ReplicaView
 from .logins import Logins
+from .overview import Overview
 from .routes import Routes
 
 __all__ = ["STATIC", "HttpServer"]
@@ -65,8 +68,18 @@ class _Headers:
         await self._app(scope, receive, with_headers)
 
 
-def build_app(engine: Engine, auth: Authenticator, rpcs: RpcCounter, *, secure_cookie: bool) -> _Headers:
-    routes = Routes(engine, Logins(auth), SchedulerMetrics(engine, rpcs), secure_cookie=secure_cookie)
+def build_app(
+    engine: Engine,
+    auth: Authenticator,
+    rpcs: RpcCounter,
+    *,
+    secure_cookie: bool,
+    replicas: Callable[[], Sequence[ReplicaView]] = list,
+    forwarder: Forwarder | None = None,
+) -> _Headers:
+    overview = Overview(engine, replicas)
+    metrics = SchedulerMetrics(engine, rpcs)
+    routes = Routes(engine, Logins(auth), metrics, overview, secure_cookie=secure_cookie, forwarder=forwarder)
 
     async def index(request: Any) -> FileResponse:
         return FileResponse(STATIC / "index.html", headers={"cache-control": "no-store"})
@@ -98,8 +111,10 @@ class HttpServer:
         rpcs: RpcCounter,
         *,
         tls: tuple[str, str] | None = None,  # (certificate file, key file)
+        replicas: Callable[[], Sequence[ReplicaView]] = list,  # cluster mode: the live replicas (server/replicas.py)
+        forwarder: Forwarder | None = None,  # cluster mode: for cancel and retry of another replica's runs
     ) -> None:
-        self._app = build_app(engine, auth, rpcs, secure_cookie=tls is not None)
+        self._app = build_app(engine, auth, rpcs, secure_cookie=tls is not None, replicas=replicas, forwarder=forwarder)
         self._tls = tls
         self._server: _Uvicorn | None = None
         self._task: asyncio.Task[None] | None = None

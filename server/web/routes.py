@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -21,13 +21,20 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from exosphere.errors import ExosphereError, InvalidArgumentError, NotFoundError, RunNotFoundError
+from exosphere.v1 import scheduler_pb2
 
 from ..engine import Engine
+from ..forward import Forwarder
 from ..metrics import SchedulerMetrics, render
-from ..models import GraphSpec, RunRow, StateRow
+from ..models import RunRow, StateRow
+from ..ownership import NotOwnerError
+from ..prefixes import resolve_run_id
 from ..status import RunStatus, StateStatus
+from ..store import RunCursor
 from ..triggers import TriggerRequest
 from .logins import COOKIE, Caller, Logins
+from .overview import Overview
+from .views import graph_view, parse_cursor, read_json, run_id_of, run_view, state_brief, state_full, strings
 
 __all__ = ["Routes"]
 
@@ -36,6 +43,9 @@ __all__ = ["Routes"]
 # 1 / (1 + VIEW_COST_FACTOR) of the scheduler's loop.
 EVENT_INTERVAL_S = 0.2
 VIEW_COST_FACTOR = 20
+# Runs per page of the runs list, by default and at most.
+RUNS_PAGE = 100
+MAX_RUNS_PAGE = 500
 # States listed with a run (the DAG shows counts per node, so a 10,000-way fan-out is not 10,000 rows).
 RUN_STATES_LIMIT = 200
 _HTTP_STATUS = {
@@ -53,18 +63,37 @@ _HTTP_STATUS = {
 Handler = Callable[[Request, Caller], Awaitable[Response]]
 
 
+class ForwardedError(Exception):
+    """The replica a call was forwarded to refused it."""
+
+    def __init__(self, failed: grpc.aio.AioRpcError) -> None:
+        super().__init__(failed.details())
+        self.code = failed.code()
+        self.details = failed.details() or self.code.name
+
+
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
 class Routes:
-    def __init__(self, engine: Engine, logins: Logins, metrics: SchedulerMetrics, *, secure_cookie: bool) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        logins: Logins,
+        metrics: SchedulerMetrics,
+        overview: Overview,
+        *,
+        secure_cookie: bool,
+        forwarder: Forwarder | None = None,
+    ) -> None:
         self._engine = engine
         self._logins = logins
         self._metrics = metrics
+        self._overview = overview
         self._secure = secure_cookie
-        # (monotonic time, states finished so far): states per second over the last samples.
-        self._finished: deque[tuple[float, int]] = deque(maxlen=30)
+        # Cluster mode: cancel and retry of a run another replica owns go to that replica.
+        self._forwarder = forwarder
 
     def routes(self) -> list[Route]:
         scoped = self._scoped
@@ -110,6 +139,8 @@ class Routes:
                 return await handler(request, caller)
             except ExosphereError as exc:
                 return _error(_HTTP_STATUS.get(exc.status, 500), str(exc))
+            except ForwardedError as exc:
+                return _error(_HTTP_STATUS.get(exc.code, 500), exc.details)
 
         return endpoint
 
@@ -118,7 +149,7 @@ class Routes:
         return JSONResponse({"login_required": self._logins.required, "logged_in": caller is not None})
 
     async def login(self, request: Request) -> Response:
-        body = await _json(request)
+        body = await read_json(request)
         try:
             token = self._logins.login(str(body.get("api_key", "")))
         except ExosphereError as exc:
@@ -143,53 +174,15 @@ class Routes:
         return JSONResponse([n for n in self._engine.namespaces() if caller.allows(n)])
 
     async def overview(self, request: Request, caller: Caller) -> Response:
-        namespace = request.path_params["namespace"]
-        runtimes = self._engine.runtimes
-        sessions = sorted(runtimes.connected(namespace), key=lambda s: (s.runtime_name, s.connected_at_ms))
-        online = runtimes.hosted(namespace)
-        depths = {node: n for (ns, node), n in self._engine.queue_depths().items() if ns == namespace}
-        return JSONResponse(
-            {
-                "runtimes": [
-                    {
-                        "runtime_id": s.runtime_id,
-                        "runtime_name": s.runtime_name,
-                        "nodes": sorted(s.node_names),
-                        "credit_used": len(s.in_flight),
-                        "credit": s.max_concurrency,
-                        "connected_at_ms": s.connected_at_ms,
-                        "last_heartbeat_ms": runtimes.last_heard_ms(s),
-                        "draining": s.draining,
-                    }
-                    for s in sessions
-                ],
-                "nodes": [
-                    {"name": n.name, "online": n.name in online, "queue_depth": depths.get(n.name, 0)}
-                    for n in runtimes.nodes_of(namespace)
-                ],
-                "states_per_second": self._states_per_second(),
-                "pending_runs": sum(1 for r in self._engine.live_runs() if r.namespace == namespace and r.pending),
-            }
-        )
-
-    def _states_per_second(self) -> float:
-        """States finished per second, scheduler-wide, between this call and one about 10 s before."""
-        done = sum(self._engine.tally.states_finished.values())
-        now = time.monotonic()
-        samples = self._finished
-        samples.append((now, done))
-        while len(samples) > 2 and now - samples[1][0] > 10:
-            samples.popleft()
-        then, before = samples[0]
-        return round((done - before) / (now - then), 1) if now - then > 0.5 else 0.0
+        return JSONResponse(self._overview.of(request.path_params["namespace"]))
 
     async def graphs(self, request: Request, caller: Caller) -> Response:
-        return JSONResponse([_graph(g) for g in self._engine.list_graphs(request.path_params["namespace"])])
+        return JSONResponse([graph_view(g) for g in self._engine.list_graphs(request.path_params["namespace"])])
 
     async def graph(self, request: Request, caller: Caller) -> Response:
         namespace, name = request.path_params["namespace"], request.path_params["name"]
         compiled = self._engine.catalog.get(namespace, name)
-        out = _graph(compiled.spec)
+        out = graph_view(compiled.spec)
         root = next(n for n in compiled.spec.nodes if n.identifier == compiled.root.identifier)
         schema = self._engine.runtimes.node_schema(namespace, root.node_name)
         # The trigger form: the root's inputs, prefilled with the template's values (a trigger may override them).
@@ -198,20 +191,32 @@ class Routes:
             {
                 "name": f.name,
                 "required": f.required and f.name not in root.inputs,
-                "default": root.inputs.get(f.name, f.default),
+                "default": root.inputs.get(f.name, f.default or ""),
             }
             for f in (schema.inputs if schema else ())
         ]
         return JSONResponse(out)
 
     async def runs(self, request: Request, caller: Caller) -> Response:
+        """A page of runs, newest first: ``{"runs": [...], "next": cursor}``; ``after=<next>`` asks for the page after
+        (``next`` is "" on the last page). ``graph`` and ``status`` filter, and stay the same from page to page."""
         q = request.query_params
         status = q.get("status") or None
         if status is not None and status not in RunStatus.__members__:
             raise InvalidArgumentError(f"unknown run status {status!r}")
-        limit = min(int(q.get("limit", "50") or 50), 500)
-        rows = self._engine.list_runs(request.path_params["namespace"], q.get("graph") or None, limit, None, status)
-        return JSONResponse([_run(r) for r in rows])
+        try:
+            limit = max(1, min(int(q.get("limit") or RUNS_PAGE), MAX_RUNS_PAGE))
+        except ValueError:
+            raise InvalidArgumentError(f"limit must be a number, not {q.get('limit')!r}") from None
+        after = parse_cursor(q.get("after"))
+        namespace = request.path_params["namespace"]
+        # One more than the page: a cursor only when another page has runs.
+        rows = self._engine.list_runs(namespace, q.get("graph") or None, limit + 1, after, status)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return JSONResponse(
+            {"runs": [run_view(r) for r in rows], "next": RunCursor.of(rows[-1]).token() if more else ""}
+        )
 
     def _readable_run(self, run_id: str, caller: Caller) -> tuple[RunRow, list[StateRow]]:
         run, states, _ = self._engine.get_run(run_id)
@@ -220,7 +225,11 @@ class Routes:
         return run, states
 
     async def run(self, request: Request, caller: Caller) -> Response:
-        run, states = self._readable_run(request.path_params["run_id"], caller)
+        run_id = request.path_params["run_id"]
+        try:
+            run, states = self._readable_run(run_id, caller)
+        except RunNotFoundError:  # a unique prefix, as the CLI takes (/#/runs/00a3f9); the page moves to the whole id
+            run, states = self._readable_run(resolve_run_id(self._engine, run_id, caller.allows), caller)
         return JSONResponse(self._run_view(run, states))
 
     def _run_view(self, run: RunRow, states: list[StateRow]) -> dict[str, Any]:
@@ -239,16 +248,31 @@ class Routes:
             node["last_ms"] = max(node["last_ms"], s.updated_at_ms)
         graph = None
         with contextlib.suppress(NotFoundError):
-            graph = _graph(self._engine.get_graph(run.namespace, run.graph_name))
+            graph = graph_view(self._engine.get_graph(run.namespace, run.graph_name))
         failed = [s for s in states if s.status in (StateStatus.ERRORED, StateStatus.TIMEDOUT)]
         listed = (failed + [s for s in states if s not in failed])[:RUN_STATES_LIMIT]
+        owner = self._owner_elsewhere(run)
+        view = run_view(run)
+        if owner is not None:  # its owner knows what it waits for; runtimes stream to every replica, so this one does
+            hosted = self._engine.runtimes.hosted(run.namespace)
+            created = {s.node_name for s in states if s.status == StateStatus.CREATED}
+            view["waiting_for_runtime"] = sorted(created - hosted)
         return {
-            "run": _run(run),
+            "run": view,
             "graph": graph,
             "nodes": nodes,
-            "states": [_state_brief(s) for s in listed],
+            "states": [state_brief(s) for s in listed],
             "states_total": len(states),
+            "owned_elsewhere": owner,
         }
+
+    def _owner_elsewhere(self, run: RunRow) -> str | None:
+        """Cluster mode: the replica holding a pending run this one does not (its address, "" when unknown); None
+        for a run held here or ended. Such a run is read as committed, where a state a runtime holds reads CREATED."""
+        if run.status != RunStatus.PENDING or self._engine.is_live(run.run_id):
+            return None
+        shards = self._engine.shards
+        return shards.owners.get(shards.of(run.run_id), "")
 
     async def run_events(self, request: Request, caller: Caller) -> Response:
         run_id = request.path_params["run_id"]
@@ -288,27 +312,27 @@ class Routes:
 
     async def state(self, request: Request, caller: Caller) -> Response:
         state_id = request.path_params["state_id"]
-        run, states = self._readable_run(_run_id_of(state_id), caller)
+        run, states = self._readable_run(run_id_of(state_id), caller)
         state = next((s for s in states if s.state_id == state_id), None)
         if state is None:
             raise NotFoundError(f"state {state_id} not found")
         attempts = [
-            _state_full(s)
+            state_full(s)
             for s in states
             if s.identifier == state.identifier and s.path == state.path and s.parent_id == state.parent_id
         ]
-        return JSONResponse({"run": _run(run), "state": _state_full(state), "attempts": attempts})
+        return JSONResponse({"run": run_view(run), "state": state_full(state), "attempts": attempts})
 
     # ------------------------------------------------------------------ actions
 
     async def trigger(self, request: Request, caller: Caller) -> Response:
-        body = await _json(request)
+        body = await read_json(request)
         run_id = await self._engine.trigger(
             TriggerRequest(
                 request.path_params["namespace"],
                 str(body.get("graph_name", "")),
-                _strings(body.get("inputs"), "inputs"),
-                _strings(body.get("store"), "store"),
+                strings(body.get("inputs"), "inputs"),
+                strings(body.get("store"), "store"),
             )
         )
         return JSONResponse({"run_id": run_id})
@@ -316,99 +340,29 @@ class Routes:
     async def cancel(self, request: Request, caller: Caller) -> Response:
         run_id = request.path_params["run_id"]
         self._readable_run(run_id, caller)
-        return JSONResponse(_run(await self._engine.cancel_run(run_id)))
+        try:
+            return JSONResponse(run_view(await self._engine.cancel_run(run_id)))
+        except NotOwnerError as exc:
+            await self._forward(exc, "CancelRun", scheduler_pb2.CancelRunRequest(run_id=run_id), caller)
+            return JSONResponse(run_view(self._readable_run(run_id, caller)[0]))  # committed by the owner
 
     async def retry(self, request: Request, caller: Caller) -> Response:
         state_id = request.path_params["state_id"]
-        self._readable_run(_run_id_of(state_id), caller)
-        body = await _json(request)
+        self._readable_run(run_id_of(state_id), caller)
+        body = await read_json(request)
         request_id = str(body.get("request_id") or "") or f"dashboard-{time.time_ns()}"
-        return JSONResponse({"state_id": await self._engine.retry_state(state_id, request_id)})
+        try:
+            return JSONResponse({"state_id": await self._engine.retry_state(state_id, request_id)})
+        except NotOwnerError as exc:
+            forwarded = scheduler_pb2.RetryStateRequest(state_id=state_id, request_id=request_id)
+            reply = await self._forward(exc, "RetryState", forwarded, caller)
+            return JSONResponse({"state_id": reply.state_id})
 
-
-def _run_id_of(state_id: str) -> str:
-    run_id = state_id.rpartition("-")[0]
-    if not run_id:
-        raise NotFoundError(f"state {state_id} not found")
-    return run_id
-
-
-async def _json(request: Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except ValueError:
-        raise InvalidArgumentError("the body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise InvalidArgumentError("the body must be a JSON object")
-    return body
-
-
-def _strings(value: Any, what: str) -> dict[str, str]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
-        raise InvalidArgumentError(f"{what} must be an object of strings")
-    return value
-
-
-def _graph(spec: GraphSpec) -> dict[str, Any]:
-    return {
-        "namespace": spec.namespace,
-        "name": spec.name,
-        "version": spec.version,
-        "updated_at_ms": spec.updated_at_ms,
-        "secret_names": sorted(spec.secrets),  # names only, never values
-        "store_keys": spec.store_config.required_keys if spec.store_config else [],
-        "store_defaults": spec.store_config.default_values if spec.store_config else {},
-        "nodes": [
-            {
-                "identifier": n.identifier,
-                "node_name": n.node_name,
-                "next_nodes": n.next_nodes,
-                "unites": n.unites.identifier if n.unites else None,
-                "inputs": n.inputs,
-            }
-            for n in spec.nodes
-        ],
-    }
-
-
-def _run(run: RunRow) -> dict[str, Any]:
-    return {
-        "run_id": run.run_id,
-        "namespace": run.namespace,
-        "graph_name": run.graph_name,
-        "graph_version": run.graph_version,
-        "status": str(run.status),
-        "created_at_ms": run.created_at_ms,
-        "updated_at_ms": run.updated_at_ms,
-        "state_counts": {str(k): v for k, v in run.state_counts.items()},
-        "waiting_for_runtime": run.waiting_for_runtime,
-    }
-
-
-def _state_brief(s: StateRow) -> dict[str, Any]:
-    return {
-        "state_id": s.state_id,
-        "identifier": s.identifier,
-        "node_name": s.node_name,
-        "status": str(s.status),
-        "attempt": s.attempt,
-        "created_at_ms": s.created_at_ms,
-        "updated_at_ms": s.updated_at_ms,
-        "runtime_name": s.runtime_name,
-        "started_at_ms": s.started_at_ms,
-        "ran_ms": s.ran_ms,
-    }
-
-
-def _state_full(s: StateRow) -> dict[str, Any]:
-    return {
-        **_state_brief(s),
-        "inputs": s.inputs,
-        "outputs": s.outputs,
-        "error": s.error,
-        "pruned_data": s.pruned_data,
-        "parent_id": s.parent_id,
-        "run_at_ms": s.run_at_ms,
-    }
+    async def _forward(self, exc: NotOwnerError, method: str, request: Any, caller: Caller) -> Any:
+        """The call on the replica that owns the run; its refusal is answered as this replica's would be."""
+        if exc.address is None or self._forwarder is None:
+            raise exc
+        try:
+            return await self._forwarder.call_as(exc.address, method, request, caller.key.key if caller.key else None)
+        except grpc.aio.AioRpcError as failed:
+            raise ForwardedError(failed) from None

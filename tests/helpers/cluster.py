@@ -3,6 +3,8 @@
 Runtimes are ``tests/faults/fault_runtime.py`` children hosting nodes of ``tests/faults/fault_nodes.py``, which log
 every execution to one file (``ExecLog``), so re-executions can be counted exactly. The ``cluster`` fixture
 (``tests/faults/conftest.py``) gives each test one ``Cluster`` and closes it.
+
+``two_replicas`` is cluster mode in this loop: two scheduler replicas (``App``) on one PostgreSQL database.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import IO, Any
 
@@ -229,3 +232,30 @@ class Cluster:
         for runtime in self.runtimes:
             print(f"---- runtime {runtime.name} (pid {runtime.proc.pid if runtime.proc else '-'}) output tail ----")
             print(runtime.output[-3000:])
+
+
+# ---------------------------------------------------------------------- replicas on PostgreSQL
+
+SHARDS = 16  # per test database: few, so that two replicas each own several
+
+
+def replica_config(dsn: str, tmp_path: Path) -> ServerConfig:
+    return ServerConfig(
+        host="127.0.0.1",
+        port=0,
+        db=dsn,
+        secrets_key_file=str(tmp_path / "secrets.key"),
+        shards=SHARDS,
+        shard_lease=timedelta(seconds=2),
+    )
+
+
+@asynccontextmanager
+async def two_replicas(dsn: str, tmp_path: Path) -> AsyncIterator[tuple[App, App]]:
+    """Two in-process replicas on one database, balanced (each has had a heartbeat after the other joined)."""
+    config = replica_config(dsn, tmp_path)
+    async with serving(config) as a, serving(config) as b:
+        assert a.cluster is not None and b.cluster is not None
+        await b.cluster.tick()
+        await a.cluster.tick()
+        yield a, b

@@ -115,6 +115,7 @@ class Kit:
     def answer(self, session: Session, state: State, kind: ResultKind = ResultKind.EXECUTED, **fields: Any) -> None:
         if kind is ResultKind.EXECUTED and "outputs" not in fields:
             fields["outputs"] = [{"y": state.inputs.get("x", "")}]
+        fields.setdefault("attempt", state.attempt)
         self.engine.handle_results(session, [ResultIn(state.state_id, state.dispatch_id, kind, **fields)])
 
     def fail(self, session: Session, state: State, message: str = "boom") -> None:

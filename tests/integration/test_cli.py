@@ -6,43 +6,18 @@ The in-process scheduler runs in the test's event loop, so ``main`` (which calls
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import os
 import socket
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from rich.console import Console
 
 from exosphere import RunStatus, StateManager
-from exosphere.cli import main
+from tests.helpers.cli import Result, cli, one_error_line, run_cli
 from tests.helpers.runtimes import RuntimeFactory
 from tests.nodes import Echo
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-
-def run_cli(*argv: str) -> Result:
-    """``main(argv)`` with wide, uncoloured consoles writing to strings."""
-    out, err = io.StringIO(), io.StringIO()
-    code = main(
-        list(argv),
-        stdout=Console(file=out, width=240, color_system=None),
-        stderr=Console(file=err, width=240, color_system=None),
-    )
-    return Result(code, out.getvalue(), err.getvalue())
-
-
-async def cli(*argv: str) -> Result:
-    return await asyncio.to_thread(run_cli, *argv)
 
 
 def echo_graph(namespace: str | None, name: str = "echo-graph") -> dict[str, object]:
@@ -62,14 +37,6 @@ def echo_graph(namespace: str | None, name: str = "echo-graph") -> dict[str, obj
     if namespace is not None:
         graph["namespace"] = namespace
     return graph
-
-
-def one_error_line(result: Result) -> str:
-    assert "Traceback" not in result.out + result.err
-    lines = result.err.strip().splitlines()
-    assert len(lines) == 1, result.err
-    assert lines[0].startswith("error: ")
-    return lines[0]
 
 
 async def test_apply_yaml_trigger_wait_and_inspect(

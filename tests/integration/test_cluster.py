@@ -7,9 +7,7 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from datetime import timedelta
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import ClassVar
 
@@ -22,8 +20,8 @@ from exosphere.errors import ConnectionFailedError, InvalidArgumentError
 from exosphere.v1 import scheduler_pb2, scheduler_pb2_grpc
 from server.app import App
 from server.cluster import rendezvous_owner
-from server.config import ServerConfig
 from tests.engine_nodes import Collect, Count, Flaky, Sleeper
+from tests.helpers.cluster import SHARDS, replica_config, two_replicas
 from tests.helpers.pg import pg_dsn  # noqa: F401 - the fixture
 from tests.helpers.runtimes import RuntimeGroup
 from tests.helpers.servers import ServerProcess, serving
@@ -31,30 +29,6 @@ from tests.helpers.waiting import assert_eventually
 from tests.nodes import Echo
 
 pytestmark = pytest.mark.slow
-
-SHARDS = 16
-
-
-def replica_config(dsn: str, tmp_path: Path) -> ServerConfig:
-    return ServerConfig(
-        host="127.0.0.1",
-        port=0,
-        db=dsn,
-        secrets_key_file=str(tmp_path / "secrets.key"),
-        shards=SHARDS,
-        shard_lease=timedelta(seconds=2),
-    )
-
-
-@asynccontextmanager
-async def two_replicas(dsn: str, tmp_path: Path) -> AsyncIterator[tuple[App, App]]:
-    """Two in-process replicas on one database, balanced (each has had a heartbeat after the other joined)."""
-    config = replica_config(dsn, tmp_path)
-    async with serving(config) as a, serving(config) as b:
-        assert a.cluster is not None and b.cluster is not None
-        await b.cluster.tick()
-        await a.cluster.tick()
-        yield a, b
 
 
 def echo_graph(namespace: str) -> list[GraphNodeModel]:
@@ -408,3 +382,51 @@ async def test_a_replica_with_another_secrets_key_refuses_to_join(pg_dsn: str, t
         (tmp_path / "elsewhere").mkdir()
         with pytest.raises(InvalidArgumentError, match="not the key of the cluster"):
             App(other)
+
+
+class Gated(BaseNode):
+    """Echoes ``text`` once ``gate`` opens; counts the executions started."""
+
+    gate: ClassVar[asyncio.Event | None] = None
+    started: ClassVar[int] = 0
+
+    class Inputs(BaseModel):
+        text: str
+
+    class Outputs(BaseModel):
+        text: str
+
+    async def execute(self) -> Outputs:
+        Gated.started += 1
+        assert Gated.gate is not None
+        await Gated.gate.wait()
+        return self.Outputs(text=self.inputs.text)
+
+
+async def test_a_stopping_replica_drains_its_runtimes_before_handing_its_shards_over(
+    pg_dsn: str,  # noqa: F811
+    tmp_path: Path,
+    namespace: str,
+) -> None:
+    Gated.gate, Gated.started = asyncio.Event(), 0
+    async with two_replicas(pg_dsn, tmp_path) as (a, b), RuntimeGroup() as group:
+        await group.start(Runtime(namespace=namespace, name="rt", nodes=[Gated], address=a.address, max_concurrency=8))
+        await assert_eventually(lambda: len(b.engine.runtimes.connected(namespace)) == 1, timeout=10)
+        graph = [GraphNodeModel(node_name="Gated", namespace=namespace, identifier="g", inputs={"text": "x"})]
+        async with StateManager(namespace, address=b.address) as sm_b:
+            await sm_b.upsert_graph("g", graph)
+            runs = [(await sm_b.trigger("g")).run_id for _ in range(3)]  # in b's shards, held on the stream to b
+        await assert_eventually(lambda: Gated.started == 3)
+        (session,) = b.engine.runtimes.connected(namespace)
+        stopping = asyncio.create_task(b.stop(grace=10))
+        await assert_eventually(lambda: session.drain_sent, message="Drain sent on the stream to b")
+        assert b.engine.shards.owned and not stopping.done()  # its shards wait for the drain
+        Gated.gate.set()
+        await asyncio.wait_for(stopping, 10)
+        assert a.cluster is not None
+        await a.cluster.tick()
+        async with StateManager(namespace, address=a.address) as sm_a:
+            for run_id in runs:
+                run = await sm_a.wait(run_id, timeout=20)
+                assert run.status is RunStatus.SUCCESS and [s.attempt for s in run.states] == [1]
+        assert Gated.started == 3  # their results were committed by b within the grace: none ran again on a

@@ -10,8 +10,8 @@ from pydantic import BaseModel
 
 from exosphere import BaseNode, RunStatus, StateManager
 from tests.engine_nodes import Split
+from tests.helpers.cli import cli
 from tests.helpers.runtimes import RuntimeFactory
-from tests.integration.test_cli import cli
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "graph-files.md"
 

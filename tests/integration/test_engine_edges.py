@@ -4,83 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-from google.protobuf.descriptor_pb2 import DescriptorProto, FieldDescriptorProto
 
 from exosphere import GraphNodeModel, RetryPolicyModel, RunStatus, StateManager, StateStatus
-from exosphere.v1 import common_pb2, runtime_pb2, runtime_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
+from exosphere.v1 import scheduler_pb2, scheduler_pb2_grpc
 from server.app import App
 from tests.engine_nodes import Flaky
+from tests.helpers.raw import RawRuntime, done, node_schema
 from tests.helpers.runtimes import RuntimeFactory
-
-
-def _descriptor(name: str, *fields: str) -> DescriptorProto:
-    d = DescriptorProto(name=name)
-    for number, field in enumerate(fields, 1):
-        d.field.add(
-            name=field, number=number, type=FieldDescriptorProto.TYPE_STRING, label=FieldDescriptorProto.LABEL_REQUIRED
-        )
-    return d
-
-
-def _schema(name: str) -> common_pb2.NodeSchema:
-    return common_pb2.NodeSchema(
-        name=name,
-        inputs=_descriptor("Inputs", "x"),
-        outputs=_descriptor("Outputs", "y"),
-        secrets=_descriptor("Secrets"),
-    )
-
-
-class RawRuntime:
-    """A runtime speaking the protocol by hand, to send what the Python SDK never would."""
-
-    def __init__(self, address: str, namespace: str, nodes: list[common_pb2.NodeSchema], credit: int = 8) -> None:
-        self._channel = grpc.aio.insecure_channel(address)
-        self._call = runtime_pb2_grpc.RuntimeServiceStub(self._channel).Connect()
-        self._register = runtime_pb2.Register(
-            namespace=namespace, runtime_name="raw", runtime_id=uuid.uuid4().hex, sdk_version="raw/0",
-            nodes=nodes, max_concurrency=credit,
-        )  # fmt: skip
-
-    async def __aenter__(self) -> RawRuntime:
-        await self._call.write(runtime_pb2.RuntimeMessage(register=self._register))
-        first = await self._read()
-        assert first.HasField("registered"), first
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._call.cancel()
-        await self._channel.close()
-
-    async def executes(self) -> list[runtime_pb2.Execute]:
-        while True:
-            message = await asyncio.wait_for(self._read(), 10)
-            if message.HasField("execute"):
-                return list(message.execute.items)
-
-    async def _read(self) -> runtime_pb2.SchedulerMessage:
-        message = await self._call.read()
-        assert isinstance(message, runtime_pb2.SchedulerMessage), f"the stream ended: {message!r}"  # grpc.aio.EOF
-        return message
-
-    async def answer(self, *results: runtime_pb2.Result) -> None:
-        await self._call.write(runtime_pb2.RuntimeMessage(results=runtime_pb2.ResultBatch(results=results)))
-
-
-def _done(item: runtime_pb2.Execute, y: str, state_id: str | None = None) -> runtime_pb2.Result:
-    result = runtime_pb2.Result(state_id=state_id or item.state_id, dispatch_id=item.dispatch_id)
-    result.executed.outputs.add().fields["y"] = y
-    return result
 
 
 @pytest.fixture
 async def raw(server_address: str, namespace: str) -> AsyncIterator[RawRuntime]:
-    async with RawRuntime(server_address, namespace, [_schema("Echo")]) as runtime:
+    async with RawRuntime(server_address, namespace, [node_schema("Echo")]) as runtime:
         yield runtime
 
 
@@ -95,8 +34,8 @@ async def test_a_result_is_applied_only_to_the_state_its_dispatch_names(
         items += await raw.executes()
     a, b = sorted(items, key=lambda i: i.run_id != first.run_id)
     # The dispatch of A, claiming to be B's state: before the fix it finished B with A's credit.
-    await raw.answer(_done(a, "forged", state_id=b.state_id))
-    await raw.answer(_done(b, "b-real"), _done(a, "a-real"))
+    await raw.answer(done(a, "forged", state_id=b.state_id))
+    await raw.answer(done(b, "b-real"), done(a, "a-real"))
     run_a = await state_manager.wait(first.run_id, timeout=10)
     run_b = await state_manager.wait(second.run_id, timeout=10)
     assert [s.outputs for s in run_a.states] == [[{"y": "a-real"}]]
@@ -142,7 +81,7 @@ async def test_upserting_a_graph_again_does_not_keep_old_versions(
         "g", [GraphNodeModel(node_name="Echo", namespace=namespace, identifier="e", inputs={"x": "new"})]
     )
     assert app.engine.catalog.version_count() == 2  # the pending run still uses version 30
-    await raw.answer(_done(item, "ok"))
+    await raw.answer(done(item, "ok"))
     assert (await state_manager.wait(run.run_id, timeout=10)).status is RunStatus.SUCCESS
     assert app.engine.catalog.version_count() == 1
 
@@ -153,7 +92,7 @@ async def test_registering_many_nodes_and_saving_a_huge_graph_do_not_stall_other
 ) -> None:
     """20,000 node schemas in one registration and a 9,990-merge graph: before, the first took tens of seconds
     (quadratic) and the second blocked every other call for about 13 s."""
-    nodes = [_schema(f"N{i}") for i in range(20_000)]
+    nodes = [node_schema(f"N{i}") for i in range(20_000)]
     async with grpc.aio.insecure_channel(server_address) as channel:
         api = scheduler_pb2_grpc.SchedulerServiceStub(channel)
         slowest = 0.0

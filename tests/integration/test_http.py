@@ -169,7 +169,7 @@ async def test_trigger_cancel_and_read_through_the_api(
         state = (await client.get(f"/api/states/{state_id}")).json()
         assert state["state"]["outputs"] == [{"text": "hey"}] and len(state["attempts"]) == 1
         listed = (await client.get(f"/api/namespaces/{namespace}/runs", params={"status": "SUCCESS"})).json()
-        assert [r["run_id"] for r in listed] == [run_id]
+        assert [r["run_id"] for r in listed["runs"]] == [run_id] and listed["next"] == ""
         assert (await client.get(f"/api/namespaces/{namespace}/runs", params={"status": "NOPE"})).status_code == 400
         async with client.stream("GET", f"/api/runs/{run_id}/events") as events:
             async for line in events.aiter_lines():
@@ -188,3 +188,34 @@ async def test_https_with_the_schedulers_certificate(tmp_path: Path, pki: Pki) -
         async with httpx.AsyncClient() as plain:
             with pytest.raises(httpx.HTTPError):
                 await plain.get(f"http://127.0.0.1:{app.http_port}/metrics")
+
+
+async def test_runs_page_by_cursor_keeping_the_graph_and_status_filters(
+    app: App, start_runtime: RuntimeFactory, state_manager: StateManager, namespace: str
+) -> None:
+    await start_runtime([Echo])
+    for name in ("a", "b"):
+        await state_manager.upsert_graph(name, [gnode(namespace, "Echo", "e", {"text": name})])
+    done = [(await state_manager.trigger_and_wait("a", timeout=10)).run_id for _ in range(5)]
+    await state_manager.trigger_and_wait("b", timeout=10)
+    held = (await state_manager.trigger("a", start_delay=60_000)).run_id  # PENDING, filtered out below
+    async with http_client(app) as client:
+        seen: list[str] = []
+        after = ""
+        while True:
+            params = {"graph": "a", "status": "SUCCESS", "limit": "2", "after": after}
+            page = (await client.get(f"/api/namespaces/{namespace}/runs", params=params)).json()
+            assert len(page["runs"]) <= 2 and {(r["graph_name"], r["status"]) for r in page["runs"]} == {
+                ("a", "SUCCESS")
+            }
+            seen += [r["run_id"] for r in page["runs"]]
+            after = page["next"]
+            if not after:
+                break
+        assert seen == done[::-1]  # newest first, each once, no empty last page
+        everything = (await client.get(f"/api/namespaces/{namespace}/runs")).json()
+        assert len(everything["runs"]) == 7 and everything["runs"][0]["run_id"] == held
+        for bad in ({"after": "yesterday"}, {"limit": "many"}):
+            response = await client.get(f"/api/namespaces/{namespace}/runs", params=bad)
+            assert response.status_code == 400, bad
+            assert "cursor" in response.json()["error"] or "limit" in response.json()["error"]

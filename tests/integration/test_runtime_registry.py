@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 from exosphere import RunStatus, Runtime, StateManager, StateStatus
+from tests.helpers.cli import cli
 from tests.helpers.graphs import gnode, states_of
 from tests.helpers.runtimes import RuntimeFactory, RuntimeGroup
 from tests.helpers.waiting import assert_eventually
-from tests.integration.test_cli import cli
 from tests.nodes import Echo, Upper
 
 

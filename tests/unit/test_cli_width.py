@@ -1,4 +1,4 @@
-"""The CLI's tables fit 80 columns without cutting ids (runs, states, runtimes), and show more when wider."""
+"""The CLI's tables fit 80 columns without cutting ids (runs, states, runtimes, one state), and show more when wider."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from rich.console import Console, RenderableType
 
 from exosphere._cli_render import run_list_table, run_view, runtime_list_table
+from exosphere._cli_states import state_view
 from exosphere.models import RunModel, RunStatus, RuntimeModel, StateModel, StateStatus
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
@@ -56,3 +57,10 @@ def test_runtimes_fit_80_columns_without_cutting_ids() -> None:
     assert "…" not in out
     cells = "".join(line.split("│")[1].strip() for line in out.splitlines() if line.startswith("│"))
     assert RUNTIME_ID in cells  # folded over lines, never cut
+
+
+def test_a_state_fits_80_columns_with_its_whole_id_and_traceback() -> None:
+    run = _run()
+    state = run.states[0].model_copy(update={"error": {**(run.states[0].error or {}), "traceback": "Traceback ..."}})
+    shown = _render(state_view(run, state), 80)
+    assert STATE_ID in shown and "ValueError: boom" in shown and "Traceback ..." in shown

@@ -263,6 +263,18 @@ def test_runs_list_by_namespace_graph_and_status(store: Store) -> None:
     assert store.list_runs("empty", None, 10) == []
 
 
+def test_runs_are_found_by_a_prefix_of_their_id(store: Store) -> None:
+    ids = ["0a1f00", "0a1f01", "0a2000", "0a1fff", "0b0000", "0a1e99"]
+    store.write(WriteBatch(runs=[run(r, ns="other" if r == "0a1f01" else "ns") for r in ids]))
+    assert store.find_runs("0a1f", 10) == [("0a1f00", "ns"), ("0a1f01", "other"), ("0a1fff", "ns")]
+    assert store.find_runs("0a1f", 2) == [("0a1f00", "ns"), ("0a1f01", "other")]
+    assert store.find_runs("0a1f01", 10) == [("0a1f01", "other")]
+    assert store.find_runs("0a2", 10) == [("0a2000", "ns")]
+    assert store.find_runs("0c", 10) == []
+    assert store.find_runs("0A1F", 10) == []  # run ids are lowercase hex: anything else names no run
+    assert store.find_runs("0a_", 10) == store.find_runs("%", 10) == store.find_runs("", 10) == []
+
+
 def test_load_pending_returns_pending_runs_with_their_states_in_order(store: Store) -> None:
     store.write(
         WriteBatch(

@@ -231,9 +231,10 @@ async function overviewPage(ns) {
   const seq = routeSeq;
   setNav(ns, "overview");
   const stats = h("div", { class: "cards" });
+  const replicas = h("div");
   const runtimes = h("div");
   const nodes = h("div");
-  page(seq, `Overview · ${ns}`, stats, h("h2", {}, "Runtimes online"), runtimes, h("h2", {}, "Nodes"), nodes);
+  page(seq, `Overview · ${ns}`, stats, replicas, h("h2", {}, "Runtimes online"), runtimes, h("h2", {}, "Nodes"), nodes);
   await every(2000, async () => {
     const o = await api(`/api/namespaces/${enc(ns)}/overview`);
     const used = o.runtimes.reduce((a, r) => a + r.credit_used, 0);
@@ -245,12 +246,20 @@ async function overviewPage(ns) {
       stat("States finished / s", o.states_per_second, "states-per-second"),
       stat("Pending runs", o.pending_runs, "pending-runs"),
     );
+    // Cluster mode: every live replica, and for each runtime the replicas it holds a stream to.
+    const cluster = o.replicas.length > 0;
+    replicas.replaceChildren(...(cluster ? [h("h2", {}, `Scheduler replicas (${o.replicas.length})`), h("table", { "data-testid": "replicas" },
+      h("tr", {}, ["Replica", "Address", "Shards owned", "Runtimes here", "Last heartbeat"].map((c) => h("th", {}, c))),
+      o.replicas.map((r) => h("tr", { "data-replica": r.address },
+        h("td", { class: "mono" }, r.replica_id, r.this ? h("span", { class: "muted" }, " (this one)") : ""), h("td", { class: "mono" }, r.address),
+        h("td", {}, r.shards), h("td", {}, r.runtimes), h("td", {}, `${r.heartbeat_age_s.toFixed(1)} s ago`))))] : []));
     runtimes.replaceChildren(o.runtimes.length === 0 ? h("p", { class: "muted" }, "No runtime connected.") : h("table", { "data-testid": "runtimes" },
-      h("tr", {}, ["Runtime", "Id", "Nodes", "Credit", "Connected", "Last heartbeat"].map((c) => h("th", {}, c))),
+      h("tr", {}, ["Runtime", "Id", "Nodes", "Credit", "Connected", "Last heartbeat", cluster ? "Replicas" : null].filter(Boolean).map((c) => h("th", {}, c))),
       o.runtimes.map((r) => h("tr", {},
         h("td", {}, r.runtime_name, r.draining ? " (draining)" : ""), h("td", { class: "mono" }, r.runtime_id),
         h("td", {}, r.nodes.join(", ")), h("td", {}, `${r.credit_used} / ${r.credit}`),
-        h("td", {}, time(r.connected_at_ms)), h("td", {}, `${((Date.now() - r.last_heartbeat_ms) / 1000).toFixed(1)} s ago`)))));
+        h("td", {}, time(r.connected_at_ms)), h("td", {}, `${((Date.now() - r.last_heartbeat_ms) / 1000).toFixed(1)} s ago`),
+        cluster ? h("td", { class: "mono", "data-testid": "runtime-replicas" }, r.replicas.join(", ")) : null))));
     nodes.replaceChildren(h("table", { "data-testid": "nodes" },
       h("tr", {}, ["Node", "Status", "Queue depth"].map((c) => h("th", {}, c))),
       o.nodes.map((n) => h("tr", {}, h("td", {}, n.name), h("td", {}, badge(n.online ? "online" : "offline")), h("td", {}, n.queue_depth)))));
@@ -313,6 +322,9 @@ async function graphPage(ns, name) {
 
 // ------------------------------------------------------------------ runs
 
+// Runs per page; older pages are reached by the cursor the server gives with each page (after=<cursor>).
+const RUNS_PAGE = 100;
+
 async function runsPage(ns) {
   const seq = routeSeq;
   setNav(ns, "runs");
@@ -323,25 +335,49 @@ async function runsPage(ns) {
   const statusSelect = h("select", { "data-testid": "filter-status" }, h("option", { value: "" }, "any status"),
     RUN_STATUSES.map((s) => h("option", { value: s, selected: s === query.get("status") }, s)));
   const table = h("div");
-  page(seq, `Runs · ${ns}`, h("div", { class: "filters" }, "Graph", graphSelect, "Status", statusSelect, h("span", { class: "muted" }, "live")), table);
+  const pager = h("div", { class: "filters pager", "data-testid": "pager" });
+  page(seq, `Runs · ${ns}`, h("div", { class: "filters" }, "Graph", graphSelect, "Status", statusSelect, h("span", { class: "muted" }, "live")), table, pager);
+  // The cursor of every page from the first (""), the one shown last; the filters stay the same from page to page.
+  let cursors = [""];
+  let shown = 0;  // the last refresh asked for; an older answer arriving late is dropped
   const refresh = async () => {
-    const params = new URLSearchParams({ graph: graphSelect.value, status: statusSelect.value, limit: "100" });
-    const runs = await api(`/api/namespaces/${enc(ns)}/runs?${params}`);
+    const ticket = ++shown;
+    const params = new URLSearchParams({ graph: graphSelect.value, status: statusSelect.value, limit: String(RUNS_PAGE), after: cursors[cursors.length - 1] });
+    const { runs, next } = await api(`/api/namespaces/${enc(ns)}/runs?${params}`);
+    if (ticket !== shown) return;
     table.replaceChildren(runs.length === 0 ? h("p", { class: "muted" }, "No run.") : h("table", { "data-testid": "runs" },
       h("tr", {}, ["Run", "Graph", "Status", "Created", "States"].map((c) => h("th", {}, c))),
       runs.map((r) => h("tr", { "data-run": r.run_id },
         h("td", { class: "mono" }, link(`#/runs/${enc(r.run_id)}`, r.run_id)), h("td", {}, `${r.graph_name} v${r.graph_version}`),
         h("td", {}, badge(r.status), r.waiting_for_runtime.length ? h("span", { class: "muted" }, " waiting for a runtime") : ""),
         h("td", {}, time(r.created_at_ms)), h("td", {}, countsText(r.state_counts))))));
+    const go = (move) => async () => {
+      move();
+      try { await refresh(); } catch (err) { showError(err); }
+    };
+    pager.replaceChildren(
+      h("button", { "data-testid": "newer", disabled: cursors.length === 1, onclick: go(() => cursors.pop()) }, "← Newer"),
+      h("span", { class: "muted", "data-testid": "page" }, `page ${cursors.length} · ${runs.length} run${runs.length === 1 ? "" : "s"}`),
+      h("button", { "data-testid": "older", disabled: !next, onclick: go(() => cursors.push(next)) }, "Older →"));
   };
-  graphSelect.addEventListener("change", refresh);
-  statusSelect.addEventListener("change", refresh);
+  const filtered = async () => {
+    cursors = [""];
+    const params = new URLSearchParams();
+    if (graphSelect.value) params.set("graph", graphSelect.value);
+    if (statusSelect.value) params.set("status", statusSelect.value);
+    // The filters go in the address (to share or reload it) without a hashchange, which would rebuild the page.
+    history.replaceState(null, "", `#/ns/${enc(ns)}/runs${params.size ? `?${params}` : ""}`);
+    try { await refresh(); } catch (err) { showError(err); }
+  };
+  graphSelect.addEventListener("change", filtered);
+  statusSelect.addEventListener("change", filtered);
   await every(1500, refresh);
 }
 
 async function runPage(runId) {
   const seq = routeSeq;
   const first = await api(`/api/runs/${enc(runId)}`);
+  if (first.run.run_id !== runId) { location.replace(`#/runs/${enc(first.run.run_id)}`); return; }  // a prefix
   const ns = first.run.namespace;
   setNav(ns, "runs");
   const header = h("div", { class: "cards" });
@@ -372,7 +408,10 @@ async function runPage(runId) {
       cards("States", countsText(r.state_counts) || view.states_total),
     );
     waiting.replaceChildren(r.waiting_for_runtime.length ? h("div", { class: "warn", "data-testid": "waiting" },
-      `Waiting for a runtime: no connected runtime hosts ${r.waiting_for_runtime.join(", ")}.`) : "");
+      `Waiting for a runtime: no connected runtime hosts ${r.waiting_for_runtime.join(", ")}.`) : "",
+      view.owned_elsewhere !== null ? h("p", { class: "muted", "data-testid": "owned-elsewhere" },
+        `This run is held by the scheduler replica ${view.owned_elsewhere || "that owns its shard"} and read here from the database, `
+        + "as last committed: a state a runtime is executing reads CREATED until it finishes.") : "");
     actions.replaceChildren(r.status === "PENDING" ? h("button", { class: "danger", "data-testid": "cancel", onclick: async () => {
       await api(`/api/runs/${enc(runId)}/cancel`, {});
     } }, "Cancel run") : "");
@@ -443,7 +482,8 @@ async function statePage(stateId) {
       h("tr", {}, ["Attempt", "Status", "Created", "Ran on", "Error", "State"].map((c) => h("th", {}, c))),
       view.attempts.map((a) => h("tr", {}, h("td", {}, a.attempt), h("td", {}, badge(a.status)), h("td", {}, time(a.created_at_ms)),
         h("td", {}, a.runtime_name ? `${a.runtime_name} (${duration(a.ran_ms) || "0 ms"})` : ""),
-        h("td", {}, a.error ? `${a.error.type || ""}: ${a.error.message || ""}` : ""),
+        h("td", {}, a.error ? `${a.error.type || ""}: ${a.error.message || ""}` : "",
+          a.error && a.error.traceback ? h("details", {}, h("summary", { class: "muted" }, "traceback"), h("pre", {}, a.error.traceback)) : ""),
         h("td", { class: "mono" }, link(`#/states/${enc(a.state_id)}`, a.state_id))))));
   // A state still waiting or running is shown again until it settles (its page is not a watch).
   if (["CREATED", "QUEUED", "EXECUTED"].includes(s.status)) {

@@ -213,6 +213,7 @@ class StateManager:
                     response = await upcoming
                     if response.next_page_token:  # asked for before this page is converted, so both sides work
                         upcoming = page(response.next_page_token)
+                        await asyncio.sleep(0)  # the call's own task sends the request: let it run first
                     states.extend(states_from_pb(response.states))
                     if not response.next_page_token:
                         return run_from_pb(response.run, states)

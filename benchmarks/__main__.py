@@ -34,6 +34,7 @@ TARGETS: dict[str, tuple[str, bool, str, Callable[[float], bool]]] = {
     "latency_2call_p50": ("ms", False, "(trigger + watch)", lambda v: True),
     "grpc_rtt_p50": ("ms", False, "(bare gRPC round trip: the floor)", lambda v: True),
     "floor_p50": ("ms", False, "(two bare gRPC round trips, in turn with the two below)", lambda v: True),
+    "floor_p99": ("ms", False, "(the same, p99: the machine's own tail)", lambda v: True),
     "userpath_p50": ("ms", False, "<= floor + 0.3; >= 1.5x Celery", lambda v: True),
     "userpath_p99": ("ms", False, "<= floor + 1", lambda v: True),
     "trigger_and_wait_p50": ("ms", False, "<= floor + 0.2", lambda v: True),
@@ -83,6 +84,7 @@ async def _measure(args: argparse.Namespace) -> dict[str, list[float]]:
             if want("userpath"):
                 path = await u.user_path(c, count)
                 add("floor_p50", path.floor_p50)
+                add("floor_p99", path.floor_p99)
                 add("userpath_p50", path.trigger_wait_p50)
                 add("userpath_p99", path.trigger_wait_p99)
                 add("trigger_and_wait_p50", path.trigger_and_wait_p50)

@@ -143,7 +143,7 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
             page_size = min(request.page_size or MAX_STATE_PAGE, MAX_STATE_PAGE)
             after = _int_token(request.page_token, "GetRun")
             run, first = self._found(request.run_id, context)
-            snapshot = self._snapshot(run, first)
+            snapshot = self._snapshot_page(run, first, after, page_size)
             if snapshot is not None:
                 run_message = run_to_pb(run)
                 blob, last_seq, more = snapshot.page(
@@ -173,13 +173,30 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
         self._check_run(context, run)
         return run, first
 
+    def _snapshot_page(self, run: RunRow, first: list[StateRow], after: int, page_size: int) -> Snapshot | None:
+        """The snapshot a GetRun page of a finished run is cut from, grown from the store by one page when the
+        client has read what it holds so far (server/snapshots.py); None for a pending or live run, one too big to
+        snapshot, or a page beyond what a snapshot holds."""
+        if self._engine.is_live(run.run_id) or not self._snapshots.fits(run):
+            return None
+        snapshot = self._snapshots.get(run)
+        if snapshot is not None and (snapshot.complete or after < snapshot.seqs[-1]):
+            return snapshot
+        if after != (snapshot.seqs[-1] if snapshot is not None else -1):
+            return None
+        if snapshot is None and sum(run.state_counts.values()) <= len(first):
+            rows = first
+        else:
+            rows = self._engine.get_run(run.run_id, page_size, after)[1]
+        return self._snapshots.extend(run, snapshot, rows)
+
     def _snapshot(self, run: RunRow, first: list[StateRow]) -> Snapshot | None:
         """All the states of a finished run no longer in memory, encoded once (server/snapshots.py); None for a
         pending or live run, or one too big to snapshot. ``first`` is its first state, as read already."""
         if self._engine.is_live(run.run_id) or not self._snapshots.fits(run):
             return None
         snapshot = self._snapshots.get(run)
-        if snapshot is None:
+        if snapshot is None or not snapshot.complete:
             whole = first if sum(run.state_counts.values()) <= len(first) else self._engine.get_run(run.run_id)[1]
             snapshot = self._snapshots.make(run, whole)
         return snapshot

@@ -6,6 +6,8 @@ both GetRunResponse and WatchRunResponse, so a page or an event is a slice of it
 run changes again only when one of its states is retried (server/retries.py), which changes its row: each snapshot
 is kept with the row it was made from (status, update time, counts), and a read whose row differs finds nothing.
 The cache is bounded in bytes, least recently read out first; a run too big for it is read page by page as before.
+A first read page by page grows the snapshot one page at a time (the SDK asks for the next page before converting
+this one, so the scheduler reads and encodes while the client converts); a watch's final snapshot is made whole.
 """
 
 from __future__ import annotations
@@ -47,14 +49,21 @@ def _key(run: RunRow) -> tuple[object, ...]:
     return (run.status, run.updated_at_ms, tuple(sorted(run.state_counts.items())))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Snapshot:
-    """Every state of a finished run, encoded, in sequence order."""
+    """The states of a finished run, encoded, in sequence order: all ``total`` of them once ``complete``, else the
+    first ones (a first read page by page fills it as it goes, so the client converts a page while the next is
+    read and encoded)."""
 
     key: tuple[object, ...]
+    total: int
     seqs: list[int]
     frames: list[bytes]
     size: int
+
+    @property
+    def complete(self) -> bool:
+        return len(self.frames) >= self.total
 
     def page(self, after_seq: int, limit: int, *, budget: int, reserved: int) -> tuple[bytes, int, bool]:
         """The states after ``after_seq``: at most ``limit`` (0: no limit) within ``budget`` bytes (at least one).
@@ -62,7 +71,8 @@ class Snapshot:
         Returns their frames joined, the sequence of the last one (-1 when none) and whether more follow."""
         start = bisect.bisect_right(self.seqs, after_seq)
         end = self._cut(start, budget - reserved, limit)
-        return b"".join(self.frames[start:end]), self.seqs[end - 1] if end > start else -1, end < len(self.frames)
+        more = end < len(self.frames) or not self.complete
+        return b"".join(self.frames[start:end]), self.seqs[end - 1] if end > start else -1, more
 
     def chunks(self, *, budget: int, reserved: int) -> Iterator[bytes]:
         """Every state, in consecutive chunks within ``budget`` bytes; one empty chunk when there are none."""
@@ -122,15 +132,39 @@ class SnapshotCache:
 
     def keep(self, run: RunRow, seqs: list[int], frames: list[bytes]) -> Snapshot:
         """Keep the frames of every state of the finished ``run`` (in sequence order) as its snapshot."""
-        snapshot = Snapshot(_key(run), seqs, frames, sum(map(len, frames)))
         self._drop(run.run_id)
+        return self._grow(run, Snapshot(_key(run), len(frames), seqs, frames, 0), frames)
+
+    def extend(self, run: RunRow, snapshot: Snapshot | None, states: Sequence[StateRow]) -> Snapshot:
+        """Encode ``states``, the next of the finished ``run`` after those of ``snapshot`` (None: its first ones),
+        and add them to it; none means the run has no more (its counts said otherwise: the snapshot ends there)."""
+        if snapshot is None:
+            snapshot = Snapshot(_key(run), sum(run.state_counts.values()), [], [], 0)
+        if not states:
+            snapshot.total = len(snapshot.frames)
+        return self._grow(run, snapshot, [frame(state_to_pb(s)) for s in states], [s.seq for s in states])
+
+    def _grow(self, run: RunRow, snapshot: Snapshot, frames: list[bytes], seqs: list[int] | None = None) -> Snapshot:
+        """Account for ``frames`` added to ``snapshot`` (appending them and ``seqs`` unless already in it); keep it
+        unless it grew too big for the cache, then drop it, remember that, and still return it for this read."""
+        added = sum(map(len, frames))
+        if seqs is not None:
+            snapshot.seqs.extend(seqs)
+            snapshot.frames.extend(frames)
+        snapshot.size += added
+        kept = self._entries.get(run.run_id) is snapshot
         if snapshot.size > self._max_bytes // 4:  # one run never pushes out all the others
+            self._drop(run.run_id)
             self._too_big[run.run_id] = snapshot.key
             if len(self._too_big) > TOO_BIG_REMEMBERED:
                 self._too_big.popitem(last=False)
             return snapshot
-        self._entries[run.run_id] = snapshot
-        self._bytes += snapshot.size
+        if kept:
+            self._bytes += added
+            self._entries.move_to_end(run.run_id)
+        else:
+            self._entries[run.run_id] = snapshot
+            self._bytes += snapshot.size
         while self._bytes > self._max_bytes:
             _, oldest = self._entries.popitem(last=False)
             self._bytes -= oldest.size

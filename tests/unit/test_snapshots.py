@@ -112,3 +112,38 @@ def test_the_readme_states_the_snapshot_sizes_the_scheduler_uses() -> None:
     assert SNAPSHOT_EVENT_BYTES == 256 * 1024 and "about 256 KiB per event" in readme
     assert MAX_SNAPSHOT_STATES == 20_000 and CACHE_BYTES == 64 * 1024 * 1024
     assert "runs of up to\n20,000 states, 64 MiB in all" in readme
+
+
+def test_a_first_read_grows_the_snapshot_page_by_page_until_it_is_complete() -> None:
+    cache = SnapshotCache()
+    rows = _states(5)
+    run = _run(states=5)
+
+    partial = cache.extend(run, None, rows[:2])
+    assert not partial.complete and cache.get(run) is partial
+    blob, last, more = partial.page(-1, 2, budget=10**6, reserved=0)
+    assert [s.state_id for s in _parsed(blob)] == ["r-0", "r-1"] and last == 1 and more
+    # What it holds so far is served again; the end of it is not the end of the run.
+    assert partial.page(0, 0, budget=10**6, reserved=0)[1:] == (1, True)
+
+    whole = cache.extend(run, partial, rows[2:])
+    assert whole is partial and whole.complete
+    assert [s.state_id for s in _parsed(whole.page(-1, 0, budget=10**6, reserved=0)[0])] == [f"r-{i}" for i in range(5)]
+    assert whole.page(1, 0, budget=10**6, reserved=0)[1:] == (4, False)
+
+
+def test_a_run_with_fewer_states_than_its_counts_ends_where_the_store_does() -> None:
+    cache = SnapshotCache()
+    run = _run(states=9)
+    partial = cache.extend(run, None, _states(3))
+    ended = cache.extend(run, partial, [])
+    assert ended.complete and ended.page(2, 0, budget=10**6, reserved=0) == (b"", -1, False)
+
+
+def test_a_growing_snapshot_too_big_for_the_cache_is_dropped_and_remembered() -> None:
+    cache = SnapshotCache(max_bytes=4000)
+    run = _run(states=6)
+    partial = cache.extend(run, None, _states(6, size=300)[:2])
+    assert cache.get(run) is partial and cache.fits(run)
+    grown = cache.extend(run, partial, _states(6, size=300)[2:])
+    assert grown.complete and cache.get(run) is None and not cache.fits(run)

@@ -142,8 +142,12 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
         async with status_from_errors(context):
             page_size = min(request.page_size or MAX_STATE_PAGE, MAX_STATE_PAGE)
             after = _int_token(request.page_token, "GetRun")
-            run, first = self._found(request.run_id, context)
-            snapshot = self._snapshot_page(run, first, after, page_size)
+            run_id = request.run_id
+            snapshot = None
+            if not self._engine.is_live(run_id):  # finished, another replica's, or a prefix of a run id
+                run, first = self._found(run_id, context)
+                run_id = run.run_id
+                snapshot = self._snapshot_page(run, first, after, page_size)
             if snapshot is not None:
                 run_message = run_to_pb(run)
                 blob, last_seq, more = snapshot.page(
@@ -152,7 +156,7 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
                 response = pb.GetRunResponse(run=run_message, next_page_token=str(last_seq) if more else "")
                 response.MergeFromString(blob)
                 return response
-            run, rows, last = self._engine.get_run(run.run_id, page_size, after)
+            run, rows, last = self._engine.get_run(run_id, page_size, after)
             self._check_run(context, run)
             run_message = run_to_pb(run)
             messages = states_to_pb(rows)

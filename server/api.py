@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 
-from exosphere.errors import GraphNotFoundError, InvalidArgumentError, RunNotFoundError
+from exosphere.errors import GraphNotFoundError, InvalidArgumentError
 from exosphere.v1 import scheduler_pb2 as pb
 from exosphere.v1 import scheduler_pb2_grpc
 
@@ -16,21 +15,11 @@ from .auth import Authenticator
 from .engine import Engine, TriggerRequest
 from .errors import status_from_errors
 from .forward import Forwarder, forwarded
-from .models import RunRow, StateRow
+from .models import RunRow
 from .names import check_name, check_names
 from .ownership import NotOwnerError
-from .prefixes import resolve_run_id
-from .sizes import (
-    PAGE_BYTES,
-    SNAPSHOT_EVENT_BYTES,
-    check_store_size,
-    chunks_by_size,
-    cut_by_size,
-    framed_size,
-    take_by_size,
-)
-from .snapshots import Snapshot, SnapshotCache, frame
-from .status import RunStatus
+from .reads import RunReads
+from .sizes import check_store_size, take_by_size
 from .store import RunCursor
 from .wire import (
     graph_spec_from_pb,
@@ -38,8 +27,6 @@ from .wire import (
     run_status_from_pb,
     run_to_pb,
     schema_to_pb,
-    state_to_pb,
-    states_to_pb,
 )
 
 __all__ = ["SchedulerApi"]
@@ -94,7 +81,7 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
         self._engine = engine
         self._auth = auth
         self._forwarder = forwarder or Forwarder()
-        self._snapshots = SnapshotCache()
+        self._reads = RunReads(engine, auth)
 
     async def UpsertGraph(self, request: pb.UpsertGraphRequest, context: Ctx) -> pb.UpsertGraphResponse:
         async with status_from_errors(context):
@@ -141,69 +128,7 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
     async def GetRun(self, request: pb.GetRunRequest, context: Ctx) -> pb.GetRunResponse:
         async with status_from_errors(context):
             page_size = min(request.page_size or MAX_STATE_PAGE, MAX_STATE_PAGE)
-            after = _int_token(request.page_token, "GetRun")
-            run_id = request.run_id
-            snapshot = None
-            if not self._engine.is_live(run_id):  # finished, another replica's, or a prefix of a run id
-                run, first = self._found(run_id, context)
-                run_id = run.run_id
-                snapshot = self._snapshot_page(run, first, after, page_size)
-            if snapshot is not None:
-                run_message = run_to_pb(run)
-                blob, last_seq, more = snapshot.page(
-                    after, page_size, budget=PAGE_BYTES, reserved=framed_size(run_message.ByteSize())
-                )
-                response = pb.GetRunResponse(run=run_message, next_page_token=str(last_seq) if more else "")
-                response.MergeFromString(blob)
-                return response
-            run, rows, last = self._engine.get_run(run_id, page_size, after)
-            self._check_run(context, run)
-            run_message = run_to_pb(run)
-            messages = states_to_pb(rows)
-            count = cut_by_size(messages, reserved=framed_size(run_message.ByteSize()))
-            if count < len(messages):
-                token = str(rows[count - 1].seq)
-            else:
-                token = str(last) if len(rows) == page_size and last >= 0 else ""
-            return pb.GetRunResponse(run=run_message, states=messages[:count], next_page_token=token)
-
-    def _found(self, run_id: str, context: Ctx) -> tuple[RunRow, list[StateRow]]:
-        """The run and its first state, by id or by an operator's unique prefix of it (exosphere runs show 7ced34)."""
-        try:
-            run, first, _ = self._engine.get_run(run_id, 1)
-        except RunNotFoundError:
-            allowed = functools.partial(self._auth.allowed, context)
-            run, first, _ = self._engine.get_run(resolve_run_id(self._engine, run_id, allowed), 1)
-        self._check_run(context, run)
-        return run, first
-
-    def _snapshot_page(self, run: RunRow, first: list[StateRow], after: int, page_size: int) -> Snapshot | None:
-        """The snapshot a GetRun page of a finished run is cut from, grown from the store by one page when the
-        client has read what it holds so far (server/snapshots.py); None for a pending or live run, one too big to
-        snapshot, or a page beyond what a snapshot holds."""
-        if self._engine.is_live(run.run_id) or not self._snapshots.fits(run):
-            return None
-        snapshot = self._snapshots.get(run)
-        if snapshot is not None and (snapshot.complete or after < snapshot.seqs[-1]):
-            return snapshot
-        if after != (snapshot.seqs[-1] if snapshot is not None else -1):
-            return None
-        if snapshot is None and sum(run.state_counts.values()) <= len(first):
-            rows = first
-        else:
-            rows = self._engine.get_run(run.run_id, page_size, after)[1]
-        return self._snapshots.extend(run, snapshot, rows)
-
-    def _snapshot(self, run: RunRow, first: list[StateRow]) -> Snapshot | None:
-        """All the states of a finished run no longer in memory, encoded once (server/snapshots.py); None for a
-        pending or live run, or one too big to snapshot. ``first`` is its first state, as read already."""
-        if self._engine.is_live(run.run_id) or not self._snapshots.fits(run):
-            return None
-        snapshot = self._snapshots.get(run)
-        if snapshot is None or not snapshot.complete:
-            whole = first if sum(run.state_counts.values()) <= len(first) else self._engine.get_run(run.run_id)[1]
-            snapshot = self._snapshots.make(run, whole)
-        return snapshot
+            return self._reads.page(context, request.run_id, page_size, _int_token(request.page_token, "GetRun"))
 
     async def ListRuns(self, request: pb.ListRunsRequest, context: Ctx) -> pb.ListRunsResponse:
         async with status_from_errors(context):
@@ -222,59 +147,23 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
     async def WatchRun(self, request: pb.WatchRunRequest, context: Ctx) -> AsyncIterator[pb.WatchRunResponse]:
         async with status_from_errors(context):
             run_id = request.run_id
-            if request.HasField("trigger"):
+            triggered = request.HasField("trigger")
+            if triggered:
                 t = request.trigger
                 self._auth.check(context, t.namespace)
                 run_id = await self._engine.trigger(_trigger_request(self._engine, t))
-            wants_snapshot = request.final_snapshot
-            snapshot = None
-            if wants_snapshot and not self._engine.is_live(run_id):  # finished, or another replica's
-                run, head, _ = self._engine.get_run(run_id, 1)
-                self._check_run(context, run)
-                snapshot = self._snapshot(run, head)
-            if snapshot is not None:
-                message = run_to_pb(run)
-                reserved = framed_size(message.ByteSize())
-                parts = snapshot.chunks(budget=SNAPSHOT_EVENT_BYTES, reserved=reserved)
-                part = next(parts)
-                for next_part in parts:  # one part behind, so the last event is known and marked
-                    yield _event(message, part)
-                    part = next_part
-                yield _event(message, part, last=True)
-                return
-            events = self._engine.watch_run(run_id, whole_end=wants_snapshot)
+            events = self._reads.watch(
+                context,
+                run_id,
+                run_only=request.run_only,
+                outcome_only=request.run_only and triggered,  # trigger-and-wait: only the outcome, one message
+                final_snapshot=request.final_snapshot,
+            )
             try:
-                first = True
-                async for run, states in events:
-                    if first:
-                        self._check_run(context, run)
-                        first = False
-                    pending = run.status == RunStatus.PENDING
-                    if pending and (wants_snapshot or (request.run_only and request.HasField("trigger"))):
-                        continue  # only the outcome is wanted
-                    message = run_to_pb(run)
-                    if request.run_only and not wants_snapshot:
-                        if pending:
-                            message.ClearField("store")  # up to 16 MiB; a waiting client needs it once, at the end
-                        yield pb.WatchRunResponse(run=message, last=not pending)
-                        continue
-                    reserved = framed_size(message.ByteSize())
-                    budget = SNAPSHOT_EVENT_BYTES if wants_snapshot else PAGE_BYTES
-                    # The final snapshot of a run small enough is kept, encoded, for the reads that follow.
-                    frames: list[bytes] | None = [] if wants_snapshot and self._snapshots.fits(run) else None
-                    chunks = chunks_by_size(states, state_to_pb, budget=budget, reserved=reserved)
-                    chunk = next(chunks)
-                    for following in chunks:  # one chunk behind, so the last event is known and marked
-                        yield pb.WatchRunResponse(run=message, states=chunk)
-                        if frames is not None:
-                            frames.extend(map(frame, chunk))
-                        chunk = following
-                    yield pb.WatchRunResponse(run=message, states=chunk, last=not pending)
-                    if frames is not None and not pending:
-                        frames.extend(map(frame, chunk))
-                        self._snapshots.keep(run, [s.seq for s in states], frames)
+                async for event in events:
+                    yield event
             finally:
-                await events.aclose()  # type: ignore[attr-defined]
+                await events.aclose()
 
     async def CancelRun(self, request: pb.CancelRunRequest, context: Ctx) -> pb.CancelRunResponse:
         async with status_from_errors(context):
@@ -347,13 +236,6 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
 
     def _check_run(self, context: Ctx, run: RunRow) -> None:
         self._auth.check(context, run.namespace)
-
-
-def _event(run: pb.Run, states: bytes, *, last: bool = False) -> pb.WatchRunResponse:
-    """A watch event carrying ``states`` already encoded (server/snapshots.py)."""
-    event = pb.WatchRunResponse(run=run, last=last)
-    event.MergeFromString(states)
-    return event
 
 
 def _plain(mapping: Any) -> dict[str, str]:

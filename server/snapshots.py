@@ -23,7 +23,7 @@ from .models import RunRow, StateRow
 from .status import RunStatus
 from .wire import state_to_pb
 
-__all__ = ["MAX_SNAPSHOT_STATES", "Snapshot", "SnapshotCache", "frame"]
+__all__ = ["CACHE_BYTES", "MAX_SNAPSHOT_STATES", "Snapshot", "SnapshotCache", "frame"]
 
 # Bytes of snapshots kept (a 10,000-state run of small states takes about 1.2 MB).
 CACHE_BYTES = 64 * 1024 * 1024

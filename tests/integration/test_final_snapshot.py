@@ -15,6 +15,7 @@ import pytest
 from exosphere import RunStatus, Runtime, StateManager, StateStatus
 from exosphere.v1 import common_pb2, scheduler_pb2_grpc
 from exosphere.v1 import scheduler_pb2 as pb
+from server import snapshots
 from server.api import Ctx, SchedulerApi
 from server.app import App
 from server.config import ServerConfig
@@ -239,3 +240,21 @@ async def test_reads_of_a_finished_run_follow_a_manual_retry(
     for again in (await state_manager.get_run(run.run_id), await state_manager.wait(run.run_id, timeout=10)):
         assert again.status is RunStatus.SUCCESS
         assert [(s.attempt, s.status) for s in again.states] == [(1, StateStatus.ERRORED), (2, StateStatus.SUCCESS)]
+
+
+async def test_a_run_too_big_to_snapshot_is_waited_for_and_read_as_before(
+    state_manager: StateManager,
+    start_runtime: RuntimeFactory,
+    namespace: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(snapshots, "MAX_SNAPSHOT_STATES", 10)  # the 31-state run below is then too big
+    await _fan_graph(state_manager, start_runtime, namespace)
+
+    run = await state_manager.trigger("fan", inputs={"csv": _csv()})
+    live = await state_manager.wait(run.run_id, timeout=20)  # its end seen live: the snapshot from memory
+    finished = await state_manager.wait(run.run_id, timeout=20)  # from the store, every state at once
+    read = await state_manager.get_run(run.run_id)  # page by page from the store
+
+    assert live.status is RunStatus.SUCCESS and len(live.states) == BRANCHES + 1
+    assert finished.states == live.states and read.states == live.states

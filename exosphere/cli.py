@@ -48,6 +48,7 @@ from exosphere._cli_base import (
 )
 from exosphere._cli_input import UsageError, validation_details
 from exosphere.config import DEFAULT_ADDRESS, ClientConfig
+from exosphere.conformance import command as _cli_conformance
 from exosphere.errors import ConnectionFailedError, ExosphereError, GraphValidationError, InvalidArgumentError
 
 __all__ = ["COMMAND_MODULES", "build_parser", "main"]
@@ -59,6 +60,7 @@ COMMAND_MODULES: tuple[Callable[[Commands, Parser], None], ...] = (
     _cli_runs.register,
     _cli_states.register,
     _cli_runtimes.register,
+    _cli_conformance.register,  # exosphere conformance: the kit of exosphere/conformance/
 )
 
 

@@ -1,13 +1,16 @@
 #!/usr/bin/env node
-// An Exosphere runtime in Node.js: hosts one node, `Greet`, over RuntimeService.Connect.
-//
-// The protocol (see protos/exosphere/v1/runtime.proto):
+// An Exosphere runtime in Node.js. Run directly, it hosts one node, `Greet`; `conformance.js` reuses it to host the
+// conformance nodes. docs/protocol.md is the full protocol; in short:
 //   1. open ONE bidirectional Connect stream, with the API key in the "x-api-key" metadata;
-//   2. send Register (namespace, nodes and their schemas, max_concurrency = our credit);
+//   2. send Register (namespace, a runtime_id kept across reconnects, nodes and their schemas, max_concurrency =
+//      our credit);
 //   3. the scheduler answers Registered (or ends the stream with a status naming the problem);
 //   4. it then pushes ExecuteBatch messages, never more states than our free credit; we answer each state with
-//      one Result inside a ResultBatch, which frees its credit;
-//   5. we send a Heartbeat every heartbeat_interval_ms so the scheduler keeps our leases alive.
+//      one Result (batched with whatever else is ready), which frees its credit;
+//   5. we send a Heartbeat every heartbeat_interval_ms so the scheduler keeps our lease;
+//   6. CancelBatch: we stop those states and answer each (the answer returns its credit);
+//   7. Drain (the scheduler is stopping): we send Draining, take no more work, send the results of what we hold,
+//      half-close the stream, and reconnect with backoff, as after any lost stream.
 //
 // Environment: EXOSPHERE_SCHEDULER_ADDRESS (default localhost:50051), EXOSPHERE_API_KEY (optional),
 // EXOSPHERE_NAMESPACE (default NodeExample).
@@ -17,11 +20,6 @@ const crypto = require('node:crypto');
 const path = require('node:path');
 const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
-
-const ADDRESS = process.env.EXOSPHERE_SCHEDULER_ADDRESS || 'localhost:50051';
-const API_KEY = process.env.EXOSPHERE_API_KEY || '';
-const NAMESPACE = process.env.EXOSPHERE_NAMESPACE || 'NodeExample';
-const MAX_CONCURRENCY = 8;
 
 // --- Loading the protos -------------------------------------------------------------------------------------------
 
@@ -41,140 +39,273 @@ const packageDefinition = protoLoader.loadSync(path.join(PROTOS_DIR, 'exosphere'
 });
 const { RuntimeService } = grpc.loadPackageDefinition(packageDefinition).exosphere.v1;
 
-// --- The nodes ----------------------------------------------------------------------------------------------------
+// Registration errors no retry can fix: the runtime exits instead of reconnecting.
+const FATAL = new Set([grpc.status.INVALID_ARGUMENT, grpc.status.UNAUTHENTICATED, grpc.status.PERMISSION_DENIED]);
+// Reconnect backoff: capped, exponential, jittered; reset once registered.
+const BACKOFF_INITIAL_MS = 100;
+const BACKOFF_MAX_MS = 5000;
+// On SIGTERM, how long states in flight may finish before we go.
+const SHUTDOWN_GRACE_MS = 5000;
+
+// --- Node schemas -------------------------------------------------------------------------------------------------
 
 // A node schema is three google.protobuf.DescriptorProto messages (Inputs, Outputs, Secrets) whose fields are all
 // strings, numbered in declaration order: LABEL_REQUIRED without a default, LABEL_OPTIONAL with default_value.
 // Careful: proto-loader serves the google/protobuf types from protobufjs's prebuilt JSON, whose field names are
 // camelCase whatever keepCase says, so default_value is spelled `defaultValue` here (snake_case is silently dropped).
+// A field is a name, or {name, default}.
 function descriptor(name, fields) {
   return {
     name,
     field: fields.map((f, i) => {
-      const fd = { name: f.name, number: i + 1, type: 'TYPE_STRING', label: 'LABEL_REQUIRED' };
-      if (f.default !== undefined) {
+      const spec = typeof f === 'string' ? { name: f } : f;
+      const fd = { name: spec.name, number: i + 1, type: 'TYPE_STRING', label: 'LABEL_REQUIRED' };
+      if (spec.default !== undefined) {
         fd.label = 'LABEL_OPTIONAL';
-        fd.defaultValue = String(f.default);
+        fd.defaultValue = String(spec.default);
       }
       return fd;
     }),
   };
 }
 
-// Each node: its schema and a function from (inputs, secrets) to a list of outputs (several fan out).
-const NODES = {
-  Greet: {
-    inputs: descriptor('Inputs', [{ name: 'name' }]),
-    outputs: descriptor('Outputs', [{ name: 'greeting' }]),
-    secrets: descriptor('Secrets', []),
-    run(inputs) {
-      return [{ greeting: `Hello, ${inputs.name}!` }];
+// --- The runtime --------------------------------------------------------------------------------------------------
+
+// Starts a runtime hosting `nodes`: {Name: {inputs: [fields], outputs: [fields], secrets: [fields], run}}, where
+// run(inputs, {secrets, store, signal}) returns (or resolves to) a list of outputs objects (several fan out). It may
+// set keys on `store` (written back with the result) and should stop when `signal` aborts (a cancel). Throwing fails
+// the state: the error's name is its type. Returns {stop()}.
+function startRuntime({
+  nodes,
+  runtimeName,
+  sdkVersion = 'exosphere-node-example/0.2.0',
+  maxConcurrency = 8,
+  address = process.env.EXOSPHERE_SCHEDULER_ADDRESS || 'localhost:50051',
+  apiKey = process.env.EXOSPHERE_API_KEY || '',
+  namespace = process.env.EXOSPHERE_NAMESPACE || 'NodeExample',
+}) {
+  const runtimeId = crypto.randomUUID(); // the same on every reconnect: the scheduler knows us by it
+  const schemas = Object.entries(nodes).map(([name, node]) => ({
+    name,
+    inputs: descriptor('Inputs', node.inputs),
+    outputs: descriptor('Outputs', node.outputs),
+    secrets: descriptor('Secrets', node.secrets || []),
+    timeout_ms: 0, // the scheduler's default deadline
+  }));
+  const client = new RuntimeService(address, grpc.credentials.createInsecure());
+  let stopping = false;
+  let session = null; // the live stream
+  let attempt = 0; // reconnects since the last registration
+
+  function connect() {
+    const metadata = new grpc.Metadata();
+    if (apiKey) metadata.set('x-api-key', apiKey);
+    const s = {
+      call: client.Connect(metadata),
+      registered: false,
+      draining: false,
+      closed: false, // we half-closed
+      heartbeat: null,
+      inFlight: new Map(), // dispatch_id -> {item, controller}
+      outbox: [],
+      flushing: false,
+    };
+    session = s;
+    s.call.write({
+      register: {
+        namespace,
+        runtime_name: runtimeName,
+        runtime_id: runtimeId,
+        sdk_version: sdkVersion,
+        max_concurrency: maxConcurrency,
+        nodes: schemas,
+      },
+    });
+    s.call.on('data', (msg) => onMessage(s, msg));
+    // grpc-js emits 'error' for every non-OK status, then 'status'; we act on 'status' alone, but an 'error' event
+    // without a listener would crash the process.
+    s.call.on('error', () => {});
+    s.call.on('status', (status) => onEnd(s, status));
+  }
+
+  function onMessage(s, msg) {
+    switch (msg.kind) {
+      case 'registered': {
+        s.registered = true;
+        attempt = 0;
+        console.log(`registered session=${msg.registered.session_id}`);
+        // Any message keeps the lease; a heartbeat covers the idle times.
+        const interval = Number(msg.registered.heartbeat_interval_ms) || 5000;
+        s.heartbeat = setInterval(() => write(s, { heartbeat: { in_flight: s.inFlight.size } }), interval);
+        if (stopping) drain(s);
+        break;
+      }
+      case 'execute':
+        for (const item of msg.execute.items) execute(s, item);
+        break;
+      case 'cancel':
+        cancel(s, new Set(msg.cancel.state_ids));
+        break;
+      case 'drain':
+        console.error(`scheduler asked us to drain (grace ${msg.drain.grace_ms} ms)`);
+        drain(s);
+        break;
+      case 'results_rejected':
+        // A correct runtime never sees this: results the scheduler could not match (wrong ids, sent twice...).
+        for (const r of msg.results_rejected.results) {
+          console.error(`result rejected: state=${r.state_id} dispatch=${r.dispatch_id} ${r.reason}: ${r.message}`);
+        }
+        break;
+      default:
+        break; // replicas (cluster mode) and kinds newer than this file
+    }
+  }
+
+  function write(s, message) {
+    if (!s.closed) s.call.write(message);
+  }
+
+  // Runs one Execute item; its Result goes out with the next batch.
+  function execute(s, item) {
+    if (s.draining) return; // no new work once draining: the scheduler requeues it when the stream ends
+    const node = nodes[item.node_name];
+    const controller = new AbortController();
+    s.inFlight.set(item.dispatch_id, { item, controller });
+    const store = { ...item.store };
+    Promise.resolve()
+      .then(() => {
+        if (!node) {
+          throw Object.assign(new Error(`node ${item.node_name} is not hosted here`), { name: 'UnknownNodeError' });
+        }
+        return node.run(item.inputs, { secrets: item.secrets, store, signal: controller.signal });
+      })
+      .then(
+        (outputs) => {
+          const writes = {};
+          for (const [k, v] of Object.entries(store)) if (item.store[k] !== v) writes[k] = String(v);
+          return { executed: { outputs: (outputs || []).map((fields) => ({ fields })) }, store_writes: writes };
+        },
+        (err) => ({ errored: errored(err) }),
+      )
+      .then((outcome) => {
+        if (s.inFlight.get(item.dispatch_id)?.item !== item) return; // cancelled and answered already
+        s.inFlight.delete(item.dispatch_id);
+        // state_id, attempt and dispatch_id are echoed so the scheduler can match the result.
+        answer(s, { state_id: item.state_id, attempt: item.attempt, dispatch_id: item.dispatch_id, ...outcome });
+      });
+  }
+
+  function errored(err) {
+    const e = err instanceof Error ? err : new Error(String(err));
+    return { message: String(e.message), type: e.name || 'Error', traceback: e.stack || '' };
+  }
+
+  // Stops the cancelled states and answers each at once: the answer returns its credit.
+  function cancel(s, stateIds) {
+    for (const [dispatchId, { item, controller }] of s.inFlight) {
+      if (!stateIds.has(item.state_id)) continue;
+      s.inFlight.delete(dispatchId);
+      controller.abort();
+      answer(s, {
+        state_id: item.state_id,
+        attempt: item.attempt,
+        dispatch_id: dispatchId,
+        errored: { message: 'cancelled by the scheduler', type: 'CancelledError', traceback: '' },
+      });
+    }
+  }
+
+  // Queues a result; everything queued by the end of this turn of the event loop goes out in one ResultBatch.
+  function answer(s, result) {
+    s.outbox.push(result);
+    if (s.flushing) return;
+    s.flushing = true;
+    setImmediate(() => {
+      s.flushing = false;
+      const results = s.outbox.splice(0);
+      if (results.length) write(s, { results: { results } });
+      if (s.draining) finishDrain(s);
+    });
+  }
+
+  // Drain: say so, take nothing new, report what we hold, then half-close. The scheduler ends the stream, and we
+  // reconnect (unless we are stopping).
+  function drain(s) {
+    if (s.draining) return;
+    s.draining = true;
+    write(s, { draining: {} });
+    finishDrain(s);
+  }
+
+  function finishDrain(s) {
+    if (s.closed || s.inFlight.size || s.outbox.length) return;
+    clearInterval(s.heartbeat);
+    s.closed = true;
+    s.call.end();
+  }
+
+  function onEnd(s, status) {
+    clearInterval(s.heartbeat);
+    for (const { controller } of s.inFlight.values()) controller.abort(); // their results would be refused
+    s.inFlight.clear();
+    if (session === s) session = null;
+    if (stopping) {
+      client.close();
+      process.exit(0);
+    }
+    if (!s.registered && FATAL.has(status.code)) {
+      // The scheduler names the problem in the status message (a bad API key, an invalid Register).
+      console.error(`registration refused: ${grpc.status[status.code]}: ${status.details}`);
+      client.close();
+      process.exit(1);
+    }
+    const cap = Math.min(BACKOFF_MAX_MS, BACKOFF_INITIAL_MS * 2 ** attempt);
+    attempt += 1;
+    const delay = cap / 2 + Math.random() * (cap / 2);
+    const why = status.code === grpc.status.OK ? 'closed' : `${grpc.status[status.code]}: ${status.details}`;
+    console.error(`stream ended (${why}); reconnecting in ${Math.round(delay)} ms`);
+    setTimeout(connect, delay);
+  }
+
+  function stop() {
+    if (stopping) return;
+    stopping = true;
+    setTimeout(() => process.exit(0), SHUTDOWN_GRACE_MS).unref();
+    if (session && session.registered) {
+      drain(session); // finish what we hold; onEnd exits once the scheduler closes the stream
+    } else {
+      client.close();
+      process.exit(0);
+    }
+  }
+
+  connect();
+  return { stop };
+}
+
+// Stops cleanly on SIGTERM / SIGINT: finishes the states in flight (within a grace), then exits 0.
+function runUntilSignalled(options) {
+  const runtime = startRuntime(options);
+  process.on('SIGTERM', runtime.stop);
+  process.on('SIGINT', runtime.stop);
+  return runtime;
+}
+
+module.exports = { descriptor, startRuntime, runUntilSignalled };
+
+// --- Run directly: the Greet example ------------------------------------------------------------------------------
+
+if (require.main === module) {
+  runUntilSignalled({
+    runtimeName: 'node-runtime',
+    nodes: {
+      Greet: {
+        inputs: ['name'],
+        outputs: ['greeting'],
+        run(inputs) {
+          return [{ greeting: `Hello, ${inputs.name}!` }];
+        },
+      },
     },
-  },
-};
-
-// Runs one Execute item and builds its Result. Every value in and out is a string.
-function execute(item) {
-  // state_id, attempt and dispatch_id are echoed so the scheduler can match (and ignore stale) results.
-  const result = { state_id: item.state_id, attempt: item.attempt, dispatch_id: item.dispatch_id };
-  try {
-    const node = NODES[item.node_name];
-    if (!node) {
-      throw Object.assign(new Error(`node ${item.node_name} is not hosted here`), { name: 'UnknownNode' });
-    }
-    const outputs = node.run(item.inputs, item.secrets);
-    // Setting one field of a oneof selects it: here Result.outcome = executed.
-    result.executed = { outputs: outputs.map((fields) => ({ fields })) };
-  } catch (err) {
-    // Result.outcome = errored: the state fails (and is retried if its graph allows).
-    result.errored = { message: String(err.message), type: err.name || 'Error', traceback: err.stack || '' };
-  }
-  return result;
+  });
 }
-
-// --- The stream ---------------------------------------------------------------------------------------------------
-
-const client = new RuntimeService(ADDRESS, grpc.credentials.createInsecure());
-const metadata = new grpc.Metadata();
-if (API_KEY) metadata.set('x-api-key', API_KEY);
-
-const call = client.Connect(metadata);
-let heartbeat = null;
-let stopping = false; // we cancelled the call ourselves (SIGTERM/SIGINT)
-let draining = false; // the scheduler asked us to drain
-
-// The first message, and only the first: Register.
-call.write({
-  register: {
-    namespace: NAMESPACE,
-    runtime_name: 'node-runtime',
-    runtime_id: crypto.randomUUID(), // a runtime that reconnects would reuse it
-    sdk_version: 'exosphere-node-example/0.1.0',
-    max_concurrency: MAX_CONCURRENCY,
-    nodes: Object.entries(NODES).map(([name, node]) => ({
-      name,
-      inputs: node.inputs,
-      outputs: node.outputs,
-      secrets: node.secrets,
-      timeout_ms: 0, // the scheduler's default deadline
-    })),
-  },
-});
-
-call.on('data', (msg) => {
-  switch (msg.kind) {
-    case 'registered': {
-      const { session_id, heartbeat_interval_ms } = msg.registered;
-      console.log(`registered session=${session_id}`);
-      // Any message keeps our lease alive; a heartbeat covers the idle times. Execution here is synchronous, so
-      // nothing is ever in flight between two events.
-      const interval = Number(heartbeat_interval_ms) || 5000;
-      heartbeat = setInterval(() => call.write({ heartbeat: { in_flight: 0 } }), interval);
-      break;
-    }
-    case 'execute':
-      // One Result per item, all in one ResultBatch; each frees one credit.
-      call.write({ results: { results: msg.execute.items.map(execute) } });
-      break;
-    case 'drain':
-      // Stop taking work. Nothing is in flight, so say so and close our side; the scheduler ends the stream.
-      draining = true;
-      clearInterval(heartbeat);
-      call.write({ draining: {} });
-      call.end();
-      break;
-    case 'cancel':
-      // Cancelled states would be stopped here; ours finish synchronously, so there is never one to stop.
-      break;
-    default:
-      break;
-  }
-});
-
-// grpc-js emits 'error' for every non-OK status, then 'status' for every status; we act on 'status' alone but an
-// 'error' event without a listener would crash the process.
-call.on('error', () => {});
-call.on('status', (status) => {
-  clearInterval(heartbeat);
-  client.close();
-  if (stopping) {
-    process.exit(0);
-  } else if (status.code === grpc.status.OK) {
-    console.error(draining ? 'drained; stream closed' : 'stream closed by the scheduler');
-    process.exit(draining ? 0 : 1);
-  } else {
-    // The scheduler names the problem in the status message (e.g. a bad API key or an invalid Register).
-    console.error(`stream error: ${grpc.status[status.code]}: ${status.details}`);
-    process.exit(1);
-  }
-});
-
-function shutdown() {
-  if (stopping) return;
-  stopping = true;
-  clearInterval(heartbeat);
-  call.cancel(); // ends the stream; the 'status' handler then exits 0
-  setTimeout(() => process.exit(0), 2000).unref();
-}
-process.on('SIGTERM', shutdown);
-process.on('SIGINT', shutdown);

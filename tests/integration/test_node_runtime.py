@@ -4,28 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-from pathlib import Path
 
 import pytest
 
-RUNTIME_DIR = Path(__file__).resolve().parents[2] / "examples" / "node-runtime"
+from tests.helpers.node import NODE_RUNTIME_DIR, ensure_node_modules
 
-
-async def _ensure_node_modules() -> None:
-    """Skip without Node.js; install the example's dependencies when they are missing."""
-    if shutil.which("node") is None:
-        pytest.skip("node is not installed; the Node.js runtime example cannot run")
-    if (RUNTIME_DIR / "node_modules").is_dir():
-        return
-    npm = shutil.which("npm")
-    if npm is None:
-        pytest.skip("examples/node-runtime/node_modules is missing and npm is not installed to create it")
-    proc = await asyncio.create_subprocess_exec(
-        npm, "ci", "--silent", cwd=RUNTIME_DIR, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-    )
-    out, _ = await proc.communicate()
-    assert proc.returncode == 0, f"npm ci failed:\n{out.decode(errors='replace')}"
+RUNTIME_DIR = NODE_RUNTIME_DIR
 
 
 async def _wait_registered(proc: asyncio.subprocess.Process) -> None:
@@ -58,7 +42,7 @@ async def _stop(proc: asyncio.subprocess.Process) -> int:
 async def test_node_runtime_runs_a_graph(server_address: str, namespace: str) -> None:
     from exosphere import GraphNodeModel, StateManager
 
-    await _ensure_node_modules()
+    await ensure_node_modules()
     env = {**os.environ, "EXOSPHERE_SCHEDULER_ADDRESS": server_address, "EXOSPHERE_NAMESPACE": namespace}
     # Async subprocess: the scheduler under test runs on this event loop, so nothing here may block it.
     proc = await asyncio.create_subprocess_exec(

@@ -1,6 +1,6 @@
 """`make bench` / `make bench-peers`: run the workloads several times, print medians, write JSON and a chart.
 
-python -m benchmarks [--repeat 3] [--quick] [--peers] [--only fanout,latency,...]
+python -m benchmarks [--repeat 3] [--quick] [--peers] [--only fanout,latency,userpath,read,...]
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks import harness as h
+from benchmarks import user_path as u
 
 RESULTS = Path(__file__).resolve().parent / "results"
 console = Console(width=150)
@@ -32,6 +33,15 @@ TARGETS: dict[str, tuple[str, bool, str, Callable[[float], bool]]] = {
     "latency_p99": ("ms", False, "<= 3", lambda v: v <= 3),
     "latency_2call_p50": ("ms", False, "(trigger + watch)", lambda v: True),
     "grpc_rtt_p50": ("ms", False, "(bare gRPC round trip: the floor)", lambda v: True),
+    "floor_p50": ("ms", False, "(two bare gRPC round trips, in turn with the two below)", lambda v: True),
+    "floor_p99": ("ms", False, "(the same, p99: the machine's own tail)", lambda v: True),
+    "userpath_p50": ("ms", False, "<= floor + 0.3; >= 1.5x Celery", lambda v: True),
+    "userpath_p99": ("ms", False, "<= floor + 1", lambda v: True),
+    "trigger_and_wait_p50": ("ms", False, "<= floor + 0.2", lambda v: True),
+    "trigger_and_wait_p99": ("ms", False, "(with its states)", lambda v: True),
+    "read_first_get_run": ("states/s", True, ">= 100,000 (10k-state run, 1st get_run)", lambda v: v >= 100_000),
+    "read_get_run": ("states/s", True, ">= 100,000 (same, get_run again)", lambda v: v >= 100_000),
+    "read_wait": ("states/s", True, ">= 100,000 (same, wait)", lambda v: v >= 100_000),
     "chain": ("ms/hop", False, "<= 1", lambda v: v <= 1),
     "runs": ("runs/s", True, ">= 5,000", lambda v: v >= 5_000),
     "runs_single": ("runs/s", True, "(1 run per call)", lambda v: True),
@@ -73,6 +83,19 @@ async def _measure(args: argparse.Namespace) -> dict[str, list[float]]:
                 add("latency_p99", p99)
                 p50_2, _ = await h.latency(c, count // 2, one_call=False)
                 add("latency_2call_p50", p50_2)
+            if want("userpath"):
+                path = await u.user_path(c, count)
+                add("floor_p50", path.floor_p50)
+                add("floor_p99", path.floor_p99)
+                add("userpath_p50", path.trigger_wait_p50)
+                add("userpath_p99", path.trigger_wait_p99)
+                add("trigger_and_wait_p50", path.trigger_and_wait_p50)
+                add("trigger_and_wait_p99", path.trigger_and_wait_p99)
+            if want("read"):
+                read = await u.read_run(c, n)
+                add("read_first_get_run", read.first_get_run_per_s)
+                add("read_get_run", read.get_run_per_s)
+                add("read_wait", read.wait_per_s)
             if want("chain"):
                 add("chain", await h.chain(c))
             if want("runs"):
@@ -102,9 +125,9 @@ def _peer_value(peer: dict[str, Any], key: str) -> float | None:
     try:
         if key == "fanout":
             return float(statistics.median(w["fanout"]["values"]))
-        if key == "latency_p50":
+        if key in ("latency_p50", "userpath_p50"):  # the peers' submit-then-get is the user's path
             return float(statistics.median(w["latency"]["p50_ms"]))
-        if key == "latency_p99":
+        if key in ("latency_p99", "userpath_p99"):
             return float(statistics.median(w["latency"]["p99_ms"]))
         if key == "chain":
             return float(statistics.median(w["chain"]["values"]))
@@ -113,6 +136,10 @@ def _peer_value(peer: dict[str, Any], key: str) -> float | None:
     except (KeyError, TypeError, statistics.StatisticsError):
         return None
     return None
+
+
+# The user's path against the floor measured in the same run: at most this many ms above it.
+_OVER_FLOOR = {"userpath_p50": 0.3, "userpath_p99": 1.0, "trigger_and_wait_p50": 0.2}
 
 
 def report(
@@ -137,6 +164,13 @@ def report(
             size_ratio = results["scale_n"][0] / results["fanout_n"][0]
             met = ratio <= 1.1 * size_ratio
             target = f"<= {1.1 * size_ratio:.0f}x fanout time (is {ratio:.1f}x)"
+        if key in _OVER_FLOOR and "floor_p50" in results:
+            over = median - statistics.median(results["floor_p50"])
+            met = over <= _OVER_FLOOR[key]
+            celery = _peer_value(peers["peers"]["celery"], key) if peers and "celery" in peers["peers"] else None
+            if key == "userpath_p50" and celery:
+                met = met and celery / median >= 1.5
+            target = f"{target} (is floor + {over:.2f})"
         row = [key, _fmt(median), f"{_fmt(min(values))}-{_fmt(max(values))}", unit, target, "yes" if met else "NO"]
         for name in peer_names:
             pv = _peer_value(peers["peers"][name], key) if peers else None
@@ -159,13 +193,14 @@ def chart(results: dict[str, list[float]], peers: dict[str, Any] | None, path: P
         console.print("[yellow]matplotlib not installed: no chart (pip install matplotlib)[/]")
         return False
     names = ["exosphere", *sorted((peers or {}).get("peers", {}))]
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4))
     for ax, (key, label) in zip(
         axes,
         [
             ("fanout", "fan-out states/s"),
             ("runs_single", "runs/s (3-node chain, 1 per call)"),
-            ("latency_p50", "p50 ms"),
+            ("latency_p50", "p50 ms (trigger_and_wait; peers: submit + get)"),
+            ("userpath_p50", "user's path p50 ms (trigger() + wait())"),
         ],
         strict=True,
     ):
@@ -177,7 +212,7 @@ def chart(results: dict[str, list[float]], peers: dict[str, Any] | None, path: P
                 values.append(_peer_value(peers["peers"][name], key) or 0)  # type: ignore[index]
         ax.bar(names, values, color=["#2b6cb0" if n == "exosphere" else "#a0aec0" for n in names])
         ax.set_title(label)
-        if key != "latency_p50":
+        if key not in ("latency_p50", "userpath_p50"):
             ax.set_yscale("log")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -189,7 +224,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke check")
     parser.add_argument("--peers", action="store_true", help="also run Celery, Dask and Temporal in the same run")
-    parser.add_argument("--only", help="comma-separated: fanout,latency,chain,runs,scale")
+    parser.add_argument("--only", help="comma-separated: fanout,latency,userpath,read,chain,runs,scale")
     parser.add_argument(
         "--postgres",
         metavar="DSN",

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any
 
 from exosphere.models import (
     CronTrigger,
@@ -23,7 +23,7 @@ from exosphere.models import (
 )
 from exosphere.v1 import common_pb2, scheduler_pb2
 
-__all__ = ["graph_from_pb", "graph_to_pb", "run_from_pb", "state_from_pb"]
+__all__ = ["graph_from_pb", "graph_to_pb", "run_from_pb", "state_from_pb", "states_from_pb"]
 
 
 def _ts(ms: int) -> datetime | None:
@@ -134,36 +134,73 @@ def graph_from_pb(graph: scheduler_pb2.Graph) -> GraphModel:
     )
 
 
-def _outputs(outputs: Any) -> list[dict[str, str]]:
-    return [dict(o.fields) for o in outputs]
+# Status numbers to models, looked up once per state (a number a newer server sends that this SDK does not know
+# falls back to the enum's own error).
+_STATE_STATUS = {
+    v.number: StateStatus(v.name.removeprefix("STATE_STATUS_"))
+    for v in common_pb2.StateStatus.DESCRIPTOR.values
+    if v.number
+}
+_validate_state = StateModel.__pydantic_validator__.validate_python
 
 
-def state_from_pb(state: scheduler_pb2.State) -> StateModel:
+def _state_status(number: int) -> StateStatus:
+    status = _STATE_STATUS.get(number)
+    if status is None:
+        return StateStatus(common_pb2.StateStatus.Name(number).removeprefix("STATE_STATUS_"))  # type: ignore[arg-type]
+    return status
+
+
+def _time(ms: int, times: dict[int, datetime | None]) -> datetime | None:
+    try:
+        return times[ms]
+    except KeyError:
+        when = times[ms] = datetime.fromtimestamp(ms / 1000, tz=UTC) if ms else None
+        return when
+
+
+def state_from_pb(state: scheduler_pb2.State, times: dict[int, datetime | None] | None = None) -> StateModel:
+    """One state as the SDK's model. Reads of big runs convert thousands of these, so it avoids the slow paths:
+    ``dict(map_field)`` and keyword construction cost several times a comprehension and ``validate_python``, and
+    ``times`` (shared by the states of one read, immutable values) makes each distinct timestamp once."""
+    if times is None:
+        times = {}
     error = None
     if state.HasField("error"):
-        error = {"message": state.error.message, "type": state.error.type, "traceback": state.error.traceback}
-    return StateModel(
-        state_id=state.state_id,
-        run_id=state.run_id,
-        identifier=state.identifier,
-        node_name=state.node_name,
-        status=StateStatus(common_pb2.StateStatus.Name(state.status).removeprefix("STATE_STATUS_")),
-        inputs=dict(state.inputs),
-        outputs=_outputs(state.outputs),
-        error=error,
-        attempt=state.attempt,
-        parent_id=state.parent_id or None,
-        created_at=_ts(state.created_at_unix_ms),
-        updated_at=_ts(state.updated_at_unix_ms),
-        run_at=_ts(state.run_at_unix_ms),
-        pruned_data=json.loads(state.pruned_data_json) if state.pruned_data_json else None,
-        runtime_name=state.runtime_name,
-        started_at=_ts(state.started_at_unix_ms),
-        ran_ms=state.ran_ms,
+        e = state.error
+        error = {"message": e.message, "type": e.type, "traceback": e.traceback}
+    inputs = state.inputs
+    pruned = state.pruned_data_json
+    return _validate_state(  # type: ignore[no-any-return]
+        {
+            "state_id": state.state_id,
+            "run_id": state.run_id,
+            "identifier": state.identifier,
+            "node_name": state.node_name,
+            "status": _state_status(state.status),
+            "inputs": {k: inputs[k] for k in inputs},
+            "outputs": [{k: f[k] for k in f} for f in (o.fields for o in state.outputs)],
+            "error": error,
+            "attempt": state.attempt,
+            "parent_id": state.parent_id or None,
+            "created_at": _time(state.created_at_unix_ms, times),
+            "updated_at": _time(state.updated_at_unix_ms, times),
+            "run_at": _time(state.run_at_unix_ms, times),
+            "pruned_data": json.loads(pruned) if pruned else None,
+            "runtime_name": state.runtime_name,
+            "started_at": _time(state.started_at_unix_ms, times),
+            "ran_ms": state.ran_ms,
+        }
     )
 
 
-def run_from_pb(run: scheduler_pb2.Run, states: Any = ()) -> RunModel:
+def states_from_pb(states: Iterable[scheduler_pb2.State]) -> list[StateModel]:
+    times: dict[int, datetime | None] = {}
+    return [state_from_pb(s, times) for s in states]
+
+
+def run_from_pb(run: scheduler_pb2.Run, states: Sequence[StateModel] = ()) -> RunModel:
+    """The run, with ``states`` already converted (``states_from_pb``), so a read can convert page by page."""
     return RunModel(
         run_id=run.run_id,
         namespace=run.namespace,
@@ -174,7 +211,7 @@ def run_from_pb(run: scheduler_pb2.Run, states: Any = ()) -> RunModel:
         state_counts=dict(run.state_counts),
         store=dict(run.store),
         graph_version=run.graph_version,
-        states=[state_from_pb(s) for s in states],
+        states=list(states),
         waiting_for_runtime=list(run.waiting_for_runtime),
     )
 

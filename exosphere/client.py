@@ -11,7 +11,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from exosphere._channel import Backoff, metadata, open_channel, translate_errors
-from exosphere._wire import graph_from_pb, graph_to_pb, run_from_pb, runtime_from_pb, state_from_pb
+from exosphere._wire import graph_from_pb, graph_to_pb, run_from_pb, runtime_from_pb, states_from_pb
 from exosphere.config import ClientConfig
 from exosphere.errors import ConnectionFailedError, ExosphereTimeoutError, InvalidArgumentError
 from exosphere.models import (
@@ -35,6 +35,9 @@ __all__ = ["StateManager"]
 
 # Deadline of one unary call.
 CALL_TIMEOUT_S = 30.0
+# States per GetRun page: small enough that the scheduler encodes the next page while this one is converted (the
+# scheduler also cuts a page by size).
+STATE_PAGE = 2_000
 
 
 def _model(cls: Any, value: Any) -> Any:
@@ -195,20 +198,27 @@ class StateManager:
 
     async def get_run(self, run_id: str) -> RunModel:
         """A run with all its states (read page by page for very large runs)."""
-        states: list[Any] = []
-        token = ""
+        api = self._api()
+
+        def page(token: str) -> asyncio.Task[pb.GetRunResponse]:
+            request = pb.GetRunRequest(run_id=run_id, page_size=STATE_PAGE, page_token=token)
+            call = api.GetRun(request, metadata=self._metadata, timeout=CALL_TIMEOUT_S)
+            return asyncio.ensure_future(call)
+
+        states: list[StateModel] = []
         async with translate_errors():
-            while True:
-                response = await self._api().GetRun(
-                    pb.GetRunRequest(run_id=run_id, page_size=10_000, page_token=token),
-                    metadata=self._metadata,
-                    timeout=CALL_TIMEOUT_S,
-                )
-                states.extend(response.states)
-                token = response.next_page_token
-                if not token:
-                    break
-        return run_from_pb(response.run, states)
+            upcoming = page("")
+            try:
+                while True:
+                    response = await upcoming
+                    if response.next_page_token:  # asked for before this page is converted, so both sides work
+                        upcoming = page(response.next_page_token)
+                        await asyncio.sleep(0)  # the call's own task sends the request: let it run first
+                    states.extend(states_from_pb(response.states))
+                    if not response.next_page_token:
+                        return run_from_pb(response.run, states)
+            finally:
+                upcoming.cancel()
 
     async def resolve_run_id(self, run_id: str) -> str:
         """The whole id of the run that ``run_id`` names: a run id, or a unique prefix of one (``7ced34``).
@@ -259,29 +269,52 @@ class StateManager:
         timeout: float | timedelta | None = None,
         states: bool = True,
     ) -> RunModel:
-        """Start a run and wait for its outcome in one round trip; with ``states`` also read its states."""
+        """Start a run and wait for its outcome in one round trip; with ``states`` the outcome carries its states."""
         timeout_s = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
         request = pb.WatchRunRequest(
             run_only=True,
+            final_snapshot=states,
             trigger=pb.TriggerGraphRequest(
                 namespace=self.namespace, graph_name=graph_name, inputs=dict(inputs or {}), store=dict(store or {})
             ),
         )
-        call = self._api().WatchRun(request, metadata=self._metadata)
-        final: RunModel | None = None
         try:
-            async with asyncio.timeout(timeout_s), translate_errors():
-                async for event in call:
-                    final = run_from_pb(event.run)
-                    if final.status is not RunStatus.PENDING:
-                        break
+            async with asyncio.timeout(timeout_s):
+                final = await self._outcome(request)
         except TimeoutError:
             raise ExosphereTimeoutError(f"graph {graph_name!r} run still pending after {timeout_s}s") from None
-        finally:
-            call.cancel()
         if final is None:
             raise ExosphereTimeoutError(f"graph {graph_name!r}: the scheduler ended the watch before the run finished")
-        return await self.get_run(final.run_id) if states else final
+        run, complete = final
+        return run if complete or not states else await self.get_run(run.run_id)
+
+    async def _outcome(self, request: pb.WatchRunRequest) -> tuple[RunModel, bool] | None:
+        """Follow a watch until the run is no longer pending: the run, with its states when the scheduler sent its
+        final snapshot (then ``True``); None when the stream ended first."""
+        call = self._api().WatchRun(request, metadata=self._metadata)
+        final: pb.Run | None = None
+        states: list[StateModel] = []
+        last = False
+        try:
+            async with translate_errors():
+                async for event in call:
+                    if event.run.status == common_pb2.RUN_STATUS_PENDING:
+                        continue  # a scheduler before final_snapshot sends run-only events while the run is pending
+                    if final is None:
+                        final = event.run
+                    if request.final_snapshot:
+                        states.extend(states_from_pb(event.states))  # this event's, while the next one travels
+                    last = event.last
+                    if last or not request.final_snapshot:
+                        break
+        finally:
+            # The scheduler ends the stream right after its last event: cancelling it would cost both sides more
+            # than letting it end, and waiting for that end would delay the answer.
+            if not last:
+                call.cancel()
+        if final is None:
+            return None
+        return run_from_pb(final, states), last and request.final_snapshot
 
     async def watch(self, run_id: str, *, states: bool = True) -> AsyncIterator[tuple[RunModel, list[StateModel]]]:
         """Yield ``(run, changed_states)`` as the run progresses; ends once the run is no longer pending.
@@ -294,24 +327,31 @@ class StateManager:
         try:
             async with translate_errors():
                 async for event in call:
-                    yield run_from_pb(event.run), [state_from_pb(s) for s in event.states]
+                    yield run_from_pb(event.run), states_from_pb(event.states)
         finally:
             call.cancel()
 
     async def wait(self, run_id: str, timeout: float | timedelta | None = None) -> RunModel:
-        """Wait until the run is no longer PENDING and return it with its states. Follows the watch stream."""
+        """Wait until the run is no longer PENDING and return it with its states.
+
+        One call: the scheduler sends the run's final snapshot, states included, on the watch stream once the run
+        has ended (an older scheduler sends the outcome only, and the states are then read with ``get_run``).
+        """
         timeout_s = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
+        request = pb.WatchRunRequest(run_id=run_id, run_only=True, final_snapshot=True)
         backoff = Backoff()
         try:
             async with asyncio.timeout(timeout_s):
                 while True:
                     try:
-                        async for run, _ in self.watch(run_id, states=False):
-                            if run.status is not RunStatus.PENDING:
-                                return await self.get_run(run_id)
+                        final = await self._outcome(request)
                     except ConnectionFailedError as exc:
                         # The run moved to another scheduler replica, or this one went away: watch it again.
                         logger.info("watch of run %s interrupted, watching again: %s", run_id, exc)
+                    else:
+                        if final is not None:
+                            run, complete = final
+                            return run if complete else await self.get_run(run_id)
                     await asyncio.sleep(backoff.next_delay_s())
         except TimeoutError:
             raise ExosphereTimeoutError(f"run {run_id} still pending after {timeout_s}s") from None

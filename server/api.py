@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 
-from exosphere.errors import GraphNotFoundError, InvalidArgumentError, RunNotFoundError
-from exosphere.v1 import common_pb2, scheduler_pb2_grpc
+from exosphere.errors import GraphNotFoundError, InvalidArgumentError
 from exosphere.v1 import scheduler_pb2 as pb
+from exosphere.v1 import scheduler_pb2_grpc
 
 from .auth import Authenticator
 from .engine import Engine, TriggerRequest
@@ -19,14 +18,8 @@ from .forward import Forwarder, forwarded
 from .models import RunRow
 from .names import check_name, check_names
 from .ownership import NotOwnerError
-from .prefixes import resolve_run_id
-from .sizes import (
-    check_store_size,
-    cut_by_size,
-    framed_size,
-    split_by_size,
-    take_by_size,
-)
+from .reads import RunReads
+from .sizes import check_store_size, take_by_size
 from .store import RunCursor
 from .wire import (
     graph_spec_from_pb,
@@ -34,7 +27,6 @@ from .wire import (
     run_status_from_pb,
     run_to_pb,
     schema_to_pb,
-    states_to_pb,
 )
 
 __all__ = ["SchedulerApi"]
@@ -89,6 +81,7 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
         self._engine = engine
         self._auth = auth
         self._forwarder = forwarder or Forwarder()
+        self._reads = RunReads(engine, auth)
 
     async def UpsertGraph(self, request: pb.UpsertGraphRequest, context: Ctx) -> pb.UpsertGraphResponse:
         async with status_from_errors(context):
@@ -135,22 +128,7 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
     async def GetRun(self, request: pb.GetRunRequest, context: Ctx) -> pb.GetRunResponse:
         async with status_from_errors(context):
             page_size = min(request.page_size or MAX_STATE_PAGE, MAX_STATE_PAGE)
-            after_seq = _int_token(request.page_token, "GetRun")
-            try:
-                run, states, last = self._engine.get_run(request.run_id, page_size, after_seq)
-            except RunNotFoundError:  # an operator's unique prefix (exosphere runs show 7ced34)
-                allowed = functools.partial(self._auth.allowed, context)
-                run_id = resolve_run_id(self._engine, request.run_id, allowed)
-                run, states, last = self._engine.get_run(run_id, page_size, after_seq)
-            self._check_run(context, run)
-            run_message = run_to_pb(run)
-            messages = states_to_pb(states)
-            count = cut_by_size(messages, reserved=framed_size(run_message.ByteSize()))
-            if count < len(messages):
-                token = str(states[count - 1].seq)
-            else:
-                token = str(last) if len(states) == page_size and last >= 0 else ""
-            return pb.GetRunResponse(run=run_message, states=messages[:count], next_page_token=token)
+            return self._reads.page(context, request.run_id, page_size, _int_token(request.page_token, "GetRun"))
 
     async def ListRuns(self, request: pb.ListRunsRequest, context: Ctx) -> pb.ListRunsResponse:
         async with status_from_errors(context):
@@ -169,30 +147,23 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
     async def WatchRun(self, request: pb.WatchRunRequest, context: Ctx) -> AsyncIterator[pb.WatchRunResponse]:
         async with status_from_errors(context):
             run_id = request.run_id
-            if request.HasField("trigger"):
+            triggered = request.HasField("trigger")
+            if triggered:
                 t = request.trigger
                 self._auth.check(context, t.namespace)
                 run_id = await self._engine.trigger(_trigger_request(self._engine, t))
-            events = self._engine.watch_run(run_id)
+            events = self._reads.watch(
+                context,
+                run_id,
+                run_only=request.run_only,
+                outcome_only=request.run_only and triggered,  # trigger-and-wait: only the outcome, one message
+                final_snapshot=request.final_snapshot,
+            )
             try:
-                first = True
-                async for run, states in events:
-                    if first:
-                        self._check_run(context, run)
-                        first = False
-                    message = run_to_pb(run)
-                    if request.run_only:
-                        if message.status == common_pb2.RUN_STATUS_PENDING and request.HasField("trigger"):
-                            continue  # trigger-and-wait: only the outcome is wanted, one message
-                        if message.status == common_pb2.RUN_STATUS_PENDING:
-                            message.ClearField("store")  # up to 16 MiB; a waiting client needs it once, at the end
-                        yield pb.WatchRunResponse(run=message)
-                        continue
-                    reserved = framed_size(message.ByteSize())
-                    for chunk in split_by_size(states_to_pb(states), reserved=reserved):
-                        yield pb.WatchRunResponse(run=message, states=chunk)
+                async for event in events:
+                    yield event
             finally:
-                await events.aclose()  # type: ignore[attr-defined]
+                await events.aclose()
 
     async def CancelRun(self, request: pb.CancelRunRequest, context: Ctx) -> pb.CancelRunResponse:
         async with status_from_errors(context):

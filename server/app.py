@@ -22,6 +22,7 @@ from exosphere.v1 import runtime_pb2, scheduler_pb2, scheduler_pb2_grpc
 
 from .api import SchedulerApi
 from .auth import ApiKey, Authenticator, AuthInterceptor, load_keys_file
+from .commit import INLINE_MAX
 from .config import ServerConfig
 from .cron import CronScheduler
 from .dblock import DatabaseLock
@@ -178,6 +179,8 @@ class App:
                 heartbeat_interval_ms=int(config.heartbeat_interval.total_seconds() * 1000),
                 lease_ms=int(config.lease.total_seconds() * 1000),
                 default_timeout_ms=int(config.default_timeout.total_seconds() * 1000),
+                # SQLite without an fsync per commit: a small commit is cheaper than two hops to a thread.
+                inline_commits=INLINE_MAX if isinstance(store, SqliteStore) and store.synchronous == "NORMAL" else 0,
             ),
             decode_schema=decode_stored_schema,
             # On PostgreSQL several replicas share the shards (server/cluster.py); SQLite is a cluster of one.

@@ -4,6 +4,11 @@ The engine marks what changed; at the end of the tick the batch is serialized he
 committed by a single writer thread, so the loop goes on while SQLite writes and commits stay in order. One commit
 is in flight at a time: what changes meanwhile goes into the next, bigger one (adaptive, no timer, so a lone
 change is still committed at once). Waiters and watchers hear of a change only once it is committed.
+
+A small commit on a store that commits without waiting for a disk or a network (SQLite at ``synchronous=NORMAL``:
+a write into the WAL, tens of microseconds) runs in the loop's thread instead, when no other commit is in flight:
+handing it to the writer thread and back cost a lone run more than the commit itself (two hops per commit, on the
+path of every trigger and every result).
 """
 
 from __future__ import annotations
@@ -21,7 +26,10 @@ from .observe import Tally
 from .runstate import Run, State
 from .store import Fence, FencedError, Store, WriteBatch
 
-__all__ = ["GroupCommit"]
+__all__ = ["INLINE_MAX", "GroupCommit"]
+
+# The largest batch (state and run rows) worth committing in the loop's thread: a lone run's commits, not a burst's.
+INLINE_MAX = 8
 
 # A commit the database could not be reached for is tried again after these delays (doubling up to the maximum).
 RETRY_FIRST_S = 0.1
@@ -51,8 +59,11 @@ class GroupCommit:
         fence: Callable[[WriteBatch], Fence | None] | None = None,
         *,
         tally: Tally | None = None,
+        inline_max: int = 0,
     ) -> None:
         self._store = store
+        # Batches of at most this many changes commit in the loop's thread (see the module docstring); 0: never.
+        self._inline_max = inline_max
         self._fence = fence
         self._tally = tally or Tally()
         self._loop = loop
@@ -146,7 +157,23 @@ class GroupCommit:
             self._failed(exc, waiters, len(changed))
             return
         self._pending += 1
-        self._submit(prepared, waiters, changed, finished, 0)
+        if prepared is not None and len(changed) + len(batch.runs) <= self._inline_max:
+            self._commit_here(prepared, waiters, changed, finished)
+        else:
+            self._submit(prepared, waiters, changed, finished, 0)
+
+    def _commit_here(
+        self, prepared: object, waiters: list[asyncio.Future[None]], changed: list[State], finished: list[Run]
+    ) -> None:
+        future: concurrent.futures.Future[None] = concurrent.futures.Future()
+        started = time.perf_counter()
+        try:
+            self._store.commit(prepared)
+        except Exception as exc:
+            future.set_exception(exc)
+        else:
+            future.set_result(None)
+        self._done(future, prepared, waiters, changed, finished, 0, started)
 
     def _submit(
         self,

@@ -74,6 +74,7 @@ class EngineSettings:
     sweep_interval_s: float = 0.2
     # Cluster mode: how often a watch of a run another replica owns reads it from the store.
     remote_watch_interval_s: float = 0.25
+    inline_commits: int = 0  # commits of at most this many changes run in the loop's thread (server/commit.py)
 
 
 @dataclass(slots=True)
@@ -115,7 +116,7 @@ class Engine:
         self.tally = Tally()
         self._commit = GroupCommit(
             store, lambda: self._loop, self._after_commit, self._commit_failed, lambda b: self.shards.fence(b),
-            tally=self.tally,
+            tally=self.tally, inline_max=settings.inline_commits,
         )  # fmt: skip
         self._table = RunTable(self._commit)
         self._dispatcher = Dispatcher(
@@ -309,8 +310,7 @@ class Engine:
         run = self._table.runs.get(run_id)
         if run is not None:
             states: list[StateRow] = [s for s in run.states if s.seq > after_seq]
-            if page_size:
-                states = states[:page_size]
+            del states[page_size or len(states) :]
             run.waiting_for_runtime = self.runtimes.waiting_for_runtime(run)
             return run, states, states[-1].seq if states else -1
         row = self._store.get_run(run_id)
@@ -338,8 +338,8 @@ class Engine:
         """(run id, namespace) of at most ``limit`` runs whose id starts with ``prefix`` (server/prefixes.py)."""
         return self._store.find_runs(prefix, limit)
 
-    async def watch_run(self, run_id: str) -> AsyncIterator[tuple[RunRow, list[StateRow]]]:
-        """Yield the run with all its states, then its changed states after each commit, until it is done."""
+    async def watch_run(self, run_id: str, *, whole_end: bool = False) -> AsyncIterator[tuple[RunRow, list[StateRow]]]:
+        """Yield the run with all its states, then the changed ones per commit, until its end (all, with whole_end)."""
         run = self._table.runs.get(run_id)
         if run is None:
             row, states, _ = self.get_run(run_id)
@@ -354,7 +354,7 @@ class Engine:
             run = ended.moved_here
             if run is None:
                 return
-        async for row, states in watches.follow(run):
+        async for row, states in watches.follow(run, whole_end=whole_end):
             # Counted only while the run has CREATED states (the counts are refreshed at most every 50 ms).
             if row.state_counts.get(CREATED, 0) or run.waiting_for_runtime:
                 run.waiting_for_runtime = self.runtimes.waiting_for_runtime(run)

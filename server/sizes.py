@@ -44,6 +44,9 @@ MAX_ITEM_BYTES = MAX_MESSAGE_BYTES - _ENVELOPE_BYTES
 BATCH_BYTES = 4 * 1024 * 1024
 # A page of a read (GetRun, ListRuns, WatchRun events...) stops growing here.
 PAGE_BYTES = 16 * 1024 * 1024
+# A run's final snapshot on its watch stream travels in events of about this size: the client converts one while the
+# scheduler encodes the next, and the event loop is never held long by one.
+SNAPSHOT_EVENT_BYTES = 256 * 1024
 
 
 def framed_size(size: int) -> int:
@@ -75,6 +78,24 @@ def take_by_size(
             return messages, False
         messages.append(message)
     return messages, True
+
+
+def chunks_by_size(
+    rows: Iterable[R], to_pb: Callable[[R], T], *, budget: int = PAGE_BYTES, reserved: int = 0
+) -> Iterator[list[T]]:
+    """``rows`` converted as they are taken, in consecutive chunks that each fit in ``budget`` bytes (an item too big
+    for one travels alone); one empty chunk when there are none. Lazy: a chunk is sent before the next is built."""
+    size = reserved
+    chunk: list[T] = []
+    for row in rows:
+        message = to_pb(row)
+        item = framed_size(message.ByteSize())
+        if chunk and size + item > budget:
+            yield chunk
+            size, chunk = reserved, []
+        size += item
+        chunk.append(message)
+    yield chunk
 
 
 def split_by_size(items: Sequence[T], *, budget: int = PAGE_BYTES, reserved: int = 0) -> Iterator[Sequence[T]]:

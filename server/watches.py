@@ -37,8 +37,9 @@ def committed_view(run: Run) -> RunRow:
     )
 
 
-async def follow(run: Run) -> AsyncIterator[tuple[RunRow, list[StateRow]]]:
-    """Yield the run with all its states, then the states of each commit that changed it, until its end."""
+async def follow(run: Run, *, whole_end: bool = False) -> AsyncIterator[tuple[RunRow, list[StateRow]]]:
+    """Yield the run with all its states, then the states of each commit that changed it, until its end (with
+    ``whole_end``, the end with all its states: the run's final snapshot)."""
     queue: asyncio.Queue[list[State] | None] = asyncio.Queue()
     run.watchers.append(queue)
     try:
@@ -51,7 +52,7 @@ async def follow(run: Run) -> AsyncIterator[tuple[RunRow, list[StateRow]]]:
             if changed is None:  # its shard moved to another replica (Engine.release_shards)
                 raise ConnectionFailedError(f"run {run.run_id} moved to another scheduler replica; watch it again")
             reported_end = run.end_committed
-            yield committed_view(run), list(changed)
+            yield committed_view(run), list(run.states if reported_end and whole_end else changed)
     finally:
         if queue in run.watchers:
             run.watchers.remove(queue)

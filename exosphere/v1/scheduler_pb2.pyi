@@ -1060,11 +1060,19 @@ class WatchRunRequest(_message.Message):
     RUN_ID_FIELD_NUMBER: _builtins.int
     RUN_ONLY_FIELD_NUMBER: _builtins.int
     TRIGGER_FIELD_NUMBER: _builtins.int
+    FINAL_SNAPSHOT_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """The run to watch. Leave empty when `trigger` is set."""
     run_only: _builtins.bool
     """Send only run-level events (status and counts), no states: what a client waiting for the outcome needs. The
     run's store is left out of these events while the run is pending, and sent with the final one.
+    """
+    final_snapshot: _builtins.bool
+    """Send only the outcome, with every state: no event while the run is pending, then the run once it is no longer
+    pending with all its states as they are then (the final snapshot, over several events when it is too large for
+    one message; the last has `last` set). A client waiting for a run needs nothing else. Servers before this field
+    ignore it and answer as the other fields ask (set run_only too, so that they send no states): their last event
+    has `last` unset, and the client then reads the states with GetRun.
     """
     @_builtins.property
     def trigger(self) -> Global___TriggerGraphRequest:
@@ -1078,10 +1086,11 @@ class WatchRunRequest(_message.Message):
         run_id: _builtins.str = ...,
         run_only: _builtins.bool = ...,
         trigger: Global___TriggerGraphRequest | None = ...,
+        final_snapshot: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["trigger", b"trigger"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["run_id", b"run_id", "run_only", b"run_only", "trigger", b"trigger"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["final_snapshot", b"final_snapshot", "run_id", b"run_id", "run_only", b"run_only", "trigger", b"trigger"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1098,6 +1107,11 @@ class WatchRunResponse(_message.Message):
 
     RUN_FIELD_NUMBER: _builtins.int
     STATES_FIELD_NUMBER: _builtins.int
+    LAST_FIELD_NUMBER: _builtins.int
+    last: _builtins.bool
+    """Set on the stream's last event (servers before this field leave it unset): with final_snapshot, the states of
+    this event and of the events before it make up the final snapshot.
+    """
     @_builtins.property
     def run(self) -> Global___Run: ...
     @_builtins.property
@@ -1107,10 +1121,11 @@ class WatchRunResponse(_message.Message):
         *,
         run: Global___Run | None = ...,
         states: _abc.Iterable[Global___State] | None = ...,
+        last: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["run", b"run", "states", b"states"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["last", b"last", "run", b"run", "states", b"states"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -175,6 +175,10 @@ def every_rpc(ns: str, run_id: str, state_id: str, session_id: str) -> dict[str,
         "ListRuns": lambda s, m: s.ListRuns(pb.ListRunsRequest(namespace=ns), metadata=m, timeout=t),
         "WatchRun": lambda s, m: _watch(s, pb.WatchRunRequest(run_id=run_id), m),
         "WatchRun(trigger)": lambda s, m: _watch(s, pb.WatchRunRequest(trigger=trigger, run_only=True), m),
+        "WatchRun(final_snapshot)": lambda s, m: _watch(s, pb.WatchRunRequest(run_id=run_id, final_snapshot=True), m),
+        "WatchRun(trigger, final_snapshot)": lambda s, m: _watch(
+            s, pb.WatchRunRequest(trigger=trigger, run_only=True, final_snapshot=True), m
+        ),
         "CancelRun": lambda s, m: s.CancelRun(pb.CancelRunRequest(run_id=run_id), metadata=m, timeout=t),
         "RetryState": lambda s, m: s.RetryState(
             pb.RetryStateRequest(state_id=state_id, request_id=str(uuid.uuid4())), metadata=m, timeout=t

@@ -1,0 +1,166 @@
+"""Reading runs for the client API: GetRun pages and WatchRun events, encoded for the wire.
+
+A live run is read from memory. A finished one is read from its snapshot (server/snapshots.py): every state encoded
+once, kept for the reads that follow. A first read page by page grows the snapshot from the store one page at a
+time; a watch makes it whole, or keeps the one it sent from memory when it saw the run end. A pending run of
+another replica, or a run too big to snapshot, is read as it always was: a page, or the watch's events, at a time.
+Every read checks the caller may see the run's namespace before anything of the run is sent.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import grpc
+
+from exosphere.errors import RunNotFoundError
+from exosphere.v1 import scheduler_pb2 as pb
+
+from .auth import Authenticator
+from .engine import Engine
+from .models import RunRow, StateRow
+from .prefixes import resolve_run_id
+from .sizes import PAGE_BYTES, SNAPSHOT_EVENT_BYTES, chunks_by_size, cut_by_size, framed_size
+from .snapshots import Snapshot, SnapshotCache, frame
+from .status import RunStatus
+from .wire import run_to_pb, state_to_pb, states_to_pb
+
+__all__ = ["RunReads"]
+
+Ctx = grpc.aio.ServicerContext[Any, Any]
+
+
+class RunReads:
+    """GetRun pages and WatchRun events of runs (see the module docstring)."""
+
+    def __init__(self, engine: Engine, auth: Authenticator) -> None:
+        self._engine = engine
+        self._auth = auth
+        self._snapshots = SnapshotCache()
+
+    def page(self, context: Ctx, run_id: str, page_size: int, after: int) -> pb.GetRunResponse:
+        """The run and its states after sequence ``after``: at most ``page_size``, within the page's bytes."""
+        snapshot = None
+        if not self._engine.is_live(run_id):  # finished, another replica's, or a prefix of a run id
+            run, first = self._found(context, run_id)
+            run_id = run.run_id
+            snapshot = self._snapshot_page(run, first, after, page_size)
+            if snapshot is not None:
+                run_message = run_to_pb(run)
+                blob, last_seq, more = snapshot.page(
+                    after, page_size, budget=PAGE_BYTES, reserved=framed_size(run_message.ByteSize())
+                )
+                response = pb.GetRunResponse(run=run_message, next_page_token=str(last_seq) if more else "")
+                response.MergeFromString(blob)
+                return response
+        run, rows, last = self._engine.get_run(run_id, page_size, after)
+        self._check(context, run)
+        run_message = run_to_pb(run)
+        messages = states_to_pb(rows)
+        count = cut_by_size(messages, reserved=framed_size(run_message.ByteSize()))
+        if count < len(messages):
+            token = str(rows[count - 1].seq)
+        else:
+            token = str(last) if len(rows) == page_size and last >= 0 else ""
+        return pb.GetRunResponse(run=run_message, states=messages[:count], next_page_token=token)
+
+    async def watch(
+        self, context: Ctx, run_id: str, *, run_only: bool, outcome_only: bool, final_snapshot: bool
+    ) -> AsyncGenerator[pb.WatchRunResponse, None]:
+        """The events of a watch (scheduler.proto WatchRunRequest): ``outcome_only`` skips pending events;
+        ``final_snapshot`` sends only the end, with every state, over events of about SNAPSHOT_EVENT_BYTES."""
+        if final_snapshot and not self._engine.is_live(run_id):  # finished, or another replica's
+            run, head, _ = self._engine.get_run(run_id, 1)
+            self._check(context, run)
+            snapshot = self._snapshot(run, head)
+            if snapshot is not None:
+                message = run_to_pb(run)
+                parts = snapshot.chunks(budget=SNAPSHOT_EVENT_BYTES, reserved=framed_size(message.ByteSize()))
+                part = next(parts)
+                for next_part in parts:  # one part behind, so the last event is known and marked
+                    yield _event(message, part)
+                    part = next_part
+                yield _event(message, part, last=True)
+                return
+        events = self._engine.watch_run(run_id, whole_end=final_snapshot)
+        try:
+            first = True
+            async for run, states in events:
+                if first:
+                    self._check(context, run)
+                    first = False
+                pending = run.status == RunStatus.PENDING
+                if pending and (final_snapshot or outcome_only):
+                    continue
+                message = run_to_pb(run)
+                if run_only and not final_snapshot:
+                    if pending:
+                        message.ClearField("store")  # up to 16 MiB; a waiting client needs it once, at the end
+                    yield pb.WatchRunResponse(run=message, last=not pending)
+                    continue
+                budget = SNAPSHOT_EVENT_BYTES if final_snapshot else PAGE_BYTES
+                # The final snapshot of a run small enough is kept, encoded, for the reads that follow.
+                frames: list[bytes] | None = [] if final_snapshot and self._snapshots.fits(run) else None
+                chunks = chunks_by_size(states, state_to_pb, budget=budget, reserved=framed_size(message.ByteSize()))
+                chunk = next(chunks)
+                for following in chunks:  # one chunk behind, so the last event is known and marked
+                    yield pb.WatchRunResponse(run=message, states=chunk)
+                    if frames is not None:
+                        frames.extend(map(frame, chunk))
+                    chunk = following
+                yield pb.WatchRunResponse(run=message, states=chunk, last=not pending)
+                if frames is not None and not pending:
+                    frames.extend(map(frame, chunk))
+                    self._snapshots.keep(run, [s.seq for s in states], frames)
+        finally:
+            await events.aclose()  # type: ignore[attr-defined]
+
+    def _check(self, context: Ctx, run: RunRow) -> None:
+        self._auth.check(context, run.namespace)
+
+    def _found(self, context: Ctx, run_id: str) -> tuple[RunRow, list[StateRow]]:
+        """The run and its first state, by id or by an operator's unique prefix of it (exosphere runs show 7ced34)."""
+        try:
+            run, first, _ = self._engine.get_run(run_id, 1)
+        except RunNotFoundError:
+            allowed = functools.partial(self._auth.allowed, context)
+            run, first, _ = self._engine.get_run(resolve_run_id(self._engine, run_id, allowed), 1)
+        self._check(context, run)
+        return run, first
+
+    def _snapshot_page(self, run: RunRow, first: list[StateRow], after: int, page_size: int) -> Snapshot | None:
+        """The snapshot a page of a finished run is cut from, grown from the store by one page when the client has
+        read what it holds so far; None for a pending or live run, one too big to snapshot, or a page beyond what
+        its snapshot holds."""
+        if self._engine.is_live(run.run_id) or not self._snapshots.fits(run):
+            return None
+        snapshot = self._snapshots.get(run)
+        if snapshot is not None and (snapshot.complete or after < snapshot.seqs[-1]):
+            return snapshot
+        if after != (snapshot.seqs[-1] if snapshot is not None else -1):
+            return None
+        if snapshot is None and sum(run.state_counts.values()) <= len(first):
+            rows = first
+        else:
+            rows = self._engine.get_run(run.run_id, page_size, after)[1]
+        return self._snapshots.extend(run, snapshot, rows)
+
+    def _snapshot(self, run: RunRow, first: list[StateRow]) -> Snapshot | None:
+        """Every state of a finished run no longer in memory, encoded once; None for a pending or live run, or one
+        too big to snapshot. ``first`` is its first state, as read already."""
+        if self._engine.is_live(run.run_id) or not self._snapshots.fits(run):
+            return None
+        snapshot = self._snapshots.get(run)
+        if snapshot is None or not snapshot.complete:
+            whole = first if sum(run.state_counts.values()) <= len(first) else self._engine.get_run(run.run_id)[1]
+            snapshot = self._snapshots.make(run, whole)
+        return snapshot
+
+
+def _event(run: pb.Run, states: bytes, *, last: bool = False) -> pb.WatchRunResponse:
+    """A watch event carrying ``states`` already encoded (server/snapshots.py)."""
+    event = pb.WatchRunResponse(run=run, last=last)
+    event.MergeFromString(states)
+    return event

@@ -61,6 +61,17 @@ def _errored(result: runtime_pb2.Result, exc_type: str, message: str, tb: str = 
     return result
 
 
+def _failed(
+    node_cls: type[BaseNode], item: runtime_pb2.Execute, result: runtime_pb2.Result, exc: Exception
+) -> runtime_pb2.Result:
+    logger.warning(
+        "execution failed node=%s state_id=%s attempt=%d error_type=%s",
+        node_cls.__name__, item.state_id, item.attempt, type(exc).__name__, exc_info=exc,
+    )  # fmt: skip
+    tb = "".join(traceback.format_exception(exc, limit=20))
+    return _errored(result, type(exc).__name__, str(exc) or repr(exc), tb)
+
+
 class TooManyOutputsError(ValueError):
     """A node returned more outputs than one result may carry."""
 
@@ -128,11 +139,13 @@ async def _traced(node_cls: type[BaseNode], item: runtime_pb2.Execute, store: An
 
 async def _execute_item(node_cls: type[BaseNode], item: runtime_pb2.Execute, store: Any = None) -> runtime_pb2.Result:
     result = runtime_pb2.Result(state_id=item.state_id, attempt=item.attempt, dispatch_id=item.dispatch_id)
-    node = node_cls()
     try:
+        node = node_cls()
         node.inputs = node_cls.Inputs.model_validate(_plain(item.inputs))
     except ValidationError as exc:
         return _errored(result, "InputValidationError", f"{node_cls.__name__} got invalid inputs: {exc}")
+    except Exception as exc:  # a node's constructor or a validator of its own raising anything else
+        return _failed(node_cls, item, result, exc)
     try:
         secrets = item.secrets
         node.secrets = node_cls.Secrets.model_validate(_plain(secrets)) if secrets else _no_secrets(node_cls)
@@ -143,6 +156,8 @@ async def _execute_item(node_cls: type[BaseNode], item: runtime_pb2.Execute, sto
             for e in exc.errors(include_input=False, include_url=False)
         )
         return _errored(result, "SecretsValidationError", f"{node_cls.__name__} got invalid secrets: {problems}")
+    except Exception as exc:  # never echo a secret: a validator's own error keeps its type, not its message
+        return _errored(result, type(exc).__name__, f"{node_cls.__name__} could not read its secrets")
     store = item.store if store is None else store
     store_before = _plain(store) if store else {}
     node.store = dict(store_before)
@@ -160,11 +175,7 @@ async def _execute_item(node_cls: type[BaseNode], item: runtime_pb2.Execute, sto
         result.requeue_after.delay_ms = max(1, int(signal.delay.total_seconds() * 1000))
         return result
     except Exception as exc:  # a node failing is a result, not a crash of the runtime
-        logger.warning(
-            "execution failed node=%s state_id=%s attempt=%d error_type=%s",
-            node_cls.__name__, item.state_id, item.attempt, type(exc).__name__, exc_info=True,
-        )  # fmt: skip
-        return _errored(result, type(exc).__name__, str(exc) or repr(exc), traceback.format_exc(limit=20))
+        return _failed(node_cls, item, result, exc)
     executed = result.executed
     executed.SetInParent()  # no outputs is still an outcome: the state succeeded with none
     size = 0

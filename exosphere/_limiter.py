@@ -40,7 +40,7 @@ class Limiter:
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
                 self.release()  # a slot was handed over as the wait was cancelled: pass it on
-            else:
+            elif waiter in self._waiters:  # release() may have dropped it already, cancelled, on its way to a live one
                 self._waiters.remove(waiter)
             raise
 

@@ -17,8 +17,8 @@ import grpc
 from exosphere import __version__
 from exosphere._channel import Backoff, metadata, open_channel, to_exosphere_error
 from exosphere._convert import node_to_schema
+from exosphere._eager import start_eager
 from exosphere._executor import execute_item
-from exosphere._inline import start_inline
 from exosphere._keepalive import KeepAlive
 from exosphere._limiter import Limiter
 from exosphere._metrics import RuntimeMetrics
@@ -343,8 +343,8 @@ class Runtime:
             result.errored.type = "UnknownNodeError"
             self._push(result)
             return
-        task = start_inline(self._run_item(node_cls, item, store), lambda: f"exosphere-state-{item.state_id}")
-        if task is not None:  # it waits on something: cancellable until it finishes
+        task = start_eager(self._run_item(node_cls, item, store), f"exosphere-state-{item.state_id}")
+        if not task.done():  # cancellable until it finishes
             self._in_flight[item.dispatch_id] = (task, item)
 
     async def _run_item(self, node_cls: type[BaseNode], item: pb.Execute, store: Any) -> None:

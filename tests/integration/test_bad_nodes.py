@@ -3,8 +3,11 @@ refused while runtimes with the old one are connected."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, field_validator
 
 from exosphere import BaseNode, GraphNodeModel, RetryPolicyModel, RunStatus, Runtime, StateManager, StateStatus
 from tests.helpers.runtimes import RuntimeFactory, RuntimeGroup
@@ -56,6 +59,41 @@ class Huge(BaseNode):
         return self.Outputs(text="y" * (17 * 1024 * 1024))
 
 
+class ValidatorRaises(BaseNode):
+    class Inputs(BaseModel):
+        text: str
+
+        @field_validator("text")
+        @classmethod
+        def known(cls, value: str) -> str:
+            return {"known": value}[value]  # a KeyError, which pydantic does not wrap
+
+    async def execute(self) -> None:
+        raise AssertionError("never reached")
+
+
+class TimesOut(BaseNode):
+    class Inputs(BaseModel):
+        text: str
+
+    async def execute(self) -> None:
+        async with asyncio.timeout(0.05):  # the node's own deadline: it must cancel the node, nothing else
+            await asyncio.Event().wait()
+
+
+class GroupFails(BaseNode):
+    class Inputs(BaseModel):
+        text: str
+
+    async def execute(self) -> None:
+        async def fails() -> None:
+            raise ValueError("a child failed")
+
+        async with asyncio.TaskGroup() as group:  # cancels its parent task: the node's, never the runtime's
+            group.create_task(asyncio.Event().wait())
+            group.create_task(fails())
+
+
 async def _run_one(sm: StateManager, namespace: str, node_name: str) -> tuple[RunStatus, dict[str, str]]:
     graph = f"g-{node_name}"
     await sm.upsert_graph(
@@ -76,9 +114,16 @@ async def _run_one(sm: StateManager, namespace: str, node_name: str) -> tuple[Ru
 
 
 async def test_misbehaving_nodes_fail_only_their_state(
-    state_manager: StateManager, start_runtime: RuntimeFactory, namespace: str
+    state_manager: StateManager, start_runtime: RuntimeFactory, namespace: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    await start_runtime([ReturnsInt, ReturnsPartialDict, Raises, Huge, Echo])
+    caplog.set_level(logging.INFO, logger="exosphere.runtime")
+    await start_runtime([ReturnsInt, ReturnsPartialDict, Raises, Huge, ValidatorRaises, TimesOut, GroupFails, Echo])
+    _, error = await _run_one(state_manager, namespace, "ValidatorRaises")
+    assert error["type"] == "KeyError" and "Traceback" in error["traceback"]
+    _, error = await _run_one(state_manager, namespace, "TimesOut")
+    assert error["type"] == "TimeoutError"
+    _, error = await _run_one(state_manager, namespace, "GroupFails")
+    assert error["type"] == "ExceptionGroup" and "a child failed" in error["traceback"]
     status, error = await _run_one(state_manager, namespace, "ReturnsInt")
     assert status is RunStatus.FAILED
     assert "ReturnsInt.execute returned int; expected ReturnsInt.Outputs" in error["message"]
@@ -94,6 +139,7 @@ async def test_misbehaving_nodes_fail_only_their_state(
         "fine", [GraphNodeModel(node_name="Echo", namespace=namespace, identifier="e", inputs={"text": "ok"})]
     )
     assert (await state_manager.trigger_and_wait("fine", timeout=10)).status is RunStatus.SUCCESS
+    assert "runtime reconnecting" not in caplog.text  # one stream all along: no node took the runtime's down
 
 
 async def test_conflicting_schema_is_refused_while_the_old_one_is_connected(

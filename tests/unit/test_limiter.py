@@ -58,3 +58,16 @@ async def test_a_cancelled_waiter_loses_no_slot() -> None:
     with pytest.raises(asyncio.CancelledError):
         await handed
     assert limiter.try_acquire() and not limiter.try_acquire()
+
+
+async def test_a_waiter_cancelled_while_a_release_passes_it_over_raises_only_its_cancellation() -> None:
+    limiter = Limiter(1)
+    assert limiter.try_acquire()
+    waiting = asyncio.create_task(limiter.acquire())
+    await asyncio.sleep(0)  # it waits for the slot
+    waiting.cancel()  # cancelled, and before it resumes ...
+    limiter.release()  # ... the release drops its (cancelled) waiter and frees the slot
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert limiter.try_acquire()  # the slot is free, once
+    assert not limiter.try_acquire()

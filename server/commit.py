@@ -8,7 +8,8 @@ change is still committed at once). Waiters and watchers hear of a change only o
 A small commit on a store that commits without waiting for a disk or a network (SQLite at ``synchronous=NORMAL``:
 a write into the WAL, tens of microseconds) runs in the loop's thread instead, when no other commit is in flight:
 handing it to the writer thread and back cost a lone run more than the commit itself (two hops per commit, on the
-path of every trigger and every result).
+path of every trigger and every result). It never waits there: when another thread or process is writing
+(``Store.try_commit`` says so at once), the commit goes to the writer thread after all.
 """
 
 from __future__ import annotations
@@ -165,10 +166,16 @@ class GroupCommit:
     def _commit_here(
         self, prepared: object, waiters: list[asyncio.Future[None]], changed: list[State], finished: list[Run]
     ) -> None:
+        try_commit = getattr(self._store, "try_commit", None)  # stores that can commit without waiting
+        if try_commit is None:
+            self._submit(prepared, waiters, changed, finished, 0)
+            return
         future: concurrent.futures.Future[None] = concurrent.futures.Future()
         started = time.perf_counter()
         try:
-            self._store.commit(prepared)
+            if not try_commit(prepared):  # someone else is writing: wait for them on the writer thread, not here
+                self._submit(prepared, waiters, changed, finished, 0)
+                return
         except Exception as exc:
             future.set_exception(exc)
         else:

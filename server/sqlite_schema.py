@@ -27,6 +27,8 @@ SCHEMA_VERSION = 2  # PRAGMA user_version; MIGRATIONS[v] brings a file from v - 
 # The writer's page cache. Commits touch the newest pages of each table, so a small cache serves them; a 64 MiB one
 # filled with every page a big run wrote (about 200 bytes of the scheduler's memory per state of a 100,000-state run).
 CACHE_KIB = 8 * 1024
+# How long a connection waits for another writer before SQLITE_BUSY (ms).
+BUSY_TIMEOUT_MS = 5000
 
 _TABLES = (
     """CREATE TABLE IF NOT EXISTS graphs (
@@ -145,7 +147,7 @@ def open_database(path: Path, *, synchronous: str) -> sqlite3.Connection:
         _refuse_foreign(db, path)  # before any write: the file may be another program's
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={synchronous}")
-        db.execute("PRAGMA busy_timeout=5000")
+        db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         db.execute("BEGIN IMMEDIATE")
         try:

@@ -16,7 +16,7 @@ import pydantic
 from . import sqlite_rows
 from .models import GraphSpec, RunRow, StateRow
 from .sqlite_rows import RUN_COLUMNS, STATE_COLUMNS, PreparedRows
-from .sqlite_schema import connect, open_database, store_error
+from .sqlite_schema import BUSY_TIMEOUT_MS, connect, open_database, store_error
 from .status import RunStatus, StateStatus
 from .store import RunCursor, WriteBatch, prefix_range
 
@@ -114,7 +114,7 @@ class SqliteStore:
         self._lock = threading.Lock()
         self._db = open_database(self.path, synchronous="FULL" if durable else "NORMAL")
         self._reader = connect(self.path)
-        self._reader.execute("PRAGMA busy_timeout=5000")
+        self._reader.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         # Checkpoints (which fsync) run on a thread of their own, not inside a commit on the hot path: a commit
         # that happened to trigger SQLite's automatic checkpoint took milliseconds, the runs' tail latency.
         self._db.execute("PRAGMA wal_autocheckpoint=0")
@@ -145,6 +145,35 @@ class SqliteStore:
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
+
+    def try_commit(self, prepared: object) -> bool:
+        """Commit now if no one else is writing, else False at once (never waits: the event loop calls it).
+
+        Another thread of this process holding the connection, or another process holding SQLite's write lock
+        (someone writing with the ``sqlite3`` shell), makes it return False; the caller then commits on its writer
+        thread, which waits for them as long as ``busy_timeout`` allows.
+        """
+        assert isinstance(prepared, PreparedRows)
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            db = self._db
+            db.execute("PRAGMA busy_timeout=0")
+            try:
+                db.execute("BEGIN IMMEDIATE")  # takes the write lock now, or fails at once (SQLITE_BUSY)
+            except sqlite3.OperationalError:
+                return False
+            finally:
+                db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            try:
+                sqlite_rows.write(db, prepared)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            return True
+        finally:
+            self._lock.release()
 
     def write(self, batch: WriteBatch) -> None:
         self.commit(self.prepare(batch))
@@ -280,7 +309,7 @@ class SqliteStore:
 
     def _checkpoint_loop(self, interval_s: float = 0.5) -> None:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA busy_timeout=5000")
+        db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         try:
             while not self._checkpoint_stop.wait(interval_s):
                 try:

@@ -13,10 +13,12 @@ from exosphere.errors import InvalidArgumentError, RunNotFoundError
 
 from .engine import Engine
 
-__all__ = ["CANDIDATES", "resolve_run_id"]
+__all__ = ["CANDIDATES", "MAX_SCANNED", "resolve_run_id"]
 
 # An ambiguous prefix lists at most this many of the runs it matches.
 CANDIDATES = 5
+# A prefix is looked up among at most this many matching runs (of any namespace).
+MAX_SCANNED = 20_000
 
 
 def resolve_run_id(engine: Engine, prefix: str, allowed: Callable[[str], bool]) -> str:
@@ -26,11 +28,24 @@ def resolve_run_id(engine: Engine, prefix: str, allowed: Callable[[str], bool]) 
         RunNotFoundError: No readable run id starts with ``prefix``.
         InvalidArgumentError: Several do; the message lists a few of them.
     """
-    # A few more than shown, so that runs of other namespaces do not hide an ambiguity.
-    found = [run_id for run_id, namespace in engine.find_runs(prefix, 4 * CANDIDATES) if allowed(namespace)]
+    # Runs of namespaces the caller may not read are skipped, so a window of matches full of them says nothing:
+    # look further (a wider window) until the matches end or enough readable ones show the ambiguity.
+    limit = 4 * CANDIDATES
+    while True:
+        rows = engine.find_runs(prefix, limit)
+        found = [run_id for run_id, namespace in rows if allowed(namespace)]
+        if len(found) > CANDIDATES or len(rows) < limit:
+            break
+        if limit >= MAX_SCANNED:
+            if found:
+                break  # several readable, or one among more matches than are looked at: ambiguous either way
+            raise InvalidArgumentError(
+                f"run id prefix {prefix!r} matches more than {MAX_SCANNED:,} runs; give more of the id"
+            )
+        limit = min(limit * 10, MAX_SCANNED)
     if not found:
         raise RunNotFoundError(prefix)
-    if len(found) > 1:
-        shown = ", ".join(found[:CANDIDATES]) + (", ..." if len(found) > CANDIDATES else "")
+    if len(found) > 1 or len(rows) == limit:
+        shown = ", ".join(found[:CANDIDATES]) + (", ..." if len(found) > CANDIDATES or len(rows) == limit else "")
         raise InvalidArgumentError(f"run id prefix {prefix!r} is ambiguous: it matches {shown}; give more of the id")
     return found[0]

@@ -235,7 +235,6 @@ def state_to_pb(state: StateRow) -> scheduler_pb2.State:
         identifier=state.identifier,
         node_name=state.node_name,
         status=_STATE_STATUS[state.status],
-        inputs=state.inputs,
         attempt=state.attempt,
         parent_id=state.parent_id or "",
         created_at_unix_ms=state.created_at_ms,
@@ -246,8 +245,15 @@ def state_to_pb(state: StateRow) -> scheduler_pb2.State:
         started_at_unix_ms=state.started_at_ms,
         ran_ms=state.ran_ms,
     )
-    for fields in state.outputs or ():
-        message.outputs.add().fields.update(fields)
+    inputs = message.inputs
+    for key, value in state.inputs.items():  # assignments: faster than a map's update() or its constructor
+        inputs[key] = value
+    if state.outputs:
+        add = message.outputs.add
+        for fields in state.outputs:
+            added = add().fields
+            for key, value in fields.items():
+                added[key] = value
     if state.error:
         message.error.message = state.error.get("message", "")
         message.error.type = state.error.get("type", "")

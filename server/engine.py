@@ -9,6 +9,7 @@ lives in a module of its own:
     dispatch.py   ready queues and dispatch within each runtime's credit
     catalog.py    graph templates, compiled, by version; secrets sealed at rest
     triggers.py   trigger requests and their checks
+    runs.py       reading runs: memory or store, lists, prefixes, following a run
     watches.py    clients following a run
     commit.py     group commit: one transaction per event-loop tick
     recovery.py   start-up: memory rebuilt from the store
@@ -41,6 +42,7 @@ from .ownership import NotOwnerError, Shards
 from .recovery import recover
 from .rejects import Rejected, Rejects
 from .retries import ManualRetries
+from .runs import RunQueries
 from .runstate import Run, Session, State
 from .runtable import RunTable
 from .secrets import SecretBox
@@ -139,6 +141,7 @@ class Engine:
             store, self._table, self.catalog, self._machine, self._commit,
             count=shard_count, clock=clock, forget=self._forget,
         )  # fmt: skip
+        self._queries = RunQueries(store, self._table, self.runtimes, self.shards, settings)
         self._tasks: list[asyncio.Task[None]] = []
         self.ignored_results = 0
         self.rejects = Rejects()  # results that matched no dispatch, for /metrics (server/rejects.py)
@@ -305,61 +308,23 @@ class Engine:
         """Whether the run is held in memory (pending, or ended and its end not committed yet)."""
         return run_id in self._table.runs
 
+    # Reads (server/runs.py): a run held here from memory, any other from the store.
+
     def get_run(self, run_id: str, page_size: int = 0, after_seq: int = -1) -> tuple[RunRow, list[StateRow], int]:
         """The run, a page of its states (by sequence), and the last sequence returned (-1 when none)."""
-        run = self._table.runs.get(run_id)
-        if run is not None:
-            states: list[StateRow] = [s for s in run.states if s.seq > after_seq]
-            del states[page_size or len(states) :]
-            run.waiting_for_runtime = self.runtimes.waiting_for_runtime(run)
-            return run, states, states[-1].seq if states else -1
-        row = self._store.get_run(run_id)
-        if row is None:
-            raise RunNotFoundError(run_id)
-        if row.status == RunStatus.PENDING:  # another replica's run: its row's counts are those of its start
-            row.state_counts = self._store.count_states(run_id)
-        rows = self._store.get_states(run_id, after_seq, page_size)
-        return row, rows, rows[-1].seq if rows else -1
+        return self._queries.get_run(run_id, page_size, after_seq)
 
     def list_runs(
         self, namespace: str, graph_name: str | None, limit: int, after: RunCursor | None, status: str | None = None
     ) -> list[RunRow]:
-        rows = self._store.list_runs(namespace, graph_name, limit, after=after, status=status)
-        for i, row in enumerate(rows):
-            live = self._table.runs.get(row.run_id)
-            if live is not None:
-                live.waiting_for_runtime = self.runtimes.waiting_for_runtime(live)
-                rows[i] = live
-            elif row.status == RunStatus.PENDING:  # another replica's run: its row's counts are those of its start
-                row.state_counts = self._store.count_states(row.run_id)
-        return rows
+        return self._queries.list_runs(namespace, graph_name, limit, after, status)
 
     def find_runs(self, prefix: str, limit: int) -> list[tuple[str, str]]:
-        """(run id, namespace) of at most ``limit`` runs whose id starts with ``prefix`` (server/prefixes.py)."""
-        return self._store.find_runs(prefix, limit)
+        return self._queries.find_runs(prefix, limit)
 
-    async def watch_run(self, run_id: str, *, whole_end: bool = False) -> AsyncIterator[tuple[RunRow, list[StateRow]]]:
-        """Yield the run with all its states, then the changed ones per commit, until its end (all, with whole_end)."""
-        run = self._table.runs.get(run_id)
-        if run is None:
-            row, states, _ = self.get_run(run_id)
-            yield row, states
-            if row.status != RunStatus.PENDING or self.shards.owns(run_id):
-                return
-            ended = watches.Ended()
-            async for event in watches.follow_elsewhere(
-                self._store, run_id, self._table.runs, self.settings.remote_watch_interval_s, ended
-            ):
-                yield event
-            run = ended.moved_here
-            if run is None:
-                return
-        async for row, states in watches.follow(run, whole_end=whole_end):
-            # Counted only while the run has CREATED states (the counts are refreshed at most every 50 ms).
-            if row.state_counts.get(CREATED, 0) or run.waiting_for_runtime:
-                run.waiting_for_runtime = self.runtimes.waiting_for_runtime(run)
-            row.waiting_for_runtime = run.waiting_for_runtime
-            yield row, states
+    def watch_run(self, run_id: str, *, whole_end: bool = False) -> AsyncIterator[tuple[RunRow, list[StateRow]]]:
+        """The run with all its states, then the changed ones per commit, until its end (all, with whole_end)."""
+        return self._queries.watch_run(run_id, whole_end=whole_end)
 
     async def cancel_run(self, run_id: str) -> RunRow:
         run = self._table.runs.get(run_id)

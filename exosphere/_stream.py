@@ -12,6 +12,7 @@ from typing import Any
 
 from exosphere.v1 import common_pb2
 from exosphere.v1 import runtime_pb2 as pb
+from exosphere.wireformat import field, framed_size, repeated
 
 logger = logging.getLogger("exosphere.runtime")
 
@@ -42,38 +43,14 @@ class LazyEvent:
 
 
 CONNECT = "/exosphere.v1.RuntimeService/Connect"
-_SMALL = [bytes((n,)) for n in range(128)]
-
-
-def _varint(value: int) -> bytes:
-    if value < 128:
-        return _SMALL[value]
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def serialize(message: Any) -> bytes:
-    """The Connect stream's request serializer: a RuntimeMessage, or one already serialized."""
-    if type(message) is bytes:
-        return message
-    data: bytes = message.SerializeToString()
-    return data
+_RESULTS_TAG = b"\x12"  # RuntimeMessage.results: field 2, length-delimited
+_RESULT_TAG = b"\x0a"  # ResultBatch.results: field 1, length-delimited
 
 
 def results_message(results: list[bytes]) -> bytes:
     """``RuntimeMessage(results=ResultBatch(results=...))`` of serialized results: each result is serialized once
     (its length is its size), never copied into a batch message."""
-    body = b"".join([b for result in results for b in (b"\x0a", _varint(len(result)), result)])
-    return b"\x12" + _varint(len(body)) + body
-
-
-def framed_size(size: int) -> int:
-    """Bytes an item of ``size`` bytes takes as one element of a repeated field (tag and length prefix)."""
-    return size + 1 + (size.bit_length() + 6) // 7 if size else 2
+    return field(_RESULTS_TAG, repeated(_RESULT_TAG, results))
 
 
 def too_large(result: pb.Result, size: int) -> pb.Result:

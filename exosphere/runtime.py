@@ -22,12 +22,13 @@ from exosphere._executor import execute_item
 from exosphere._keepalive import KeepAlive
 from exosphere._limiter import Limiter
 from exosphere._metrics import RuntimeMetrics
-from exosphere._stream import CONNECT, LazyEvent, first_leaf, flush, log_rejected, loop_factory, serialize
+from exosphere._stream import CONNECT, LazyEvent, first_leaf, flush, log_rejected, loop_factory
 from exosphere.config import ClientConfig
 from exosphere.errors import AuthenticationError, ExosphereError, InvalidArgumentError, PermissionDeniedError
 from exosphere.logs import setup_default_logging
 from exosphere.node import BaseNode, validate_nodes
 from exosphere.v1 import runtime_pb2 as pb
+from exosphere.wireformat import passthrough
 
 __all__ = ["Runtime"]
 
@@ -234,7 +235,7 @@ class Runtime:
         assert self._stopping is not None and self._registered is not None
         # The generated stub, except that results are written already serialized (_stream.results_message).
         connect = channel.stream_stream(
-            CONNECT, request_serializer=serialize, response_deserializer=pb.SchedulerMessage.FromString
+            CONNECT, request_serializer=passthrough, response_deserializer=pb.SchedulerMessage.FromString
         )
         call = connect(metadata=metadata(self._config))
         register = pb.Register(

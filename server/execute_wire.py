@@ -6,42 +6,22 @@ are serialized per state, and the fields it shares with the other states of its 
 graph name, secrets, store) once per batch; the two are concatenated. Protobuf parses a concatenation of two
 serialized messages as their merge, so a runtime in any language reads the same message, with no field set twice.
 The batch and the ``SchedulerMessage`` around it are length-delimited frames written here too, and the
-RuntimeService's response serializer passes bytes through (:func:`serialize`).
+RuntimeService's response serializer passes bytes through (``exosphere.wireformat.passthrough``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 from exosphere.v1 import runtime_pb2 as pb
+from exosphere.wireformat import field, repeated
 
 from .runstate import State
 
-__all__ = ["SharedParts", "execute_bytes", "execute_message", "serialize"]
+__all__ = ["SharedParts", "execute_bytes", "execute_message"]
 
 _EXECUTE_TAG = b"\x12"  # SchedulerMessage.execute: field 2, length-delimited
 _ITEM_TAG = b"\x0a"  # ExecuteBatch.items: field 1, length-delimited
-_SMALL = [bytes((n,)) for n in range(128)]
-
-
-def _varint(value: int) -> bytes:
-    if value < 128:
-        return _SMALL[value]
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def serialize(message: Any) -> bytes:
-    """The RuntimeService's response serializer: a SchedulerMessage, or one already serialized."""
-    if type(message) is bytes:
-        return message
-    data: bytes = message.SerializeToString()
-    return data
 
 
 class SharedParts:
@@ -97,5 +77,4 @@ def execute_bytes(
 
 def execute_message(items: list[bytes]) -> bytes:
     """``SchedulerMessage(execute=ExecuteBatch(items=...))`` of serialized items."""
-    body = b"".join([b for item in items for b in (_ITEM_TAG, _varint(len(item)), item)])
-    return _EXECUTE_TAG + _varint(len(body)) + body
+    return field(_EXECUTE_TAG, repeated(_ITEM_TAG, items))

@@ -17,12 +17,13 @@ import grpc
 
 from exosphere.errors import RunNotFoundError
 from exosphere.v1 import scheduler_pb2 as pb
+from exosphere.wireformat import framed_size
 
 from .auth import Authenticator
 from .engine import Engine
 from .models import RunRow, StateRow
 from .prefixes import resolve_run_id
-from .sizes import PAGE_BYTES, SNAPSHOT_EVENT_BYTES, chunks_by_size, cut_by_size, framed_size
+from .sizes import PAGE_BYTES, SNAPSHOT_EVENT_BYTES, chunks_by_size, cut_by_size
 from .snapshots import Snapshot, SnapshotCache, frame
 from .status import RunStatus
 from .wire import run_to_pb, state_to_pb, states_to_pb

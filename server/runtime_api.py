@@ -12,12 +12,13 @@ import grpc
 from exosphere.errors import InvalidArgumentError
 from exosphere.v1 import runtime_pb2 as pb
 from exosphere.v1 import runtime_pb2_grpc
+from exosphere.wireformat import framed_size, passthrough
 
 from .auth import Authenticator
 from .decode import BadRequest, refuse
 from .engine import Engine, ResultIn
 from .errors import status_from_errors
-from .execute_wire import SharedParts, execute_bytes, execute_message, serialize
+from .execute_wire import SharedParts, execute_bytes, execute_message
 from .models import NodeSchema
 from .names import check_name, check_text
 from .rejects import Rejected
@@ -26,7 +27,6 @@ from .sizes import (
     BATCH_BYTES,
     MAX_ITEM_BYTES,
     MAX_STORE_BYTES,
-    framed_size,
     store_bytes,
     text_bytes,
 )
@@ -243,7 +243,7 @@ def add_runtime_service(api: RuntimeApi, server: grpc.aio.Server) -> None:
     Execute batches already serialized (server/execute_wire.py)."""
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
         "Connect": grpc.stream_stream_rpc_method_handler(
-            api.Connect, request_deserializer=pb.RuntimeMessage.FromString, response_serializer=serialize
+            api.Connect, request_deserializer=pb.RuntimeMessage.FromString, response_serializer=passthrough
         ),
         "KeepAlive": grpc.unary_unary_rpc_method_handler(
             api.KeepAlive,

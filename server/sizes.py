@@ -10,6 +10,7 @@ from google.protobuf.message import Message
 
 from exosphere.errors import InvalidArgumentError
 from exosphere.v1 import common_pb2
+from exosphere.wireformat import framed_size
 
 T = TypeVar("T", bound=Message)
 R = TypeVar("R")
@@ -47,11 +48,6 @@ PAGE_BYTES = 16 * 1024 * 1024
 # A run's final snapshot on its watch stream travels in events of about this size: the client converts one while the
 # scheduler encodes the next, and the event loop is never held long by one.
 SNAPSHOT_EVENT_BYTES = 256 * 1024
-
-
-def framed_size(size: int) -> int:
-    """Bytes an item of ``size`` bytes takes as one element of a repeated field (tag and length prefix)."""
-    return size + 1 + (size.bit_length() + 6) // 7 if size else 2
 
 
 def cut_by_size(items: Sequence[T], *, budget: int = PAGE_BYTES, reserved: int = 0) -> int:

@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from exosphere.v1 import scheduler_pb2 as pb
+from exosphere.wireformat import field
 
 from .models import RunRow, StateRow
 from .status import RunStatus
@@ -35,14 +36,7 @@ _STATES_TAG = b"\x12"  # field 2, length-delimited
 
 def frame(message: pb.State) -> bytes:
     """``message`` as one element of a ``states = 2`` field: tag, length, bytes."""
-    data = message.SerializeToString()
-    size = len(data)
-    prefix = bytearray(_STATES_TAG)
-    while size > 0x7F:
-        prefix.append(size & 0x7F | 0x80)
-        size >>= 7
-    prefix.append(size)
-    return bytes(prefix) + data
+    return field(_STATES_TAG, message.SerializeToString())
 
 
 def _key(run: RunRow) -> tuple[object, ...]:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from exosphere.v1 import runtime_pb2 as pb
-from server.execute_wire import SharedParts, execute_bytes, execute_message, serialize
+from exosphere.wireformat import passthrough
+from server.execute_wire import SharedParts, execute_bytes, execute_message
 from server.graph import CompiledNode
 from server.models import RetryPolicySpec
 from server.runstate import Run, State
@@ -67,9 +68,9 @@ def test_a_batch_is_a_scheduler_message_and_passes_the_serializer_unchanged() ->
     message = pb.SchedulerMessage.FromString(data)
     assert [i.state_id for i in message.execute.items] == [f"r1-{seq}" for seq in range(300)]
     assert message.execute.items[299].inputs["item"] == "x" * 299
-    assert serialize(data) is data
+    assert passthrough(data) is data
     registered = pb.SchedulerMessage(registered=pb.Registered(session_id="s"))
-    assert serialize(registered) == registered.SerializeToString()
+    assert passthrough(registered) == registered.SerializeToString()
 
 
 def test_the_runtime_service_registers_every_rpc_of_the_proto() -> None:

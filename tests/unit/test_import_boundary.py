@@ -1,5 +1,5 @@
-"""Imports point one way: the scheduler uses only the SDK's generated protocol, its error types and its log format,
-and the SDK never imports the scheduler."""
+"""Imports point one way: the scheduler uses only the SDK's generated protocol, its error types, its log format and
+its wire framing, and the SDK never imports the scheduler."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import ast
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
-SERVER_MAY_IMPORT = ("exosphere.v1", "exosphere.errors", "exosphere.logs")
+SERVER_MAY_IMPORT = ("exosphere.v1", "exosphere.errors", "exosphere.logs", "exosphere.wireformat")
 
 
 def _imports(path: Path) -> list[str]:
@@ -30,7 +32,7 @@ def _offenders(folder: str, allowed: tuple[str, ...], forbidden: tuple[str, ...]
     return found
 
 
-def test_the_scheduler_imports_only_the_sdks_protocol_errors_and_log_format() -> None:
+def test_the_scheduler_imports_only_the_sdks_protocol_errors_log_format_and_framing() -> None:
     assert _offenders("server", SERVER_MAY_IMPORT, ("exosphere",)) == []
 
 
@@ -40,6 +42,7 @@ def test_the_sdk_never_imports_the_scheduler() -> None:
     assert _offenders("exospherehost", (), forbidden) == []
 
 
-def test_the_shared_log_format_needs_only_the_standard_library() -> None:
-    roots = {name.split(".")[0] for name in _imports(ROOT / "exosphere/logs.py")} - {"__future__"}
+@pytest.mark.parametrize("module", ["exosphere/logs.py", "exosphere/wireformat.py"])
+def test_what_the_scheduler_shares_with_the_sdk_needs_only_the_standard_library(module: str) -> None:
+    roots = {name.split(".")[0] for name in _imports(ROOT / module)} - {"__future__"}
     assert roots and roots <= sys.stdlib_module_names, roots

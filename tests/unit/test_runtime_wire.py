@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from exosphere._stream import CONNECT, results_message, serialize
+from exosphere._stream import CONNECT, results_message
 from exosphere.v1 import runtime_pb2 as pb
+from exosphere.wireformat import passthrough
 
 
 def test_a_results_message_is_the_runtime_message_of_its_results() -> None:
@@ -14,9 +15,9 @@ def test_a_results_message_is_the_runtime_message_of_its_results() -> None:
         results.append(result)
     data = results_message([r.SerializeToString() for r in results])
     assert pb.RuntimeMessage.FromString(data) == pb.RuntimeMessage(results=pb.ResultBatch(results=results))
-    assert serialize(data) is data
+    assert passthrough(data) is data
     heartbeat = pb.RuntimeMessage(heartbeat=pb.Heartbeat(in_flight=3))
-    assert serialize(heartbeat) == heartbeat.SerializeToString()
+    assert passthrough(heartbeat) == heartbeat.SerializeToString()
 
 
 def test_the_stream_method_is_the_protos() -> None:

@@ -91,13 +91,18 @@ async def flush(call: Any, outbox: list[pb.Result]) -> None:
 LOG_REJECTED = 5
 
 
+def reject_reason(rejected: pb.RejectedResult) -> str:
+    """Why the scheduler rejected a result, by name (``STATE_MISMATCH``); a reason newer than this SDK by number."""
+    try:
+        return pb.RejectReason.Name(rejected.reason).removeprefix("REJECT_REASON_")
+    except ValueError:
+        return str(rejected.reason)
+
+
 def log_rejected(runtime: str, message: pb.ResultsRejected) -> None:
     """The scheduler could not match some results: a bug on this side (or a result that raced a restart)."""
     for rejected in message.results[:LOG_REJECTED]:
-        try:
-            reason = pb.RejectReason.Name(rejected.reason).removeprefix("REJECT_REASON_")
-        except ValueError:  # a reason newer than this SDK
-            reason = str(rejected.reason)
+        reason = reject_reason(rejected)
         logger.warning(
             "result rejected by the scheduler runtime=%s state_id=%s dispatch_id=%d attempt=%d reason=%s: %s",
             runtime, rejected.state_id, rejected.dispatch_id, rejected.attempt, reason, rejected.message,

@@ -161,7 +161,7 @@ def _time(ms: int, times: dict[int, datetime | None]) -> datetime | None:
     try:
         return times[ms]
     except KeyError:
-        when = times[ms] = datetime.fromtimestamp(ms / 1000, tz=UTC) if ms else None
+        when = times[ms] = _ts(ms)
         return when
 
 

@@ -17,7 +17,7 @@ from google.protobuf.descriptor_pb2 import DescriptorProto, FieldDescriptorProto
 from exosphere.errors import InvalidArgumentError
 
 from .models import FieldSpec
-from .names import MAX_NAME
+from .names import MAX_NAME, shown
 
 __all__ = ["MAX_FIELD_NUMBER", "RESERVED_NUMBERS", "fields_of"]
 
@@ -25,11 +25,6 @@ MAX_FIELD_NUMBER = 2**29 - 1
 RESERVED_NUMBERS = range(19000, 20000)
 
 REQUIRED = FieldDescriptorProto.LABEL_REQUIRED
-OPTIONAL = FieldDescriptorProto.LABEL_OPTIONAL
-
-
-def _shown(name: str) -> str:
-    return repr(name if len(name) <= 80 else name[:80] + "...")
 
 
 def fields_of(node: str, label: str, descriptor: DescriptorProto, *, stored: bool = False) -> tuple[FieldSpec, ...]:
@@ -38,7 +33,7 @@ def fields_of(node: str, label: str, descriptor: DescriptorProto, *, stored: boo
     names: set[str] = set()
     numbers: dict[int, str] = {}
     for fd in descriptor.field:
-        where = f"node {node!r} {label} field {_shown(fd.name)}"
+        where = f"node {node!r} {label} field {shown(fd.name)}"
         if not fd.name.isidentifier() or len(fd.name) > MAX_NAME:
             raise InvalidArgumentError(f"{where}: not a valid field name (an identifier of at most {MAX_NAME} chars)")
         if fd.name in names:

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from exosphere.errors import InvalidArgumentError
 from exosphere.v1 import common_pb2
 
-__all__ = ["MAX_NAME", "check_name", "check_names", "check_text", "name_problem"]
+__all__ = ["MAX_NAME", "check_name", "check_names", "check_text", "name_problem", "shown"]
 
 MAX_NAME = common_pb2.LIMIT_MAX_NAME_LENGTH
 _PUNCTUATION = frozenset("_-.:")
@@ -22,7 +22,8 @@ _PUNCTUATION = frozenset("_-.:")
 MAX_TEXT = 256
 
 
-def _shown(value: str) -> str:
+def shown(value: str) -> str:
+    """``value`` quoted for an error message, cut at 80 characters."""
     return repr(value if len(value) <= 80 else value[:80] + "...")
 
 
@@ -42,7 +43,7 @@ def check_name(field: str, value: str) -> str:
     """``value``, or InvalidArgumentError naming ``field`` and showing the value."""
     problem = name_problem(value)
     if problem is not None:
-        raise InvalidArgumentError(f"{field} {_shown(value)}: {problem}")
+        raise InvalidArgumentError(f"{field} {shown(value)}: {problem}")
     return value
 
 
@@ -54,5 +55,5 @@ def check_names(field: str, values: Iterable[str]) -> None:
 def check_text(field: str, value: str) -> str:
     """Free text that ends up in listings (an SDK version): printable and at most ``MAX_TEXT`` characters."""
     if len(value) > MAX_TEXT or not value.isprintable():
-        raise InvalidArgumentError(f"{field} {_shown(value)}: must be printable and at most {MAX_TEXT} characters")
+        raise InvalidArgumentError(f"{field} {shown(value)}: must be printable and at most {MAX_TEXT} characters")
     return value

@@ -94,17 +94,6 @@ def chunks_by_size(
     yield chunk
 
 
-def split_by_size(items: Sequence[T], *, budget: int = PAGE_BYTES, reserved: int = 0) -> Iterator[Sequence[T]]:
-    """``items`` in consecutive chunks that each fit in ``budget`` bytes; one empty chunk when there are none."""
-    start = 0
-    while True:
-        count = cut_by_size(items[start:], budget=budget, reserved=reserved)
-        yield items[start : start + count]
-        start += count
-        if start >= len(items):
-            return
-
-
 def text_bytes(text: str) -> int:
     """UTF-8 size of ``text``; O(1) for ASCII (CPython knows a string is ASCII without scanning it)."""
     return len(text) if text.isascii() else len(text.encode())

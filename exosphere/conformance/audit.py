@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from exosphere._stream import reject_reason
 from exosphere.conformance.recording import Recorder
 from exosphere.v1 import runtime_pb2 as pb
 
@@ -49,10 +50,9 @@ def audit_credit(recorder: Recorder) -> CreditAudit:
             elif event.kind == "results_rejected" and event.down is not None:
                 # The scheduler could not match some results (ids not echoed, sent twice, another stream's).
                 for r in event.down.results_rejected.results:
-                    reason = pb.RejectReason.Name(r.reason).removeprefix("REJECT_REASON_")
                     audit.problems.append(
                         f"stream {number}: the scheduler rejected the result for state {r.state_id} "
-                        f"dispatch_id {r.dispatch_id} ({reason}: {r.message})"
+                        f"dispatch_id {r.dispatch_id} ({reject_reason(r)}: {r.message})"
                     )
             elif event.kind == "results" and event.up is not None:
                 for result in event.up.results.results:

@@ -49,17 +49,35 @@ def register(commands: Commands, common: Parser) -> None:
     options (``common``)."""
     sub = commands.add_parser("conformance", help="check a runtime against the protocol", description=DESCRIPTION)
     sub.set_defaults(handler=_handle)
-    sub.add_argument("--namespace", default="conformance", help="namespace the runtime registers in")
-    sub.add_argument("--lease-ms", type=_positive_ms, default=1000, help="the scheduler's lease (default 1000)")
+    sub.add_argument("--namespace", default=KitOptions.namespace, help="namespace the runtime registers in")
     sub.add_argument(
-        "--heartbeat-ms", type=_positive_ms, default=250, help="the heartbeat interval asked for (default 250)"
-    )
-    sub.add_argument("--drain-grace-ms", type=_positive_ms, default=3000, help="the drain grace (default 3000)")
-    sub.add_argument(
-        "--timeout", type=_positive_s, default=20.0, metavar="SECONDS", help="give each step this long (default 20)"
+        "--lease-ms", type=_positive_ms, default=KitOptions.lease_ms, help="the scheduler's lease (default %(default)s)"
     )
     sub.add_argument(
-        "--startup-timeout", type=_positive_s, default=30.0, metavar="SECONDS", help="to register (default 30)"
+        "--heartbeat-ms",
+        type=_positive_ms,
+        default=KitOptions.heartbeat_interval_ms,
+        help="the heartbeat interval asked for (default %(default)s)",
+    )
+    sub.add_argument(
+        "--drain-grace-ms",
+        type=_positive_ms,
+        default=KitOptions.drain_grace_ms,
+        help="the drain grace (default %(default)s)",
+    )
+    sub.add_argument(
+        "--timeout",
+        type=_positive_s,
+        default=KitOptions.step_timeout_s,
+        metavar="SECONDS",
+        help="give each step this long (default %(default)s)",
+    )
+    sub.add_argument(
+        "--startup-timeout",
+        type=_positive_s,
+        default=KitOptions.startup_timeout_s,
+        metavar="SECONDS",
+        help="to register (default %(default)s)",
     )
     sub.add_argument("--keep", type=Path, metavar="DIR", help="keep the logs and database in DIR")
     sub.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND...", help="the runtime to check")

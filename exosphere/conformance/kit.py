@@ -119,11 +119,11 @@ async def _checks(kit: KitContext, options: KitOptions) -> list[Outcome]:
         ("errors", check_errors),
     ):
         done[name] = await _guard(name, check(kit))
-    load: Outcome | str
+    load: str | None = None
     try:
         load = await run_credit_load(kit)
     except (CheckFailedError, ExosphereError) as exc:
-        load = Outcome("credit", False, CREDIT, str(exc))
+        done["credit"] = Outcome("credit", False, CREDIT, str(exc))
     done["heartbeats"] = await _guard("heartbeats", check_heartbeats(kit))
     done["cancel"] = await _guard("cancel", check_cancel(kit))
     try:
@@ -134,7 +134,8 @@ async def _checks(kit: KitContext, options: KitOptions) -> list[Outcome]:
     else:
         done["drain"] = await _guard("drain", check_drain(kit, step))
         done["reconnect"] = await _guard("reconnect", check_reconnect(kit, step))
-    done["credit"] = check_credit(kit, load)
+    if load is not None:  # judged at the end, over every stream of the whole session
+        done["credit"] = check_credit(kit, load)
     return [done[name] for name in OBLIGATIONS]
 
 

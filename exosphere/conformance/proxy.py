@@ -18,16 +18,16 @@ from typing import Any
 import grpc
 
 from exosphere.conformance.recording import Recorder, StreamRecord
+from exosphere.v1 import common_pb2, runtime_pb2_grpc
 from exosphere.v1 import runtime_pb2 as pb
-from exosphere.v1 import runtime_pb2_grpc
 
 __all__ = ["RecordingProxy"]
 
 logger = logging.getLogger(__name__)
 
 _FORWARDED_METADATA = ("x-api-key",)
-# The scheduler's own limit (LIMIT_MAX_MESSAGE_BYTES): the proxy must not refuse what the scheduler would take.
-_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# The scheduler's own limit: the proxy must not refuse what the scheduler would take.
+_MAX_MESSAGE_BYTES = common_pb2.LIMIT_MAX_MESSAGE_BYTES
 _OPTIONS = [
     ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),

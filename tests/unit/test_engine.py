@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -18,15 +17,6 @@ ECHO = schema("Echo")
 FAN = schema("Fan", outputs=("y",))
 MERGE = schema("Merge", inputs=("xs",), outputs=("y",))
 NO_RETRY = RetryPolicySpec(max_retries=0)
-
-
-@pytest.fixture
-async def kit() -> AsyncIterator[Kit]:
-    k = await Kit().start()
-    try:
-        yield k
-    finally:
-        await k.stop()
 
 
 def fan_graph(strategy: str = "ALL_SUCCESS") -> list[GraphNodeSpec]:

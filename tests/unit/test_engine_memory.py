@@ -2,25 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import pytest
-
 from server.models import FieldSpec, NodeSchema
 from server.status import RunStatus, StateStatus
 from tests.helpers.engine import NS, Kit, node, schema
 
 SPLIT = schema("Split", outputs=("x",))
 ECHO = schema("Echo")
-
-
-@pytest.fixture
-async def kit() -> AsyncIterator[Kit]:
-    k = await Kit().start()
-    try:
-        yield k
-    finally:
-        await k.stop()
 
 
 async def test_a_branch_whose_inputs_are_its_parents_output_shares_that_dict(kit: Kit) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -12,15 +11,6 @@ from server.engine import ResultIn
 from server.rejects import LOG_EVERY_S
 from server.status import ResultKind
 from tests.helpers.engine import Kit, schema
-
-
-@pytest.fixture
-async def kit() -> AsyncIterator[Kit]:
-    kit = await Kit().start()
-    try:
-        yield kit
-    finally:
-        await kit.stop()
 
 
 async def test_every_rejection_is_counted_and_a_burst_warns_once_per_reason(

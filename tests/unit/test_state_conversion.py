@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import gc
 import json
+from datetime import datetime
 
+import pytest
+
+import exosphere._wire
 from exosphere._wire import GC_PAUSE_STATES, state_from_pb, states_from_pb
 from exosphere.models import StateModel
 from exosphere.v1 import common_pb2, scheduler_pb2
@@ -80,10 +84,21 @@ def test_a_converted_state_equals_the_validated_model_field_for_field() -> None:
     assert StateModel.model_validate_json(built.model_dump_json()) == built
 
 
-def test_a_big_page_pauses_the_collector_only_while_it_converts() -> None:
+def test_a_big_page_pauses_the_collector_only_while_it_converts(monkeypatch: pytest.MonkeyPatch) -> None:
+    collecting: list[bool] = []
+
+    def converting(state: scheduler_pb2.State, times: dict[int, datetime | None]) -> StateModel:
+        collecting.append(gc.isenabled())
+        return state_from_pb(state, times)
+
+    monkeypatch.setattr(exosphere._wire, "state_from_pb", converting)
+    states_from_pb([_state(i) for i in range(GC_PAUSE_STATES - 1)])
+    assert collecting and all(collecting)  # a small page: no pause
+    collecting.clear()
     states = [_state(i) for i in range(GC_PAUSE_STATES + 1)]
     assert gc.isenabled()
     converted = states_from_pb(states)
+    assert collecting and not any(collecting)  # a big one: paused for every state
     assert gc.isenabled() and len(converted) == len(states)
     assert converted[7] == _validated(states[7])
     gc.disable()

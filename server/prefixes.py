@@ -12,8 +12,9 @@ from collections.abc import Callable
 from exosphere.errors import InvalidArgumentError, RunNotFoundError
 
 from .engine import Engine
+from .models import RunRow, StateRow
 
-__all__ = ["CANDIDATES", "MAX_SCANNED", "resolve_run_id"]
+__all__ = ["CANDIDATES", "MAX_SCANNED", "read_run", "resolve_run_id"]
 
 # An ambiguous prefix lists at most this many of the runs it matches.
 CANDIDATES = 5
@@ -49,3 +50,15 @@ def resolve_run_id(engine: Engine, prefix: str, allowed: Callable[[str], bool]) 
         shown = ", ".join(found[:CANDIDATES]) + (", ..." if len(found) > CANDIDATES or len(rows) == limit else "")
         raise InvalidArgumentError(f"run id prefix {prefix!r} is ambiguous: it matches {shown}; give more of the id")
     return found[0]
+
+
+def read_run(
+    engine: Engine, run_id: str, allowed: Callable[[str], bool], page_size: int = 0
+) -> tuple[RunRow, list[StateRow]]:
+    """The run named by ``run_id`` or by a unique prefix of it (among the runs ``allowed``), with its first
+    ``page_size`` states (all with 0). The caller still checks that the run's namespace is one it may read."""
+    try:
+        run, states, _ = engine.get_run(run_id, page_size)
+    except RunNotFoundError:
+        run, states, _ = engine.get_run(resolve_run_id(engine, run_id, allowed), page_size)
+    return run, states

@@ -15,14 +15,13 @@ from typing import Any
 
 import grpc
 
-from exosphere.errors import RunNotFoundError
 from exosphere.v1 import scheduler_pb2 as pb
 from exosphere.wireformat import framed_size
 
 from .auth import Authenticator
 from .engine import Engine
 from .models import RunRow, StateRow
-from .prefixes import resolve_run_id
+from .prefixes import read_run
 from .sizes import PAGE_BYTES, SNAPSHOT_EVENT_BYTES, chunks_by_size, cut_by_size
 from .snapshots import Snapshot, SnapshotCache, frame
 from .status import RunStatus
@@ -43,10 +42,11 @@ class RunReads:
 
     def page(self, context: Ctx, run_id: str, page_size: int, after: int) -> pb.GetRunResponse:
         """The run and its states after sequence ``after``: at most ``page_size``, within the page's bytes."""
-        snapshot = None
-        if not self._engine.is_live(run_id):  # finished, another replica's, or a prefix of a run id
+        if self._engine.is_live(run_id):
+            run, rows, last = self._engine.get_run(run_id, page_size, after)
+            self._check(context, run)
+        else:  # finished, another replica's, or a prefix of a run id: its row is read once, here
             run, first = self._found(context, run_id)
-            run_id = run.run_id
             snapshot = self._snapshot_page(run, first, after, page_size)
             if snapshot is not None:
                 run_message = run_to_pb(run)
@@ -56,8 +56,8 @@ class RunReads:
                 response = pb.GetRunResponse(run=run_message, next_page_token=str(last_seq) if more else "")
                 response.MergeFromString(blob)
                 return response
-        run, rows, last = self._engine.get_run(run_id, page_size, after)
-        self._check(context, run)
+            rows = self._engine.get_states(run.run_id, after, page_size)
+            last = rows[-1].seq if rows else -1
         run_message = run_to_pb(run)
         messages = states_to_pb(rows)
         count = cut_by_size(messages, reserved=framed_size(run_message.ByteSize()))
@@ -123,11 +123,7 @@ class RunReads:
 
     def _found(self, context: Ctx, run_id: str) -> tuple[RunRow, list[StateRow]]:
         """The run and its first state, by id or by an operator's unique prefix of it (exosphere runs show 7ced34)."""
-        try:
-            run, first, _ = self._engine.get_run(run_id, 1)
-        except RunNotFoundError:
-            allowed = functools.partial(self._auth.allowed, context)
-            run, first, _ = self._engine.get_run(resolve_run_id(self._engine, run_id, allowed), 1)
+        run, first = read_run(self._engine, run_id, functools.partial(self._auth.allowed, context), 1)
         self._check(context, run)
         return run, first
 
@@ -145,7 +141,7 @@ class RunReads:
         if snapshot is None and sum(run.state_counts.values()) <= len(first):
             rows = first
         else:
-            rows = self._engine.get_run(run.run_id, page_size, after)[1]
+            rows = self._engine.get_states(run.run_id, after, page_size)
         return self._snapshots.extend(run, snapshot, rows)
 
     def _snapshot(self, run: RunRow, first: list[StateRow]) -> Snapshot | None:
@@ -155,7 +151,7 @@ class RunReads:
             return None
         snapshot = self._snapshots.get(run)
         if snapshot is None or not snapshot.complete:
-            whole = first if sum(run.state_counts.values()) <= len(first) else self._engine.get_run(run.run_id)[1]
+            whole = first if sum(run.state_counts.values()) <= len(first) else self._engine.get_states(run.run_id)
             snapshot = self._snapshots.make(run, whole)
         return snapshot
 

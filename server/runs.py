@@ -56,6 +56,10 @@ class RunQueries:
         rows = self._store.get_states(run_id, after_seq, page_size)
         return row, rows, rows[-1].seq if rows else -1
 
+    def get_states(self, run_id: str, after_seq: int = -1, limit: int = 0) -> list[StateRow]:
+        """States of a run not held here, from the store (by sequence; all with ``limit`` 0)."""
+        return self._store.get_states(run_id, after_seq, limit)
+
     def list_runs(
         self, namespace: str, graph_name: str | None, limit: int, after: RunCursor | None, status: str | None = None
     ) -> list[RunRow]:

@@ -28,7 +28,7 @@ from ..forward import Forwarder
 from ..metrics import SchedulerMetrics, render
 from ..models import RunRow, StateRow
 from ..ownership import NotOwnerError
-from ..prefixes import resolve_run_id
+from ..prefixes import read_run
 from ..status import RunStatus, StateStatus
 from ..store import RunCursor
 from ..triggers import TriggerRequest
@@ -218,19 +218,22 @@ class Routes:
             {"runs": [run_view(r) for r in rows], "next": RunCursor.of(rows[-1]).token() if more else ""}
         )
 
-    def _readable_run(self, run_id: str, caller: Caller) -> tuple[RunRow, list[StateRow]]:
-        run, states, _ = self._engine.get_run(run_id)
+    def _readable_run(
+        self, run_id: str, caller: Caller, page_size: int = 0, *, prefix: bool = False
+    ) -> tuple[RunRow, list[StateRow]]:
+        """The run (with its first ``page_size`` states, all with 0) if the caller may read it, else not found; with
+        ``prefix``, also by a unique prefix of its id, as the CLI takes (/#/runs/00a3f9)."""
+        if prefix:
+            run, states = read_run(self._engine, run_id, caller.allows, page_size)
+        else:
+            run, states, _ = self._engine.get_run(run_id, page_size)
         if not caller.allows(run.namespace):
             raise RunNotFoundError(run_id)
         return run, states
 
     async def run(self, request: Request, caller: Caller) -> Response:
-        run_id = request.path_params["run_id"]
-        try:
-            run, states = self._readable_run(run_id, caller)
-        except RunNotFoundError:  # a unique prefix, as the CLI takes (/#/runs/00a3f9); the page moves to the whole id
-            run, states = self._readable_run(resolve_run_id(self._engine, run_id, caller.allows), caller)
-        return JSONResponse(self._run_view(run, states))
+        run, states = self._readable_run(request.path_params["run_id"], caller, prefix=True)
+        return JSONResponse(self._run_view(run, states))  # the page moves to the whole id
 
     def _run_view(self, run: RunRow, states: list[StateRow]) -> dict[str, Any]:
         nodes: dict[str, dict[str, Any]] = {}
@@ -276,7 +279,7 @@ class Routes:
 
     async def run_events(self, request: Request, caller: Caller) -> Response:
         run_id = request.path_params["run_id"]
-        self._readable_run(run_id, caller)  # 404 before the stream starts
+        self._readable_run(run_id, caller, 1)  # 404 before the stream starts
         return StreamingResponse(self._events(run_id), media_type="text/event-stream")
 
     async def _events(self, run_id: str) -> AsyncIterator[str]:
@@ -339,16 +342,16 @@ class Routes:
 
     async def cancel(self, request: Request, caller: Caller) -> Response:
         run_id = request.path_params["run_id"]
-        self._readable_run(run_id, caller)
+        self._readable_run(run_id, caller, 1)
         try:
             return JSONResponse(run_view(await self._engine.cancel_run(run_id)))
         except NotOwnerError as exc:
             await self._forward(exc, "CancelRun", scheduler_pb2.CancelRunRequest(run_id=run_id), caller)
-            return JSONResponse(run_view(self._readable_run(run_id, caller)[0]))  # committed by the owner
+            return JSONResponse(run_view(self._readable_run(run_id, caller, 1)[0]))  # committed by the owner
 
     async def retry(self, request: Request, caller: Caller) -> Response:
         state_id = request.path_params["state_id"]
-        self._readable_run(run_id_of(state_id), caller)
+        self._readable_run(run_id_of(state_id), caller, 1)
         body = await read_json(request)
         request_id = str(body.get("request_id") or "") or f"dashboard-{time.time_ns()}"
         try:

@@ -36,7 +36,6 @@ Ctx = grpc.aio.ServicerContext[Any, Any]
 DEFAULT_PAGE = 50
 MAX_PAGE = 1000
 MAX_STATE_PAGE = 10_000
-MAX_RUN_ID = 256
 # Every page and event is also cut by size (server/wire.py PAGE_BYTES), so no message limit is hit by big states,
 # stores or graphs.
 
@@ -57,23 +56,12 @@ def _run_token(token: str) -> RunCursor | None:
     """The place a ListRuns page starts after: ``<created_at_ms>:<run_id>`` of the previous page's last run."""
     if not token:
         return None
-    millis, sep, run_id = token.partition(":")
-    problem = ""
     try:
-        created_at_ms = int(millis)
-    except ValueError:
-        problem = "it does not start with a creation time in milliseconds"
-    else:
-        if not 0 <= created_at_ms < 2**62:
-            problem = "its creation time is out of range"
-        elif sep and not 0 < len(run_id) <= MAX_RUN_ID:
-            problem = f"its run id must be 1 to {MAX_RUN_ID} characters"
-    if problem:
+        return RunCursor.parse(token)
+    except ValueError as problem:
         raise InvalidArgumentError(
             f"invalid ListRuns page_token {token[:64]!r}: {problem}; pass the next_page_token of a ListRunsResponse"
-        )
-    # A bare number is the token of servers before the run id broke ties: everything older than that millisecond.
-    return RunCursor(created_at_ms, run_id)
+        ) from None
 
 
 class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
@@ -141,7 +129,7 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
             # A page also ends before the size budget (runs carry their store).
             messages, complete = take_by_size(runs[:limit], run_to_pb)
             last = runs[len(messages) - 1] if messages else None
-            token = f"{last.created_at_ms}:{last.run_id}" if last and (not complete or len(runs) > limit) else ""
+            token = RunCursor.of(last).token() if last and (not complete or len(runs) > limit) else ""
             return pb.ListRunsResponse(runs=messages, next_page_token=token)
 
     async def WatchRun(self, request: pb.WatchRunRequest, context: Ctx) -> AsyncIterator[pb.WatchRunResponse]:

@@ -27,6 +27,9 @@ __all__ = [
     "prefix_range",
 ]
 
+# Longer than any run id a scheduler makes; a page token naming a longer one is refused.
+MAX_RUN_ID = 256
+
 
 class StoreError(Exception):
     """The database cannot be used (opened, checked or read at start-up); the message names the file and why.
@@ -52,6 +55,21 @@ class RunCursor:
     def token(self) -> str:
         """The cursor as a page token, ``<created_at_ms>:<run_id>`` (what ``ListRuns`` and the dashboard hand out)."""
         return f"{self.created_at_ms}:{self.run_id}"
+
+    @classmethod
+    def parse(cls, token: str) -> RunCursor:
+        """A page token back as a cursor. A bare number is the token of servers before the run id broke ties:
+        everything older than that millisecond. Raises ValueError saying what is wrong with it."""
+        millis, sep, run_id = token.partition(":")
+        try:
+            created_at_ms = int(millis)
+        except ValueError:
+            raise ValueError("it does not start with a creation time in milliseconds") from None
+        if not 0 <= created_at_ms < 2**62:
+            raise ValueError("its creation time is out of range")
+        if sep and not 0 < len(run_id) <= MAX_RUN_ID:
+            raise ValueError(f"its run id must be 1 to {MAX_RUN_ID} characters")
+        return cls(created_at_ms, run_id)
 
 
 def prefix_range(prefix: str) -> tuple[str, str] | None:

@@ -18,13 +18,13 @@ __all__ = ["graph_view", "parse_cursor", "read_json", "run_id_of", "run_view", "
 
 
 def parse_cursor(token: str | None) -> RunCursor | None:
-    """The place a page of runs starts after: ``<created_at_ms>:<run_id>`` of the previous page's last run."""
+    """The place a page of runs starts after: the ``next`` of the previous page (``RunCursor.token``)."""
     if not token:
         return None
-    millis, sep, run_id = token.partition(":")
-    if not sep or not millis.isdigit() or not run_id or len(millis) > 18:
-        raise InvalidArgumentError(f"invalid page cursor {token[:64]!r}: expected <created_at_ms>:<run_id>")
-    return RunCursor(int(millis), run_id)
+    try:
+        return RunCursor.parse(token)
+    except ValueError as problem:
+        raise InvalidArgumentError(f"invalid page cursor {token[:64]!r}: {problem}") from None
 
 
 def run_id_of(state_id: str) -> str:

@@ -65,6 +65,8 @@ class GroupCommit:
         self._store = store
         # Batches of at most this many changes commit in the loop's thread (see the module docstring); 0: never.
         self._inline_max = inline_max
+        # A store that can commit without waiting (SqliteStore.try_commit); without it, every commit takes the thread.
+        self._try_commit: Callable[[object], bool] | None = getattr(store, "try_commit", None) if inline_max else None
         self._fence = fence
         self._tally = tally or Tally()
         self._loop = loop
@@ -158,7 +160,7 @@ class GroupCommit:
             self._failed(exc, waiters, len(changed))
             return
         self._pending += 1
-        if prepared is not None and len(changed) + len(batch.runs) <= self._inline_max:
+        if prepared is not None and self._try_commit is not None and len(changed) + len(batch.runs) <= self._inline_max:
             self._commit_here(prepared, waiters, changed, finished)
         else:
             self._submit(prepared, waiters, changed, finished, 0)
@@ -166,14 +168,11 @@ class GroupCommit:
     def _commit_here(
         self, prepared: object, waiters: list[asyncio.Future[None]], changed: list[State], finished: list[Run]
     ) -> None:
-        try_commit = getattr(self._store, "try_commit", None)  # stores that can commit without waiting
-        if try_commit is None:
-            self._submit(prepared, waiters, changed, finished, 0)
-            return
+        assert self._try_commit is not None
         future: concurrent.futures.Future[None] = concurrent.futures.Future()
         started = time.perf_counter()
         try:
-            if not try_commit(prepared):  # someone else is writing: wait for them on the writer thread, not here
+            if not self._try_commit(prepared):  # someone else is writing: wait for them on the writer thread, not here
                 self._submit(prepared, waiters, changed, finished, 0)
                 return
         except Exception as exc:

@@ -150,14 +150,8 @@ class SqliteStore:
         """Write a prepared batch in one transaction. Safe to call from the writer thread."""
         assert isinstance(prepared, PreparedRows)
         with self._lock:
-            db = self._db
-            db.execute("BEGIN")
-            try:
-                sqlite_rows.write(db, prepared)
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+            self._db.execute("BEGIN")
+            self._write_and_commit(prepared)
 
     def try_commit(self, prepared: object) -> bool:
         """Commit now if no one else is writing, else False at once (never waits: the event loop calls it).
@@ -178,15 +172,19 @@ class SqliteStore:
                 return False
             finally:
                 db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            try:
-                sqlite_rows.write(db, prepared)
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+            self._write_and_commit(prepared)
             return True
         finally:
             self._lock.release()
+
+    def _write_and_commit(self, prepared: PreparedRows) -> None:
+        """The rows, then COMMIT, in the transaction the caller began under the lock; ROLLBACK when either fails."""
+        try:
+            sqlite_rows.write(self._db, prepared)
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
 
     def write(self, batch: WriteBatch) -> None:
         self.commit(self.prepare(batch))

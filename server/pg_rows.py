@@ -18,7 +18,7 @@ from exosphere.errors import ConnectionFailedError
 
 from .models import GraphSpec, RunRow, StateRow
 from .status import RunStatus, StateStatus
-from .store import Fence, FencedError, RunCursor
+from .store import RUN_COLUMNS, STATE_COLUMNS, Fence, FencedError, RunCursor
 
 logger = logging.getLogger(__name__)
 
@@ -49,14 +49,8 @@ CONNECT_REFUSED = (
     asyncpg.InvalidPasswordError,
 )
 
-dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
-STATE_COLUMNS = (
-    "run_id, seq, identifier, node_name, status, inputs, attempt, parent_id, parent_output, path, outputs, error, "
-    "pruned_data, created_at_ms, updated_at_ms, run_at_ms, runtime_name, started_at_ms, ran_ms"
-)
 STATE_COLUMN_NAMES = STATE_COLUMNS.split(", ")
-RUN_COLUMNS = "run_id, namespace, graph_name, graph_version, status, store, created_at_ms, updated_at_ms, state_counts"
 
 INSERT_STATES = f"""
 INSERT INTO states ({STATE_COLUMNS})

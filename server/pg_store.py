@@ -39,15 +39,14 @@ import asyncpg
 from exosphere.errors import ConflictError
 
 from .config import describe_dsn
+from .jsontext import dumps
 from .models import GraphSpec, RunRow, StateRow
 from .pg_rows import (
     CONNECT_REFUSED,
     FIND_RUNS,
     INSERT_STATES,
     ONE_STATEMENT,
-    RUN_COLUMNS,
     STATE_COLUMN_NAMES,
-    STATE_COLUMNS,
     UNAVAILABLE,
     UPDATE_STATES,
     UPSERT_KV,
@@ -57,7 +56,6 @@ from .pg_rows import (
     Prepared,
     check_fence,
     columns,
-    dumps,
     graph_spec,
     keep_session,
     list_runs_query,
@@ -66,7 +64,7 @@ from .pg_rows import (
 )
 from .pg_schema import migrate
 from .shards import MAX_SHARDS, shard_of
-from .store import RunCursor, WriteBatch, prefix_range
+from .store import RUN_COLUMNS, STATE_COLUMNS, RunCursor, WriteBatch, prefix_range
 
 __all__ = ["DEFAULT_SHARDS", "DatabaseUnavailableError", "PostgresStore"]
 

@@ -15,15 +15,10 @@ from dataclasses import dataclass
 
 from .jsontext import dumps, int_list, str_map, str_maps
 from .models import RunRow, StateRow
-from .store import WriteBatch
+from .store import RUN_COLUMNS, STATE_COLUMNS, WriteBatch
 
 __all__ = ["STATE_COLUMNS", "PreparedRows", "prepare", "write"]
 
-STATE_COLUMNS = (
-    "run_id, seq, identifier, node_name, status, inputs, attempt, parent_id, parent_output, path, outputs, error, "
-    "pruned_data, created_at_ms, updated_at_ms, run_at_ms, runtime_name, started_at_ms, ran_ms"
-)
-RUN_COLUMNS = "run_id, namespace, graph_name, graph_version, status, store, created_at_ms, updated_at_ms, state_counts"
 _NEW_COLUMNS = (
     "run_id, seq, identifier, node_name, status, inputs, attempt, parent_id, parent_output, path, created_at_ms, "
     "updated_at_ms, run_at_ms"

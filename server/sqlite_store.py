@@ -15,10 +15,10 @@ import pydantic
 
 from . import sqlite_rows
 from .models import GraphSpec, RunRow, StateRow
-from .sqlite_rows import RUN_COLUMNS, STATE_COLUMNS, PreparedRows
+from .sqlite_rows import PreparedRows
 from .sqlite_schema import BUSY_TIMEOUT_MS, connect, open_database, store_error
 from .status import RunStatus, StateStatus
-from .store import RunCursor, WriteBatch, prefix_range
+from .store import RUN_COLUMNS, STATE_COLUMNS, RunCursor, WriteBatch, prefix_range
 
 __all__ = ["SqliteStore"]
 

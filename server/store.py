@@ -17,6 +17,8 @@ from .models import GraphSpec, RunRow, StateRow
 from .status import RunStatus
 
 __all__ = [
+    "RUN_COLUMNS",
+    "STATE_COLUMNS",
     "Fence",
     "FencedError",
     "InMemoryStore",
@@ -29,6 +31,12 @@ __all__ = [
 
 # Longer than any run id a scheduler makes; a page token naming a longer one is refused.
 MAX_RUN_ID = 256
+# The columns of the two tables both SQL stores keep (server/sqlite_schema.py, server/pg_schema.py), in row order.
+STATE_COLUMNS = (
+    "run_id, seq, identifier, node_name, status, inputs, attempt, parent_id, parent_output, path, outputs, error, "
+    "pruned_data, created_at_ms, updated_at_ms, run_at_ms, runtime_name, started_at_ms, ran_ms"
+)
+RUN_COLUMNS = "run_id, namespace, graph_name, graph_version, status, store, created_at_ms, updated_at_ms, state_counts"
 
 
 class StoreError(Exception):

@@ -20,7 +20,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from exosphere.errors import ExosphereError, InvalidArgumentError, NotFoundError, RunNotFoundError
+from exosphere.errors import (
+    ERROR_TRAILER,
+    ExosphereError,
+    InvalidArgumentError,
+    NotFoundError,
+    RunNotFoundError,
+    error_class,
+)
 from exosphere.v1 import scheduler_pb2
 
 from ..engine import Engine
@@ -61,15 +68,6 @@ _HTTP_STATUS = {
 }
 
 Handler = Callable[[Request, Caller], Awaitable[Response]]
-
-
-class ForwardedError(Exception):
-    """The replica a call was forwarded to refused it."""
-
-    def __init__(self, failed: grpc.aio.AioRpcError) -> None:
-        super().__init__(failed.details())
-        self.code = failed.code()
-        self.details = failed.details() or self.code.name
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -139,8 +137,6 @@ class Routes:
                 return await handler(request, caller)
             except ExosphereError as exc:
                 return _error(_HTTP_STATUS.get(exc.status, 500), str(exc))
-            except ForwardedError as exc:
-                return _error(_HTTP_STATUS.get(exc.code, 500), exc.details)
 
         return endpoint
 
@@ -367,5 +363,7 @@ class Routes:
             raise exc
         try:
             return await self._forwarder.call_as(exc.address, method, request, caller.key.key if caller.key else None)
-        except grpc.aio.AioRpcError as failed:
-            raise ForwardedError(failed) from None
+        except grpc.aio.AioRpcError as failed:  # the owner's refusal, as the error it stands for
+            name = dict(failed.trailing_metadata() or ()).get(ERROR_TRAILER)
+            cls = error_class(name if isinstance(name, str) else None, failed.code())
+            raise cls.from_wire(failed.details() or failed.code().name, {}) from None

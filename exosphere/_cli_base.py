@@ -29,6 +29,7 @@ __all__ = [
     "add_json",
     "resolve_state_id",
     "run_exit_code",
+    "split_state_id",
 ]
 
 EXIT_OK = 0
@@ -81,8 +82,8 @@ def run_exit_code(run: RunModel) -> int:
     return EXIT_FAILURE if run.status in (RunStatus.FAILED, RunStatus.CANCELLED) else EXIT_OK
 
 
-async def resolve_state_id(sm: StateManager, state_id: str) -> str:
-    """A state id as ``runs show`` prints it (``<run id>-<number>``), its run id given whole or by a unique prefix.
+def split_state_id(state_id: str) -> tuple[str, str]:
+    """A state id as ``runs show`` prints it, ``<run id>-<number>``, as (run id or a unique prefix of it, number).
 
     Raises:
         UsageError: ``state_id`` has no ``-<number>`` part.
@@ -93,4 +94,10 @@ async def resolve_state_id(sm: StateManager, state_id: str) -> str:
             f"state id {state_id!r} is not <run id>-<number>: give it as `runs show` prints it (the run id may be "
             "shortened to a unique prefix)"
         )
+    return run_part, number
+
+
+async def resolve_state_id(sm: StateManager, state_id: str) -> str:
+    """A state id (see :func:`split_state_id`) with its run id whole."""
+    run_part, number = split_state_id(state_id)
     return f"{await sm.resolve_run_id(run_part)}-{number}"

@@ -16,7 +16,7 @@ from exosphere._cli_base import (
     Parser,
     add_command,
     add_json,
-    resolve_state_id,
+    split_state_id,
 )
 from exosphere._cli_input import text_type
 from exosphere._cli_render import dump_json, run_status_text
@@ -63,8 +63,9 @@ def state_view(run: RunModel, state: StateModel) -> RenderableType:
 
 async def _show(ctx: Context, args: argparse.Namespace) -> int:
     async with ctx.manager(ANY_NAMESPACE) as sm:
-        state_id = await resolve_state_id(sm, args.state_id)
-        run = await sm.get_run(state_id.rpartition("-")[0])
+        run_part, number = split_state_id(args.state_id)
+        run = await sm.get_run(run_part)  # the scheduler resolves a unique prefix of a run id
+    state_id = f"{run.run_id}-{number}"
     state = next((s for s in run.states if s.state_id == state_id), None)
     if state is None:
         raise StateNotFoundError(state_id)

@@ -8,15 +8,13 @@ process behind the kit's recording proxy, as a user's run does.
 from __future__ import annotations
 
 import asyncio
-import io
 import sys
 from pathlib import Path
 
 import pytest
-from rich.console import Console
 
-from exosphere.cli import main
 from exosphere.conformance import OBLIGATIONS
+from tests.helpers.cli import run_cli
 from tests.helpers.node import NODE_RUNTIME_DIR, ensure_node_modules
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,13 +25,8 @@ SLOPPY_RUNTIME = ROOT / "tests" / "conformance" / "sloppy_runtime.py"
 
 def _conformance(*argv: str) -> tuple[int, list[str], str]:
     """``exosphere conformance ARGV`` through the CLI's main(); returns the exit code, stdout lines and stderr."""
-    out, err = io.StringIO(), io.StringIO()
-    code = main(
-        ["conformance", *argv],
-        stdout=Console(file=out, width=200, color_system=None),
-        stderr=Console(file=err, width=200, color_system=None),
-    )
-    return code, out.getvalue().splitlines(), err.getvalue()
+    result = run_cli("conformance", *argv)
+    return result.code, result.out.splitlines(), result.err
 
 
 def _verdicts(lines: list[str]) -> dict[str, str]:

@@ -5,10 +5,11 @@ schedulers on one SQLite file, restarted on the same port; a real Python runtime
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from server.app import App
 from server.config import ServerConfig
 from tests.helpers.raw import RawRuntime, done, node_schema
 from tests.helpers.runtimes import RuntimeGroup
-from tests.helpers.servers import ServerProcess
+from tests.helpers.servers import ServerProcess, serving
 from tests.helpers.waiting import assert_eventually
 
 # The gate the slow node waits at, and how often each state started; reset by the fixture.
@@ -72,17 +73,24 @@ async def _hold_three(app: App, namespace: str, runtimes: RuntimeGroup) -> tuple
     return runtime, run_ids
 
 
-async def _restarted(db_path: Path, port: int) -> App:
-    app = App(_config(db_path, "PT5S", port))
-    await app.start()
-    return app
+Start = Callable[[ServerConfig], Awaitable[App]]
+
+
+@pytest.fixture
+async def start() -> AsyncIterator[Start]:
+    """Start schedulers in this loop; each one a test did not stop is stopped at the end (a failed test too)."""
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def started(config: ServerConfig) -> App:
+            return await stack.enter_async_context(serving(config))
+
+        yield started
 
 
 async def test_results_within_the_drain_grace_are_committed_and_the_runtime_comes_back(
-    db_path: Path, namespace: str, runtimes: RuntimeGroup, gate: asyncio.Event
+    db_path: Path, namespace: str, runtimes: RuntimeGroup, gate: asyncio.Event, start: Start
 ) -> None:
-    app = App(_config(db_path, "PT10S"))
-    await app.start()
+    app = await start(_config(db_path, "PT10S"))
     runtime, run_ids = await _hold_three(app, namespace, runtimes)
     (session,) = app.engine.runtimes.connected(namespace)
     stopping = asyncio.create_task(app.stop())
@@ -93,48 +101,42 @@ async def test_results_within_the_drain_grace_are_committed_and_the_runtime_come
     await asyncio.wait_for(stopping, 10)
     assert time.monotonic() - started < 5, "the scheduler waited past the runtime's half-close"
     # The same database and port again: the runtime reconnects by itself, and nothing runs twice.
-    restarted = await _restarted(db_path, app.port)
-    try:
-        await runtimes.wait_registered(runtime)
-        async with StateManager(namespace, address=restarted.address) as sm:
-            for run_id in run_ids:
-                run = await sm.wait(run_id, timeout=10)
-                assert run.status is RunStatus.SUCCESS
-                assert [(s.attempt, s.outputs) for s in run.states] == [(1, [{"y": f"done {run_ids.index(run_id)}"}])]
-            assert STARTED == Counter({"0": 1, "1": 1, "2": 1})
-            # And it goes on taking work from the restarted scheduler.
-            run = await sm.wait((await sm.trigger("g", inputs={"x": "after"})).run_id, timeout=10)
+    restarted = await start(_config(db_path, "PT5S", app.port))
+    await runtimes.wait_registered(runtime)
+    async with StateManager(namespace, address=restarted.address) as sm:
+        for run_id in run_ids:
+            run = await sm.wait(run_id, timeout=10)
             assert run.status is RunStatus.SUCCESS
-    finally:
-        await restarted.stop()
+            assert [(s.attempt, s.outputs) for s in run.states] == [(1, [{"y": f"done {run_ids.index(run_id)}"}])]
+        assert STARTED == Counter({"0": 1, "1": 1, "2": 1})
+        # And it goes on taking work from the restarted scheduler.
+        run = await sm.wait((await sm.trigger("g", inputs={"x": "after"})).run_id, timeout=10)
+        assert run.status is RunStatus.SUCCESS
 
 
 async def test_states_held_past_the_drain_grace_are_requeued_and_run_again(
-    db_path: Path, namespace: str, runtimes: RuntimeGroup, gate: asyncio.Event
+    db_path: Path, namespace: str, runtimes: RuntimeGroup, gate: asyncio.Event, start: Start
 ) -> None:
-    app = App(_config(db_path, "PT0.3S"))
-    await app.start()
+    app = await start(_config(db_path, "PT0.3S"))
     runtime, run_ids = await _hold_three(app, namespace, runtimes)
     started = time.monotonic()
     await asyncio.wait_for(app.stop(), 10)
     assert time.monotonic() - started >= 0.3  # it waited the grace for states that were not done
-    restarted = await _restarted(db_path, app.port)
-    try:
-        await runtimes.wait_registered(runtime)
-        await assert_eventually(lambda: sum(STARTED.values()) == 6, message=lambda: f"started {dict(STARTED)}")
-        gate.set()
-        async with StateManager(namespace, address=restarted.address) as sm:
-            for run_id in run_ids:
-                run = await sm.wait(run_id, timeout=10)
-                # Requeued, not failed: the same attempt ran again.
-                assert run.status is RunStatus.SUCCESS and [s.attempt for s in run.states] == [1]
-    finally:
-        await restarted.stop()
+    restarted = await start(_config(db_path, "PT5S", app.port))
+    await runtimes.wait_registered(runtime)
+    await assert_eventually(lambda: sum(STARTED.values()) == 6, message=lambda: f"started {dict(STARTED)}")
+    gate.set()
+    async with StateManager(namespace, address=restarted.address) as sm:
+        for run_id in run_ids:
+            run = await sm.wait(run_id, timeout=10)
+            # Requeued, not failed: the same attempt ran again.
+            assert run.status is RunStatus.SUCCESS and [s.attempt for s in run.states] == [1]
 
 
-async def test_a_raw_runtime_gets_drain_and_its_answer_within_the_grace_counts(db_path: Path, namespace: str) -> None:
-    app = App(_config(db_path, "PT5S"))
-    await app.start()
+async def test_a_raw_runtime_gets_drain_and_its_answer_within_the_grace_counts(
+    db_path: Path, namespace: str, start: Start
+) -> None:
+    app = await start(_config(db_path, "PT5S"))
     async with StateManager(namespace, address=app.address) as sm:
         async with RawRuntime(app.address, namespace, [node_schema("Echo")]) as raw:
             await sm.upsert_graph(
@@ -158,18 +160,16 @@ async def test_a_raw_runtime_gets_drain_and_its_answer_within_the_grace_counts(d
             await raw.half_close()
             assert await raw.ended() == (grpc.StatusCode.OK, "")
             await asyncio.wait_for(stopping, 5)
-    restarted = await _restarted(db_path, 0)
-    try:
-        async with StateManager(namespace, address=restarted.address) as sm:
-            run = await sm.get_run(run_id)
-            assert run.status is RunStatus.SUCCESS and run.states[0].outputs == [{"y": "drained"}]
-    finally:
-        await restarted.stop()
+    restarted = await start(_config(db_path, "PT5S", 0))
+    async with StateManager(namespace, address=restarted.address) as sm:
+        run = await sm.get_run(run_id)
+        assert run.status is RunStatus.SUCCESS and run.states[0].outputs == [{"y": "drained"}]
 
 
-async def test_a_runtime_that_ignores_drain_loses_its_stream_at_the_grace(db_path: Path, namespace: str) -> None:
-    app = App(_config(db_path, "PT0.3S"))
-    await app.start()
+async def test_a_runtime_that_ignores_drain_loses_its_stream_at_the_grace(
+    db_path: Path, namespace: str, start: Start
+) -> None:
+    app = await start(_config(db_path, "PT0.3S"))
     async with RawRuntime(app.address, namespace, [node_schema("Echo")]) as raw:
         stopping = asyncio.create_task(app.stop())
         await raw.next("drain")

@@ -11,6 +11,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from exosphere._channel import Backoff, metadata, open_channel, translate_errors
+from exosphere._watches import OpenWatches, follow
 from exosphere._wire import graph_from_pb, graph_to_pb, run_from_pb, runtime_from_pb, states_from_pb
 from exosphere.config import ClientConfig
 from exosphere.errors import ConnectionFailedError, ExosphereTimeoutError, InvalidArgumentError
@@ -68,6 +69,10 @@ class StateManager:
         self._metadata = metadata(self._config)
         self._channel: Any = None
         self._stub: Any = None
+        # Whether the scheduler announces a triggered run on its watch (learned from a TriggerGraph answer), and
+        # the watches trigger() opened that way, for the wait() that usually follows.
+        self._announces = False
+        self._watches = OpenWatches()
 
     def _api(self) -> scheduler_pb2_grpc.SchedulerServiceAsyncStub:
         # The channel must be created inside the running loop, so it is made on first use.
@@ -78,6 +83,7 @@ class StateManager:
 
     async def close(self) -> None:
         """Close the channel. Idempotent."""
+        self._watches.cancel_all()
         if self._channel is not None:
             channel, self._channel, self._stub = self._channel, None, None
             await channel.close()
@@ -162,7 +168,11 @@ class StateManager:
         store: Mapping[str, str] | None = None,
         start_delay: int | timedelta = 0,
     ) -> TriggerResponse:
-        """Start a run. ``start_delay`` is in milliseconds (or a ``timedelta``)."""
+        """Start a run. ``start_delay`` is in milliseconds (or a ``timedelta``).
+
+        Once the scheduler has said it announces runs, the run is started on a watch stream that names it at once
+        and is kept for a ``wait()`` on it (exosphere/_watches.py): trigger-then-wait is then one call.
+        """
         delay_ms = int(start_delay.total_seconds() * 1000) if isinstance(start_delay, timedelta) else int(start_delay)
         if delay_ms < 0:
             raise InvalidArgumentError(f"start_delay must be >= 0, got {start_delay}")
@@ -173,9 +183,32 @@ class StateManager:
             store=dict(store or {}),
             start_delay_ms=delay_ms,
         )
+        if self._announces:
+            return TriggerResponse(run_id=await self._trigger_watched(request))
         async with translate_errors():
             response = await self._api().TriggerGraph(request, metadata=self._metadata, timeout=CALL_TIMEOUT_S)
+        self._announces = response.announces
         return TriggerResponse(run_id=response.run_id)
+
+    async def _trigger_watched(self, trigger: pb.TriggerGraphRequest) -> str:
+        request = pb.WatchRunRequest(run_only=True, final_snapshot=True, announce=True, trigger=trigger)
+        call = self._api().WatchRun(request, metadata=self._metadata)
+        try:
+            async with translate_errors(), asyncio.timeout(CALL_TIMEOUT_S):
+                first = await call.read()
+        except TimeoutError:
+            call.cancel()
+            raise ExosphereTimeoutError(
+                f"graph {trigger.graph_name!r}: the scheduler did not answer the trigger in {CALL_TIMEOUT_S}s"
+            ) from None
+        except BaseException:
+            call.cancel()
+            raise
+        if not isinstance(first, pb.WatchRunResponse):  # grpc.aio.EOF
+            raise ConnectionFailedError(f"graph {trigger.graph_name!r}: the scheduler ended the trigger unanswered")
+        run_id = first.run.run_id
+        self._watches.keep(run_id, call)
+        return run_id
 
     async def trigger_many(
         self, graph_name: str, runs: Sequence[Mapping[str, Mapping[str, str]]]
@@ -289,32 +322,8 @@ class StateManager:
         return run if complete or not states else await self.get_run(run.run_id)
 
     async def _outcome(self, request: pb.WatchRunRequest) -> tuple[RunModel, bool] | None:
-        """Follow a watch until the run is no longer pending: the run, with its states when the scheduler sent its
-        final snapshot (then ``True``); None when the stream ended first."""
-        call = self._api().WatchRun(request, metadata=self._metadata)
-        final: pb.Run | None = None
-        states: list[StateModel] = []
-        last = False
-        try:
-            async with translate_errors():
-                async for event in call:
-                    if event.run.status == common_pb2.RUN_STATUS_PENDING:
-                        continue  # a scheduler before final_snapshot sends run-only events while the run is pending
-                    if final is None:
-                        final = event.run
-                    if request.final_snapshot:
-                        states.extend(states_from_pb(event.states))  # this event's, while the next one travels
-                    last = event.last
-                    if last or not request.final_snapshot:
-                        break
-        finally:
-            # The scheduler ends the stream right after its last event: cancelling it would cost both sides more
-            # than letting it end, and waiting for that end would delay the answer.
-            if not last:
-                call.cancel()
-        if final is None:
-            return None
-        return run_from_pb(final, states), last and request.final_snapshot
+        """Follow a new watch until the run is no longer pending (exosphere/_watches.py follow)."""
+        return await follow(self._api().WatchRun(request, metadata=self._metadata), request.final_snapshot)
 
     async def watch(self, run_id: str, *, states: bool = True) -> AsyncIterator[tuple[RunModel, list[StateModel]]]:
         """Yield ``(run, changed_states)`` as the run progresses; ends once the run is no longer pending.
@@ -340,11 +349,16 @@ class StateManager:
         timeout_s = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
         request = pb.WatchRunRequest(run_id=run_id, run_only=True, final_snapshot=True)
         backoff = Backoff()
+        opened = self._watches.take(run_id)  # the watch trigger() opened for this run, if it did
         try:
             async with asyncio.timeout(timeout_s):
                 while True:
                     try:
-                        final = await self._outcome(request)
+                        if opened is not None:
+                            call, opened = opened, None
+                            final = await follow(call, final_snapshot=True)
+                        else:
+                            final = await self._outcome(request)
                     except ConnectionFailedError as exc:
                         # The run moved to another scheduler replica, or this one went away: watch it again.
                         logger.info("watch of run %s interrupted, watching again: %s", run_id, exc)

@@ -8,8 +8,8 @@ from typing import Any
 import grpc
 
 from exosphere.errors import GraphNotFoundError, InvalidArgumentError
+from exosphere.v1 import common_pb2, scheduler_pb2_grpc
 from exosphere.v1 import scheduler_pb2 as pb
-from exosphere.v1 import scheduler_pb2_grpc
 
 from .auth import Authenticator
 from .engine import Engine, TriggerRequest
@@ -104,7 +104,7 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
         async with status_from_errors(context):
             self._auth.check(context, request.namespace)
             run_id = await self._engine.trigger(_trigger_request(self._engine, request))
-        return pb.TriggerGraphResponse(run_id=run_id)
+        return pb.TriggerGraphResponse(run_id=run_id, announces=True)
 
     async def TriggerGraphs(self, request: pb.TriggerGraphsRequest, context: Ctx) -> pb.TriggerGraphsResponse:
         async with status_from_errors(context):
@@ -140,6 +140,8 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
                 t = request.trigger
                 self._auth.check(context, t.namespace)
                 run_id = await self._engine.trigger(_trigger_request(self._engine, t))
+                if request.announce:
+                    yield pb.WatchRunResponse(run=_announced(t, run_id))
             events = self._reads.watch(
                 context,
                 run_id,
@@ -242,3 +244,8 @@ def _trigger_request(engine: Engine, t: pb.TriggerGraphRequest) -> TriggerReques
         config = None
     check_store_size("the run's store", {**config.default_values, **store} if config else store)
     return TriggerRequest(t.namespace, t.graph_name, _plain(t.inputs), store, t.start_delay_ms)
+
+
+def _announced(t: pb.TriggerGraphRequest, run_id: str) -> pb.Run:
+    """The event WatchRunRequest.announce sends once the run is committed: who it is, not yet how it is."""
+    return pb.Run(run_id=run_id, namespace=t.namespace, graph_name=t.graph_name, status=common_pb2.RUN_STATUS_PENDING)

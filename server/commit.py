@@ -43,6 +43,12 @@ def _noop() -> None:
     return None
 
 
+def _resolve(waiters: list[asyncio.Future[None]]) -> None:
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_result(None)
+
+
 class GroupCommit:
     """Collects a tick's changes and commits them as one transaction.
 
@@ -233,12 +239,19 @@ class GroupCommit:
         if exc is not None:
             self._failed(exc, waiters, len(changed))
             return
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
         if changed:
             self._tally.committed((time.perf_counter() - started) * 1000, changed)
-        self._on_committed(changed, finished)
+        try:
+            # Dispatch first: the engine queues what this commit made ready (a trigger's first state, a result's
+            # children) before the waiters' answers queue behind it, so the runtime's hop starts before the
+            # client's reply goes out. That hop is the longer of the two; the trigger is already durable here.
+            self._on_committed(changed, finished)
+        finally:
+            loop = self._loop()
+            if loop is None:
+                _resolve(waiters)
+            elif waiters:
+                loop.call_soon(_resolve, waiters)
 
     def _failed(self, exc: BaseException, waiters: list[asyncio.Future[None]], count: int) -> None:
         if isinstance(exc, FencedError):  # cluster mode: another replica owns a shard now; not a database failure

@@ -687,15 +687,19 @@ class TriggerGraphResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RUN_ID_FIELD_NUMBER: _builtins.int
+    ANNOUNCES_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
+    announces: _builtins.bool
+    """This server answers WatchRunRequest.announce (servers before it leave this unset)."""
     def __init__(
         self,
         *,
         run_id: _builtins.str = ...,
+        announces: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["run_id", b"run_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["announces", b"announces", "run_id", b"run_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1061,6 +1065,7 @@ class WatchRunRequest(_message.Message):
     RUN_ONLY_FIELD_NUMBER: _builtins.int
     TRIGGER_FIELD_NUMBER: _builtins.int
     FINAL_SNAPSHOT_FIELD_NUMBER: _builtins.int
+    ANNOUNCE_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """The run to watch. Leave empty when `trigger` is set."""
     run_only: _builtins.bool
@@ -1073,6 +1078,12 @@ class WatchRunRequest(_message.Message):
     one message; the last has `last` set). A client waiting for a run needs nothing else. Servers before this field
     ignore it and answer as the other fields ask (set run_only too, so that they send no states): their last event
     has `last` unset, and the client then reads the states with GetRun.
+    """
+    announce: _builtins.bool
+    """With trigger: send the new run first, as soon as it is committed (status PENDING, no states, no store), then
+    what the other fields ask. The client learns the run id at once and keeps the stream for the outcome: the SDK's
+    trigger() opens the watch its wait() then reads, so trigger-then-wait costs one call, not two. Servers before
+    this field ignore it (they send nothing until the outcome); TriggerGraphResponse.announces says a server has it.
     """
     @_builtins.property
     def trigger(self) -> Global___TriggerGraphRequest:
@@ -1087,10 +1098,11 @@ class WatchRunRequest(_message.Message):
         run_only: _builtins.bool = ...,
         trigger: Global___TriggerGraphRequest | None = ...,
         final_snapshot: _builtins.bool = ...,
+        announce: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["trigger", b"trigger"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["final_snapshot", b"final_snapshot", "run_id", b"run_id", "run_only", b"run_only", "trigger", b"trigger"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["announce", b"announce", "final_snapshot", b"final_snapshot", "run_id", b"run_id", "run_only", b"run_only", "trigger", b"trigger"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

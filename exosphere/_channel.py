@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from urllib.parse import unquote
@@ -19,7 +19,7 @@ from exosphere.errors import (
     error_class,
 )
 
-__all__ = ["MAX_MESSAGE_BYTES", "Backoff", "metadata", "open_channel", "translate_errors"]
+__all__ = ["MAX_MESSAGE_BYTES", "Backoff", "error_from_status", "metadata", "open_channel", "translate_errors"]
 
 # Large fan-outs travel in big messages; the scheduler sets the same limit.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -58,17 +58,24 @@ def metadata(config: ClientConfig) -> tuple[tuple[str, str], ...]:
 
 def to_exosphere_error(exc: grpc.aio.AioRpcError) -> ExosphereError:
     """The Exosphere error a failed RPC stands for, with the ids the scheduler sent beside it."""
+    return error_from_status(exc.code(), exc.details() or "", exc.trailing_metadata() or ())
+
+
+def error_from_status(
+    code: grpc.StatusCode, details: str, trailers: Iterable[tuple[str, str | bytes]]
+) -> ExosphereError:
+    """The Exosphere error a status stands for: its code, message, and trailers naming the error's class and ids
+    (a failed call's, or a request's end on a Watches stream)."""
     name = None
     subject = {}
-    for key, value in exc.trailing_metadata() or ():
+    for key, value in trailers:
         text = value if isinstance(value, str) else value.decode(errors="replace")
         if key == ERROR_TRAILER:
             name = text
         elif key.startswith(SUBJECT_TRAILER_PREFIX):
             subject[key.removeprefix(SUBJECT_TRAILER_PREFIX).replace("-", "_")] = unquote(text)
-    code = exc.code()
     cls = error_class(name, code)
-    message = exc.details() or code.name
+    message = details or code.name
     if code == grpc.StatusCode.UNAVAILABLE and name is None:
         message = f"scheduler unavailable: {message}"
     return cls.from_wire(message, subject)

@@ -1,11 +1,11 @@
-"""Following a run's watch stream to its outcome, and the watches ``trigger()`` opens for a later ``wait()``.
+"""Following a watch to its run's outcome, and the watches ``trigger()`` opens for a later ``wait()``.
 
-``trigger()`` on a scheduler that announces (``TriggerGraphResponse.announces``) starts the run with
-``WatchRun(trigger=..., announce=True)``: the first event names the new run, and the same stream later carries
-its outcome and final snapshot. The open call is kept here, keyed by run id, so ``wait(run_id)`` reads the
-outcome from it instead of opening a watch of its own: trigger-then-wait costs the scheduler and the network one
-call, not two. At most ``LIMIT`` are kept per client; the oldest is cancelled to make room (its ``wait()``, if it
-ever comes, opens a watch as before), and every one is cancelled when the client closes.
+``trigger()`` starts the run with a watch (``WatchRunRequest.trigger`` and ``announce``) on the client's Watches
+stream: its first event names the new run, and the same watch later carries the outcome and final snapshot. The
+watch is kept here, by run id, so ``wait(run_id)`` reads the outcome from it instead of asking again:
+trigger-then-wait costs one request. At most ``LIMIT`` are kept per client, each buffering at most ``KEEP_BYTES``
+while unread; the oldest is cancelled to make room, and one that would buffer more is cancelled instead (a
+``wait()`` that comes later watches afresh). Every one is cancelled when the client closes.
 """
 
 from __future__ import annotations
@@ -14,36 +14,42 @@ from collections import OrderedDict
 from typing import Any
 
 from exosphere._channel import translate_errors
+from exosphere._watch_stream import Watch
 from exosphere._wire import run_from_pb, states_from_pb
 from exosphere.models import RunModel, StateModel
 from exosphere.v1 import common_pb2
 from exosphere.v1 import scheduler_pb2 as pb
 
-__all__ = ["LIMIT", "OpenWatches", "follow"]
+__all__ = ["KEEP_BYTES", "LIMIT", "OpenWatches", "follow"]
 
-# Watch streams kept open per client for a wait() that may follow its trigger().
+# Watches kept per client for a wait() that may follow their trigger(), and what each may buffer unread.
 LIMIT = 64
+KEEP_BYTES = 256 * 1024
 
 
 class OpenWatches:
-    """Watch calls opened by ``trigger()``, each waiting for the ``wait()`` on its run."""
+    """Watches opened by ``trigger()``, each waiting for the ``wait()`` on its run."""
 
     def __init__(self, limit: int = LIMIT) -> None:
         self._limit = limit
-        self._calls: OrderedDict[str, Any] = OrderedDict()
+        self._calls: OrderedDict[str, Watch] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._calls)
 
-    def keep(self, run_id: str, call: Any) -> None:
-        self._calls[run_id] = call
+    def keep(self, run_id: str, watch: Watch) -> None:
+        watch.keep_bytes = KEEP_BYTES
+        self._calls[run_id] = watch
         while len(self._calls) > self._limit:
             _, oldest = self._calls.popitem(last=False)
             oldest.cancel()
 
-    def take(self, run_id: str) -> Any | None:
+    def take(self, run_id: str) -> Watch | None:
         """The open watch of ``run_id``, now the caller's to read (and to cancel), or None."""
-        return self._calls.pop(run_id, None)
+        watch = self._calls.pop(run_id, None)
+        if watch is not None:
+            watch.keep_bytes = None
+        return watch
 
     def cancel_all(self) -> None:
         while self._calls:
@@ -52,14 +58,15 @@ class OpenWatches:
 
 
 async def follow(call: Any, final_snapshot: bool) -> tuple[RunModel, bool] | None:
-    """Read a watch until the run is no longer pending: the run, with its states when the scheduler sent its
-    final snapshot (then ``True``); None when the stream ended first. The call is cancelled unless it ended."""
+    """Read a watch (a WatchRun call, or a Watch on the Watches stream) until the run is no longer pending: the
+    run, with its states when the scheduler sent its final snapshot (then ``True``); None when the watch ended
+    first. It is cancelled unless it ended."""
     final: Any = None
     states: list[StateModel] = []
     last = False
     try:
         async with translate_errors():
-            # read(), not iteration: trigger() read the announce with read(), and one call cannot mix the two.
+            # read(), not iteration: trigger() read the announce with read(), and a call cannot mix the two.
             while isinstance(event := await call.read(), pb.WatchRunResponse):
                 if event.run.status == common_pb2.RUN_STATUS_PENDING:
                     continue  # an announce, or a scheduler before final_snapshot: run-only events while pending

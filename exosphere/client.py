@@ -11,6 +11,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from exosphere._channel import Backoff, metadata, open_channel, translate_errors
+from exosphere._watch_stream import WatchesUnsupported, WatchStream
 from exosphere._watches import OpenWatches, follow
 from exosphere._wire import graph_from_pb, graph_to_pb, run_from_pb, runtime_from_pb, states_from_pb
 from exosphere.config import ClientConfig
@@ -69,9 +70,9 @@ class StateManager:
         self._metadata = metadata(self._config)
         self._channel: Any = None
         self._stub: Any = None
-        # Whether the scheduler announces a triggered run on its watch (learned from a TriggerGraph answer), and
-        # the watches trigger() opened that way, for the wait() that usually follows.
-        self._announces = False
+        # Watches go as messages on one stream (exosphere/_watch_stream.py); trigger() keeps the watch it starts
+        # a run with for the wait() that usually follows (exosphere/_watches.py).
+        self._stream = WatchStream(lambda: self._api().Watches(metadata=self._metadata))
         self._watches = OpenWatches()
 
     def _api(self) -> scheduler_pb2_grpc.SchedulerServiceAsyncStub:
@@ -84,6 +85,7 @@ class StateManager:
     async def close(self) -> None:
         """Close the channel. Idempotent."""
         self._watches.cancel_all()
+        await self._stream.close()
         if self._channel is not None:
             channel, self._channel, self._stub = self._channel, None, None
             await channel.close()
@@ -170,8 +172,8 @@ class StateManager:
     ) -> TriggerResponse:
         """Start a run. ``start_delay`` is in milliseconds (or a ``timedelta``).
 
-        Once the scheduler has said it announces runs, the run is started on a watch stream that names it at once
-        and is kept for a ``wait()`` on it (exosphere/_watches.py): trigger-then-wait is then one call.
+        The run is started with a watch that names it at once and is kept for a ``wait()`` on it
+        (exosphere/_watches.py): trigger-then-wait is one request.
         """
         delay_ms = int(start_delay.total_seconds() * 1000) if isinstance(start_delay, timedelta) else int(start_delay)
         if delay_ms < 0:
@@ -183,31 +185,33 @@ class StateManager:
             store=dict(store or {}),
             start_delay_ms=delay_ms,
         )
-        if self._announces:
-            return TriggerResponse(run_id=await self._trigger_watched(request))
+        if self._stream.supported is not False:
+            try:
+                return TriggerResponse(run_id=await self._trigger_watched(request))
+            except WatchesUnsupported:
+                pass  # nothing ran: a scheduler before Watches gets the plain call
         async with translate_errors():
             response = await self._api().TriggerGraph(request, metadata=self._metadata, timeout=CALL_TIMEOUT_S)
-        self._announces = response.announces
         return TriggerResponse(run_id=response.run_id)
 
     async def _trigger_watched(self, trigger: pb.TriggerGraphRequest) -> str:
         request = pb.WatchRunRequest(run_only=True, final_snapshot=True, announce=True, trigger=trigger)
-        call = self._api().WatchRun(request, metadata=self._metadata)
+        watch = await self._stream.watch(request)
         try:
-            async with translate_errors(), asyncio.timeout(CALL_TIMEOUT_S):
-                first = await call.read()
+            async with asyncio.timeout(CALL_TIMEOUT_S):
+                first = await watch.read()
         except TimeoutError:
-            call.cancel()
+            watch.cancel()
             raise ExosphereTimeoutError(
                 f"graph {trigger.graph_name!r}: the scheduler did not answer the trigger in {CALL_TIMEOUT_S}s"
             ) from None
         except BaseException:
-            call.cancel()
+            watch.cancel()
             raise
         if not isinstance(first, pb.WatchRunResponse):  # grpc.aio.EOF
             raise ConnectionFailedError(f"graph {trigger.graph_name!r}: the scheduler ended the trigger unanswered")
         run_id = first.run.run_id
-        self._watches.keep(run_id, call)
+        self._watches.keep(run_id, watch)
         return run_id
 
     async def trigger_many(
@@ -322,7 +326,13 @@ class StateManager:
         return run if complete or not states else await self.get_run(run.run_id)
 
     async def _outcome(self, request: pb.WatchRunRequest) -> tuple[RunModel, bool] | None:
-        """Follow a new watch until the run is no longer pending (exosphere/_watches.py follow)."""
+        """Follow a new watch until the run is no longer pending (exosphere/_watches.py follow): on the Watches
+        stream, or as a WatchRun call to a scheduler without it."""
+        if self._stream.supported is not False:
+            try:
+                return await follow(await self._stream.watch(request), request.final_snapshot)
+            except WatchesUnsupported:
+                pass  # nothing ran
         return await follow(self._api().WatchRun(request, metadata=self._metadata), request.final_snapshot)
 
     async def watch(self, run_id: str, *, states: bool = True) -> AsyncIterator[tuple[RunModel, list[StateModel]]]:
@@ -349,16 +359,21 @@ class StateManager:
         timeout_s = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
         request = pb.WatchRunRequest(run_id=run_id, run_only=True, final_snapshot=True)
         backoff = Backoff()
-        opened = self._watches.take(run_id)  # the watch trigger() opened for this run, if it did
+        kept = self._watches.take(run_id)  # the watch trigger() started this run with, if it did
         try:
             async with asyncio.timeout(timeout_s):
+                if kept is not None:
+                    try:
+                        final = await follow(kept, final_snapshot=True)
+                    except ConnectionFailedError as exc:
+                        logger.info("watch of run %s interrupted, watching again: %s", run_id, exc)
+                    else:
+                        if final is not None:  # else it was cancelled unread (it grew too big): watch again
+                            run, complete = final
+                            return run if complete else await self.get_run(run_id)
                 while True:
                     try:
-                        if opened is not None:
-                            call, opened = opened, None
-                            final = await follow(call, final_snapshot=True)
-                        else:
-                            final = await self._outcome(request)
+                        final = await self._outcome(request)
                     except ConnectionFailedError as exc:
                         # The run moved to another scheduler replica, or this one went away: watch it again.
                         logger.info("watch of run %s interrupted, watching again: %s", run_id, exc)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import grpc
@@ -21,6 +21,7 @@ from .ownership import NotOwnerError
 from .reads import RunReads
 from .sizes import check_store_size, take_by_size
 from .store import RunCursor
+from .watch_streams import WatchStreams
 from .wire import (
     graph_spec_from_pb,
     graph_to_pb,
@@ -70,6 +71,7 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
         self._auth = auth
         self._forwarder = forwarder or Forwarder()
         self._reads = RunReads(engine, auth)
+        self._watch_streams = WatchStreams(self.WatchRun)
 
     async def UpsertGraph(self, request: pb.UpsertGraphRequest, context: Ctx) -> pb.UpsertGraphResponse:
         async with status_from_errors(context):
@@ -104,7 +106,7 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
         async with status_from_errors(context):
             self._auth.check(context, request.namespace)
             run_id = await self._engine.trigger(_trigger_request(self._engine, request))
-        return pb.TriggerGraphResponse(run_id=run_id, announces=True)
+        return pb.TriggerGraphResponse(run_id=run_id)
 
     async def TriggerGraphs(self, request: pb.TriggerGraphsRequest, context: Ctx) -> pb.TriggerGraphsResponse:
         async with status_from_errors(context):
@@ -132,7 +134,7 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
             token = RunCursor.of(last).token() if last and (not complete or len(runs) > limit) else ""
             return pb.ListRunsResponse(runs=messages, next_page_token=token)
 
-    async def WatchRun(self, request: pb.WatchRunRequest, context: Ctx) -> AsyncIterator[pb.WatchRunResponse]:
+    async def WatchRun(self, request: pb.WatchRunRequest, context: Ctx) -> AsyncGenerator[pb.WatchRunResponse, None]:
         async with status_from_errors(context):
             run_id = request.run_id
             triggered = request.HasField("trigger")
@@ -154,6 +156,15 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
                     yield event
             finally:
                 await events.aclose()
+
+    def stop_watches(self) -> None:
+        """The scheduler is stopping: end the Watches streams (server/watch_streams.py) instead of waiting for them."""
+        self._watch_streams.stop()
+
+    # Written with context.read()/write(): requests are read while earlier ones are answered.
+    async def Watches(self, request_iterator: Any, context: Ctx) -> None:  # type: ignore[override]
+        async with status_from_errors(context):
+            await self._watch_streams.serve(context)
 
     async def CancelRun(self, request: pb.CancelRunRequest, context: Ctx) -> pb.CancelRunResponse:
         async with status_from_errors(context):

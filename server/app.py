@@ -200,6 +200,7 @@ class App:
         self._started = False
         self._stopped = False
         self._health = health.aio.HealthServicer()
+        self._api: SchedulerApi | None = None
         self.port = 0
         # The dashboard and /metrics (server/web); http_port stays 0 when HTTP is off.
         self.rpcs = RpcCounter()
@@ -234,9 +235,8 @@ class App:
         self._server = server
         # Cluster mode forwards cancel and retry to the run's owner, trusting the same certificate as this server.
         self._forwarder = Forwarder(root_certificates=self._tls_pair[1] if self._tls_pair is not None else None)
-        scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(
-            SchedulerApi(self.engine, self.auth, forwarder=self._forwarder), server
-        )
+        self._api = SchedulerApi(self.engine, self.auth, forwarder=self._forwarder)
+        scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(self._api, server)
         add_runtime_service(RuntimeApi(self.engine, self.auth), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
@@ -318,6 +318,8 @@ class App:
         try:
             if self._http is not None:
                 await self._http.stop()
+            if self._api is not None:  # streams outlive runs: they end now, their clients watch again
+                self._api.stop_watches()
             if server is not None and self._started:
                 await self._health.enter_graceful_shutdown()
                 # Runtimes finish what they hold within the grace (their results are committed), then what is

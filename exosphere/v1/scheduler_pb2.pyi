@@ -687,19 +687,15 @@ class TriggerGraphResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RUN_ID_FIELD_NUMBER: _builtins.int
-    ANNOUNCES_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
-    announces: _builtins.bool
-    """This server answers WatchRunRequest.announce (servers before it leave this unset)."""
     def __init__(
         self,
         *,
         run_id: _builtins.str = ...,
-        announces: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["announces", b"announces", "run_id", b"run_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run_id", b"run_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1082,8 +1078,8 @@ class WatchRunRequest(_message.Message):
     announce: _builtins.bool
     """With trigger: send the new run first, as soon as it is committed (status PENDING, no states, no store), then
     what the other fields ask. The client learns the run id at once and keeps the stream for the outcome: the SDK's
-    trigger() opens the watch its wait() then reads, so trigger-then-wait costs one call, not two. Servers before
-    this field ignore it (they send nothing until the outcome); TriggerGraphResponse.announces says a server has it.
+    trigger() opens the watch its wait() then reads, so trigger-then-wait costs one request, not two. Servers before
+    this field ignore it (they send nothing until the outcome); every server with Watches has it.
     """
     @_builtins.property
     def trigger(self) -> Global___TriggerGraphRequest:
@@ -1142,6 +1138,123 @@ class WatchRunResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchRunResponse: _TypeAlias = WatchRunResponse  # noqa: Y015
+
+@_typing.final
+class WatchesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    WATCH_FIELD_NUMBER: _builtins.int
+    CANCEL_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """Chosen by the client: unique among its requests still open on this stream. Every response names it."""
+    cancel: _builtins.bool
+    """Stop answering request `id`: the client no longer wants it. Nothing more is sent for it, not even an end."""
+    @_builtins.property
+    def watch(self) -> Global___WatchRunRequest:
+        """Answer this request as WatchRun would: its events, then an end."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        watch: Global___WatchRunRequest | None = ...,
+        cancel: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "kind", b"kind", "watch", b"watch"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "id", b"id", "kind", b"kind", "watch", b"watch"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["watch", "cancel"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___WatchesRequest: _TypeAlias = WatchesRequest  # noqa: Y015
+
+@_typing.final
+class WatchesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    EVENT_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """The request this answers."""
+    @_builtins.property
+    def event(self) -> Global___WatchRunResponse:
+        """One event of the request's watch, as WatchRun would send it."""
+
+    @_builtins.property
+    def end(self) -> Global___WatchEnd:
+        """The request is over: OK after its last event, or the error WatchRun would have ended with."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        event: Global___WatchRunResponse | None = ...,
+        end: Global___WatchEnd | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "event", b"event", "kind", b"kind"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "event", b"event", "id", b"id", "kind", b"kind"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["event", "end"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___WatchesResponse: _TypeAlias = WatchesResponse  # noqa: Y015
+
+@_typing.final
+class WatchEnd(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class TrailersEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    TRAILERS_FIELD_NUMBER: _builtins.int
+    code: _builtins.int
+    """A gRPC status code (0 is OK) and its message, as WatchRun's status would carry them."""
+    message: _builtins.str
+    @_builtins.property
+    def trailers(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """What WatchRun would send as trailing metadata with an error: the error's class (exosphere-error) and the ids it
+        is about (exosphere-subject-*, percent-encoded).
+        """
+
+    def __init__(
+        self,
+        *,
+        code: _builtins.int = ...,
+        message: _builtins.str = ...,
+        trailers: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message", "trailers", b"trailers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchEnd: _TypeAlias = WatchEnd  # noqa: Y015
 
 @_typing.final
 class CancelRunRequest(_message.Message):

@@ -80,6 +80,11 @@ class SchedulerServiceStub:
                 request_serializer=exosphere_dot_v1_dot_scheduler__pb2.WatchRunRequest.SerializeToString,
                 response_deserializer=exosphere_dot_v1_dot_scheduler__pb2.WatchRunResponse.FromString,
                 _registered_method=True)
+        self.Watches = channel.stream_stream(
+                '/exosphere.v1.SchedulerService/Watches',
+                request_serializer=exosphere_dot_v1_dot_scheduler__pb2.WatchesRequest.SerializeToString,
+                response_deserializer=exosphere_dot_v1_dot_scheduler__pb2.WatchesResponse.FromString,
+                _registered_method=True)
         self.CancelRun = channel.unary_unary(
                 '/exosphere.v1.SchedulerService/CancelRun',
                 request_serializer=exosphere_dot_v1_dot_scheduler__pb2.CancelRunRequest.SerializeToString,
@@ -174,6 +179,16 @@ class SchedulerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Watches(self, request_iterator, context):
+        """Many WatchRun requests (watch, trigger-and-wait, trigger-and-announce) over one long-lived stream, each answered
+        exactly as WatchRun answers it. A client that triggers and waits often keeps one open and saves a call's set-up
+        per request: a message on an open stream costs about half a new call's round trip. The Python SDK's trigger(),
+        wait() and trigger_and_wait() use it (and WatchRun calls when a server answers it UNIMPLEMENTED).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CancelRun(self, request, context):
         """Cancels a run: pending states become CANCELLED, running ones are cancelled on their runtime.
         """
@@ -256,6 +271,11 @@ def add_SchedulerServiceServicer_to_server(servicer, server):
                     servicer.WatchRun,
                     request_deserializer=exosphere_dot_v1_dot_scheduler__pb2.WatchRunRequest.FromString,
                     response_serializer=exosphere_dot_v1_dot_scheduler__pb2.WatchRunResponse.SerializeToString,
+            ),
+            'Watches': grpc.stream_stream_rpc_method_handler(
+                    servicer.Watches,
+                    request_deserializer=exosphere_dot_v1_dot_scheduler__pb2.WatchesRequest.FromString,
+                    response_serializer=exosphere_dot_v1_dot_scheduler__pb2.WatchesResponse.SerializeToString,
             ),
             'CancelRun': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelRun,
@@ -527,6 +547,33 @@ class SchedulerService:
             '/exosphere.v1.SchedulerService/WatchRun',
             exosphere_dot_v1_dot_scheduler__pb2.WatchRunRequest.SerializeToString,
             exosphere_dot_v1_dot_scheduler__pb2.WatchRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Watches(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/exosphere.v1.SchedulerService/Watches',
+            exosphere_dot_v1_dot_scheduler__pb2.WatchesRequest.SerializeToString,
+            exosphere_dot_v1_dot_scheduler__pb2.WatchesResponse.FromString,
             options,
             channel_credentials,
             insecure,

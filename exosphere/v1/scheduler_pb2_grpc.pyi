@@ -55,6 +55,12 @@ class SchedulerServiceStub:
     """Lists the runs of a namespace (optionally of one graph), newest first, paged."""
     WatchRun: _grpc.UnaryStreamMultiCallable[_scheduler_pb2.WatchRunRequest, _scheduler_pb2.WatchRunResponse]
     """Streams a run's state changes until the run is no longer pending."""
+    Watches: _grpc.StreamStreamMultiCallable[_scheduler_pb2.WatchesRequest, _scheduler_pb2.WatchesResponse]
+    """Many WatchRun requests (watch, trigger-and-wait, trigger-and-announce) over one long-lived stream, each answered
+    exactly as WatchRun answers it. A client that triggers and waits often keeps one open and saves a call's set-up
+    per request: a message on an open stream costs about half a new call's round trip. The Python SDK's trigger(),
+    wait() and trigger_and_wait() use it (and WatchRun calls when a server answers it UNIMPLEMENTED).
+    """
     CancelRun: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.CancelRunRequest, _scheduler_pb2.CancelRunResponse]
     """Cancels a run: pending states become CANCELLED, running ones are cancelled on their runtime."""
     RetryState: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.RetryStateRequest, _scheduler_pb2.RetryStateResponse]
@@ -89,6 +95,12 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     """Lists the runs of a namespace (optionally of one graph), newest first, paged."""
     WatchRun: _aio.UnaryStreamMultiCallable[_scheduler_pb2.WatchRunRequest, _scheduler_pb2.WatchRunResponse]  # type: ignore[assignment]
     """Streams a run's state changes until the run is no longer pending."""
+    Watches: _aio.StreamStreamMultiCallable[_scheduler_pb2.WatchesRequest, _scheduler_pb2.WatchesResponse]  # type: ignore[assignment]
+    """Many WatchRun requests (watch, trigger-and-wait, trigger-and-announce) over one long-lived stream, each answered
+    exactly as WatchRun answers it. A client that triggers and waits often keeps one open and saves a call's set-up
+    per request: a message on an open stream costs about half a new call's round trip. The Python SDK's trigger(),
+    wait() and trigger_and_wait() use it (and WatchRun calls when a server answers it UNIMPLEMENTED).
+    """
     CancelRun: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.CancelRunRequest, _scheduler_pb2.CancelRunResponse]  # type: ignore[assignment]
     """Cancels a run: pending states become CANCELLED, running ones are cancelled on their runtime."""
     RetryState: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.RetryStateRequest, _scheduler_pb2.RetryStateResponse]  # type: ignore[assignment]
@@ -174,6 +186,18 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_scheduler_pb2.WatchRunResponse], _abc.AsyncIterator[_scheduler_pb2.WatchRunResponse]]:
         """Streams a run's state changes until the run is no longer pending."""
+
+    @_abc_1.abstractmethod
+    def Watches(
+        self,
+        request_iterator: _MaybeAsyncIterator[_scheduler_pb2.WatchesRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_scheduler_pb2.WatchesResponse], _abc.AsyncIterator[_scheduler_pb2.WatchesResponse]]:
+        """Many WatchRun requests (watch, trigger-and-wait, trigger-and-announce) over one long-lived stream, each answered
+        exactly as WatchRun answers it. A client that triggers and waits often keeps one open and saves a call's set-up
+        per request: a message on an open stream costs about half a new call's round trip. The Python SDK's trigger(),
+        wait() and trigger_and_wait() use it (and WatchRun calls when a server answers it UNIMPLEMENTED).
+        """
 
     @_abc_1.abstractmethod
     def CancelRun(

@@ -154,6 +154,22 @@ async def _watch(stub: Stubs, request: pb.WatchRunRequest, metadata: Metadata) -
         pass
 
 
+async def _watches(stub: Stubs, request: pb.WatchRunRequest, metadata: Metadata) -> None:
+    """One request on a Watches stream, read to its end; an error end raises as the call's own status would."""
+    call = stub.Watches(metadata=metadata, timeout=5)
+    await call.write(pb.WatchesRequest(id=7, watch=request))
+    try:
+        while (response := await call.read()) is not grpc.aio.EOF:
+            assert response.id == 7
+            if response.WhichOneof("kind") == "end":
+                if response.end.code:
+                    code = next(c for c in grpc.StatusCode if c.value[0] == response.end.code)
+                    raise grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), response.end.message)
+                return
+    finally:
+        call.cancel()
+
+
 def every_rpc(ns: str, run_id: str, state_id: str, session_id: str) -> dict[str, Call]:
     """One call of each RPC but RuntimeService.Connect (see the Runtime tests), aimed at namespace ``ns`` and at a
     run, a state and a runtime session of it. Variants of an RPC are named ``Rpc(variant)``."""
@@ -178,6 +194,11 @@ def every_rpc(ns: str, run_id: str, state_id: str, session_id: str) -> dict[str,
         "WatchRun(final_snapshot)": lambda s, m: _watch(s, pb.WatchRunRequest(run_id=run_id, final_snapshot=True), m),
         "WatchRun(trigger, final_snapshot)": lambda s, m: _watch(
             s, pb.WatchRunRequest(trigger=trigger, run_only=True, final_snapshot=True), m
+        ),
+        "Watches": lambda s, m: _watches(s, pb.WatchRunRequest(run_id=run_id, final_snapshot=True), m),
+        "Watches(trigger)": lambda s, m: _watches(s, pb.WatchRunRequest(trigger=trigger, run_only=True), m),
+        "Watches(trigger, announce)": lambda s, m: _watches(
+            s, pb.WatchRunRequest(trigger=trigger, run_only=True, final_snapshot=True, announce=True), m
         ),
         "CancelRun": lambda s, m: s.CancelRun(pb.CancelRunRequest(run_id=run_id), metadata=m, timeout=t),
         "RetryState": lambda s, m: s.RetryState(

@@ -1,0 +1,172 @@
+"""The client's one SchedulerService.Watches stream: each watch a message on an open stream, not a call of its own.
+
+A message each way on an open stream costs about half the round trip of a new call, and trigger() then wait() or
+trigger_and_wait() is a watch. The stream is opened on first use. When it ends (the scheduler restarted, the
+network failed) every watch open on it fails as its call would have (ConnectionFailedError, which wait() answers
+by watching again) and the next watch opens a new stream. A scheduler without Watches (UNIMPLEMENTED: nothing ran)
+is remembered in ``supported``, and the client uses WatchRun calls instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from exosphere._channel import error_from_status, to_exosphere_error
+from exosphere.errors import ConnectionFailedError
+from exosphere.v1 import scheduler_pb2 as pb
+
+__all__ = ["Watch", "WatchStream", "WatchesUnsupported"]
+
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+class WatchesUnsupported(Exception):
+    """The scheduler has no Watches stream: the request did not run; make it as a WatchRun call."""
+
+
+class Watch:
+    """One watch on the stream, read as a WatchRun call is: ``await read()`` gives each event, then
+    ``grpc.aio.EOF``; an error ends it by raising the ExosphereError its call would have. ``cancel()`` stops it."""
+
+    def __init__(self, stream: WatchStream, request_id: int) -> None:
+        self.id = request_id
+        self._stream = stream
+        self._events: deque[pb.WatchRunResponse] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._ended = False
+        self._error: BaseException | None = None
+        # While kept unread for a wait() that may never come (OpenWatches), the most it buffers before it is
+        # cancelled instead; None while someone reads it.
+        self.keep_bytes: int | None = None
+        self._kept_bytes = 0
+
+    async def read(self) -> Any:
+        while not self._events:
+            if self._ended:
+                if self._error is not None:
+                    raise self._error
+                return grpc.aio.EOF
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._events.popleft()
+
+    def cancel(self) -> None:
+        if not self._ended:
+            self._stream._cancel(self)
+            self._finish(None)
+
+    def _deliver(self, event: pb.WatchRunResponse) -> None:
+        if self.keep_bytes is not None:
+            self._kept_bytes += event.ByteSize()
+            if self._kept_bytes > self.keep_bytes:  # its wait(), if it comes, watches afresh
+                self.cancel()
+                return
+        self._events.append(event)
+        self._wake()
+
+    def _finish(self, error: BaseException | None) -> None:
+        if not self._ended:
+            self._ended = True
+            self._error = error
+            self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+
+class WatchStream:
+    """Opens the stream with ``open_call`` (a Watches call with the client's metadata) when a watch needs it."""
+
+    def __init__(self, open_call: Callable[[], Any]) -> None:
+        self._open_call = open_call
+        self._call: Any = None
+        self._watches: dict[int, Watch] = {}  # the open watches of the current stream, by request id
+        self._ids = itertools.count(1)
+        self._lock = asyncio.Lock()
+        self._reader: asyncio.Task[None] | None = None
+        self._cancels: set[asyncio.Task[None]] = set()
+        # None until the scheduler answers the first stream; False once it said it has no Watches.
+        self.supported: bool | None = None
+
+    async def watch(self, request: pb.WatchRunRequest) -> Watch:
+        """Start ``request``; what the scheduler answers is read from the returned Watch (a stream that fails
+        meanwhile fails the Watch, which raises WatchesUnsupported when the scheduler has no Watches)."""
+        if self._call is None:
+            self._call = self._open_call()
+            self._watches = {}
+            self._reader = asyncio.create_task(self._read(self._call, self._watches), name="exosphere-watches-reader")
+        call, watches = self._call, self._watches
+        watch = Watch(self, next(self._ids))
+        watches[watch.id] = watch
+        try:
+            async with self._lock:
+                await call.write(pb.WatchesRequest(id=watch.id, watch=request))
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            pass  # the stream is over: its reader ends this watch with the reason, which read() raises
+        return watch
+
+    async def close(self) -> None:
+        """End the stream, and with it every watch open on it; returns once its reader has ended."""
+        reader, self._reader = self._reader, None
+        if self._call is not None:
+            self._call.cancel()
+        for task in (*self._cancels, *([reader] if reader is not None else [])):
+            with contextlib.suppress(asyncio.CancelledError, Exception):  # its watches were told; nothing to add
+                await task
+
+    def _cancel(self, watch: Watch) -> None:
+        call = self._call
+        if call is None or self._watches.pop(watch.id, None) is None:
+            return
+        task = asyncio.get_running_loop().create_task(self._send_cancel(call, watch.id))
+        self._cancels.add(task)
+        task.add_done_callback(self._cancels.discard)
+
+    async def _send_cancel(self, call: Any, request_id: int) -> None:
+        try:
+            async with self._lock:
+                await call.write(pb.WatchesRequest(id=request_id, cancel=True))
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            pass  # the stream is over, and the request with it
+
+    async def _read(self, call: Any, watches: dict[int, Watch]) -> None:
+        error: BaseException = ConnectionFailedError("the scheduler ended the watches stream; watch again")
+        try:
+            while (message := await call.read()) is not grpc.aio.EOF:
+                self.supported = True
+                watch = watches.get(message.id)
+                if watch is None:  # cancelled here; its end crossed the cancel
+                    continue
+                if message.WhichOneof("kind") == "event":
+                    watch._deliver(message.event)
+                    continue
+                del watches[message.id]
+                end = message.end
+                if end.code == grpc.StatusCode.OK.value[0]:
+                    watch._finish(None)
+                else:
+                    code = _CODES.get(end.code, grpc.StatusCode.UNKNOWN)
+                    watch._finish(error_from_status(code, end.message, end.trailers.items()))
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                self.supported = False
+                error = WatchesUnsupported(exc.details() or "no Watches")
+            else:
+                error = to_exosphere_error(exc)
+        finally:
+            if self._call is call:
+                self._call = None
+            for watch in watches.values():
+                watch._finish(error)
+            watches.clear()

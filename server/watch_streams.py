@@ -1,0 +1,181 @@
+"""SchedulerService.Watches: many WatchRun requests over one long-lived stream.
+
+Each request is answered by the same ``WatchRun`` handler a single call would reach, in a task of its own, through
+a context that shares the stream's metadata (so its API key and namespace checks are the same) and turns the
+handler's ``abort`` into a ``WatchEnd`` for that request alone. One request's error never ends the stream; a
+message that does not parse does (INVALID_ARGUMENT), as it would end any call.
+
+Writes go out one at a time, in the order the answering tasks reach the stream; each task waits for its own write,
+so a client that stops reading holds up its own stream's tasks and nothing else. A cancel from the client, or the
+stream's end, cancels the answering tasks.
+
+A stream outlives any one run, so a stopping scheduler ends it rather than wait for it (``stop()``): a watch ends
+with UNAVAILABLE, which the SDK's ``wait()`` answers by watching again (here once restarted, or on another replica);
+a request still starting its run finishes that first, so the client learns whether it was started. Then the stream
+ends, UNAVAILABLE too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncGenerator, Callable, Sequence
+from typing import Any
+
+import grpc
+
+from exosphere.v1 import scheduler_pb2 as pb
+
+from .decode import BadRequest, refuse
+
+__all__ = ["WatchStreams"]
+
+logger = logging.getLogger(__name__)
+
+Ctx = grpc.aio.ServicerContext[Any, Any]
+# Requests one stream may have open at once; more are ended with RESOURCE_EXHAUSTED (a client keeps a few dozen).
+MAX_OPEN = 1_000
+STOPPING = "the scheduler is stopping; watch again"
+
+WatchHandler = Callable[[pb.WatchRunRequest, Any], AsyncGenerator[pb.WatchRunResponse, None]]
+
+
+class _Ended(grpc.aio.AbortError):
+    """A request's handler aborted: the status it chose, ended for that request alone."""
+
+    def __init__(self, code: grpc.StatusCode, details: str, trailers: Sequence[tuple[str, str]]) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+        self.trailers = trailers
+
+
+class _RequestContext:
+    """What a WatchRun handler needs of its call, for one request of a Watches stream."""
+
+    def __init__(self, stream: Ctx) -> None:
+        self._stream = stream
+
+    def invocation_metadata(self) -> Any:
+        return self._stream.invocation_metadata()
+
+    def peer(self) -> str:
+        return str(self._stream.peer())
+
+    def done(self) -> bool:
+        return bool(self._stream.done())
+
+    async def abort(
+        self, code: grpc.StatusCode, details: str = "", trailing_metadata: Sequence[tuple[str, str]] = ()
+    ) -> None:
+        raise _Ended(code, details, trailing_metadata)
+
+
+class WatchStreams:
+    """Serves Watches streams with ``watch_run``, the WatchRun handler."""
+
+    def __init__(self, watch_run: WatchHandler) -> None:
+        self._watch_run = watch_run
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        """The scheduler is stopping: end every stream (see the module docstring), and each one opened from now."""
+        self._stopping.set()
+
+    async def serve(self, context: Ctx) -> None:
+        try:
+            await _Stream(context, self._watch_run, self._stopping).run()
+        except asyncio.CancelledError:
+            if context.done():  # the client left, or the server's grace ran out: the call is over already
+                return
+            raise
+
+
+class _Stream:
+    def __init__(self, context: Ctx, watch_run: WatchHandler, stopping: asyncio.Event) -> None:
+        self._context = context
+        self._watch_run = watch_run
+        self._stopping = stopping
+        self._request_context = _RequestContext(context)
+        self._lock = asyncio.Lock()
+        self._answering: dict[int, asyncio.Task[None]] = {}
+        self._watching: set[int] = set()  # requests past starting a run: ended at once when the scheduler stops
+
+    async def run(self) -> None:
+        reader = asyncio.create_task(self._read(), name="exosphere-watches-reader")
+        stopping = asyncio.create_task(self._stopping.wait(), name="exosphere-watches-stopping")
+        try:
+            await asyncio.wait({reader, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if reader.done():
+                reader.result()  # a message that did not parse ends the stream here
+                if self._answering:  # the client is done asking: answer what it asked, then end
+                    await asyncio.wait(self._answering.values())
+                return
+            reader.cancel()
+            for request_id in list(self._watching):
+                self._answering[request_id].cancel()
+            while self._answering:
+                await asyncio.wait(self._answering.values())
+            await self._context.abort(grpc.StatusCode.UNAVAILABLE, STOPPING)
+        finally:
+            for task in (reader, stopping, *self._answering.values()):
+                task.cancel()
+
+    async def _read(self) -> None:
+        while (message := await self._context.read()) is not grpc.aio.EOF:
+            if isinstance(message, BadRequest):
+                await refuse(self._context, message)
+            request_id = message.id
+            if message.WhichOneof("kind") == "cancel":
+                task = self._answering.pop(request_id, None)
+                self._watching.discard(request_id)
+                if task is not None:
+                    task.cancel()
+            elif request_id in self._answering:
+                await self._write(_end(request_id, grpc.StatusCode.INVALID_ARGUMENT, f"request {request_id} is open"))
+            elif len(self._answering) >= MAX_OPEN:
+                await self._write(_end(request_id, grpc.StatusCode.RESOURCE_EXHAUSTED, f"over {MAX_OPEN} open"))
+            else:
+                if not message.watch.HasField("trigger"):
+                    self._watching.add(request_id)
+                self._answering[request_id] = asyncio.create_task(
+                    self._answer(request_id, message.watch), name=f"exosphere-watches-{request_id}"
+                )
+
+    async def _write(self, message: pb.WatchesResponse) -> None:
+        async with self._lock:
+            await self._context.write(message)
+
+    async def _answer(self, request_id: int, request: pb.WatchRunRequest) -> None:
+        try:
+            end = _end(request_id, grpc.StatusCode.OK, "")
+            try:
+                async with contextlib.aclosing(self._watch_run(request, self._request_context)) as events:
+                    async for event in events:
+                        await self._write(pb.WatchesResponse(id=request_id, event=event))
+                        if self._stopping.is_set():  # its run is started (and announced): the watch can end
+                            end = _end(request_id, grpc.StatusCode.UNAVAILABLE, STOPPING)
+                            break
+                        self._watching.add(request_id)
+            except _Ended as ended:
+                end = _end(request_id, ended.code, ended.details, ended.trailers)
+            except asyncio.CancelledError:
+                if not self._stopping.is_set() or request_id not in self._watching:
+                    raise  # cancelled by the client, or the stream is over: no one to tell
+                end = _end(request_id, grpc.StatusCode.UNAVAILABLE, STOPPING)
+            await self._write(end)
+        except Exception as exc:  # the stream ended under it (the client left): no one to tell
+            if not self._context.done():
+                logger.warning("watches request %d ended with an error: %r", request_id, exc)
+        finally:
+            self._watching.discard(request_id)
+            if self._answering.get(request_id) is asyncio.current_task():
+                del self._answering[request_id]
+
+
+def _end(
+    request_id: int, code: grpc.StatusCode, message: str, trailers: Sequence[tuple[str, str]] = ()
+) -> pb.WatchesResponse:
+    status = code.value[0]
+    return pb.WatchesResponse(id=request_id, end=pb.WatchEnd(code=status, message=message, trailers=dict(trailers)))

@@ -1,0 +1,219 @@
+"""Issue 13: the client's watches go as messages on one SchedulerService.Watches stream, and trigger() then wait()
+is one request: trigger() starts the run with a watch that names it at once (WatchRunRequest.announce) and keeps it
+for the wait() that follows.
+
+Nothing may be lost on the way: a kept watch evicted, never waited for or grown too big, a trigger the scheduler
+refuses, a client closed with watches open, a scheduler restarted under an open stream, and a scheduler without
+Watches all behave as separate calls did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import grpc
+import pytest
+
+from exosphere import GraphNotFoundError, RunStatus, Runtime, StateManager, StateStatus, _watches
+from exosphere._watches import OpenWatches
+from exosphere.v1 import common_pb2
+from exosphere.v1 import scheduler_pb2 as pb
+from server.app import App
+from server.config import ServerConfig
+from tests.engine_nodes import Split, Tag, Waiter
+from tests.helpers.graphs import gnode, states_of
+from tests.helpers.runtimes import RuntimeFactory, RuntimeGroup
+from tests.helpers.servers import serving
+from tests.helpers.waiting import assert_eventually
+
+SERVICE = "/exosphere.v1.SchedulerService/"
+
+
+def _calls(app: App, method: str) -> int:
+    return sum(count for (name, _), count in app.rpcs.calls.items() if name == SERVICE + method)
+
+
+@pytest.fixture
+async def tag_graph(state_manager: StateManager, start_runtime: RuntimeFactory, namespace: str) -> str:
+    await start_runtime([Tag, Waiter, Split])
+    await state_manager.upsert_graph("tag", [gnode(namespace, "Tag", "tag", {"text": "x", "suffix": "!"})])
+    await state_manager.upsert_graph("hold", [gnode(namespace, "Waiter", "hold", {"key": "k", "item": "i"})])
+    await state_manager.upsert_graph(
+        "fan",
+        [
+            gnode(namespace, "Split", "split", {"csv": "x"}, next_nodes=["tag"]),
+            gnode(namespace, "Tag", "tag", {"text": "${{ split.outputs.item }}", "suffix": "!"}),
+        ],
+    )
+    return "tag"
+
+
+async def test_triggers_and_waits_go_over_one_stream_and_trigger_then_wait_is_one_request(
+    app: App, server_address: str, namespace: str, tag_graph: str
+) -> None:
+    async with StateManager(namespace, address=server_address) as sm:
+        done = []
+        for text in ("a", "b", "c"):
+            run = await sm.trigger(tag_graph, inputs={"text": text})
+            done.append(await sm.wait(run.run_id, timeout=20))
+        both = await sm.trigger_and_wait(tag_graph, inputs={"text": "d"}, timeout=20)
+        outcome = await sm.trigger_and_wait(tag_graph, inputs={"text": "e"}, timeout=20, states=False)
+        # Each wait read the watch its trigger kept: no watch was asked for again.
+        assert len(sm._watches) == 0
+
+    assert [d.status for d in done] == [RunStatus.SUCCESS] * 3
+    assert [states_of(d, "tag")[0].outputs[0]["text"] for d in done] == ["a!", "b!", "c!"]
+    assert all(d.states[0].status is StateStatus.SUCCESS for d in done)
+    assert both.status is RunStatus.SUCCESS and states_of(both, "tag")[0].outputs[0]["text"] == "d!"
+    assert outcome.status is RunStatus.SUCCESS and outcome.states == []
+    # One stream, which ended when the client closed; no call of its own for any trigger, watch or read.
+    await assert_eventually(lambda: _calls(app, "Watches") == 1, message="the one Watches stream ended")
+    assert [_calls(app, m) for m in ("TriggerGraph", "WatchRun", "GetRun")] == [0, 0, 0]
+
+
+async def test_evicted_and_unclaimed_watches_lose_nothing(
+    app: App, state_manager: StateManager, tag_graph: str
+) -> None:
+    state_manager._watches = OpenWatches(limit=2)
+    runs = [await state_manager.trigger(tag_graph, inputs={"text": t}) for t in ("p", "q", "r")]
+    assert len(state_manager._watches) == 2  # p's watch was cancelled to make room
+
+    # Waited for out of order, the evicted one included: each through a watch of its own if it has to.
+    for run, text in reversed(list(zip(runs, ("p", "q", "r"), strict=True))):
+        done = await state_manager.wait(run.run_id, timeout=20)
+        assert done.status is RunStatus.SUCCESS
+        assert states_of(done, "tag")[0].outputs[0]["text"] == f"{text}!"
+    assert len(state_manager._watches) == 0
+    # A second wait on a run whose kept watch was used asks again and gets the same answer.
+    again = await state_manager.wait(runs[1].run_id, timeout=20)
+    assert states_of(again, "tag")[0].outputs[0]["text"] == "q!"
+
+
+async def test_a_kept_watch_that_would_buffer_too_much_is_dropped_and_its_wait_asks_again(
+    state_manager: StateManager, tag_graph: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_watches, "KEEP_BYTES", 2_000)
+    csv = ",".join(f"{i:04d}" * 100 for i in range(40))  # 40 branches of 400 characters: ~40 KB of final snapshot
+    run = await state_manager.trigger("fan", inputs={"csv": csv})
+    kept = state_manager._watches._calls[run.run_id]
+    await assert_eventually(lambda: kept._ended, message="the kept watch was dropped once it passed KEEP_BYTES")
+
+    done = await state_manager.wait(run.run_id, timeout=20)
+    assert done.status is RunStatus.SUCCESS
+    assert sorted(s.outputs[0]["text"] for s in states_of(done, "tag")) == [f"{i:04d}" * 100 + "!" for i in range(40)]
+
+
+async def test_a_refused_trigger_raises_its_error_and_the_stream_goes_on(
+    app: App, state_manager: StateManager, tag_graph: str
+) -> None:
+    with pytest.raises(GraphNotFoundError, match="no-such-graph"):
+        await state_manager.trigger("no-such-graph")
+    with pytest.raises(GraphNotFoundError, match="no-such-graph"):
+        await state_manager.trigger_and_wait("no-such-graph")
+    assert len(state_manager._watches) == 0
+    run = await state_manager.trigger(tag_graph, inputs={"text": "ok"})
+    assert states_of(await state_manager.wait(run.run_id, timeout=20), "tag")[0].outputs[0]["text"] == "ok!"
+    assert _calls(app, "Watches") == 0  # the same stream throughout: still open
+
+
+async def test_closing_the_client_ends_the_watches_it_kept(
+    app: App, server_address: str, namespace: str, tag_graph: str
+) -> None:
+    key = uuid.uuid4().hex
+    async with StateManager(namespace, address=server_address) as sm:
+        held = await sm.trigger("hold", inputs={"key": key})
+        await assert_eventually(lambda: key in Waiter.started, message="the held run's state started")
+        run = app.engine._table.runs[held.run_id]
+        assert len(run.watchers) == 1  # the watch trigger() started it with, kept for a wait()
+
+    await assert_eventually(lambda: not run.watchers, message="the kept watch ended on the scheduler")
+    Waiter.release(key)
+    async with StateManager(namespace, address=server_address) as sm:
+        done = await sm.wait(held.run_id, timeout=20)
+    assert done.status is RunStatus.SUCCESS and done.states[0].outputs[0]["text"] == "i"
+
+
+async def test_a_wait_survives_a_scheduler_restart_under_its_stream(tmp_path: Path, namespace: str) -> None:
+    key = uuid.uuid4().hex
+
+    def config(port: int = 0) -> ServerConfig:
+        return ServerConfig(host="127.0.0.1", port=port, db=str(tmp_path / "x.db"), drain_grace="PT0.1S", http_port=-1)
+
+    async with contextlib.AsyncExitStack() as stack, RuntimeGroup() as runtimes:
+        start: Callable[[ServerConfig], Awaitable[App]] = lambda c: stack.enter_async_context(serving(c))  # noqa: E731
+        app = await start(config())
+        runtime = await runtimes.start(Runtime(namespace, "rt", [Waiter, Tag], address=app.address))
+        async with StateManager(namespace, address=app.address) as sm:
+            await sm.upsert_graph("hold", [gnode(namespace, "Waiter", "hold", {"key": key, "item": "i"})])
+            held = await sm.trigger("hold")
+            waiting = asyncio.create_task(sm.wait(held.run_id, timeout=30))
+            await assert_eventually(lambda: key in Waiter.started, message="the held state started")
+
+            # The stream under the kept watch ends at once (a stream outlives runs: the scheduler does not wait the
+            # 10 s shutdown grace for it), and the wait watches again until it can.
+            started = time.monotonic()
+            await app.stop()
+            assert time.monotonic() - started < 5
+            assert not waiting.done()
+            restarted = await start(config(app.port))
+            await runtimes.wait_registered(runtime)
+            Waiter.release(key)
+            done = await waiting
+            assert done.status is RunStatus.SUCCESS and done.states[-1].outputs[0]["text"] == "i"
+            # The client goes on over a new stream.
+            await sm.upsert_graph("tag", [gnode(namespace, "Tag", "tag", {"text": "x", "suffix": "!"})])
+            again = await sm.wait((await sm.trigger("tag")).run_id, timeout=20)
+            assert again.status is RunStatus.SUCCESS
+            assert _calls(restarted, "TriggerGraph") == 0
+
+
+class _SilentScheduler:
+    """A scheduler from before Watches: it answers TriggerGraph and WatchRun calls, and UNIMPLEMENTED to Watches."""
+
+    def __init__(self) -> None:
+        self.triggers = 0
+        self.watches = 0
+
+    async def trigger(self, request: pb.TriggerGraphRequest, context: object) -> pb.TriggerGraphResponse:
+        self.triggers += 1
+        return pb.TriggerGraphResponse(run_id=f"run-{self.triggers}")
+
+    async def watch(self, request: pb.WatchRunRequest, context: object) -> AsyncIterator[pb.WatchRunResponse]:
+        self.watches += 1
+        yield pb.WatchRunResponse(run=pb.Run(run_id=request.run_id, status=common_pb2.RUN_STATUS_SUCCESS), last=True)
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(
+            "exosphere.v1.SchedulerService",
+            {
+                "TriggerGraph": grpc.unary_unary_rpc_method_handler(
+                    self.trigger, pb.TriggerGraphRequest.FromString, pb.TriggerGraphResponse.SerializeToString
+                ),
+                "WatchRun": grpc.unary_stream_rpc_method_handler(
+                    self.watch, pb.WatchRunRequest.FromString, pb.WatchRunResponse.SerializeToString
+                ),
+            },
+        )
+
+
+async def test_a_scheduler_without_watches_gets_plain_calls() -> None:
+    server = grpc.aio.server()
+    servicer = _SilentScheduler()
+    server.add_generic_rpc_handlers((servicer.handler(),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with StateManager("ns", address=f"127.0.0.1:{port}") as sm:
+            ids = [(await sm.trigger("g")).run_id for _ in range(3)]
+            outcome = await sm.wait("run-1", timeout=5)
+            assert sm._stream.supported is False
+    finally:
+        await server.stop(None)
+    assert ids == ["run-1", "run-2", "run-3"]
+    assert outcome.run_id == "run-1" and outcome.status is RunStatus.SUCCESS
+    assert (servicer.triggers, servicer.watches) == (3, 1)

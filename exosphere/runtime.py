@@ -324,6 +324,7 @@ class Runtime:
                     else:
                         store = stores[item.run_id] = item.store
                     self._start(item, store)
+                await asyncio.sleep(0)  # let the states start (on 3.11 they are tasks) before the next read is asked
             elif kind == "cancel":
                 self._cancel(set(message.cancel.state_ids))
             elif kind == "replicas":

@@ -161,6 +161,7 @@ class RuntimeApi(runtime_pb2_grpc.RuntimeServiceServicer):
                 if rejected:
                     session.rejected.extend(rejected)
                     session.wake.set()
+                await asyncio.sleep(0)  # let their commit start before the next read is asked of the stream
             elif kind == "heartbeat":
                 engine.runtimes.touch(session)
             elif kind == "draining":

@@ -142,6 +142,7 @@ class _Stream:
                 self._answering[request_id] = asyncio.create_task(
                     self._answer(request_id, message.watch), name=f"exosphere-watches-{request_id}"
                 )
+                await asyncio.sleep(0)  # start it (its trigger) before asking the stream for the next message
 
     async def _write(self, message: pb.WatchesResponse) -> None:
         async with self._lock:

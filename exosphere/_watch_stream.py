@@ -150,6 +150,9 @@ class WatchStream:
                     continue
                 if message.WhichOneof("kind") == "event":
                     watch._deliver(message.event)
+                    if message.event.last:  # the request is over: no end follows
+                        del watches[message.id]
+                        watch._finish(None)
                     continue
                 del watches[message.id]
                 end = message.end

@@ -150,22 +150,27 @@ class _Stream:
 
     async def _answer(self, request_id: int, request: pb.WatchRunRequest) -> None:
         try:
-            end = _end(request_id, grpc.StatusCode.OK, "")
+            end: pb.WatchesResponse | None = None  # after an event marked last, the request is over without one
             try:
                 async with contextlib.aclosing(self._watch_run(request, self._request_context)) as events:
                     async for event in events:
                         await self._write(pb.WatchesResponse(id=request_id, event=event))
+                        if event.last:
+                            break
                         if self._stopping.is_set():  # its run is started (and announced): the watch can end
                             end = _end(request_id, grpc.StatusCode.UNAVAILABLE, STOPPING)
                             break
                         self._watching.add(request_id)
+                    else:
+                        end = _end(request_id, grpc.StatusCode.OK, "")
             except _Ended as ended:
                 end = _end(request_id, ended.code, ended.details, ended.trailers)
             except asyncio.CancelledError:
                 if not self._stopping.is_set() or request_id not in self._watching:
                     raise  # cancelled by the client, or the stream is over: no one to tell
                 end = _end(request_id, grpc.StatusCode.UNAVAILABLE, STOPPING)
-            await self._write(end)
+            if end is not None:
+                await self._write(end)
         except Exception as exc:  # the stream ended under it (the client left): no one to tell
             if not self._context.done():
                 logger.warning("watches request %d ended with an error: %r", request_id, exc)

@@ -1186,7 +1186,9 @@ class WatchesResponse(_message.Message):
 
     @_builtins.property
     def end(self) -> Global___WatchEnd:
-        """The request is over: OK after its last event, or the error WatchRun would have ended with."""
+        """The request is over: the error WatchRun would have ended with, or OK when it ended without an event marked
+        `last` (an event marked `last` ends its request by itself: no end follows it).
+        """
 
     def __init__(
         self,

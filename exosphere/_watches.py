@@ -24,7 +24,7 @@ __all__ = ["KEEP_BYTES", "LIMIT", "OpenWatches", "follow"]
 
 # Watches kept per client for a wait() that may follow their trigger(), and what each may buffer unread.
 LIMIT = 64
-KEEP_BYTES = 256 * 1024
+KEEP_BYTES = 512 * 1024  # the scheduler sends at most one snapshot event (about 256 KiB) on a kept watch
 
 
 class OpenWatches:
@@ -63,7 +63,7 @@ async def follow(call: Any, final_snapshot: bool) -> tuple[RunModel, bool] | Non
     first. It is cancelled unless it ended."""
     final: Any = None
     states: list[StateModel] = []
-    last = False
+    last = left_out = False
     try:
         async with translate_errors():
             # read(), not iteration: trigger() read the announce with read(), and a call cannot mix the two.
@@ -75,6 +75,7 @@ async def follow(call: Any, final_snapshot: bool) -> tuple[RunModel, bool] | Non
                 if final_snapshot:
                     states.extend(states_from_pb(event.states))  # this event's, while the next one travels
                 last = event.last
+                left_out = event.states_left_out
                 if last or not final_snapshot:
                     break
     finally:
@@ -84,4 +85,4 @@ async def follow(call: Any, final_snapshot: bool) -> tuple[RunModel, bool] | Non
             call.cancel()
     if final is None:
         return None
-    return run_from_pb(final, states), last and final_snapshot
+    return run_from_pb(final, states), last and final_snapshot and not left_out

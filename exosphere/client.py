@@ -195,7 +195,10 @@ class StateManager:
         return TriggerResponse(run_id=response.run_id)
 
     async def _trigger_watched(self, trigger: pb.TriggerGraphRequest) -> str:
-        request = pb.WatchRunRequest(run_only=True, final_snapshot=True, announce=True, trigger=trigger)
+        # The final snapshot only when it fits in one event: the wait() it is kept for may never come.
+        request = pb.WatchRunRequest(
+            run_only=True, final_snapshot=True, final_snapshot_max_events=1, announce=True, trigger=trigger
+        )
         watch = await self._stream.watch(request)
         try:
             async with asyncio.timeout(CALL_TIMEOUT_S):
@@ -368,9 +371,9 @@ class StateManager:
                     except ConnectionFailedError as exc:
                         logger.info("watch of run %s interrupted, watching again: %s", run_id, exc)
                     else:
-                        if final is not None:  # else it was cancelled unread (it grew too big): watch again
-                            run, complete = final
-                            return run if complete else await self.get_run(run_id)
+                        if final is not None and final[1]:
+                            return final[0]
+                        # Its snapshot was left out (more than one event) or it was dropped unread: watch again.
                 while True:
                     try:
                         final = await self._outcome(request)

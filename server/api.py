@@ -150,6 +150,7 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
                 run_only=request.run_only,
                 outcome_only=request.run_only and triggered,  # trigger-and-wait: only the outcome, one message
                 final_snapshot=request.final_snapshot,
+                max_events=request.final_snapshot_max_events,
             )
             try:
                 async for event in events:

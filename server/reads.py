@@ -10,8 +10,9 @@ Every read checks the caller may see the run's namespace before anything of the 
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncGenerator
-from typing import Any
+import itertools
+from collections.abc import AsyncGenerator, Iterator
+from typing import Any, TypeVar
 
 import grpc
 
@@ -30,6 +31,7 @@ from .wire import run_to_pb, state_to_pb, states_to_pb
 __all__ = ["RunReads"]
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
+T = TypeVar("T")
 
 
 class RunReads:
@@ -68,10 +70,18 @@ class RunReads:
         return pb.GetRunResponse(run=run_message, states=messages[:count], next_page_token=token)
 
     async def watch(
-        self, context: Ctx, run_id: str, *, run_only: bool, outcome_only: bool, final_snapshot: bool
+        self,
+        context: Ctx,
+        run_id: str,
+        *,
+        run_only: bool,
+        outcome_only: bool,
+        final_snapshot: bool,
+        max_events: int = 0,
     ) -> AsyncGenerator[pb.WatchRunResponse, None]:
         """The events of a watch (scheduler.proto WatchRunRequest): ``outcome_only`` skips pending events;
-        ``final_snapshot`` sends only the end, with every state, over events of about SNAPSHOT_EVENT_BYTES."""
+        ``final_snapshot`` sends only the end, with every state, over events of about SNAPSHOT_EVENT_BYTES; one that
+        needs more than ``max_events`` of them (when not 0) is left out, and the end goes alone."""
         if final_snapshot and not self._engine.is_live(run_id):  # finished, or another replica's
             run, head, _ = self._engine.get_run(run_id, 1)
             self._check(context, run)
@@ -79,6 +89,12 @@ class RunReads:
             if snapshot is not None:
                 message = run_to_pb(run)
                 parts = snapshot.chunks(budget=SNAPSHOT_EVENT_BYTES, reserved=framed_size(message.ByteSize()))
+                if max_events:
+                    within = _within(parts, max_events)
+                    if within is None:
+                        yield pb.WatchRunResponse(run=message, last=True, states_left_out=True)
+                        return
+                    parts = within
                 part = next(parts)
                 for next_part in parts:  # one part behind, so the last event is known and marked
                     yield _event(message, part)
@@ -105,6 +121,12 @@ class RunReads:
                 # The final snapshot of a run small enough is kept, encoded, for the reads that follow.
                 frames: list[bytes] | None = [] if final_snapshot and self._snapshots.fits(run) else None
                 chunks = chunks_by_size(states, state_to_pb, budget=budget, reserved=framed_size(message.ByteSize()))
+                if final_snapshot and max_events:
+                    bounded = _within(chunks, max_events)
+                    if bounded is None:
+                        yield pb.WatchRunResponse(run=message, last=not pending, states_left_out=True)
+                        continue
+                    chunks = bounded
                 chunk = next(chunks)
                 for following in chunks:  # one chunk behind, so the last event is known and marked
                     yield pb.WatchRunResponse(run=message, states=chunk)
@@ -161,3 +183,9 @@ def _event(run: pb.Run, states: bytes, *, last: bool = False) -> pb.WatchRunResp
     event = pb.WatchRunResponse(run=run, last=last)
     event.MergeFromString(states)
     return event
+
+
+def _within(chunks: Iterator[T], max_events: int) -> Iterator[T] | None:
+    """``chunks`` if there are at most ``max_events`` of them, else None; builds at most one more than that."""
+    taken = list(itertools.islice(chunks, max_events + 1))
+    return iter(taken) if len(taken) <= max_events else None

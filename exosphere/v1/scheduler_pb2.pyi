@@ -1062,6 +1062,7 @@ class WatchRunRequest(_message.Message):
     TRIGGER_FIELD_NUMBER: _builtins.int
     FINAL_SNAPSHOT_FIELD_NUMBER: _builtins.int
     ANNOUNCE_FIELD_NUMBER: _builtins.int
+    FINAL_SNAPSHOT_MAX_EVENTS_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """The run to watch. Leave empty when `trigger` is set."""
     run_only: _builtins.bool
@@ -1081,6 +1082,11 @@ class WatchRunRequest(_message.Message):
     trigger() opens the watch its wait() then reads, so trigger-then-wait costs one request, not two. Servers before
     this field ignore it (they send nothing until the outcome); every server with Watches has it.
     """
+    final_snapshot_max_events: _builtins.int
+    """With final_snapshot: at most this many events of it (0: no bound). A final snapshot that needs more is left out:
+    the last event carries the run alone, with `states_left_out` set (read the states with GetRun). What the SDK's
+    trigger() asks for the watch it keeps for a wait() that may never come: 1.
+    """
     @_builtins.property
     def trigger(self) -> Global___TriggerGraphRequest:
         """Start this run and watch it: trigger-and-wait in one round trip. Every event carries the new run id; with
@@ -1095,10 +1101,11 @@ class WatchRunRequest(_message.Message):
         trigger: Global___TriggerGraphRequest | None = ...,
         final_snapshot: _builtins.bool = ...,
         announce: _builtins.bool = ...,
+        final_snapshot_max_events: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["trigger", b"trigger"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["announce", b"announce", "final_snapshot", b"final_snapshot", "run_id", b"run_id", "run_only", b"run_only", "trigger", b"trigger"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["announce", b"announce", "final_snapshot", b"final_snapshot", "final_snapshot_max_events", b"final_snapshot_max_events", "run_id", b"run_id", "run_only", b"run_only", "trigger", b"trigger"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1116,10 +1123,13 @@ class WatchRunResponse(_message.Message):
     RUN_FIELD_NUMBER: _builtins.int
     STATES_FIELD_NUMBER: _builtins.int
     LAST_FIELD_NUMBER: _builtins.int
+    STATES_LEFT_OUT_FIELD_NUMBER: _builtins.int
     last: _builtins.bool
     """Set on the stream's last event (servers before this field leave it unset): with final_snapshot, the states of
     this event and of the events before it make up the final snapshot.
     """
+    states_left_out: _builtins.bool
+    """Set on the last event when the final snapshot was asked for but left out (WatchRunRequest.final_snapshot_max_events)."""
     @_builtins.property
     def run(self) -> Global___Run: ...
     @_builtins.property
@@ -1130,10 +1140,11 @@ class WatchRunResponse(_message.Message):
         run: Global___Run | None = ...,
         states: _abc.Iterable[Global___State] | None = ...,
         last: _builtins.bool = ...,
+        states_left_out: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["last", b"last", "run", b"run", "states", b"states"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["last", b"last", "run", b"run", "states", b"states", "states_left_out", b"states_left_out"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -106,6 +106,38 @@ async def test_a_big_final_snapshot_travels_in_events_below_the_budget_and_the_l
     assert [s.state_id for e in live for s in e.states] == [s.state_id for e in finished for s in e.states]
 
 
+async def test_a_final_snapshot_over_its_event_bound_is_left_out_and_a_small_one_is_sent(
+    state_manager: StateManager,
+    start_runtime: RuntimeFactory,
+    namespace: str,
+    stub: scheduler_pb2_grpc.SchedulerServiceAsyncStub,
+) -> None:
+    """WatchRunRequest.final_snapshot_max_events (what trigger() asks for the watch it keeps): a snapshot needing
+    more events than that is left out, so a wait() that never comes costs the scheduler one event at most."""
+    await _fan_graph(state_manager, start_runtime, namespace)
+
+    def bounded(csv: str) -> pb.WatchRunRequest:
+        trigger = pb.TriggerGraphRequest(namespace=namespace, graph_name="fan", inputs={"csv": csv})
+        return pb.WatchRunRequest(
+            run_only=True, final_snapshot=True, final_snapshot_max_events=1, announce=True, trigger=trigger
+        )
+
+    announced, big = await _events(stub, bounded(_csv()))
+    assert announced.run.status == common_pb2.RUN_STATUS_PENDING and not announced.last
+    assert big.last and big.states_left_out and not big.states
+    assert big.run.status == common_pb2.RUN_STATUS_SUCCESS
+    # From the finished run's snapshot too, and without the bound the same run comes whole.
+    (again,) = await _events(
+        stub, pb.WatchRunRequest(run_id=big.run.run_id, final_snapshot=True, final_snapshot_max_events=1)
+    )
+    assert again.last and again.states_left_out and not again.states
+    whole = await _events(stub, pb.WatchRunRequest(run_id=big.run.run_id, final_snapshot=True))
+    assert len(whole) > 1 and sum(len(e.states) for e in whole) == BRANCHES + 1
+
+    _, small = await _events(stub, bounded("p,q"))
+    assert small.last and not small.states_left_out and len(small.states) == 3
+
+
 async def test_clients_before_the_snapshot_get_what_they_always_got(
     state_manager: StateManager,
     start_runtime: RuntimeFactory,

@@ -318,6 +318,10 @@ class Engine:
         """States of a run not held here (finished, or another replica's), read from the store."""
         return self._queries.get_states(run_id, after_seq, limit)
 
+    def get_state_rows(self, run_id: str, after_seq: int = -1, limit: int = 0) -> list[tuple[object, ...]] | None:
+        """As ``get_states``, as stored (server/state_frames.py encodes them); None when the store cannot."""
+        return self._queries.get_state_rows(run_id, after_seq, limit)
+
     def list_runs(
         self, namespace: str, graph_name: str | None, limit: int, after: RunCursor | None, status: str | None = None
     ) -> list[RunRow]:

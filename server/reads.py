@@ -24,12 +24,18 @@ from .models import RunRow, StateRow
 from .prefixes import read_run
 from .sizes import PAGE_BYTES, SNAPSHOT_EVENT_BYTES, chunks_by_size, cut_by_size
 from .snapshots import Snapshot, SnapshotCache, frame
+from .state_frames import encode_rows
 from .status import RunStatus
 from .wire import run_to_pb, state_to_pb, states_to_pb
 
 __all__ = ["RunReads"]
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
+
+# The first page of a first read of a finished run holds at most this many states, whatever the client asked for:
+# the client converts a page while the scheduler reads and encodes the next, so a short first page starts both
+# sooner (the pages after it are as long as asked).
+FIRST_PAGE_STATES = 500
 
 
 class RunReads:
@@ -139,10 +145,10 @@ class RunReads:
         if after != (snapshot.seqs[-1] if snapshot is not None else -1):
             return None
         if snapshot is None and sum(run.state_counts.values()) <= len(first):
-            rows = first
-        else:
-            rows = self._engine.get_states(run.run_id, after, page_size)
-        return self._snapshots.extend(run, snapshot, rows)
+            return self._snapshots.extend(run, None, first)
+        if snapshot is None:  # the client converts this page while the next is read: the first is short
+            page_size = min(page_size or FIRST_PAGE_STATES, FIRST_PAGE_STATES)
+        return self._snapshots.add(run, snapshot, *self._encoded(run.run_id, after, page_size))
 
     def _snapshot(self, run: RunRow, first: list[StateRow]) -> Snapshot | None:
         """Every state of a finished run no longer in memory, encoded once; None for a pending or live run, or one
@@ -151,9 +157,22 @@ class RunReads:
             return None
         snapshot = self._snapshots.get(run)
         if snapshot is None or not snapshot.complete:
-            whole = first if sum(run.state_counts.values()) <= len(first) else self._engine.get_states(run.run_id)
-            snapshot = self._snapshots.make(run, whole)
+            if sum(run.state_counts.values()) <= len(first):
+                snapshot = self._snapshots.make(run, first)
+            else:
+                snapshot = self._snapshots.keep(run, *self._encoded(run.run_id, -1, 0))
         return snapshot
+
+    def _encoded(self, run_id: str, after: int, limit: int) -> tuple[list[int], list[bytes]]:
+        """The sequence numbers and frames of the stored states of ``run_id`` after ``after`` (at most ``limit``;
+        0: all): encoded straight from their rows when the store hands them out (server/state_frames.py), else
+        through StateRow and ``state_to_pb``, as a page with a row of a shape the store does not write is."""
+        rows = self._engine.get_state_rows(run_id, after, limit)
+        encoded = encode_rows(run_id, rows) if rows is not None else None
+        if encoded is not None:
+            return encoded
+        states = self._engine.get_states(run_id, after, limit)
+        return [s.seq for s in states], [frame(state_to_pb(s)) for s in states]
 
 
 def _event(run: pb.Run, states: bytes, *, last: bool = False) -> pb.WatchRunResponse:

@@ -8,7 +8,7 @@ follows it through the store until it ends or moves here (server/watches.py).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from exosphere.errors import RunNotFoundError
 
@@ -18,7 +18,7 @@ from .ownership import Shards
 from .runtable import RunTable
 from .sessions import Sessions
 from .status import RunStatus, StateStatus
-from .store import RunCursor, Store
+from .store import RunCursor, StateRowReader, Store
 
 if TYPE_CHECKING:
     from .engine import EngineSettings
@@ -59,6 +59,12 @@ class RunQueries:
     def get_states(self, run_id: str, after_seq: int = -1, limit: int = 0) -> list[StateRow]:
         """States of a run not held here, from the store (by sequence; all with ``limit`` 0)."""
         return self._store.get_states(run_id, after_seq, limit)
+
+    def get_state_rows(self, run_id: str, after_seq: int = -1, limit: int = 0) -> list[tuple[object, ...]] | None:
+        """As ``get_states``, unconverted (server/store.py StateRowReader); None when the store cannot."""
+        if not hasattr(self._store, "get_state_rows"):  # not isinstance: a runtime Protocol's answer is cached
+            return None
+        return cast(StateRowReader, self._store).get_state_rows(run_id, after_seq, limit)
 
     def list_runs(
         self, namespace: str, graph_name: str | None, limit: int, after: RunCursor | None, status: str | None = None

@@ -130,13 +130,19 @@ class SnapshotCache:
         return self._grow(run, Snapshot(_key(run), len(frames), seqs, frames, 0), frames)
 
     def extend(self, run: RunRow, snapshot: Snapshot | None, states: Sequence[StateRow]) -> Snapshot:
-        """Encode ``states``, the next of the finished ``run`` after those of ``snapshot`` (None: its first ones),
-        and add them to it; none means the run has no more (its counts said otherwise: the snapshot ends there)."""
+        """Encode ``states``, the next of the finished ``run`` after those of ``snapshot``, and add them to it (as
+        :meth:`add`)."""
+        return self.add(run, snapshot, [s.seq for s in states], [frame(state_to_pb(s)) for s in states])
+
+    def add(self, run: RunRow, snapshot: Snapshot | None, seqs: list[int], frames: list[bytes]) -> Snapshot:
+        """Add ``frames`` (of the states numbered ``seqs``), the next of the finished ``run`` after those of
+        ``snapshot`` (None: its first ones), to it; none means the run has no more (its counts said otherwise: the
+        snapshot ends there)."""
         if snapshot is None:
             snapshot = Snapshot(_key(run), sum(run.state_counts.values()), [], [], 0)
-        if not states:
+        if not frames:
             snapshot.total = len(snapshot.frames)
-        return self._grow(run, snapshot, [frame(state_to_pb(s)) for s in states], [s.seq for s in states])
+        return self._grow(run, snapshot, frames, seqs)
 
     def _grow(self, run: RunRow, snapshot: Snapshot, frames: list[bytes], seqs: list[int] | None = None) -> Snapshot:
         """Account for ``frames`` added to ``snapshot`` (appending them and ``seqs`` unless already in it); keep it

@@ -21,7 +21,7 @@ from exosphere.wireformat import framed_size
 from .auth import Authenticator
 from .engine import Engine
 from .models import RunRow, StateRow
-from .prefixes import read_run
+from .prefixes import read_run_row
 from .sizes import PAGE_BYTES, SNAPSHOT_EVENT_BYTES, chunks_by_size, cut_by_size
 from .snapshots import Snapshot, SnapshotCache, frame
 from .state_frames import encode_rows
@@ -52,8 +52,8 @@ class RunReads:
             run, rows, last = self._engine.get_run(run_id, page_size, after)
             self._check(context, run)
         else:  # finished, another replica's, or a prefix of a run id: its row is read once, here
-            run, first = self._found(context, run_id)
-            snapshot = self._snapshot_page(run, first, after, page_size)
+            run = self._found(context, run_id)
+            snapshot = self._snapshot_page(run, after, page_size)
             if snapshot is not None:
                 run_message = run_to_pb(run)
                 blob, last_seq, more = snapshot.page(
@@ -127,13 +127,14 @@ class RunReads:
     def _check(self, context: Ctx, run: RunRow) -> None:
         self._auth.check(context, run.namespace)
 
-    def _found(self, context: Ctx, run_id: str) -> tuple[RunRow, list[StateRow]]:
-        """The run and its first state, by id or by an operator's unique prefix of it (exosphere runs show 7ced34)."""
-        run, first = read_run(self._engine, run_id, functools.partial(self._auth.allowed, context), 1)
+    def _found(self, context: Ctx, run_id: str) -> RunRow:
+        """The run (its row: no state, as a page of a big run needs none to find it), by id or by an operator's
+        unique prefix of it (exosphere runs show 7ced34)."""
+        run = read_run_row(self._engine, run_id, functools.partial(self._auth.allowed, context))
         self._check(context, run)
-        return run, first
+        return run
 
-    def _snapshot_page(self, run: RunRow, first: list[StateRow], after: int, page_size: int) -> Snapshot | None:
+    def _snapshot_page(self, run: RunRow, after: int, page_size: int) -> Snapshot | None:
         """The snapshot a page of a finished run is cut from, grown from the store by one page when the client has
         read what it holds so far; None for a pending or live run, one too big to snapshot, or a page beyond what
         its snapshot holds."""
@@ -144,8 +145,6 @@ class RunReads:
             return snapshot
         if after != (snapshot.seqs[-1] if snapshot is not None else -1):
             return None
-        if snapshot is None and sum(run.state_counts.values()) <= len(first):
-            return self._snapshots.extend(run, None, first)
         if snapshot is None:  # the client converts this page while the next is read: the first is short
             page_size = min(page_size or FIRST_PAGE_STATES, FIRST_PAGE_STATES)
         return self._snapshots.add(run, snapshot, *self._encoded(run.run_id, after, page_size))

@@ -14,6 +14,7 @@ from exosphere.v1 import scheduler_pb2 as pb
 from exosphere.v1 import scheduler_pb2_grpc
 from server import reads, state_frames
 from server.config import ServerConfig
+from server.models import StateRow
 from server.sqlite_store import SqliteStore
 from tests.engine_nodes import Act, Split
 from tests.helpers.graphs import gnode
@@ -86,14 +87,24 @@ async def test_a_first_read_from_sqlite_reads_what_the_general_path_reads(
         encoded.append(result is not None)
         return result
 
+    converted: list[int] = []  # states read back through StateRow
+    get_states = SqliteStore.get_states
+
+    def counted(store: SqliteStore, run: str, after_seq: int, limit: int) -> list[StateRow]:
+        states = get_states(store, run, after_seq, limit)
+        converted.append(len(states))
+        return states
+
     monkeypatch.setattr(reads, "encode_rows", spied)
+    monkeypatch.setattr(SqliteStore, "get_states", counted)
     fast_pages, fast = await _read(server_config, namespace, run_id)
     assert encoded and all(encoded)  # every page of the first read came straight from the rows
+    assert not converted  # and no page read a state through StateRow (a page needs the run's row, no state)
 
     monkeypatch.delattr(SqliteStore, "get_state_rows")  # the general path: a store without the fast one
     encoded.clear()
     general_pages, general = await _read(server_config, namespace, run_id)
-    assert not encoded
+    assert not encoded and sum(converted) == len(_states(general_pages))
 
     assert _states(fast_pages) == _states(general_pages)
     assert [p.run for p in fast_pages] == [p.run for p in general_pages]

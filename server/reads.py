@@ -51,27 +51,29 @@ class RunReads:
         if self._engine.is_live(run_id):
             run, rows, last = self._engine.get_run(run_id, page_size, after)
             self._check(context, run)
-        else:  # finished, another replica's, or a prefix of a run id: its row is read once, here
-            run = self._found(context, run_id)
-            snapshot = self._snapshot_page(run, after, page_size)
-            if snapshot is not None:
-                run_message = run_to_pb(run)
-                blob, last_seq, more = snapshot.page(
-                    after, page_size, budget=PAGE_BYTES, reserved=framed_size(run_message.ByteSize())
-                )
-                response = pb.GetRunResponse(run=run_message, next_page_token=str(last_seq) if more else "")
-                response.MergeFromString(blob)
-                return response
-            rows = self._engine.get_states(run.run_id, after, page_size)
-            last = rows[-1].seq if rows else -1
+            run_message = run_to_pb(run)
+            messages = states_to_pb(rows)
+            count = cut_by_size(messages, reserved=framed_size(run_message.ByteSize()))
+            if count < len(messages):
+                token = str(rows[count - 1].seq)
+            else:
+                token = str(last) if len(rows) == page_size and last >= 0 else ""
+            return pb.GetRunResponse(run=run_message, states=messages[:count], next_page_token=token)
+        # Finished, another replica's, or a prefix of a run id: its row is read once, here.
+        run = self._found(context, run_id)
         run_message = run_to_pb(run)
-        messages = states_to_pb(rows)
-        count = cut_by_size(messages, reserved=framed_size(run_message.ByteSize()))
-        if count < len(messages):
-            token = str(rows[count - 1].seq)
-        else:
-            token = str(last) if len(rows) == page_size and last >= 0 else ""
-        return pb.GetRunResponse(run=run_message, states=messages[:count], next_page_token=token)
+        reserved = framed_size(run_message.ByteSize())
+        snapshot = self._snapshot_page(run, after, page_size)
+        if snapshot is not None:
+            blob, last_seq, more = snapshot.page(after, page_size, budget=PAGE_BYTES, reserved=reserved)
+        else:  # another replica's pending run, or one too big to snapshot: this page alone, cut as a snapshot's
+            seqs, frames = self._encoded(run.run_id, after, page_size)
+            page = Snapshot(key=(), total=len(frames), seqs=seqs, frames=frames, size=0)
+            blob, last_seq, more = page.page(after, 0, budget=PAGE_BYTES, reserved=reserved)
+            more = more or (len(frames) == page_size and last_seq >= 0)
+        response = pb.GetRunResponse(run=run_message, next_page_token=str(last_seq) if more else "")
+        response.MergeFromString(blob)
+        return response
 
     async def watch(
         self, context: Ctx, run_id: str, *, run_only: bool, outcome_only: bool, final_snapshot: bool

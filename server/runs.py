@@ -74,7 +74,7 @@ class RunQueries:
 
     def get_state_rows(self, run_id: str, after_seq: int = -1, limit: int = 0) -> list[tuple[object, ...]] | None:
         """As ``get_states``, unconverted (server/store.py StateRowReader); None when the store cannot."""
-        if not hasattr(self._store, "get_state_rows"):  # not isinstance: a runtime Protocol's answer is cached
+        if not hasattr(self._store, "get_state_rows"):  # an optional part of a store (SQLite has it)
             return None
         return cast(StateRowReader, self._store).get_state_rows(run_id, after_seq, limit)
 

@@ -22,9 +22,17 @@ from typing import cast
 from exosphere.v1 import common_pb2
 from exosphere.wireformat import varint
 
+from .status import StateStatus
+
 __all__ = ["encode_rows"]
 
-_STATUS = {name.removeprefix("STATE_STATUS_"): value for name, value in common_pb2.StateStatus.items()}
+# The statuses a stored row may hold (a StateRow's), as numbered on the wire; any other leaves the row to the general
+# path, which reports it.
+_STATUS = {
+    name.removeprefix("STATE_STATUS_"): value
+    for name, value in common_pb2.StateStatus.items()
+    if name.removeprefix("STATE_STATUS_") in set(StateStatus)
+}
 _SMALL = [bytes((n,)) for n in range(128)]
 _UINT32 = 1 << 32
 _UINT64 = 1 << 64

@@ -1,5 +1,5 @@
 """Final snapshots of finished runs, encoded once: reading a big finished run again costs a copy of bytes, not a
-query and an encoding per state (about 15 us each; issue 13).
+query and an encoding per state (about 5 us each from SQLite, server/state_frames.py; 15 through StateRow; issue 13).
 
 A snapshot holds every state of a run as the bytes of one element of ``repeated State states = 2``, the field of
 both GetRunResponse and WatchRunResponse, so a page or an event is a slice of it joined and parsed once. A finished
@@ -128,11 +128,6 @@ class SnapshotCache:
         """Keep the frames of every state of the finished ``run`` (in sequence order) as its snapshot."""
         self._drop(run.run_id)
         return self._grow(run, Snapshot(_key(run), len(frames), seqs, frames, 0), frames)
-
-    def extend(self, run: RunRow, snapshot: Snapshot | None, states: Sequence[StateRow]) -> Snapshot:
-        """Encode ``states``, the next of the finished ``run`` after those of ``snapshot``, and add them to it (as
-        :meth:`add`)."""
-        return self.add(run, snapshot, [s.seq for s in states], [frame(state_to_pb(s)) for s in states])
 
     def add(self, run: RunRow, snapshot: Snapshot | None, seqs: list[int], frames: list[bytes]) -> Snapshot:
         """Add ``frames`` (of the states numbered ``seqs``), the next of the finished ``run`` after those of

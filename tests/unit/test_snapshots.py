@@ -7,8 +7,9 @@ from pathlib import Path
 from exosphere.v1 import scheduler_pb2 as pb
 from server.models import RunRow, StateRow
 from server.sizes import SNAPSHOT_EVENT_BYTES
-from server.snapshots import CACHE_BYTES, MAX_SNAPSHOT_STATES, SnapshotCache
+from server.snapshots import CACHE_BYTES, MAX_SNAPSHOT_STATES, SnapshotCache, frame
 from server.status import RunStatus, StateStatus
+from server.wire import state_to_pb
 
 
 def _run(run_id: str = "r", *, status: RunStatus = RunStatus.SUCCESS, states: int = 3, updated: int = 1) -> RunRow:
@@ -41,6 +42,10 @@ def _states(count: int, size: int = 10) -> list[StateRow]:
         )
         for seq in range(count)
     ]
+
+
+def _framed(states: list[StateRow]) -> tuple[list[int], list[bytes]]:
+    return [s.seq for s in states], [frame(state_to_pb(s)) for s in states]
 
 
 def _parsed(blob: bytes) -> list[pb.State]:
@@ -119,14 +124,14 @@ def test_a_first_read_grows_the_snapshot_page_by_page_until_it_is_complete() -> 
     rows = _states(5)
     run = _run(states=5)
 
-    partial = cache.extend(run, None, rows[:2])
+    partial = cache.add(run, None, *_framed(rows[:2]))
     assert not partial.complete and cache.get(run) is partial
     blob, last, more = partial.page(-1, 2, budget=10**6, reserved=0)
     assert [s.state_id for s in _parsed(blob)] == ["r-0", "r-1"] and last == 1 and more
     # What it holds so far is served again; the end of it is not the end of the run.
     assert partial.page(0, 0, budget=10**6, reserved=0)[1:] == (1, True)
 
-    whole = cache.extend(run, partial, rows[2:])
+    whole = cache.add(run, partial, *_framed(rows[2:]))
     assert whole is partial and whole.complete
     assert [s.state_id for s in _parsed(whole.page(-1, 0, budget=10**6, reserved=0)[0])] == [f"r-{i}" for i in range(5)]
     assert whole.page(1, 0, budget=10**6, reserved=0)[1:] == (4, False)
@@ -135,15 +140,15 @@ def test_a_first_read_grows_the_snapshot_page_by_page_until_it_is_complete() -> 
 def test_a_run_with_fewer_states_than_its_counts_ends_where_the_store_does() -> None:
     cache = SnapshotCache()
     run = _run(states=9)
-    partial = cache.extend(run, None, _states(3))
-    ended = cache.extend(run, partial, [])
+    partial = cache.add(run, None, *_framed(_states(3)))
+    ended = cache.add(run, partial, *_framed([]))
     assert ended.complete and ended.page(2, 0, budget=10**6, reserved=0) == (b"", -1, False)
 
 
 def test_a_growing_snapshot_too_big_for_the_cache_is_dropped_and_remembered() -> None:
     cache = SnapshotCache(max_bytes=4000)
     run = _run(states=6)
-    partial = cache.extend(run, None, _states(6, size=300)[:2])
+    partial = cache.add(run, None, *_framed(_states(6, size=300)[:2]))
     assert cache.get(run) is partial and cache.fits(run)
-    grown = cache.extend(run, partial, _states(6, size=300)[2:])
+    grown = cache.add(run, partial, *_framed(_states(6, size=300)[2:]))
     assert grown.complete and cache.get(run) is None and not cache.fits(run)

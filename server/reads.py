@@ -2,9 +2,11 @@
 
 A live run is read from memory. A finished one is read from its snapshot (server/snapshots.py): every state encoded
 once, kept for the reads that follow. A first read page by page grows the snapshot from the store one page at a
-time; a watch makes it whole, or keeps the one it sent from memory when it saw the run end. A pending run of
-another replica, or a run too big to snapshot, is read as it always was: a page, or the watch's events, at a time.
-Every read checks the caller may see the run's namespace before anything of the run is sent.
+time (a short first page, so the client starts converting sooner); a watch makes it whole, or keeps the one it
+sent from memory when it saw the run end. A pending run of another replica, or a run too big to snapshot, is read a
+page, or the watch's events, at a time. States read from the store are encoded straight from their rows when the
+store hands them out (server/state_frames.py). Every read checks the caller may see the run's namespace before
+anything of the run is sent.
 """
 
 from __future__ import annotations

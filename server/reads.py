@@ -22,7 +22,7 @@ from exosphere.wireformat import framed_size
 
 from .auth import Authenticator
 from .engine import Engine
-from .models import RunRow, StateRow
+from .models import RunRow
 from .prefixes import read_run_row
 from .sizes import PAGE_BYTES, SNAPSHOT_EVENT_BYTES, chunks_by_size, cut_by_size
 from .snapshots import Snapshot, SnapshotCache, frame
@@ -83,9 +83,9 @@ class RunReads:
         """The events of a watch (scheduler.proto WatchRunRequest): ``outcome_only`` skips pending events;
         ``final_snapshot`` sends only the end, with every state, over events of about SNAPSHOT_EVENT_BYTES."""
         if final_snapshot and not self._engine.is_live(run_id):  # finished, or another replica's
-            run, head, _ = self._engine.get_run(run_id, 1)
+            run = self._engine.get_run_row(run_id)
             self._check(context, run)
-            snapshot = self._snapshot(run, head)
+            snapshot = self._snapshot(run)
             if snapshot is not None:
                 message = run_to_pb(run)
                 parts = snapshot.chunks(budget=SNAPSHOT_EVENT_BYTES, reserved=framed_size(message.ByteSize()))
@@ -153,17 +153,14 @@ class RunReads:
             page_size = min(page_size or FIRST_PAGE_STATES, FIRST_PAGE_STATES)
         return self._snapshots.add(run, snapshot, *self._encoded(run.run_id, after, page_size))
 
-    def _snapshot(self, run: RunRow, first: list[StateRow]) -> Snapshot | None:
+    def _snapshot(self, run: RunRow) -> Snapshot | None:
         """Every state of a finished run no longer in memory, encoded once; None for a pending or live run, or one
-        too big to snapshot. ``first`` is its first state, as read already."""
+        too big to snapshot."""
         if self._engine.is_live(run.run_id) or not self._snapshots.fits(run):
             return None
         snapshot = self._snapshots.get(run)
         if snapshot is None or not snapshot.complete:
-            if sum(run.state_counts.values()) <= len(first):
-                snapshot = self._snapshots.make(run, first)
-            else:
-                snapshot = self._snapshots.keep(run, *self._encoded(run.run_id, -1, 0))
+            snapshot = self._snapshots.keep(run, *self._encoded(run.run_id, -1, 0))
         return snapshot
 
     def _encoded(self, run_id: str, after: int, limit: int) -> tuple[list[int], list[bytes]]:

@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import bisect
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from exosphere.v1 import scheduler_pb2 as pb
 from exosphere.wireformat import field
 
-from .models import RunRow, StateRow
+from .models import RunRow
 from .status import RunStatus
-from .wire import state_to_pb
 
 __all__ = ["CACHE_BYTES", "MAX_SNAPSHOT_STATES", "Snapshot", "SnapshotCache", "frame"]
 
@@ -119,10 +118,6 @@ class SnapshotCache:
             return None
         self._entries.move_to_end(run.run_id)
         return entry
-
-    def make(self, run: RunRow, states: Sequence[StateRow]) -> Snapshot:
-        """Encode every state of the finished ``run`` and keep the snapshot."""
-        return self.keep(run, [s.seq for s in states], [frame(state_to_pb(s)) for s in states])
 
     def keep(self, run: RunRow, seqs: list[int], frames: list[bytes]) -> Snapshot:
         """Keep the frames of every state of the finished ``run`` (in sequence order) as its snapshot."""

@@ -56,6 +56,12 @@ async def _read(config: ServerConfig, namespace: str, run_id: str) -> tuple[list
             return pages, await sm.get_run(run_id)
 
 
+async def _wait(config: ServerConfig, namespace: str, run_id: str) -> RunModel:
+    """A scheduler started on the file: the run's first read by ``wait()``, its final snapshot on the watch."""
+    async with serving(config) as app, StateManager(namespace, address=f"127.0.0.1:{app.port}") as sm:
+        return await sm.wait(run_id, timeout=10)
+
+
 @pytest.mark.parametrize("snapshotted", [True, False], ids=["snapshotted", "too-big-to-snapshot"])
 async def test_a_first_read_from_sqlite_reads_what_the_general_path_reads(
     server_config: ServerConfig, namespace: str, monkeypatch: pytest.MonkeyPatch, snapshotted: bool
@@ -103,15 +109,20 @@ async def test_a_first_read_from_sqlite_reads_what_the_general_path_reads(
     fast_pages, fast = await _read(server_config, namespace, run_id)
     assert encoded and all(encoded)  # every page of the first read came straight from the rows
     assert not converted  # and no page read a state through StateRow (a page needs the run's row, no state)
+    encoded.clear()
+    fast_waited = await _wait(server_config, namespace, run_id)
+    if snapshotted:  # else the watch follows the run through the store, as it always did
+        assert encoded and all(encoded) and not converted
 
     monkeypatch.delattr(SqliteStore, "get_state_rows")  # the general path: a store without the fast one
     encoded.clear()
     general_pages, general = await _read(server_config, namespace, run_id)
     assert not encoded and sum(converted) >= len(_states(general_pages))  # each state at least once
+    general_waited = await _wait(server_config, namespace, run_id)
 
     assert _states(fast_pages) == _states(general_pages)
     assert [p.run for p in fast_pages] == [p.run for p in general_pages]
-    assert fast == general
+    assert fast == general == fast_waited == general_waited
     states = _states(fast_pages)
     assert len(states) == 1 + len(ITEMS) + 1  # the split, one state per item, the failed one's retry
     assert {s.attempt for s in states} == {1, 2} and any(s.HasField("error") for s in states)

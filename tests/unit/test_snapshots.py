@@ -55,7 +55,7 @@ def _parsed(blob: bytes) -> list[pb.State]:
 
 
 def test_a_snapshot_pages_by_sequence_count_and_bytes() -> None:
-    snapshot = SnapshotCache().make(_run(states=10), _states(10, size=1000))
+    snapshot = SnapshotCache().keep(_run(states=10), *_framed(_states(10, size=1000)))
     each = len(snapshot.frames[0])
 
     blob, last, more = snapshot.page(-1, 4, budget=10**6, reserved=0)
@@ -70,7 +70,7 @@ def test_a_snapshot_pages_by_sequence_count_and_bytes() -> None:
 
 
 def test_chunks_cover_every_state_once_within_the_budget() -> None:
-    snapshot = SnapshotCache().make(_run(states=25), _states(25, size=500))
+    snapshot = SnapshotCache().keep(_run(states=25), *_framed(_states(25, size=500)))
     budget = 4 * len(snapshot.frames[-1]) + 50
     chunks = list(snapshot.chunks(budget=budget, reserved=50))
     assert [s.state_id for c in chunks for s in _parsed(c)] == [f"r-{i}" for i in range(25)]
@@ -79,12 +79,12 @@ def test_chunks_cover_every_state_once_within_the_budget() -> None:
     ends = [sum(counts[: i + 1]) for i in range(len(counts) - 1)]
     # Each chunk is as full as the budget allows: the next state would not have fitted.
     assert all(len(c) + len(snapshot.frames[end]) > budget - 50 for c, end in zip(chunks, ends, strict=False))
-    assert list(SnapshotCache().make(_run(states=0), []).chunks(budget=100, reserved=0)) == [b""]
+    assert list(SnapshotCache().keep(_run(states=0), *_framed([])).chunks(budget=100, reserved=0)) == [b""]
 
 
 def test_a_snapshot_is_found_only_for_the_row_it_was_made_from() -> None:
     cache = SnapshotCache()
-    cache.make(_run(), _states(3))
+    cache.keep(_run(), *_framed(_states(3)))
     assert cache.get(_run()) is not None
     assert cache.get(_run(updated=2)) is None  # retried and finished again: a new row
     assert cache.get(_run()) is None  # and the old snapshot is gone
@@ -95,7 +95,7 @@ def test_only_finished_runs_not_too_big_are_snapshotted() -> None:
     assert not cache.fits(_run(status=RunStatus.PENDING))
     assert not cache.fits(_run(states=MAX_SNAPSHOT_STATES + 1))
     assert cache.fits(_run())
-    cache.make(_run(), _states(3, size=2000))  # over a quarter of the cache: served once, not kept
+    cache.keep(_run(), *_framed(_states(3, size=2000)))  # over a quarter of the cache: served once, not kept
     assert cache.get(_run()) is None and not cache.fits(_run())
     assert cache.fits(_run(updated=2))
 
@@ -103,11 +103,11 @@ def test_only_finished_runs_not_too_big_are_snapshotted() -> None:
 def test_the_cache_stays_within_its_bytes_dropping_the_least_recently_read() -> None:
     cache = SnapshotCache(max_bytes=3000)
     for name in ("a", "b", "c", "d", "e"):  # 680 bytes each: four fit
-        assert cache.make(_run(name), _states(2, size=300)).size == 680
+        assert cache.keep(_run(name), *_framed(_states(2, size=300))).size == 680
     assert cache.get(_run("a")) is None
     assert all(cache.get(_run(name)) is not None for name in ("b", "c", "d", "e"))
     cache.get(_run("b"))  # read again: now the most recent
-    cache.make(_run("f"), _states(2, size=300))
+    cache.keep(_run("f"), *_framed(_states(2, size=300)))
     assert cache.get(_run("c")) is None
     assert all(cache.get(_run(name)) is not None for name in ("b", "d", "e", "f"))
 

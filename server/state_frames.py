@@ -2,8 +2,8 @@
 
 A first read of a finished run from SQLite cost the scheduler about 13 us per state (the row's conversion to a
 StateRow with three JSON parses, ``state_to_pb``, serializing): more than the client takes to convert it, so the
-read went at the scheduler's pace (issue 13). Here a row, as the store reads it (``READ_COLUMNS``), becomes the
-bytes of one element of ``repeated State states = 2`` (server/snapshots.py), written by hand
+read went at the scheduler's pace (issue 13). Here a row, as the store reads it (server/store.py ``READ_COLUMNS``),
+becomes the bytes of one element of ``repeated State states = 2`` (server/snapshots.py), written by hand
 (exosphere/wireformat.py). What repeats from state to state (run id, node, status, attempt, parent, runtime) is
 encoded once per call, and so are timestamps. A map of strings as the store writes it (server/jsontext.py: compact
 JSON) is cut at its quotes when it holds no escape, since then no string in it can hold a quote; any other JSON is

@@ -314,9 +314,17 @@ class Engine:
         """The run, a page of its states (by sequence), and the last sequence returned (-1 when none)."""
         return self._queries.get_run(run_id, page_size, after_seq)
 
+    def get_run_row(self, run_id: str) -> RunRow:
+        """The run without its states: from memory when held here, else its stored row."""
+        return self._queries.get_run_row(run_id)
+
     def get_states(self, run_id: str, after_seq: int = -1, limit: int = 0) -> list[StateRow]:
         """States of a run not held here (finished, or another replica's), read from the store."""
         return self._queries.get_states(run_id, after_seq, limit)
+
+    def get_state_rows(self, run_id: str, after_seq: int = -1, limit: int = 0) -> list[tuple[object, ...]] | None:
+        """As ``get_states``, as stored (server/state_frames.py encodes them); None when the store cannot."""
+        return self._queries.get_state_rows(run_id, after_seq, limit)
 
     def list_runs(
         self, namespace: str, graph_name: str | None, limit: int, after: RunCursor | None, status: str | None = None

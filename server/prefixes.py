@@ -14,7 +14,7 @@ from exosphere.errors import InvalidArgumentError, RunNotFoundError
 from .engine import Engine
 from .models import RunRow, StateRow
 
-__all__ = ["CANDIDATES", "MAX_SCANNED", "read_run", "resolve_run_id"]
+__all__ = ["CANDIDATES", "MAX_SCANNED", "read_run", "read_run_row", "resolve_run_id"]
 
 # An ambiguous prefix lists at most this many of the runs it matches.
 CANDIDATES = 5
@@ -62,3 +62,11 @@ def read_run(
     except RunNotFoundError:
         run, states, _ = engine.get_run(resolve_run_id(engine, run_id, allowed), page_size)
     return run, states
+
+
+def read_run_row(engine: Engine, run_id: str, allowed: Callable[[str], bool]) -> RunRow:
+    """As :func:`read_run`, the run without its states."""
+    try:
+        return engine.get_run_row(run_id)
+    except RunNotFoundError:
+        return engine.get_run_row(resolve_run_id(engine, run_id, allowed))

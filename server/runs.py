@@ -8,7 +8,7 @@ follows it through the store until it ends or moves here (server/watches.py).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from exosphere.errors import RunNotFoundError
 
@@ -18,7 +18,7 @@ from .ownership import Shards
 from .runtable import RunTable
 from .sessions import Sessions
 from .status import RunStatus, StateStatus
-from .store import RunCursor, Store
+from .store import RunCursor, StateRowReader, Store
 
 if TYPE_CHECKING:
     from .engine import EngineSettings
@@ -48,17 +48,35 @@ class RunQueries:
             del states[page_size or len(states) :]
             run.waiting_for_runtime = self._runtimes.waiting_for_runtime(run)
             return run, states, states[-1].seq if states else -1
+        row = self._stored_row(run_id)
+        rows = self._store.get_states(run_id, after_seq, page_size)
+        return row, rows, rows[-1].seq if rows else -1
+
+    def get_run_row(self, run_id: str) -> RunRow:
+        """The run without its states (a page of a run read page by page needs no state to find its row)."""
+        run = self._table.runs.get(run_id)
+        if run is not None:
+            run.waiting_for_runtime = self._runtimes.waiting_for_runtime(run)
+            return run
+        return self._stored_row(run_id)
+
+    def _stored_row(self, run_id: str) -> RunRow:
         row = self._store.get_run(run_id)
         if row is None:
             raise RunNotFoundError(run_id)
         if row.status == RunStatus.PENDING:  # another replica's run: its row's counts are those of its start
             row.state_counts = self._store.count_states(run_id)
-        rows = self._store.get_states(run_id, after_seq, page_size)
-        return row, rows, rows[-1].seq if rows else -1
+        return row
 
     def get_states(self, run_id: str, after_seq: int = -1, limit: int = 0) -> list[StateRow]:
         """States of a run not held here, from the store (by sequence; all with ``limit`` 0)."""
         return self._store.get_states(run_id, after_seq, limit)
+
+    def get_state_rows(self, run_id: str, after_seq: int = -1, limit: int = 0) -> list[tuple[object, ...]] | None:
+        """As ``get_states``, unconverted (server/store.py StateRowReader); None when the store cannot."""
+        if not hasattr(self._store, "get_state_rows"):  # an optional part of a store (SQLite has it)
+            return None
+        return cast(StateRowReader, self._store).get_state_rows(run_id, after_seq, limit)
 
     def list_runs(
         self, namespace: str, graph_name: str | None, limit: int, after: RunCursor | None, status: str | None = None

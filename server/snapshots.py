@@ -1,5 +1,5 @@
 """Final snapshots of finished runs, encoded once: reading a big finished run again costs a copy of bytes, not a
-query and an encoding per state (about 15 us each; issue 13).
+query and an encoding per state (about 5 us each from SQLite, server/state_frames.py; 15 through StateRow; issue 13).
 
 A snapshot holds every state of a run as the bytes of one element of ``repeated State states = 2``, the field of
 both GetRunResponse and WatchRunResponse, so a page or an event is a slice of it joined and parsed once. A finished
@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import bisect
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from exosphere.v1 import scheduler_pb2 as pb
 from exosphere.wireformat import field
 
-from .models import RunRow, StateRow
+from .models import RunRow
 from .status import RunStatus
-from .wire import state_to_pb
 
 __all__ = ["CACHE_BYTES", "MAX_SNAPSHOT_STATES", "Snapshot", "SnapshotCache", "frame"]
 
@@ -120,23 +119,20 @@ class SnapshotCache:
         self._entries.move_to_end(run.run_id)
         return entry
 
-    def make(self, run: RunRow, states: Sequence[StateRow]) -> Snapshot:
-        """Encode every state of the finished ``run`` and keep the snapshot."""
-        return self.keep(run, [s.seq for s in states], [frame(state_to_pb(s)) for s in states])
-
     def keep(self, run: RunRow, seqs: list[int], frames: list[bytes]) -> Snapshot:
         """Keep the frames of every state of the finished ``run`` (in sequence order) as its snapshot."""
         self._drop(run.run_id)
         return self._grow(run, Snapshot(_key(run), len(frames), seqs, frames, 0), frames)
 
-    def extend(self, run: RunRow, snapshot: Snapshot | None, states: Sequence[StateRow]) -> Snapshot:
-        """Encode ``states``, the next of the finished ``run`` after those of ``snapshot`` (None: its first ones),
-        and add them to it; none means the run has no more (its counts said otherwise: the snapshot ends there)."""
+    def add(self, run: RunRow, snapshot: Snapshot | None, seqs: list[int], frames: list[bytes]) -> Snapshot:
+        """Add ``frames`` (of the states numbered ``seqs``), the next of the finished ``run`` after those of
+        ``snapshot`` (None: its first ones), to it; none means the run has no more (its counts said otherwise: the
+        snapshot ends there)."""
         if snapshot is None:
             snapshot = Snapshot(_key(run), sum(run.state_counts.values()), [], [], 0)
-        if not states:
+        if not frames:
             snapshot.total = len(snapshot.frames)
-        return self._grow(run, snapshot, [frame(state_to_pb(s)) for s in states], [s.seq for s in states])
+        return self._grow(run, snapshot, frames, seqs)
 
     def _grow(self, run: RunRow, snapshot: Snapshot, frames: list[bytes], seqs: list[int] | None = None) -> Snapshot:
         """Account for ``frames`` added to ``snapshot`` (appending them and ``seqs`` unless already in it); keep it

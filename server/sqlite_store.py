@@ -18,7 +18,7 @@ from .models import GraphSpec, RunRow, StateRow
 from .sqlite_rows import PreparedRows
 from .sqlite_schema import BUSY_TIMEOUT_MS, connect, open_database, store_error
 from .status import RunStatus, StateStatus
-from .store import RUN_COLUMNS, STATE_COLUMNS, RunCursor, WriteBatch, prefix_range
+from .store import READ_COLUMNS, RUN_COLUMNS, STATE_COLUMNS, RunCursor, WriteBatch, prefix_range
 
 __all__ = ["SqliteStore"]
 
@@ -274,6 +274,11 @@ class SqliteStore:
             (run_id, after_seq, limit or -1),
         ).fetchall()
         return [_state_from_row(r) for r in rows]
+
+    def get_state_rows(self, run_id: str, after_seq: int, limit: int) -> list[tuple[object, ...]]:
+        """As ``get_states``, each state as its ``READ_COLUMNS``, unconverted (server/store.py StateRowReader)."""
+        query = f"SELECT {READ_COLUMNS} FROM states WHERE run_id=? AND seq>? ORDER BY seq LIMIT ?"
+        return self._reader.execute(query, (run_id, after_seq, limit or -1)).fetchall()
 
     def list_runs(
         self,

@@ -17,12 +17,14 @@ from .models import GraphSpec, RunRow, StateRow
 from .status import RunStatus
 
 __all__ = [
+    "READ_COLUMNS",
     "RUN_COLUMNS",
     "STATE_COLUMNS",
     "Fence",
     "FencedError",
     "InMemoryStore",
     "RunCursor",
+    "StateRowReader",
     "Store",
     "StoreError",
     "WriteBatch",
@@ -35,6 +37,12 @@ MAX_RUN_ID = 256
 STATE_COLUMNS = (
     "run_id, seq, identifier, node_name, status, inputs, attempt, parent_id, parent_output, path, outputs, error, "
     "pruned_data, created_at_ms, updated_at_ms, run_at_ms, runtime_name, started_at_ms, ran_ms"
+)
+# A state's columns as a read sends them (server/state_frames.py), in this order: its row less its run id (the
+# reader's), path and parent output (not on the wire).
+READ_COLUMNS = (
+    "seq, identifier, node_name, status, inputs, attempt, parent_id, outputs, error, pruned_data, created_at_ms, "
+    "updated_at_ms, run_at_ms, runtime_name, started_at_ms, ran_ms"
 )
 RUN_COLUMNS = "run_id, namespace, graph_name, graph_version, status, store, created_at_ms, updated_at_ms, state_counts"
 
@@ -184,6 +192,14 @@ class Store(Protocol):
     def get_kv(self, key: str) -> str | None: ...
 
     def close(self) -> None: ...
+
+
+class StateRowReader(Protocol):
+    """A store that also hands out states as stored, unconverted: a first read of a finished run encodes them
+    straight for the wire (server/state_frames.py). Optional: reads of a store without it go through StateRow."""
+
+    def get_state_rows(self, run_id: str, after_seq: int, limit: int) -> list[tuple[object, ...]]:
+        """As ``get_states``, each state as its ``READ_COLUMNS`` (JSON columns as text)."""
 
 
 class InMemoryStore:

@@ -25,6 +25,8 @@ from exosphere.v1 import scheduler_pb2 as pb
 __all__ = ["Watch", "WatchStream", "WatchesUnsupported"]
 
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
+# The header a scheduler opens a Watches stream with: it serves it.
+HEADER = "exosphere-watches"
 
 
 class WatchesUnsupported(Exception):
@@ -94,6 +96,7 @@ class WatchStream:
         self._watches: dict[int, Watch] = {}  # the open watches of the current stream, by request id
         self._ids = itertools.count(1)
         self._lock = asyncio.Lock()
+        self._opening = asyncio.Lock()
         self._reader: asyncio.Task[None] | None = None
         self._cancels: set[asyncio.Task[None]] = set()
         # None until the scheduler answers the first stream; False once it said it has no Watches.
@@ -102,11 +105,9 @@ class WatchStream:
     async def watch(self, request: pb.WatchRunRequest) -> Watch:
         """Start ``request``; what the scheduler answers is read from the returned Watch (a stream that fails
         meanwhile fails the Watch, which raises WatchesUnsupported when the scheduler has no Watches)."""
-        if self._call is None:
-            self._call = self._open_call()
-            self._watches = {}
-            self._reader = asyncio.create_task(self._read(self._call, self._watches), name="exosphere-watches-reader")
         call, watches = self._call, self._watches
+        if call is None:
+            call, watches = await self._open()
         watch = Watch(self, next(self._ids))
         watches[watch.id] = watch
         try:
@@ -115,6 +116,29 @@ class WatchStream:
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
             pass  # the stream is over: its reader ends this watch with the reason, which read() raises
         return watch
+
+    async def _open(self) -> tuple[Any, dict[int, Watch]]:
+        """A new stream, once the scheduler has said it serves it: its first headers carry HEADER. Nothing is written
+        before: grpc.aio reports a write that crosses the end of a refused stream as INTERNAL, which would hide the
+        UNIMPLEMENTED of a scheduler without Watches (grpc/grpc#36066)."""
+        async with self._opening:
+            if self._call is not None:  # another watch opened it meanwhile
+                return self._call, self._watches
+            call = self._open_call()
+            try:
+                metadata = await call.initial_metadata()
+                if not any(key == HEADER for key, _ in metadata or ()):
+                    refusal = await _refusal(call)
+                    if isinstance(refusal, WatchesUnsupported):
+                        self.supported = False
+                    raise refusal
+            except BaseException:
+                call.cancel()
+                raise
+            self.supported = True
+            self._call, self._watches = call, {}
+            self._reader = asyncio.create_task(self._read(call, self._watches), name="exosphere-watches-reader")
+            return call, self._watches
 
     async def close(self) -> None:
         """End the stream, and with it every watch open on it; returns once its reader has ended."""
@@ -144,7 +168,6 @@ class WatchStream:
         error: BaseException = ConnectionFailedError("the scheduler ended the watches stream; watch again")
         try:
             while (message := await call.read()) is not grpc.aio.EOF:
-                self.supported = True
                 watch = watches.get(message.id)
                 if watch is None:  # cancelled here; its end crossed the cancel
                     continue
@@ -162,14 +185,25 @@ class WatchStream:
                     code = _CODES.get(end.code, grpc.StatusCode.UNKNOWN)
                     watch._finish(error_from_status(code, end.message, end.trailers.items()))
         except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
-                self.supported = False
-                error = WatchesUnsupported(exc.details() or "no Watches")
-            else:
-                error = to_exosphere_error(exc)
+            error = to_exosphere_error(exc)
+            if exc.code() == grpc.StatusCode.INTERNAL and exc.details() == "Internal error from Core":
+                # A write crossed the stream's end, and grpc.aio put INTERNAL in place of its status (#36066):
+                # the stream broke, as far as anyone can tell; its watches may be asked again.
+                error = ConnectionFailedError(f"the watches stream broke ({exc.details()}); watch again")
         finally:
             if self._call is call:
                 self._call = None
             for watch in watches.values():
                 watch._finish(error)
             watches.clear()
+
+
+async def _refusal(call: Any) -> BaseException:
+    """Why a stream opened without HEADER: the scheduler's refusal (WatchesUnsupported for UNIMPLEMENTED, else the
+    error the status stands for), or WatchesUnsupported for a server that answered but does not serve it."""
+    if not call.done():
+        return WatchesUnsupported("the server opened the stream without saying it serves Watches")
+    code = await call.code()
+    if code == grpc.StatusCode.UNIMPLEMENTED:
+        return WatchesUnsupported(await call.details() or "no Watches")
+    return error_from_status(code, await call.details() or "", await call.trailing_metadata() or ())

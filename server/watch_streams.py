@@ -37,6 +37,8 @@ Ctx = grpc.aio.ServicerContext[Any, Any]
 # Requests one stream may have open at once; more are ended with RESOURCE_EXHAUSTED (a client keeps a few dozen).
 MAX_OPEN = 1_000
 STOPPING = "the scheduler is stopping; watch again"
+# The header a Watches stream opens with (the SDK waits for it before its first request).
+HEADER = "exosphere-watches"
 
 WatchHandler = Callable[[pb.WatchRunRequest, Any], AsyncGenerator[pb.WatchRunResponse, None]]
 
@@ -107,6 +109,8 @@ class _Stream:
         self._watching: set[int] = set()  # requests past starting a run: ended at once when the scheduler stops
 
     async def run(self) -> None:
+        # Say so before anything else: the client writes nothing before it knows (exosphere/_watch_stream.py).
+        await self._context.send_initial_metadata(((HEADER, "1"),))
         reader = asyncio.create_task(self._read(), name="exosphere-watches-reader")
         stopping = asyncio.create_task(self._stopping.wait(), name="exosphere-watches-stopping")
         try:

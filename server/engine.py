@@ -334,9 +334,12 @@ class Engine:
     def find_runs(self, prefix: str, limit: int) -> list[tuple[str, str]]:
         return self._queries.find_runs(prefix, limit)
 
-    def watch_run(self, run_id: str, *, whole_end: bool = False) -> AsyncIterator[tuple[RunRow, list[StateRow]]]:
-        """The run with all its states, then the changed ones per commit, until its end (all, with whole_end)."""
-        return self._queries.watch_run(run_id, whole_end=whole_end)
+    def watch_run(
+        self, run_id: str, *, whole_end: bool = False, end_only: bool = False
+    ) -> AsyncIterator[tuple[RunRow, list[StateRow]]]:
+        """The run with all its states, then the changed ones per commit, until its end (all, with whole_end;
+        nothing between, with end_only)."""
+        return self._queries.watch_run(run_id, whole_end=whole_end, end_only=end_only)
 
     async def cancel_run(self, run_id: str) -> RunRow:
         run = self._table.runs.get(run_id)

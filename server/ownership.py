@@ -181,6 +181,6 @@ class Shards:
         for state in run.states:
             if state.status == QUEUED:
                 withdraw(state)
-        for queue in run.watchers:
+        for queue in (*run.watchers, *run.end_watchers):
             queue.put_nowait(None)
         self._forget(run)

@@ -111,7 +111,8 @@ class RunReads:
                     part = next_part
                 yield _event(message, part, last=True)
                 return
-        events = self._engine.watch_run(run_id, whole_end=final_snapshot)
+        # A watch that skips pending events is told of the end alone, not woken by every commit before it.
+        events = self._engine.watch_run(run_id, whole_end=final_snapshot, end_only=final_snapshot or outcome_only)
         try:
             first = True
             async for run, states in events:

@@ -95,8 +95,11 @@ class RunQueries:
         """(run id, namespace) of at most ``limit`` runs whose id starts with ``prefix`` (server/prefixes.py)."""
         return self._store.find_runs(prefix, limit)
 
-    async def watch_run(self, run_id: str, *, whole_end: bool = False) -> AsyncIterator[tuple[RunRow, list[StateRow]]]:
-        """Yield the run with all its states, then the changed ones per commit, until its end (all, with whole_end)."""
+    async def watch_run(
+        self, run_id: str, *, whole_end: bool = False, end_only: bool = False
+    ) -> AsyncIterator[tuple[RunRow, list[StateRow]]]:
+        """Yield the run with all its states, then the changed ones per commit, until its end (all, with whole_end;
+        with end_only, nothing between its first event and its end: server/watches.py follow)."""
         run = self._table.runs.get(run_id)
         if run is None:
             row, states, _ = self.get_run(run_id)
@@ -111,7 +114,7 @@ class RunQueries:
             run = ended.moved_here
             if run is None:
                 return
-        async for row, states in watches.follow(run, whole_end=whole_end):
+        async for row, states in watches.follow(run, whole_end=whole_end, end_only=end_only):
             # Counted only while the run has CREATED states (the counts are refreshed at most every 50 ms).
             if row.state_counts.get(CREATED, 0) or run.waiting_for_runtime:
                 run.waiting_for_runtime = self._runtimes.waiting_for_runtime(run)

@@ -53,6 +53,8 @@ class Run(RunRow):
     # The run's final status is committed (watchers may stop).
     end_committed: bool = False
     watchers: list[asyncio.Queue[list[State] | None]] = field(default_factory=list)
+    # Watchers of its end alone (a wait): told once, when the end is committed, not of every commit before it.
+    end_watchers: list[asyncio.Queue[list[State] | None]] = field(default_factory=list)
     next_seq: int = 0
     # Its shard was let go: nothing of it is dispatched or changed here any more (server/shards.py).
     dropped: bool = False

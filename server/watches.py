@@ -37,14 +37,19 @@ def committed_view(run: Run) -> RunRow:
     )
 
 
-async def follow(run: Run, *, whole_end: bool = False) -> AsyncIterator[tuple[RunRow, list[StateRow]]]:
+async def follow(
+    run: Run, *, whole_end: bool = False, end_only: bool = False
+) -> AsyncIterator[tuple[RunRow, list[StateRow]]]:
     """Yield the run with all its states, then the states of each commit that changed it, until its end (with
-    ``whole_end``, the end with all its states: the run's final snapshot)."""
+    ``whole_end``, the end with all its states: the run's final snapshot). With ``end_only``, the run as it is now
+    and then its end alone: a wait costs nothing per commit before the end (its first event carries no states
+    while the run is pending)."""
     queue: asyncio.Queue[list[State] | None] = asyncio.Queue()
-    run.watchers.append(queue)
+    watchers = run.end_watchers if end_only else run.watchers
+    watchers.append(queue)
     try:
         reported_end = run.end_committed
-        yield committed_view(run), list(run.states)
+        yield committed_view(run), list(run.states) if reported_end or not end_only else []
         # The run's end is reported once it is committed; that commit always notifies this queue, so no event is
         # lost even when it lands while the consumer is busy with the previous one.
         while not reported_end:
@@ -54,8 +59,8 @@ async def follow(run: Run, *, whole_end: bool = False) -> AsyncIterator[tuple[Ru
             reported_end = run.end_committed
             yield committed_view(run), list(run.states if reported_end and whole_end else changed)
     finally:
-        if queue in run.watchers:
-            run.watchers.remove(queue)
+        if queue in watchers:
+            watchers.remove(queue)
 
 
 def notify(changed: Sequence[State], finished: Sequence[Run]) -> None:
@@ -71,6 +76,8 @@ def notify(changed: Sequence[State], finished: Sequence[Run]) -> None:
     for run in finished:
         if run.watchers and run.run_id not in by_run:
             by_run[run.run_id] = (run, [])
+        for queue in run.end_watchers:
+            queue.put_nowait([])
     for run, states in by_run.values():
         for queue in run.watchers:
             queue.put_nowait(states)

@@ -121,6 +121,35 @@ async def test_a_refused_trigger_raises_its_error_and_the_stream_goes_on(
     assert _calls(app, "Watches") == 0  # the same stream throughout: still open
 
 
+async def test_a_kept_watch_is_told_of_the_end_alone_not_of_each_commit_before_it(
+    app: App, state_manager: StateManager, namespace: str, tag_graph: str
+) -> None:
+    key = uuid.uuid4().hex
+    await state_manager.upsert_graph(
+        "split-hold",
+        [
+            gnode(namespace, "Split", "split", {"csv": "x"}, next_nodes=["hold"]),
+            gnode(namespace, "Waiter", "hold", {"key": "${{ split.outputs.item }}", "item": "done"}),
+        ],
+    )
+    keys = [f"{key}-{i}" for i in range(3)]
+    held = await state_manager.trigger("split-hold", inputs={"csv": ",".join(keys)})
+    await assert_eventually(lambda: all(k in Waiter.started for k in keys), message="every branch started")
+    run = app.engine._table.runs[held.run_id]
+    (queue,) = run.end_watchers
+    for succeeded, k in enumerate(keys[:2], start=2):  # two commits of the run, each a branch's success
+        Waiter.release(k)
+        await assert_eventually(
+            lambda n=succeeded: sum(s.status == "SUCCESS" for s in run.states) >= n,
+            message="the branch's result was committed",
+        )
+    assert not run.watchers and queue.qsize() == 0  # woken by none of them
+    Waiter.release(keys[2])
+    done = await state_manager.wait(held.run_id, timeout=20)
+    assert done.status is RunStatus.SUCCESS
+    assert [s.outputs[0]["text"] for s in states_of(done, "hold")] == ["done"] * 3
+
+
 async def test_closing_the_client_ends_the_watches_it_kept(
     app: App, server_address: str, namespace: str, tag_graph: str
 ) -> None:
@@ -129,9 +158,9 @@ async def test_closing_the_client_ends_the_watches_it_kept(
         held = await sm.trigger("hold", inputs={"key": key})
         await assert_eventually(lambda: key in Waiter.started, message="the held run's state started")
         run = app.engine._table.runs[held.run_id]
-        assert len(run.watchers) == 1  # the watch trigger() started it with, kept for a wait()
+        assert len(run.end_watchers) == 1  # the watch trigger() started it with, kept for a wait()
 
-    await assert_eventually(lambda: not run.watchers, message="the kept watch ended on the scheduler")
+    await assert_eventually(lambda: not run.end_watchers, message="the kept watch ended on the scheduler")
     Waiter.release(key)
     async with StateManager(namespace, address=server_address) as sm:
         done = await sm.wait(held.run_id, timeout=20)

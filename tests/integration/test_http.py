@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from server.config import ServerConfig
 from tests.helpers.graphs import gnode
 from tests.helpers.runtimes import RuntimeFactory, RuntimeGroup
 from tests.helpers.servers import serving
+from tests.helpers.waiting import assert_eventually
 from tests.helpers.web import http_client, sample
 from tests.integration.test_security import Pki, pki  # noqa: F401 - the module-scoped certificate fixture
 from tests.nodes import Echo
@@ -190,14 +192,25 @@ async def test_https_with_the_schedulers_certificate(tmp_path: Path, pki: Pki) -
                 await plain.get(f"http://127.0.0.1:{app.http_port}/metrics")
 
 
+async def _next_millisecond() -> None:
+    started = time.time_ns() // 1_000_000
+    await assert_eventually(lambda: time.time_ns() // 1_000_000 > started, interval=0.0005)
+
+
 async def test_runs_page_by_cursor_keeping_the_graph_and_status_filters(
     app: App, start_runtime: RuntimeFactory, state_manager: StateManager, namespace: str
 ) -> None:
     await start_runtime([Echo])
     for name in ("a", "b"):
         await state_manager.upsert_graph(name, [gnode(namespace, "Echo", "e", {"text": name})])
-    done = [(await state_manager.trigger_and_wait("a", timeout=10)).run_id for _ in range(5)]
+    # Runs created in the same millisecond are listed by run id: each of these starts in a millisecond of its own
+    # (a trigger-and-wait can take less than one), so newest first is the order they were made in.
+    done = []
+    for _ in range(5):
+        done.append((await state_manager.trigger_and_wait("a", timeout=10)).run_id)
+        await _next_millisecond()
     await state_manager.trigger_and_wait("b", timeout=10)
+    await _next_millisecond()
     held = (await state_manager.trigger("a", start_delay=60_000)).run_id  # PENDING, filtered out below
     async with http_client(app) as client:
         seen: list[str] = []

@@ -20,6 +20,7 @@ import grpc
 
 from exosphere._channel import error_from_status, to_exosphere_error
 from exosphere.errors import ConnectionFailedError
+from exosphere.v1 import common_pb2
 from exosphere.v1 import scheduler_pb2 as pb
 
 __all__ = ["Watch", "WatchStream", "WatchesUnsupported"]
@@ -40,6 +41,7 @@ class Watch:
     def __init__(self, stream: WatchStream, request_id: int) -> None:
         self.id = request_id
         self._stream = stream
+        self._slot = True  # holds one of the stream's LIMIT_MAX_WATCHES_PER_STREAM places until it ends
         self._events: deque[pb.WatchRunResponse] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._ended = False
@@ -81,6 +83,9 @@ class Watch:
             self._ended = True
             self._error = error
             self._wake()
+        if self._slot:
+            self._slot = False
+            self._stream._slots.release()
 
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
@@ -97,6 +102,8 @@ class WatchStream:
         self._ids = itertools.count(1)
         self._lock = asyncio.Lock()
         self._opening = asyncio.Lock()
+        # Requests open at once, within what the scheduler allows on one stream: more wait for a place.
+        self._slots = asyncio.Semaphore(common_pb2.LIMIT_MAX_WATCHES_PER_STREAM)
         self._reader: asyncio.Task[None] | None = None
         self._cancels: set[asyncio.Task[None]] = set()
         # None until the scheduler answers the first stream; False once it said it has no Watches.
@@ -105,9 +112,14 @@ class WatchStream:
     async def watch(self, request: pb.WatchRunRequest) -> Watch:
         """Start ``request``; what the scheduler answers is read from the returned Watch (a stream that fails
         meanwhile fails the Watch, which raises WatchesUnsupported when the scheduler has no Watches)."""
-        call, watches = self._call, self._watches
-        if call is None:
-            call, watches = await self._open()
+        await self._slots.acquire()
+        try:
+            call, watches = self._call, self._watches
+            if call is None:
+                call, watches = await self._open()
+        except BaseException:
+            self._slots.release()
+            raise
         watch = Watch(self, next(self._ids))
         watches[watch.id] = watch
         try:

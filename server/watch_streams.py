@@ -25,6 +25,7 @@ from typing import Any
 
 import grpc
 
+from exosphere.v1 import common_pb2
 from exosphere.v1 import scheduler_pb2 as pb
 
 from .decode import BadRequest, refuse
@@ -34,8 +35,8 @@ __all__ = ["WatchStreams"]
 logger = logging.getLogger(__name__)
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
-# Requests one stream may have open at once; more are ended with RESOURCE_EXHAUSTED (a client keeps a few dozen).
-MAX_OPEN = 1_000
+# Requests one stream may have open at once; more are ended with RESOURCE_EXHAUSTED.
+MAX_OPEN = common_pb2.LIMIT_MAX_WATCHES_PER_STREAM
 STOPPING = "the scheduler is stopping; watch again"
 # The header a Watches stream opens with (the SDK waits for it before its first request).
 HEADER = "exosphere-watches"

@@ -123,6 +123,10 @@ class _LimitEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Limit.ValueType
     """
     LIMIT_MAX_MESSAGE_BYTES: _Limit.ValueType  # 67108864
     """Largest gRPC message either side accepts, in bytes (64 MiB). Batches and pages are cut below it by size."""
+    LIMIT_MAX_WATCHES_PER_STREAM: _Limit.ValueType  # 1000
+    """Most requests open at once on one SchedulerService.Watches stream; a request beyond it ends at once with
+    RESOURCE_EXHAUSTED (the Python SDK waits for one to end instead).
+    """
 
 class Limit(_Limit, metaclass=_LimitEnumTypeWrapper):
     """Limits every scheduler enforces, published here so a runtime in any language can check them before sending.
@@ -138,6 +142,10 @@ LIMIT_MAX_OUTPUTS_PER_RESULT: Limit.ValueType  # 10000
 """
 LIMIT_MAX_MESSAGE_BYTES: Limit.ValueType  # 67108864
 """Largest gRPC message either side accepts, in bytes (64 MiB). Batches and pages are cut below it by size."""
+LIMIT_MAX_WATCHES_PER_STREAM: Limit.ValueType  # 1000
+"""Most requests open at once on one SchedulerService.Watches stream; a request beyond it ends at once with
+RESOURCE_EXHAUSTED (the Python SDK waits for one to end instead).
+"""
 Global___Limit: _TypeAlias = Limit  # noqa: Y015
 
 @_typing.final

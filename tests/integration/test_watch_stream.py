@@ -15,13 +15,15 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Literal
 
 import grpc
 import pytest
 
 from exosphere import GraphNotFoundError, RunStatus, Runtime, StateManager, StateStatus, _watches
+from exosphere._watch_stream import HEADER
 from exosphere._watches import OpenWatches
-from exosphere.v1 import common_pb2
+from exosphere.v1 import common_pb2, scheduler_pb2_grpc
 from exosphere.v1 import scheduler_pb2 as pb
 from server.app import App
 from server.config import ServerConfig
@@ -148,6 +150,69 @@ async def test_a_kept_watch_is_told_of_the_end_alone_not_of_each_commit_before_i
     done = await state_manager.wait(held.run_id, timeout=20)
     assert done.status is RunStatus.SUCCESS
     assert [s.outputs[0]["text"] for s in states_of(done, "hold")] == ["done"] * 3
+
+
+async def test_more_requests_than_a_stream_holds_wait_for_a_place_in_the_client(
+    state_manager: StateManager, tag_graph: str
+) -> None:
+    slots = state_manager._stream._slots = _Counting(2)  # LIMIT_MAX_WATCHES_PER_STREAM, made small
+    texts = [f"t{i}" for i in range(8)]
+    done = await asyncio.gather(
+        *(state_manager.trigger_and_wait(tag_graph, inputs={"text": t}, timeout=20) for t in texts)
+    )
+    assert [states_of(d, "tag")[0].outputs[0]["text"] for d in done] == [f"{t}!" for t in texts]
+    assert (slots.most, slots.held) == (2, 0)  # never more open at once, and every place given back
+
+
+class _Counting(asyncio.Semaphore):
+    """A semaphore that remembers how many were held at most."""
+
+    def __init__(self, value: int) -> None:
+        super().__init__(value)
+        self.held = self.most = 0
+
+    async def acquire(self) -> Literal[True]:
+        await super().acquire()
+        self.held += 1
+        self.most = max(self.most, self.held)
+        return True
+
+    def release(self) -> None:
+        self.held -= 1
+        super().release()
+
+
+async def _response(call: grpc.aio.StreamStreamCall[pb.WatchesRequest, pb.WatchesResponse]) -> pb.WatchesResponse:
+    response = await call.read()
+    assert isinstance(response, pb.WatchesResponse), response
+    return response
+
+
+async def test_the_scheduler_ends_a_request_over_the_streams_limit_and_serves_the_rest(
+    server_address: str, state_manager: StateManager, namespace: str, tag_graph: str
+) -> None:
+    key = uuid.uuid4().hex
+    held = await state_manager.trigger("hold", inputs={"key": key})
+    limit = common_pb2.LIMIT_MAX_WATCHES_PER_STREAM
+    async with grpc.aio.insecure_channel(server_address) as channel:
+        call = scheduler_pb2_grpc.SchedulerServiceStub(channel).Watches()
+        assert (HEADER, "1") in tuple(await call.initial_metadata())
+        for request_id in range(1, limit + 2):
+            await call.write(pb.WatchesRequest(id=request_id, watch=pb.WatchRunRequest(run_id=held.run_id)))
+        refused = None
+        while refused is None:
+            response = await _response(call)
+            if response.WhichOneof("kind") == "end":
+                refused = response
+        assert refused.id == limit + 1 and refused.end.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+        Waiter.release(key)  # every other request gets the run's end
+        ended: set[int] = set()
+        while len(ended) < limit:
+            response = await _response(call)
+            if response.WhichOneof("kind") == "event" and response.event.last:
+                ended.add(response.id)
+        assert ended == set(range(1, limit + 1))
+        call.cancel()
 
 
 async def test_closing_the_client_ends_the_watches_it_kept(

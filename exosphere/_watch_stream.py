@@ -1,10 +1,20 @@
 """The client's one SchedulerService.Watches stream: each watch a message on an open stream, not a call of its own.
 
 A message each way on an open stream costs about half the round trip of a new call, and trigger() then wait() or
-trigger_and_wait() is a watch. The stream is opened on first use. When it ends (the scheduler restarted, the
-network failed) every watch open on it fails as its call would have (ConnectionFailedError, which wait() answers
-by watching again) and the next watch opens a new stream. A scheduler without Watches (UNIMPLEMENTED: nothing ran)
-is remembered in ``supported``, and the client uses WatchRun calls instead.
+trigger_and_wait() is a watch. The stream is opened on first use, and nothing is written on it before the
+scheduler's first headers say it serves it (HEADER): grpc.aio reports a write that crosses the end of a refused
+stream as INTERNAL, which would hide the UNIMPLEMENTED of a scheduler without Watches (grpc/grpc#36066). That
+scheduler is remembered in ``supported``, and the client makes WatchRun calls instead.
+
+When the stream ends (the scheduler restarted, the network failed) every watch open on it fails as its call would
+have (ConnectionFailedError, which wait() answers by watching again) and the next watch opens a new stream. A
+request the scheduler never read fails with ``Unread`` instead (a ConnectionFailedError too): it did not run, so a
+trigger may be made again. That is the case of every request still open when a stopping scheduler ends a stream it
+has nothing left to answer on (UNREAD_TRAILER), of a stream it refused before its headers, and of a request whose
+write failed.
+
+At most LIMIT_MAX_WATCHES_PER_STREAM requests are open at once (the scheduler's bound): more wait for a place. A
+cancelled watch gives its place back once its cancel is written, so the scheduler never counts one too many.
 """
 
 from __future__ import annotations
@@ -19,19 +29,27 @@ from typing import Any
 import grpc
 
 from exosphere._channel import error_from_status, to_exosphere_error
-from exosphere.errors import ConnectionFailedError
+from exosphere.errors import ConnectionFailedError, ExosphereError
 from exosphere.v1 import common_pb2
 from exosphere.v1 import scheduler_pb2 as pb
 
-__all__ = ["Watch", "WatchStream", "WatchesUnsupported"]
+__all__ = ["HEADER", "UNREAD_TRAILER", "Unread", "Watch", "WatchStream", "WatchesUnsupported"]
 
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
-# The header a scheduler opens a Watches stream with: it serves it.
+# The header a scheduler opens a Watches stream with (it serves it), and the trailer it ends one with when it read
+# nothing more of it (it is stopping): every request still open on it was not read.
 HEADER = "exosphere-watches"
+UNREAD_TRAILER = "exosphere-watches-unread"
+# What grpc.aio reports in place of a stream's status when a write crossed its end (grpc/grpc#36066).
+_CROSSED_WRITE = "Internal error from Core"
 
 
 class WatchesUnsupported(Exception):
     """The scheduler has no Watches stream: the request did not run; make it as a WatchRun call."""
+
+
+class Unread(ConnectionFailedError):
+    """The scheduler did not read the request (see the module docstring): it did not run and may be made again."""
 
 
 class Watch:
@@ -41,11 +59,11 @@ class Watch:
     def __init__(self, stream: WatchStream, request_id: int) -> None:
         self.id = request_id
         self._stream = stream
-        self._slot = True  # holds one of the stream's LIMIT_MAX_WATCHES_PER_STREAM places until it ends
         self._events: deque[pb.WatchRunResponse] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._ended = False
         self._error: BaseException | None = None
+        self._placed = True  # holds one of the stream's places until it ends (or its cancel is written)
         # While kept unread for a wait() that may never come (OpenWatches), the most it buffers before it is
         # cancelled instead; None while someone reads it.
         self.keep_bytes: int | None = None
@@ -66,25 +84,31 @@ class Watch:
 
     def cancel(self) -> None:
         if not self._ended:
-            self._stream._cancel(self)
-            self._finish(None)
+            self._finish(None, release=False)
+            self._stream._cancel(self)  # gives the place back once the cancel is written
 
-    def _deliver(self, event: pb.WatchRunResponse) -> None:
+    def _deliver(self, event: pb.WatchRunResponse) -> bool:
+        """Hand over ``event``; False when the watch was cancelled instead (kept, and over ``keep_bytes``)."""
         if self.keep_bytes is not None:
             self._kept_bytes += event.ByteSize()
             if self._kept_bytes > self.keep_bytes:  # its wait(), if it comes, watches afresh
                 self.cancel()
-                return
+                return False
         self._events.append(event)
         self._wake()
+        return True
 
-    def _finish(self, error: BaseException | None) -> None:
+    def _finish(self, error: BaseException | None, *, release: bool = True) -> None:
         if not self._ended:
             self._ended = True
             self._error = error
             self._wake()
-        if self._slot:
-            self._slot = False
+        if release:
+            self._release()
+
+    def _release(self) -> None:
+        if self._placed:
+            self._placed = False
             self._stream._slots.release()
 
     def _wake(self) -> None:
@@ -99,43 +123,51 @@ class WatchStream:
         self._open_call = open_call
         self._call: Any = None
         self._watches: dict[int, Watch] = {}  # the open watches of the current stream, by request id
-        self._ids = itertools.count(1)
-        self._lock = asyncio.Lock()
+        self._ids = itertools.count(1)  # never reused on a stream: late messages of a cancelled id are dropped
+        self._lock = asyncio.Lock()  # one write at a time
         self._opening = asyncio.Lock()
-        # Requests open at once, within what the scheduler allows on one stream: more wait for a place.
         self._slots = asyncio.Semaphore(common_pb2.LIMIT_MAX_WATCHES_PER_STREAM)
         self._reader: asyncio.Task[None] | None = None
         self._cancels: set[asyncio.Task[None]] = set()
-        # None until the scheduler answers the first stream; False once it said it has no Watches.
+        # None until a scheduler answered a stream; False once one said it has no Watches.
         self.supported: bool | None = None
 
+    def has_room(self) -> bool:
+        """Whether a watch would start now, without waiting for a place."""
+        return not self._slots.locked()
+
     async def watch(self, request: pb.WatchRunRequest) -> Watch:
-        """Start ``request``; what the scheduler answers is read from the returned Watch (a stream that fails
-        meanwhile fails the Watch, which raises WatchesUnsupported when the scheduler has no Watches)."""
+        """Start ``request``; what the scheduler answers is read from the returned Watch. Raises what opening the
+        stream raised: WatchesUnsupported, Unread (refused: nothing ran), or the refusal's ExosphereError."""
         await self._slots.acquire()
+        watch: Watch | None = None
         try:
             call, watches = self._call, self._watches
             if call is None:
                 call, watches = await self._open()
-        except BaseException:
-            self._slots.release()
-            raise
-        watch = Watch(self, next(self._ids))
-        watches[watch.id] = watch
-        try:
+            watch = Watch(self, next(self._ids))
+            watches[watch.id] = watch
             async with self._lock:
                 await call.write(pb.WatchesRequest(id=watch.id, watch=request))
-        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
-            pass  # the stream is over: its reader ends this watch with the reason, which read() raises
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):  # the write: the stream is over, without it
+            assert watch is not None
+            watches.pop(watch.id, None)
+            watch._finish(Unread("the watches stream ended before the request was sent"))
+        except BaseException:
+            if watch is None:
+                self._slots.release()
+            else:  # cancelled before or while writing: tell the scheduler (it ignores an id it never read)
+                watch.cancel()
+            raise
         return watch
 
     async def _open(self) -> tuple[Any, dict[int, Watch]]:
-        """A new stream, once the scheduler has said it serves it: its first headers carry HEADER. Nothing is written
-        before: grpc.aio reports a write that crosses the end of a refused stream as INTERNAL, which would hide the
-        UNIMPLEMENTED of a scheduler without Watches (grpc/grpc#36066)."""
+        """The stream, opened if need be; nothing is written before the scheduler's headers (module docstring)."""
         async with self._opening:
             if self._call is not None:  # another watch opened it meanwhile
                 return self._call, self._watches
+            if self.supported is False:  # another watch learned meanwhile that it cannot be
+                raise WatchesUnsupported("the scheduler has no Watches")
             call = self._open_call()
             try:
                 metadata = await call.initial_metadata()
@@ -163,29 +195,33 @@ class WatchStream:
 
     def _cancel(self, watch: Watch) -> None:
         call = self._call
-        if call is None or self._watches.pop(watch.id, None) is None:
+        if call is None or self._watches.pop(watch.id, None) is None:  # over already: nothing to tell
+            watch._release()
             return
-        task = asyncio.get_running_loop().create_task(self._send_cancel(call, watch.id))
+        task = asyncio.get_running_loop().create_task(
+            self._send_cancel(call, watch), name=f"exosphere-watches-cancel-{watch.id}"
+        )
         self._cancels.add(task)
         task.add_done_callback(self._cancels.discard)
 
-    async def _send_cancel(self, call: Any, request_id: int) -> None:
+    async def _send_cancel(self, call: Any, watch: Watch) -> None:
         try:
             async with self._lock:
-                await call.write(pb.WatchesRequest(id=request_id, cancel=True))
+                await call.write(pb.WatchesRequest(id=watch.id, cancel=True))
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
             pass  # the stream is over, and the request with it
+        finally:
+            watch._release()
 
     async def _read(self, call: Any, watches: dict[int, Watch]) -> None:
         error: BaseException = ConnectionFailedError("the scheduler ended the watches stream; watch again")
         try:
             while (message := await call.read()) is not grpc.aio.EOF:
                 watch = watches.get(message.id)
-                if watch is None:  # cancelled here; its end crossed the cancel
+                if watch is None:  # cancelled here: what was in flight for it
                     continue
                 if message.WhichOneof("kind") == "event":
-                    watch._deliver(message.event)
-                    if message.event.last:  # the request is over: no end follows
+                    if watch._deliver(message.event) and message.event.last:  # over: no end follows
                         del watches[message.id]
                         watch._finish(None)
                     continue
@@ -197,25 +233,35 @@ class WatchStream:
                     code = _CODES.get(end.code, grpc.StatusCode.UNKNOWN)
                     watch._finish(error_from_status(code, end.message, end.trailers.items()))
         except grpc.aio.AioRpcError as exc:
-            error = to_exosphere_error(exc)
-            if exc.code() == grpc.StatusCode.INTERNAL and exc.details() == "Internal error from Core":
-                # A write crossed the stream's end, and grpc.aio put INTERNAL in place of its status (#36066):
-                # the stream broke, as far as anyone can tell; its watches may be asked again.
-                error = ConnectionFailedError(f"the watches stream broke ({exc.details()}); watch again")
+            error = _stream_error(exc)
         finally:
             if self._call is call:
                 self._call = None
-            for watch in watches.values():
+            for watch in list(watches.values()):
                 watch._finish(error)
             watches.clear()
 
 
+def _stream_error(exc: grpc.aio.AioRpcError) -> ExosphereError:
+    """What a stream's end means for the watches still open on it."""
+    if any(key == UNREAD_TRAILER for key, _ in exc.trailing_metadata() or ()):
+        return Unread(f"{exc.details()} (the request was not read)")
+    if exc.code() == grpc.StatusCode.INTERNAL and exc.details() == _CROSSED_WRITE:
+        # A write crossed the stream's end, and grpc.aio put INTERNAL in place of its status: the stream broke, as
+        # far as anyone can tell, and its watches may be asked again.
+        return ConnectionFailedError(f"the watches stream broke ({_CROSSED_WRITE}); watch again")
+    return to_exosphere_error(exc)
+
+
 async def _refusal(call: Any) -> BaseException:
-    """Why a stream opened without HEADER: the scheduler's refusal (WatchesUnsupported for UNIMPLEMENTED, else the
-    error the status stands for), or WatchesUnsupported for a server that answered but does not serve it."""
+    """Why a stream opened without HEADER: WatchesUnsupported (UNIMPLEMENTED, or a server that answered without
+    it), Unread (UNAVAILABLE: nothing was written, so nothing ran), or the error its status stands for."""
     if not call.done():
         return WatchesUnsupported("the server opened the stream without saying it serves Watches")
     code = await call.code()
+    details = await call.details() or ""
     if code == grpc.StatusCode.UNIMPLEMENTED:
-        return WatchesUnsupported(await call.details() or "no Watches")
-    return error_from_status(code, await call.details() or "", await call.trailing_metadata() or ())
+        return WatchesUnsupported(details or "no Watches")
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return Unread(f"scheduler unavailable: {details}")
+    return error_from_status(code, details, await call.trailing_metadata() or ())

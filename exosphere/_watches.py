@@ -57,10 +57,10 @@ class OpenWatches:
             call.cancel()
 
 
-async def follow(call: Any, final_snapshot: bool) -> tuple[RunModel, bool] | None:
+async def follow(call: Any, final_snapshot: bool, started: list[str] | None = None) -> tuple[RunModel, bool] | None:
     """Read a watch (a WatchRun call, or a Watch on the Watches stream) until the run is no longer pending: the
     run, with its states when the scheduler sent its final snapshot (then ``True``); None when the watch ended
-    first. It is cancelled unless it ended."""
+    first. It is cancelled unless it ended. ``started`` gets the run id of its first event (an announce's)."""
     final: Any = None
     states: list[StateModel] = []
     last = left_out = False
@@ -68,6 +68,8 @@ async def follow(call: Any, final_snapshot: bool) -> tuple[RunModel, bool] | Non
         async with translate_errors():
             # read(), not iteration: trigger() read the announce with read(), and a call cannot mix the two.
             while isinstance(event := await call.read(), pb.WatchRunResponse):
+                if started is not None and not started:
+                    started.append(event.run.run_id)
                 if event.run.status == common_pb2.RUN_STATUS_PENDING:
                     continue  # an announce, or a scheduler before final_snapshot: run-only events while pending
                 if final is None:

@@ -11,7 +11,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from exosphere._channel import Backoff, metadata, open_channel, translate_errors
-from exosphere._watch_stream import WatchesUnsupported, WatchStream
+from exosphere._watch_stream import Unread, WatchesUnsupported, WatchStream
 from exosphere._watches import OpenWatches, follow
 from exosphere._wire import graph_from_pb, graph_to_pb, run_from_pb, runtime_from_pb, states_from_pb
 from exosphere.config import ClientConfig
@@ -185,11 +185,12 @@ class StateManager:
             store=dict(store or {}),
             start_delay_ms=delay_ms,
         )
-        if self._stream.supported is not False:
+        # A plain call when the stream cannot take it now: a trigger never waits for a place on it.
+        if self._stream.supported is not False and self._stream.has_room():
             try:
                 return TriggerResponse(run_id=await self._trigger_watched(request))
-            except WatchesUnsupported:
-                pass  # nothing ran: a scheduler before Watches gets the plain call
+            except (WatchesUnsupported, Unread):
+                pass  # the scheduler did not read it, so it did not run: make it as a call
         async with translate_errors():
             response = await self._api().TriggerGraph(request, metadata=self._metadata, timeout=CALL_TIMEOUT_S)
         return TriggerResponse(run_id=response.run_id)
@@ -199,17 +200,20 @@ class StateManager:
         request = pb.WatchRunRequest(
             run_only=True, final_snapshot=True, final_snapshot_max_events=1, announce=True, trigger=trigger
         )
-        watch = await self._stream.watch(request)
+        watch = None
         try:
-            async with asyncio.timeout(CALL_TIMEOUT_S):
+            async with asyncio.timeout(CALL_TIMEOUT_S):  # as the plain call's deadline, opening the stream included
+                watch = await self._stream.watch(request)
                 first = await watch.read()
         except TimeoutError:
-            watch.cancel()
+            if watch is not None:
+                watch.cancel()
             raise ExosphereTimeoutError(
                 f"graph {trigger.graph_name!r}: the scheduler did not answer the trigger in {CALL_TIMEOUT_S}s"
             ) from None
         except BaseException:
-            watch.cancel()
+            if watch is not None:
+                watch.cancel()
             raise
         if not isinstance(first, pb.WatchRunResponse):  # grpc.aio.EOF
             raise ConnectionFailedError(f"graph {trigger.graph_name!r}: the scheduler ended the trigger unanswered")
@@ -309,18 +313,33 @@ class StateManager:
         timeout: float | timedelta | None = None,
         states: bool = True,
     ) -> RunModel:
-        """Start a run and wait for its outcome in one round trip; with ``states`` the outcome carries its states."""
+        """Start a run and wait for its outcome in one round trip; with ``states`` the outcome carries its states.
+
+        The run is announced as soon as it is started, so a watch that breaks after that (the scheduler stopping)
+        goes on as ``wait()`` on the run, not as an error.
+        """
         timeout_s = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
         request = pb.WatchRunRequest(
             run_only=True,
             final_snapshot=states,
+            announce=True,
             trigger=pb.TriggerGraphRequest(
                 namespace=self.namespace, graph_name=graph_name, inputs=dict(inputs or {}), store=dict(store or {})
             ),
         )
+        started: list[str] = []  # the run id, once announced
         try:
             async with asyncio.timeout(timeout_s):
-                final = await self._outcome(request)
+                try:
+                    final = await self._outcome(request, started)
+                except ConnectionFailedError as exc:
+                    if not started:
+                        raise
+                    logger.info("watch of run %s interrupted, watching again: %s", started[0], exc)
+                    final = None
+                if final is None and started:
+                    run = await self.wait(started[0])
+                    return run if states else run.model_copy(update={"states": []})
         except TimeoutError:
             raise ExosphereTimeoutError(f"graph {graph_name!r} run still pending after {timeout_s}s") from None
         if final is None:
@@ -328,15 +347,22 @@ class StateManager:
         run, complete = final
         return run if complete or not states else await self.get_run(run.run_id)
 
-    async def _outcome(self, request: pb.WatchRunRequest) -> tuple[RunModel, bool] | None:
+    async def _outcome(
+        self, request: pb.WatchRunRequest, started: list[str] | None = None
+    ) -> tuple[RunModel, bool] | None:
         """Follow a new watch until the run is no longer pending (exosphere/_watches.py follow): on the Watches
-        stream, or as a WatchRun call to a scheduler without it."""
+        stream, or as a WatchRun call when the scheduler has none, or a trigger the stream did not take (nothing
+        ran; a stopping scheduler still takes calls). A plain watch it did not take raises Unread: watch again."""
         if self._stream.supported is not False:
             try:
-                return await follow(await self._stream.watch(request), request.final_snapshot)
+                return await follow(await self._stream.watch(request), request.final_snapshot, started)
             except WatchesUnsupported:
-                pass  # nothing ran
-        return await follow(self._api().WatchRun(request, metadata=self._metadata), request.final_snapshot)
+                pass
+            except Unread:
+                if not request.HasField("trigger"):
+                    raise
+        call = self._api().WatchRun(request, metadata=self._metadata)
+        return await follow(call, request.final_snapshot, started)
 
     async def watch(self, run_id: str, *, states: bool = True) -> AsyncIterator[tuple[RunModel, list[StateModel]]]:
         """Yield ``(run, changed_states)`` as the run progresses; ends once the run is no longer pending.

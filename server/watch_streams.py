@@ -9,10 +9,13 @@ Writes go out one at a time, in the order the answering tasks reach the stream; 
 so a client that stops reading holds up its own stream's tasks and nothing else. A cancel from the client, or the
 stream's end, cancels the answering tasks.
 
-A stream outlives any one run, so a stopping scheduler ends it rather than wait for it (``stop()``): a watch ends
-with UNAVAILABLE, which the SDK's ``wait()`` answers by watching again (here once restarted, or on another replica);
-a request still starting its run finishes that first, so the client learns whether it was started. Then the stream
-ends, UNAVAILABLE too.
+A stream outlives any one run, so a stopping scheduler ends it rather than wait for it (``stop()``):
+- a watch ends with UNAVAILABLE, which the SDK's ``wait()`` answers by watching again (here once restarted, or on
+  another replica); a trigger ends so once its run is started and announced, so the client learns its run id;
+- the stream goes on reading meanwhile: a trigger is served as above, a plain watch ended at once;
+- once nothing is open on it, the stream ends UNAVAILABLE with UNREAD_TRAILER: whatever the client sent that was
+  not read did not run, and the SDK makes it again (a trigger as a TriggerGraph call, which a stopping scheduler
+  still takes during its drain). A stream opened while stopping is refused so before its header.
 """
 
 from __future__ import annotations
@@ -38,8 +41,10 @@ Ctx = grpc.aio.ServicerContext[Any, Any]
 # Requests one stream may have open at once; more are ended with RESOURCE_EXHAUSTED.
 MAX_OPEN = common_pb2.LIMIT_MAX_WATCHES_PER_STREAM
 STOPPING = "the scheduler is stopping; watch again"
-# The header a Watches stream opens with (the SDK waits for it before its first request).
+# The header a Watches stream opens with (the SDK waits for it before its first request), and the trailer a stopping
+# scheduler ends one with once nothing is open on it: a request still in flight was not read (it may be made again).
 HEADER = "exosphere-watches"
+UNREAD_TRAILER = "exosphere-watches-unread"
 
 WatchHandler = Callable[[pb.WatchRunRequest, Any], AsyncGenerator[pb.WatchRunResponse, None]]
 
@@ -91,6 +96,8 @@ class WatchStreams:
         self._stopping.set()
 
     async def serve(self, context: Ctx) -> None:
+        if self._stopping.is_set():  # before the header: the client has written nothing (it falls back to calls)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, STOPPING, trailing_metadata=((UNREAD_TRAILER, "1"),))
         try:
             await _Stream(context, self._watch_run, self._stopping).run()
         except asyncio.CancelledError:
@@ -116,20 +123,26 @@ class _Stream:
         stopping = asyncio.create_task(self._stopping.wait(), name="exosphere-watches-stopping")
         try:
             await asyncio.wait({reader, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            if reader.done():
+            if reader.done() and not stopping.done():
                 reader.result()  # a message that did not parse ends the stream here
-                if self._answering:  # the client is done asking: answer what it asked, then end
-                    await asyncio.wait(self._answering.values())
-                return
-            reader.cancel()
+                # The client is done asking: answer what it asked, then end (at once if the scheduler stops).
+                while self._answering and not stopping.done():
+                    await asyncio.wait({stopping, *self._answering.values()}, return_when=asyncio.FIRST_COMPLETED)
+                if not stopping.done():
+                    return
+            # Stopping: every watch ends now; a trigger still starting its run ends once it is announced; requests
+            # read meanwhile are answered so too (server/watch_streams.py module docstring).
             for request_id in list(self._watching):
                 self._answering[request_id].cancel()
             while self._answering:
-                await asyncio.wait(self._answering.values())
-            await self._context.abort(grpc.StatusCode.UNAVAILABLE, STOPPING)
+                await asyncio.wait(self._answering.values(), return_when=asyncio.FIRST_COMPLETED)
+            # Nothing open: the scheduler has read nothing it did not answer, and says so.
+            await self._context.abort(grpc.StatusCode.UNAVAILABLE, STOPPING, trailing_metadata=((UNREAD_TRAILER, "1"),))
         finally:
-            for task in (reader, stopping, *self._answering.values()):
+            tasks = (reader, stopping, *self._answering.values())
+            for task in tasks:
                 task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _read(self) -> None:
         while (message := await self._context.read()) is not grpc.aio.EOF:
@@ -143,6 +156,8 @@ class _Stream:
                     task.cancel()
             elif request_id in self._answering:
                 await self._write(_end(request_id, grpc.StatusCode.INVALID_ARGUMENT, f"request {request_id} is open"))
+            elif self._stopping.is_set() and not message.watch.HasField("trigger"):
+                await self._write(_end(request_id, grpc.StatusCode.UNAVAILABLE, STOPPING))
             elif len(self._answering) >= MAX_OPEN:
                 await self._write(_end(request_id, grpc.StatusCode.RESOURCE_EXHAUSTED, f"over {MAX_OPEN} open"))
             else:

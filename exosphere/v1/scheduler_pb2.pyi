@@ -1152,6 +1152,8 @@ Global___WatchRunResponse: _TypeAlias = WatchRunResponse  # noqa: Y015
 
 @_typing.final
 class WatchesRequest(_message.Message):
+    """One request on a Watches stream: a watch to start, or one to stop."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
@@ -1160,7 +1162,9 @@ class WatchesRequest(_message.Message):
     id: _builtins.int
     """Chosen by the client: unique among its requests still open on this stream. Every response names it."""
     cancel: _builtins.bool
-    """Stop answering request `id`: the client no longer wants it. Nothing more is sent for it, not even an end."""
+    """Stop answering request `id`: the client no longer wants it. No end is sent for it; messages already on their
+    way for it may still arrive (ignore them). An id is never used twice on a stream.
+    """
     @_builtins.property
     def watch(self) -> Global___WatchRunRequest:
         """Answer this request as WatchRun would: its events, then an end."""
@@ -1184,6 +1188,8 @@ Global___WatchesRequest: _TypeAlias = WatchesRequest  # noqa: Y015
 
 @_typing.final
 class WatchesResponse(_message.Message):
+    """One answer on a Watches stream, to the request it names."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
@@ -1220,6 +1226,8 @@ Global___WatchesResponse: _TypeAlias = WatchesResponse  # noqa: Y015
 
 @_typing.final
 class WatchEnd(_message.Message):
+    """How a request on a Watches stream ended, as a WatchRun call's status would say it."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final

@@ -161,6 +161,8 @@ async def _watches(stub: Stubs, request: pb.WatchRunRequest, metadata: Metadata)
     try:
         while (response := await call.read()) is not grpc.aio.EOF:
             assert response.id == 7
+            if response.WhichOneof("kind") == "event" and response.event.last:  # over, without an end
+                return
             if response.WhichOneof("kind") == "end":
                 if response.end.code:
                     code = next(c for c in grpc.StatusCode if c.value[0] == response.end.code)

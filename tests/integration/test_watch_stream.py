@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import grpc
 import pytest
@@ -25,6 +25,7 @@ from exosphere._watch_stream import HEADER
 from exosphere._watches import OpenWatches
 from exosphere.v1 import common_pb2, scheduler_pb2_grpc
 from exosphere.v1 import scheduler_pb2 as pb
+from server import watch_streams
 from server.app import App
 from server.config import ServerConfig
 from tests.engine_nodes import Split, Tag, Waiter
@@ -100,14 +101,23 @@ async def test_a_kept_watch_that_would_buffer_too_much_is_dropped_and_its_wait_a
     state_manager: StateManager, tag_graph: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(_watches, "KEEP_BYTES", 2_000)
+    key = uuid.uuid4().hex
+    other = await state_manager.trigger("hold", inputs={"key": key})  # a second watch kept open on the stream
+    stream = state_manager._stream
+    call, reader = stream._call, stream._reader
     csv = ",".join(f"{i:04d}" * 100 for i in range(40))  # 40 branches of 400 characters: ~40 KB of final snapshot
     run = await state_manager.trigger("fan", inputs={"csv": csv})
     kept = state_manager._watches._calls[run.run_id]
+    # Its last event is over the bound: the watch is dropped, and the stream and its other watches go on.
     await assert_eventually(lambda: kept._ended, message="the kept watch was dropped once it passed KEEP_BYTES")
+    assert (stream._call, stream._reader) == (call, reader) and reader is not None and not reader.done()
 
     done = await state_manager.wait(run.run_id, timeout=20)
     assert done.status is RunStatus.SUCCESS
     assert sorted(s.outputs[0]["text"] for s in states_of(done, "tag")) == [f"{i:04d}" * 100 + "!" for i in range(40)]
+    Waiter.release(key)
+    assert (await state_manager.wait(other.run_id, timeout=20)).status is RunStatus.SUCCESS
+    assert stream._call is call  # the same stream throughout
 
 
 async def test_a_refused_trigger_raises_its_error_and_the_stream_goes_on(
@@ -139,13 +149,14 @@ async def test_a_kept_watch_is_told_of_the_end_alone_not_of_each_commit_before_i
     await assert_eventually(lambda: all(k in Waiter.started for k in keys), message="every branch started")
     run = app.engine._table.runs[held.run_id]
     (queue,) = run.end_watchers
+    puts = _count_puts(queue)
     for succeeded, k in enumerate(keys[:2], start=2):  # two commits of the run, each a branch's success
         Waiter.release(k)
         await assert_eventually(
             lambda n=succeeded: sum(s.status == "SUCCESS" for s in run.states) >= n,
             message="the branch's result was committed",
         )
-    assert not run.watchers and queue.qsize() == 0  # woken by none of them
+    assert not run.watchers and puts == []  # woken by none of them
     Waiter.release(keys[2])
     done = await state_manager.wait(held.run_id, timeout=20)
     assert done.status is RunStatus.SUCCESS
@@ -215,6 +226,52 @@ async def test_the_scheduler_ends_a_request_over_the_streams_limit_and_serves_th
         call.cancel()
 
 
+def _count_puts(queue: asyncio.Queue[Any]) -> list[object]:
+    """What is put into ``queue`` from now on (a spy: the queue works as before)."""
+    puts: list[object] = []
+    put = queue.put_nowait
+
+    def counted(item: Any) -> None:
+        puts.append(item)
+        put(item)
+
+    queue.put_nowait = counted  # type: ignore[method-assign]
+    return puts
+
+
+async def test_a_watch_cancelled_before_it_is_written_gives_its_place_back(
+    state_manager: StateManager, tag_graph: str
+) -> None:
+    await state_manager.trigger_and_wait(tag_graph, timeout=20)  # the stream is open
+    stream = state_manager._stream
+    slots = stream._slots = _Counting(5)
+    async with stream._lock:  # holds the stream's writes: the request waits to be written
+        waiting = asyncio.create_task(state_manager.trigger_and_wait(tag_graph, timeout=20))
+        await assert_eventually(lambda: slots.held == 1, message="the request took its place")
+        waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    await assert_eventually(lambda: slots.held == 0, message="the cancelled request gave its place back")
+    assert stream._watches == {}
+    done = await state_manager.trigger_and_wait(tag_graph, inputs={"text": "after"}, timeout=20)
+    assert states_of(done, "tag")[0].outputs[0]["text"] == "after!"
+
+
+async def test_cancelled_watches_never_put_the_scheduler_over_its_limit(
+    state_manager: StateManager, tag_graph: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cancel gives its place back once written, so a request after it never reaches the scheduler first."""
+    monkeypatch.setattr(watch_streams, "MAX_OPEN", 2)
+    state_manager._stream._slots = _Counting(2)
+    state_manager._watches = OpenWatches(limit=1)  # each trigger cancels the watch the one before it kept
+    key = uuid.uuid4().hex
+    runs = [await state_manager.trigger("hold", inputs={"key": f"{key}-{i}"}) for i in range(6)]
+    assert len({r.run_id for r in runs}) == 6
+    for i, run in enumerate(runs):
+        Waiter.release(f"{key}-{i}")
+        assert (await state_manager.wait(run.run_id, timeout=20)).status is RunStatus.SUCCESS
+
+
 async def test_closing_the_client_ends_the_watches_it_kept(
     app: App, server_address: str, namespace: str, tag_graph: str
 ) -> None:
@@ -264,6 +321,46 @@ async def test_a_wait_survives_a_scheduler_restart_under_its_stream(tmp_path: Pa
             again = await sm.wait((await sm.trigger("tag")).run_id, timeout=20)
             assert again.status is RunStatus.SUCCESS
             assert _calls(restarted, "TriggerGraph") == 0
+
+
+async def test_during_a_drain_triggers_start_runs_and_a_trigger_and_wait_goes_on_after_the_restart(
+    tmp_path: Path, namespace: str
+) -> None:
+    keys = [uuid.uuid4().hex, uuid.uuid4().hex]
+
+    def config(port: int = 0) -> ServerConfig:
+        return ServerConfig(host="127.0.0.1", port=port, db=str(tmp_path / "x.db"), drain_grace="PT2S", http_port=-1)
+
+    async with contextlib.AsyncExitStack() as stack, RuntimeGroup() as runtimes:
+        start: Callable[[ServerConfig], Awaitable[App]] = lambda c: stack.enter_async_context(serving(c))  # noqa: E731
+        app = await start(config())
+        runtime = await runtimes.start(Runtime(namespace, "rt", [Waiter, Tag], address=app.address))
+        async with StateManager(namespace, address=app.address) as sm:
+            await sm.upsert_graph("hold", [gnode(namespace, "Waiter", "hold", {"key": "k", "item": "i"})])
+            await sm.upsert_graph("tag", [gnode(namespace, "Tag", "tag", {"text": "x", "suffix": "!"})])
+            # A trigger-and-wait in flight when the scheduler is told to stop, and a run the drain holds.
+            in_flight = asyncio.create_task(sm.trigger_and_wait("hold", inputs={"key": keys[0]}, timeout=30))
+            held = await sm.trigger("hold", inputs={"key": keys[1]})
+            await assert_eventually(lambda: all(k in Waiter.started for k in keys), message="both states started")
+
+            started = time.monotonic()
+            stopping = asyncio.create_task(app.stop())
+            await assert_eventually(lambda: app.engine.runtimes.stopping, message="the scheduler is draining")
+            during = await sm.trigger("tag")  # started, not refused: the scheduler takes triggers in its drain
+            await asyncio.wait_for(stopping, 10)
+            # Nothing made it wait its 10 s shutdown grace: not the open stream, not the trigger-and-wait on it.
+            assert time.monotonic() - started < 5
+            assert not in_flight.done()
+
+            await start(config(app.port))
+            await runtimes.wait_registered(runtime)
+            for key in keys:
+                Waiter.release(key)
+            done = await in_flight  # the same call: once announced, its run is waited for, not lost
+            assert done.status is RunStatus.SUCCESS and done.states[-1].outputs[0]["text"] == "i"
+            assert (await sm.wait(held.run_id, timeout=20)).status is RunStatus.SUCCESS
+            tagged = await sm.wait(during.run_id, timeout=20)
+            assert tagged.status is RunStatus.SUCCESS and states_of(tagged, "tag")[0].outputs[0]["text"] == "x!"
 
 
 class _SilentScheduler:

@@ -6,18 +6,26 @@ new state leaves at their defaults), so the common rows go through narrower stat
 (no outputs, error or prune data, no runtime), and a state changed with no error, prune data or delayed start (a
 success): its attempt never changes, and error, prune data and start time, once set, are never cleared, so the
 stored ones are still right. Any other row is written whole.
+
+The narrow insert's rows are built as ``executemany`` reads them, in the writer thread: ``prepare`` keeps beside
+each state only what may change after the tick (status, update and start times, and the inputs, which a caller
+may change: as JSON text), since a state's ids, attempt, parent and path never change. A burst of 100,000 new
+states then holds about 100 bytes each until its commit instead of about 260 (a tuple and two JSON texts), on top
+of the live states.
 """
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from .jsontext import dumps, int_list, str_map, str_maps
 from .models import RunRow, StateRow
+from .status import StateStatus
 from .store import RUN_COLUMNS, STATE_COLUMNS, WriteBatch
 
-__all__ = ["STATE_COLUMNS", "PreparedRows", "prepare", "write"]
+__all__ = ["STATE_COLUMNS", "NewRows", "PreparedRows", "prepare", "write"]
 
 _NEW_COLUMNS = (
     "run_id, seq, identifier, node_name, status, inputs, attempt, parent_id, parent_output, path, created_at_ms, "
@@ -44,9 +52,33 @@ INSERT_KV = "INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)"
 
 
 @dataclass(slots=True)
+class NewRows:
+    """New states not run yet, for the narrow insert: the states, and as columns what may change after prepare."""
+
+    states: list[StateRow]
+    statuses: list[StateStatus]
+    inputs: list[str]
+    updated_at_ms: list[int]
+    run_at_ms: list[int]
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+    def rows(self) -> Iterator[tuple[object, ...]]:
+        """The parameters of each row, made as they are read (again for each commit attempt)."""
+        for s, status, inputs, updated_at_ms, run_at_ms in zip(
+            self.states, self.statuses, self.inputs, self.updated_at_ms, self.run_at_ms, strict=True
+        ):
+            yield (
+                s.run_id, s.seq, s.identifier, s.node_name, status, inputs, s.attempt, s.parent_id,
+                s.parent_output, int_list(s.path), s.created_at_ms, updated_at_ms, run_at_ms,
+            )  # fmt: skip
+
+
+@dataclass(slots=True)
 class PreparedRows:
     inserts: list[tuple[object, ...]]
-    new_inserts: list[tuple[object, ...]]
+    new_inserts: NewRows
     updates: list[tuple[object, ...]]
     done_updates: list[tuple[object, ...]]
     runs: list[tuple[object, ...]]
@@ -56,7 +88,9 @@ class PreparedRows:
 def prepare(batch: WriteBatch) -> PreparedRows:
     """The batch's parameters, snapshotted now."""
     inserts: list[tuple[object, ...]] = []
-    new_inserts: list[tuple[object, ...]] = []
+    new_inserts = NewRows([], [], [], [], [])
+    states, statuses, inputs = new_inserts.states, new_inserts.statuses, new_inserts.inputs
+    updated_at, run_at = new_inserts.updated_at_ms, new_inserts.run_at_ms
     for s in batch.new_states:
         if (
             s.outputs is None
@@ -64,10 +98,11 @@ def prepare(batch: WriteBatch) -> PreparedRows:
             and s.pruned_data is None
             and not (s.runtime_name or s.started_at_ms or s.ran_ms)
         ):
-            new_inserts.append(
-                (s.run_id, s.seq, s.identifier, s.node_name, s.status, str_map(s.inputs), s.attempt, s.parent_id,
-                 s.parent_output, int_list(s.path), s.created_at_ms, s.updated_at_ms, s.run_at_ms)
-            )  # fmt: skip
+            states.append(s)
+            statuses.append(s.status)
+            inputs.append(str_map(s.inputs))
+            updated_at.append(s.updated_at_ms)
+            run_at.append(s.run_at_ms)
         else:
             inserts.append(state_params(s))
     updates: list[tuple[object, ...]] = []
@@ -92,9 +127,10 @@ def prepare(batch: WriteBatch) -> PreparedRows:
 
 def write(db: sqlite3.Connection, rows: PreparedRows) -> None:
     """Execute the prepared statements (in the caller's transaction)."""
+    if rows.new_inserts:
+        db.executemany(INSERT_NEW_STATE, rows.new_inserts.rows())
     for statement, params in (
         (INSERT_STATE, rows.inserts),
-        (INSERT_NEW_STATE, rows.new_inserts),
         (UPDATE_STATE, rows.updates),
         (UPDATE_DONE_STATE, rows.done_updates),
         (INSERT_RUN, rows.runs),

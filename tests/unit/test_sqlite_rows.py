@@ -45,3 +45,16 @@ def test_new_and_finished_states_read_back_as_written(tmp_path: Path) -> None:
     assert len(second.done_updates) == 1 and len(second.updates) == 3
     store.commit(second)
     assert store.get_states("r1", -1, 0) == updated
+
+
+def test_a_new_state_is_written_as_prepared_though_its_row_is_built_at_commit(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "s.db")
+    run = RunRow(run_id="r1", namespace="ns", graph_name="g", graph_version=1, status=RunStatus.PENDING)
+    fresh = _state(1)
+    prepared = prepare(WriteBatch(new_states=[fresh], runs=[run]))
+    assert prepared.new_inserts.states == [fresh] and not prepared.inserts  # no row made yet: the state, its columns
+    fresh.status, fresh.updated_at_ms, fresh.run_at_ms = StateStatus.SUCCESS, 2_000, 3_000
+    fresh.inputs["item"] = "changed"
+    store.commit(prepared)
+    assert store.get_states("r1", -1, 0) == [_state(1)]
+    assert list(prepared.new_inserts.rows()) == list(prepared.new_inserts.rows())  # made again for a retried commit

@@ -13,6 +13,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import NamedTuple
 
 from .graph import CompiledNode
+from .packed import field_values
 from .runstate import State
 from .sizes import MAX_OUTPUTS_BYTES
 from .templating import OutputRef, StoreRef
@@ -189,7 +190,7 @@ def _lookup(ref: OutputRef, state: State | None, k: int, node: CompiledNode, nam
 
 
 def _json_array(field_name: str, states: Sequence[State]) -> str:
-    return json.dumps([o[field_name] for s in states for o in (s.outputs or ()) if field_name in o], ensure_ascii=False)
+    return json.dumps(field_values(field_name, [s.outputs for s in states]), ensure_ascii=False)
 
 
 def _path_key(state: State) -> tuple[int, ...]:

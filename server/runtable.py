@@ -141,7 +141,7 @@ class RunTable:
         status: StateStatus,
         now: int,
         *,
-        outputs: list[dict[str, str]] | None = None,
+        outputs: Sequence[dict[str, str]] | None = None,
         error: dict[str, str] | None = None,
         pruned_data: str | None = None,
         run_at_ms: int | None = None,

@@ -20,8 +20,9 @@ import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from .jsontext import dumps, int_list, str_map, str_maps
+from .jsontext import dumps, int_list, str_map
 from .models import RunRow, StateRow
+from .packed import outputs_json
 from .status import StateStatus
 from .store import RUN_COLUMNS, STATE_COLUMNS, WriteBatch
 
@@ -109,7 +110,7 @@ def prepare(batch: WriteBatch) -> PreparedRows:
     done_updates: list[tuple[object, ...]] = []
     for s in batch.updated_states:
         if s.error is None and s.pruned_data is None and not s.run_at_ms:
-            outputs = None if s.outputs is None else str_maps(s.outputs)
+            outputs = None if s.outputs is None else outputs_json(s.outputs)
             done_updates.append(
                 (s.status, outputs, s.updated_at_ms, s.runtime_name, s.started_at_ms, s.ran_ms, s.run_id, s.seq)
             )
@@ -144,7 +145,7 @@ def state_params(s: StateRow) -> tuple[object, ...]:
     """A whole state row, in STATE_COLUMNS order."""
     return (
         s.run_id, s.seq, s.identifier, s.node_name, s.status, str_map(s.inputs), s.attempt, s.parent_id,
-        s.parent_output, int_list(s.path), None if s.outputs is None else str_maps(s.outputs),
+        s.parent_output, int_list(s.path), None if s.outputs is None else outputs_json(s.outputs),
         None if s.error is None else dumps(s.error), s.pruned_data, s.created_at_ms, s.updated_at_ms, s.run_at_ms,
         s.runtime_name, s.started_at_ms, s.ran_ms,
     )  # fmt: skip
@@ -152,7 +153,7 @@ def state_params(s: StateRow) -> tuple[object, ...]:
 
 def _update_params(s: StateRow) -> tuple[object, ...]:
     return (
-        s.status, s.attempt, None if s.outputs is None else str_maps(s.outputs),
+        s.status, s.attempt, None if s.outputs is None else outputs_json(s.outputs),
         None if s.error is None else dumps(s.error), s.pruned_data, s.updated_at_ms, s.run_at_ms, s.runtime_name,
         s.started_at_ms, s.ran_ms, s.run_id, s.seq,
     )  # fmt: skip

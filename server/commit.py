@@ -145,7 +145,11 @@ class GroupCommit:
                 dirty.pop(s.state_id, None)
         updated = list(dirty.values())
         batch = WriteBatch(
-            new_states=self._new_states, updated_states=updated, runs=list(self._dirty_runs.values()), kv=self._kv
+            new_states=self._new_states,
+            updated_states=updated,
+            runs=list(self._dirty_runs.values()),
+            kv=self._kv,
+            inputs_final=True,  # a state's inputs never change once it is made (server/resolve.py)
         )
         changed: list[State] = [*self._new_states, *updated]
         waiters, finished = self._waiters, self._finished

@@ -8,12 +8,11 @@ branch's value, ordered by branch.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import NamedTuple
 
 from .graph import CompiledNode
-from .packed import field_values
+from .packed import field_values_json
 from .runstate import State
 from .sizes import MAX_OUTPUTS_BYTES
 from .templating import OutputRef, StoreRef
@@ -190,7 +189,7 @@ def _lookup(ref: OutputRef, state: State | None, k: int, node: CompiledNode, nam
 
 
 def _json_array(field_name: str, states: Sequence[State]) -> str:
-    return json.dumps(field_values(field_name, [s.outputs for s in states]), ensure_ascii=False)
+    return field_values_json(field_name, [s.outputs for s in states])
 
 
 def _path_key(state: State) -> tuple[int, ...]:

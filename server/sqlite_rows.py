@@ -8,10 +8,10 @@ success): its attempt never changes, and error, prune data and start time, once 
 stored ones are still right. Any other row is written whole.
 
 The narrow insert's rows are built as ``executemany`` reads them, in the writer thread: ``prepare`` keeps beside
-each state only what may change after the tick (status, update and start times, and the inputs, which a caller
-may change: as JSON text), since a state's ids, attempt, parent and path never change. A burst of 100,000 new
-states then holds about 100 bytes each until its commit instead of about 260 (a tuple and two JSON texts), on top
-of the live states.
+each state only what may change after the tick (status, update and start times, and its inputs as JSON text unless
+the batch says they never change, as the engine's), since a state's ids, attempt, parent and path never change.
+A burst of 100,000 new states from the engine then holds about 40 bytes each until its commit instead of about
+260 (a tuple and two JSON texts), on top of the live states.
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ class NewRows:
 
     states: list[StateRow]
     statuses: list[StateStatus]
+    # The inputs as JSON text, made in prepare; empty when the batch's inputs never change (made in ``rows``).
     inputs: list[str]
     updated_at_ms: list[int]
     run_at_ms: list[int]
@@ -67,8 +68,9 @@ class NewRows:
 
     def rows(self) -> Iterator[tuple[object, ...]]:
         """The parameters of each row, made as they are read (again for each commit attempt)."""
+        texts = self.inputs or map(_inputs_json, self.states)
         for s, status, inputs, updated_at_ms, run_at_ms in zip(
-            self.states, self.statuses, self.inputs, self.updated_at_ms, self.run_at_ms, strict=True
+            self.states, self.statuses, texts, self.updated_at_ms, self.run_at_ms, strict=True
         ):
             yield (
                 s.run_id, s.seq, s.identifier, s.node_name, status, inputs, s.attempt, s.parent_id,
@@ -91,6 +93,7 @@ def prepare(batch: WriteBatch) -> PreparedRows:
     inserts: list[tuple[object, ...]] = []
     new_inserts = NewRows([], [], [], [], [])
     states, statuses, inputs = new_inserts.states, new_inserts.statuses, new_inserts.inputs
+    inputs_now = not batch.inputs_final
     updated_at, run_at = new_inserts.updated_at_ms, new_inserts.run_at_ms
     for s in batch.new_states:
         if (
@@ -101,7 +104,8 @@ def prepare(batch: WriteBatch) -> PreparedRows:
         ):
             states.append(s)
             statuses.append(s.status)
-            inputs.append(str_map(s.inputs))
+            if inputs_now:
+                inputs.append(str_map(s.inputs))
             updated_at.append(s.updated_at_ms)
             run_at.append(s.run_at_ms)
         else:
@@ -139,6 +143,10 @@ def write(db: sqlite3.Connection, rows: PreparedRows) -> None:
     ):
         if params:
             db.executemany(statement, params)
+
+
+def _inputs_json(s: StateRow) -> str:
+    return str_map(s.inputs)
 
 
 def state_params(s: StateRow) -> tuple[object, ...]:

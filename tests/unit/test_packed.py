@@ -6,7 +6,7 @@ import copy
 import json
 
 from server.jsontext import str_maps
-from server.packed import PackedOutputs, field_values, outputs_json, pack
+from server.packed import PackedOutputs, field_values_json, outputs_json, pack
 
 
 def test_packed_outputs_read_as_the_outputs_they_were_made_from() -> None:
@@ -32,6 +32,6 @@ def test_field_values_reads_many_states_in_order_across_decode_chunks() -> None:
         if i % 500 == 0:
             outputs.append(None)  # a branch that returned no outputs
             outputs.append(pack([]))
-    assert field_values("item", outputs) == [str(i) for i in range(2_500)]
-    assert field_values("missing", outputs) == []
-    assert field_values("item", []) == []
+    assert field_values_json("item", outputs) == json.dumps([str(i) for i in range(2_500)], ensure_ascii=False)
+    assert field_values_json("missing", outputs) == "[]" == field_values_json("item", [])
+    assert field_values_json("y", [pack([{"y": 'é"'}]), [{"y": "2"}]]) == json.dumps(['é"', "2"], ensure_ascii=False)

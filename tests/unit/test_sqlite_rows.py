@@ -58,3 +58,17 @@ def test_a_new_state_is_written_as_prepared_though_its_row_is_built_at_commit(tm
     store.commit(prepared)
     assert store.get_states("r1", -1, 0) == [_state(1)]
     assert list(prepared.new_inserts.rows()) == list(prepared.new_inserts.rows())  # made again for a retried commit
+
+
+def test_inputs_that_never_change_are_written_as_json_in_the_writer_thread_not_copied_at_prepare(
+    tmp_path: Path,
+) -> None:
+    store = SqliteStore(tmp_path / "s.db")
+    run = RunRow(run_id="r1", namespace="ns", graph_name="g", graph_version=1, status=RunStatus.PENDING)
+    fresh = [_state(1), _state(2)]
+    copied = prepare(WriteBatch(new_states=fresh, runs=[run]))
+    kept = prepare(WriteBatch(new_states=fresh, runs=[run], inputs_final=True))
+    assert copied.new_inserts.inputs == ['{"item":"é1"}', '{"item":"é2"}'] and kept.new_inserts.inputs == []
+    assert list(kept.new_inserts.rows()) == list(copied.new_inserts.rows())
+    store.commit(kept)
+    assert store.get_states("r1", -1, 0) == [_state(1), _state(2)]

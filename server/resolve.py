@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import NamedTuple
 
+from . import fanin
 from .graph import CompiledNode
 from .packed import field_values_json
 from .runstate import State
@@ -150,7 +151,7 @@ def merge_inputs(merge: CompiledNode, united: State) -> dict[str, str]:
         if ref.identifier == united.identifier:
             return _json_array(ref.field, [united])
         if ref.identifier in merge.aggregated:
-            states = (united.collected or {}).get(ref.identifier, [])
+            states = fanin.collected(united, ref.identifier)
             states.sort(key=_path_key)
             return _json_array(ref.field, states)
         return _lookup(ref, united, -1, merge, name)

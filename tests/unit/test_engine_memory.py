@@ -6,6 +6,7 @@ import json
 
 from server.models import FieldSpec, NodeSchema
 from server.packed import PackedOutputs
+from server.runstate import State
 from server.status import RunStatus, StateStatus
 from tests.helpers.engine import NS, Kit, node, schema
 
@@ -101,3 +102,31 @@ async def test_a_finished_state_without_next_nodes_keeps_its_outputs_as_the_json
     kit.answer(session, m, outputs=[{"y": "done"}])
     run, _ = await kit.run(run_id)
     assert run.status is RunStatus.SUCCESS
+
+
+async def test_only_united_states_hold_fan_in_counts_and_an_answered_state_keeps_no_deadline(kit: Kit) -> None:
+    merge = schema("Merge", inputs=("xs",), outputs=("y",))
+    session = kit.connect(SPLIT, ECHO, merge)
+    await kit.graph(
+        "g",
+        [
+            node("split", "Split", next_nodes=["e"]),
+            node("e", "Echo", {"x": "${{ split.outputs.x }}"}, next_nodes=["m"]),
+            node("m", "Merge", {"xs": "${{ e.outputs.y }}"}, unites="split"),
+        ],
+    )
+    await kit.trigger("g", inputs={"x": "go"})
+    [split] = await kit.dispatched(session)
+    kit.answer(session, split, outputs=[{"x": "a"}, {"x": "b"}])
+    branches = await kit.dispatched(session)
+    assert split.aside is not None and split.aside.open_descendants == 2
+    assert all(b.aside is None for b in branches) and all(b.deadline_ms for b in branches)
+    kit.answer(session, branches[0], outputs=[{"y": "1"}])
+    assert branches[0].deadline_ms == 0 and branches[0].ran_ms == 0 and branches[0].runtime_name
+    assert split.aside.open_descendants == 1 and split.aside.collected == {"e": [branches[0]]}
+    kit.answer(session, branches[1], outputs=[{"y": "2"}])
+    [m] = await kit.dispatched(session)
+    assert json.loads(m.inputs["xs"]) == ["1", "2"] and m.aside is None
+    assert split.aside.collected is None  # released once its merge was made
+    # The record every live state is: 31 fields, within pymalloc's 288-byte size class with its GC header.
+    assert State.__basicsize__ + 16 <= 288

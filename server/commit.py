@@ -149,7 +149,7 @@ class GroupCommit:
             updated_states=updated,
             runs=list(self._dirty_runs.values()),
             kv=self._kv,
-            inputs_final=True,  # a state's inputs never change once it is made (server/resolve.py)
+            stable=True,  # inputs never change once made, nor results once final (server/runtable.py)
         )
         changed: list[State] = [*self._new_states, *updated]
         waiters, finished = self._waiters, self._finished

@@ -176,7 +176,8 @@ class RunTable:
         state.runtime_name = runtime_name
         state.started_at_ms = state.dispatched_at_ms
         state.ran_ms = max(0, now - state.dispatched_at_ms)
-        state.deadline_ms = 0  # past: its int (often one per state) need not live as long as the run
+        # Past: their ints (often one per state each) need not live as long as the run.
+        state.deadline_ms = state.dispatch_id = 0
 
     def undispatched(self, state: State) -> None:
         """QUEUED → CREATED: its runtime went away before answering. The database still holds CREATED."""

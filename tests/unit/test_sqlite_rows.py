@@ -67,8 +67,23 @@ def test_inputs_that_never_change_are_written_as_json_in_the_writer_thread_not_c
     run = RunRow(run_id="r1", namespace="ns", graph_name="g", graph_version=1, status=RunStatus.PENDING)
     fresh = [_state(1), _state(2)]
     copied = prepare(WriteBatch(new_states=fresh, runs=[run]))
-    kept = prepare(WriteBatch(new_states=fresh, runs=[run], inputs_final=True))
+    kept = prepare(WriteBatch(new_states=fresh, runs=[run], stable=True))
     assert copied.new_inserts.inputs == ['{"item":"é1"}', '{"item":"é2"}'] and kept.new_inserts.inputs == []
     assert list(kept.new_inserts.rows()) == list(copied.new_inserts.rows())
     store.commit(kept)
     assert store.get_states("r1", -1, 0) == [_state(1), _state(2)]
+
+
+def test_a_finished_state_of_a_stable_batch_is_updated_with_its_status_as_prepared(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "s.db")
+    run = RunRow(run_id="r1", namespace="ns", graph_name="g", graph_version=1, status=RunStatus.PENDING)
+    store.commit(prepare(WriteBatch(new_states=[_state(1), _state(2)], runs=[run], stable=True)))
+    done = {"status": StateStatus.SUCCESS, "outputs": [{"y": "ü"}], "updated_at_ms": 1_500, "runtime_name": "rt"}
+    finished, requeued = _state(1, **done), _state(2, run_at_ms=9_000, updated_at_ms=1_400)
+    prepared = prepare(WriteBatch(updated_states=[finished, requeued], stable=True))
+    assert prepared.done_rows.states == [finished] and not prepared.done_updates  # its row made at commit
+    assert len(prepared.updates) == 1  # not final: written whole, as prepared
+    # A united state whose merge then fails changes status and time: that is the next batch's update.
+    finished.status, finished.updated_at_ms = StateStatus.NEXT_CREATED_ERROR, 1_600
+    store.commit(prepared)
+    assert store.get_states("r1", -1, 0) == [_state(1, **done), requeued]

@@ -34,6 +34,7 @@ def int_list(values: Sequence[int]) -> str:
     """A JSON array of ints (a state's path)."""
     if not values:
         return "[]"
-    if all(type(v) is int for v in values):
-        return "[" + ",".join(map(str, values)) + "]"
-    return dumps(values)
+    for v in values:  # a loop, not all() over a generator: 0.2 us less for a path of two
+        if type(v) is not int:
+            return dumps(values)
+    return "[" + ",".join(map(str, values)) + "]"

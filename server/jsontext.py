@@ -20,6 +20,9 @@ dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 def str_map(value: Mapping[str, Any]) -> str:
     """A JSON object of a map of strings (anything else is encoded by :data:`dumps`)."""
     try:
+        if len(value) == 1:  # the common output or input: without a list and a join, 0.1 us less
+            for k, v in value.items():
+                return "{" + encode_basestring(k) + ":" + encode_basestring(v) + "}"
         return "{" + ",".join([encode_basestring(k) + ":" + encode_basestring(v) for k, v in value.items()]) + "}"
     except TypeError:  # a key or value that is not a str
         return dumps(value)

@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterator, Sequence
 from typing import Any, overload
 
-from .jsontext import str_maps
+from .jsontext import str_map, str_maps
 
 __all__ = ["PackedOutputs", "field_values_json", "outputs_json", "pack"]
 
@@ -74,7 +74,10 @@ class PackedOutputs(Sequence[dict[str, str]]):
 
 
 def pack(outputs: Sequence[dict[str, str]]) -> PackedOutputs:
-    return outputs if isinstance(outputs, PackedOutputs) else PackedOutputs(str_maps(outputs))
+    if isinstance(outputs, PackedOutputs):
+        return outputs
+    # One output, the common case: its text without str_maps' list and join (0.3 us less per state).
+    return PackedOutputs("[" + str_map(outputs[0]) + "]" if len(outputs) == 1 else str_maps(outputs))
 
 
 def outputs_json(outputs: Sequence[dict[str, str]]) -> str:
@@ -90,14 +93,17 @@ def field_values_json(field: str, outputs: Sequence[Sequence[dict[str, str]] | N
     parts: list[str] = []
     for start in range(0, len(outputs), _DECODE_CHUNK):
         chunk = outputs[start : start + _DECODE_CHUNK]
-        packed = [o.json for o in chunk if isinstance(o, PackedOutputs)]
-        parsed: Iterator[list[dict[str, str]]] = iter(json.loads("[" + ",".join(packed) + "]") if packed else ())
-        values = [
-            o[field]
-            for each in chunk
-            for o in (next(parsed) if isinstance(each, PackedOutputs) else each or ())
-            if field in o
-        ]
+        packed = [o.json for o in chunk if type(o) is PackedOutputs]
+        if len(packed) == len(chunk):  # the common case, all packed: no test per state
+            values = [o[field] for outs in json.loads("[" + ",".join(packed) + "]") for o in outs if field in o]
+        else:
+            parsed: Iterator[list[dict[str, str]]] = iter(json.loads("[" + ",".join(packed) + "]") if packed else ())
+            values = [
+                o[field]
+                for each in chunk
+                for o in (next(parsed) if type(each) is PackedOutputs else each or ())
+                if field in o
+            ]
         if values:
             parts.append(json.dumps(values, ensure_ascii=False)[1:-1])
     return "[" + ", ".join(parts) + "]"

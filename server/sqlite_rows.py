@@ -7,13 +7,13 @@ new state leaves at their defaults), so the common rows go through narrower stat
 success): its attempt never changes, and error, prune data and start time, once set, are never cleared, so the
 stored ones are still right. Any other row is written whole.
 
-The narrow statements' rows are built as ``executemany`` reads them, in the writer thread: ``prepare`` keeps beside
-each state only what may change after the tick. For a new state that is its status, update and start times, and its
-inputs as JSON text unless the batch is ``stable`` (a state's ids, attempt, parent and path never change); for a
-state that finished, in a stable batch, its status and update time (its outputs, runtime and times run are final
-then; a united state may still fail its merge). A burst of 100,000 new states from the engine then holds about 40
-bytes each until its commit instead of about 260 (a tuple and two JSON texts), and a burst of results about 24
-instead of 112, on top of the live states.
+The narrow statements' rows of a big batch (``WRITER_ROWS_FROM``) are built as ``executemany`` reads them, in the
+writer thread: ``prepare`` keeps beside each state only what may change after the tick. For a new state that is its
+status, update and start times, and its inputs as JSON text unless the batch is ``stable`` (a state's ids, attempt,
+parent and path never change); for a state that finished, in a stable batch, its status and update time (its
+outputs, runtime and times run are final then; a united state may still fail its merge). A burst of 100,000 new
+states from the engine then holds about 40 bytes each until its commit instead of about 260 (a tuple and two JSON
+texts), and a burst of results about 24 instead of 112, on top of the live states.
 """
 
 from __future__ import annotations
@@ -53,6 +53,11 @@ UPDATE_DONE_STATE = (
 INSERT_RUN = f"INSERT OR REPLACE INTO runs ({RUN_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)"
 INSERT_KV = "INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)"
 
+# Narrow rows of a batch with at least this many are made in the writer thread; fewer, in prepare. Made there, they
+# cost the event loop about 0.5 us a row more (the two threads contend for the GIL: fan-out 1 -> 10,000 -> 1, paired
+# with rows made in prepare), and a batch under it holds at most about 4 MiB of rows until its commit.
+WRITER_ROWS_FROM = 16_384
+
 
 @dataclass(slots=True)
 class NewRows:
@@ -64,12 +69,17 @@ class NewRows:
     inputs: list[str]
     updated_at_ms: list[int]
     run_at_ms: list[int]
+    # The rows, when made in prepare (a batch under WRITER_ROWS_FROM rows).
+    made: list[tuple[object, ...]] | None = None
 
     def __len__(self) -> int:
         return len(self.states)
 
     def rows(self) -> Iterator[tuple[object, ...]]:
-        """The parameters of each row, made as they are read (again for each commit attempt)."""
+        """The parameters of each row: made in prepare, or made as they are read (again for each commit attempt)."""
+        return iter(self.made) if self.made is not None else self._make()
+
+    def _make(self) -> Iterator[tuple[object, ...]]:
         texts = self.inputs or map(_inputs_json, self.states)
         for s, status, inputs, updated_at_ms, run_at_ms in zip(
             self.states, self.statuses, texts, self.updated_at_ms, self.run_at_ms, strict=True
@@ -88,12 +98,17 @@ class DoneRows:
     states: list[StateRow]
     statuses: list[StateStatus]
     updated_at_ms: list[int]
+    # The rows, when made in prepare (a batch under WRITER_ROWS_FROM rows).
+    made: list[tuple[object, ...]] | None = None
 
     def __len__(self) -> int:
         return len(self.states)
 
     def rows(self) -> Iterator[tuple[object, ...]]:
-        """The parameters of each row, made as they are read (again for each commit attempt)."""
+        """The parameters of each row: made in prepare, or made as they are read (again for each commit attempt)."""
+        return iter(self.made) if self.made is not None else self._make()
+
+    def _make(self) -> Iterator[tuple[object, ...]]:
         for s, status, updated_at_ms in zip(self.states, self.statuses, self.updated_at_ms, strict=True):
             outputs = None if s.outputs is None else outputs_json(s.outputs)
             yield (status, outputs, updated_at_ms, s.runtime_name, s.started_at_ms, s.ran_ms, s.run_id, s.seq)
@@ -149,6 +164,9 @@ def prepare(batch: WriteBatch) -> PreparedRows:
             )
         else:
             updates.append(_update_params(s))
+    for columns in (new_inserts, done_rows):
+        if 0 < len(columns) < WRITER_ROWS_FROM:
+            columns.made = list(columns.rows())
     return PreparedRows(
         inserts=inserts,
         new_inserts=new_inserts,

@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import pytest
+
+from server import sqlite_rows
 from server.models import RunRow, StateRow
 from server.sqlite_rows import prepare
 from server.sqlite_store import SqliteStore
@@ -47,6 +50,13 @@ def test_new_and_finished_states_read_back_as_written(tmp_path: Path) -> None:
     assert store.get_states("r1", -1, 0) == updated
 
 
+@pytest.fixture
+def writer_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Narrow rows made in the writer thread even for a small batch, as for a big one."""
+    monkeypatch.setattr(sqlite_rows, "WRITER_ROWS_FROM", 1)
+
+
+@pytest.mark.usefixtures("writer_rows")
 def test_a_new_state_is_written_as_prepared_though_its_row_is_built_at_commit(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "s.db")
     run = RunRow(run_id="r1", namespace="ns", graph_name="g", graph_version=1, status=RunStatus.PENDING)
@@ -58,8 +68,10 @@ def test_a_new_state_is_written_as_prepared_though_its_row_is_built_at_commit(tm
     store.commit(prepared)
     assert store.get_states("r1", -1, 0) == [_state(1)]
     assert list(prepared.new_inserts.rows()) == list(prepared.new_inserts.rows())  # made again for a retried commit
+    assert prepared.new_inserts.made is None
 
 
+@pytest.mark.usefixtures("writer_rows")
 def test_inputs_that_never_change_are_written_as_json_in_the_writer_thread_not_copied_at_prepare(
     tmp_path: Path,
 ) -> None:
@@ -74,6 +86,7 @@ def test_inputs_that_never_change_are_written_as_json_in_the_writer_thread_not_c
     assert store.get_states("r1", -1, 0) == [_state(1), _state(2)]
 
 
+@pytest.mark.usefixtures("writer_rows")
 def test_a_finished_state_of_a_stable_batch_is_updated_with_its_status_as_prepared(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "s.db")
     run = RunRow(run_id="r1", namespace="ns", graph_name="g", graph_version=1, status=RunStatus.PENDING)
@@ -87,3 +100,21 @@ def test_a_finished_state_of_a_stable_batch_is_updated_with_its_status_as_prepar
     finished.status, finished.updated_at_ms = StateStatus.NEXT_CREATED_ERROR, 1_600
     store.commit(prepared)
     assert store.get_states("r1", -1, 0) == [_state(1, **done), requeued]
+
+
+def test_the_rows_of_a_small_batch_are_made_in_prepare_as_the_writer_thread_would_make_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    done = {"status": StateStatus.SUCCESS, "outputs": [{"y": "ü"}], "updated_at_ms": 1_500, "runtime_name": "rt"}
+    batches = [
+        WriteBatch(new_states=[_state(1), _state(2)], stable=True),
+        WriteBatch(updated_states=[_state(3, **done)], stable=True),
+    ]
+    small = [prepare(b) for b in batches]
+    assert small[0].new_inserts.made is not None and small[1].done_rows.made is not None
+    monkeypatch.setattr(sqlite_rows, "WRITER_ROWS_FROM", 1)
+    big = [prepare(b) for b in batches]
+    assert big[0].new_inserts.made is None and big[1].done_rows.made is None
+    for made, deferred in zip(small, big, strict=True):
+        assert list(made.new_inserts.rows()) == list(deferred.new_inserts.rows())
+        assert list(made.done_rows.rows()) == list(deferred.done_rows.rows())

@@ -17,7 +17,7 @@ from .jsontext import str_map, str_maps
 
 __all__ = ["PackedOutputs", "field_values_json", "outputs_json", "pack"]
 
-# States whose packed outputs a merge decodes in one parse: all 100,000 branches at once took 30 MB more for a moment.
+# States whose packed outputs a merge decodes in one parse: all 100,000 at once took 20-30 MB more for a moment.
 _DECODE_CHUNK = 1024
 
 
@@ -89,7 +89,7 @@ def field_values_json(field: str, outputs: Sequence[Sequence[dict[str, str]] | N
     """The values of ``field`` in the outputs of many states, in order, as a JSON array (what a merge reads of every
     branch, the text ``json.dumps(values, ensure_ascii=False)`` makes). Packed outputs are decoded a chunk of states
     per parse and written a chunk at a time: one parse per state cost five times more, all of them at once (or a list
-    of every value) 30 MB more memory for a 100,000-branch merge."""
+    of every value) 20-30 MB more memory for a 100,000-branch merge."""
     parts: list[str] = []
     for start in range(0, len(outputs), _DECODE_CHUNK):
         chunk = outputs[start : start + _DECODE_CHUNK]

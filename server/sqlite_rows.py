@@ -54,8 +54,8 @@ INSERT_RUN = f"INSERT OR REPLACE INTO runs ({RUN_COLUMNS}) VALUES (?,?,?,?,?,?,?
 INSERT_KV = "INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)"
 
 # Narrow rows of a batch with at least this many are made in the writer thread; fewer, in prepare. Made there, they
-# cost the event loop about 0.5 us a row more (the two threads contend for the GIL: fan-out 1 -> 10,000 -> 1, paired
-# with rows made in prepare), and a batch under it holds at most about 4 MiB of rows until its commit.
+# cost the scheduler 0.2-0.5 us a row more, the two threads contending for the GIL (and the fan-out 1 -> 10,000 -> 1
+# about 4 % of its rate, paired with rows made in prepare); a batch under it holds at most about 4 MiB of rows.
 WRITER_ROWS_FROM = 16_384
 
 

@@ -13,7 +13,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,13 +96,17 @@ async def _database(postgres: str | None) -> AsyncIterator[tuple[str, dict[str, 
 
 @asynccontextmanager
 async def cluster(
-    runtimes: int = 1, max_concurrency: int = 1024, postgres: str | None = None
+    runtimes: int = 1,
+    max_concurrency: int = 1024,
+    postgres: str | None = None,
+    server_module: Sequence[str] = ("exosphere_server",),
 ) -> AsyncIterator[Cluster]:
     """A scheduler on a fresh database (SQLite, or PostgreSQL on the server ``postgres`` names) and ``runtimes``
-    runtime processes, all registered."""
+    runtime processes, all registered. ``server_module``: the module (and its first arguments) that runs the
+    scheduler, given the scheduler's own arguments after them."""
     async with _database(postgres) as (db, server_env):
         server = subprocess.Popen(
-            [sys.executable, "-m", "exosphere_server", "--port", "0", "--db", db, "--log-level", "WARNING"],
+            [sys.executable, "-m", *server_module, "--port", "0", "--db", db, "--log-level", "WARNING"],
             stdout=subprocess.PIPE,
             text=True,
             cwd=ROOT,

@@ -1,7 +1,8 @@
 """Fan-in bookkeeping: when the merge states of a ``unites`` node may be created.
 
 A state whose node is named by some merge node's ``unites`` is a *united* state. Every state below it (its
-descendants, across fan-outs and retries) lists it among its ``watchers`` and counts in its ``open_descendants``.
+descendants, across fan-outs and retries) lists it among its ``watchers`` and counts in its ``open_descendants``
+(kept in ``state.aside``, made when first needed: most states are not united).
 When that count falls to zero nothing below the united state can change any more, and its merge nodes fire:
 ``ALL_DONE`` always, ``ALL_SUCCESS`` only if no descendant failed (otherwise a manual retry of the failed branch
 may still make it fire later). The functions here only count; creating the merge states is the state machine's.
@@ -10,10 +11,20 @@ may still make it fire later). The functions here only count; creating the merge
 from __future__ import annotations
 
 from .graph import CompiledNode
-from .runstate import Run, State
+from .runstate import Aside, Run, State
 from .status import FAILED_STATE_STATUSES, StateStatus
 
-__all__ = ["closed", "due_merges", "opened", "recount_failures", "release", "replaced", "restore", "watchers_of"]
+__all__ = [
+    "closed",
+    "collected",
+    "due_merges",
+    "opened",
+    "recount_failures",
+    "release",
+    "replaced",
+    "restore",
+    "watchers_of",
+]
 
 # Enum members bound once: attribute access on an Enum class costs ~70 ns on Python 3.11 and the hot path makes
 # dozens per state.
@@ -36,13 +47,13 @@ def watchers_of(parent: State | None, node: CompiledNode) -> tuple[State, ...]:
 def opened(state: State) -> None:
     """A new state is open below each of its watchers."""
     for watcher in state.watchers:
-        watcher.open_descendants += 1
+        (watcher.aside or _aside(watcher)).open_descendants += 1
 
 
 def replaced(state: State) -> None:
     """A failed attempt handed its place to a new attempt (automatic retry): it no longer counts as open."""
     for watcher in state.watchers:
-        watcher.open_descendants -= 1
+        (watcher.aside or _aside(watcher)).open_descendants -= 1
 
 
 def closed(state: State, *, failed: bool) -> list[State]:
@@ -50,56 +61,62 @@ def closed(state: State, *, failed: bool) -> list[State]:
     ready = []
     ident = state.identifier
     for watcher in state.watchers:
-        watcher.open_descendants -= 1
+        counts = watcher.aside or _aside(watcher)
+        counts.open_descendants -= 1
         if failed or state.status == CANCELLED:
-            watcher.descendant_failed = True
+            counts.descendant_failed = True
         elif state.status == SUCCESS and ident in watcher.node.collect:
-            _collect(watcher, state)
-        if watcher.open_descendants == 0:
+            _collect(counts, state)
+        if counts.open_descendants == 0:
             ready.append(watcher)
     return ready
 
 
 def due_merges(united: State) -> list[CompiledNode]:
     """The merge nodes of ``united`` to create now; each is returned once (marked fired)."""
-    if united.status != SUCCESS or united.open_descendants > 0 or not united.node.merges:
+    if united.status != SUCCESS or not united.node.merges:
         return []
-    if united.fired is None:
-        united.fired = set()
+    counts = united.aside or _aside(united)
+    if counts.open_descendants > 0:
+        return []
+    if counts.fired is None:
+        counts.fired = set()
     due = []
     for merge in united.node.merges:
-        if merge.identifier in united.fired:
+        if merge.identifier in counts.fired:
             continue
-        if united.run.cancelled or (merge.unites_strategy == "ALL_SUCCESS" and united.descendant_failed):
+        if united.run.cancelled or (merge.unites_strategy == "ALL_SUCCESS" and counts.descendant_failed):
             continue  # not fired: a manual retry of the failed branch may still succeed
-        united.fired.add(merge.identifier)
+        counts.fired.add(merge.identifier)
         due.append(merge)
     return due
 
 
 def release(united: State) -> None:
     """Once every merge of ``united`` is created, drop the branch states it collected for them."""
-    if len(united.fired or ()) == len(united.node.merges):
-        united.collected = None
+    counts = united.aside
+    if counts is not None and len(counts.fired or ()) == len(united.node.merges):
+        counts.collected = None
 
 
 def restore(state: State, *, superseded: bool) -> None:
     """Count a state loaded from the store (recovery) as ``closed``/``opened`` did when it ran."""
     if state.node.unites is not None and state.parent is not None and state.parent.identifier == state.node.unites:
-        if state.parent.fired is None:
-            state.parent.fired = set()
-        state.parent.fired.add(state.identifier)
+        counts = state.parent.aside or _aside(state.parent)
+        if counts.fired is None:
+            counts.fired = set()
+        counts.fired.add(state.identifier)
     if state.status in (CREATED, QUEUED, EXECUTED):
         opened(state)
     elif superseded:
         return
     elif state.status in FAILED_STATE_STATUSES:
         for watcher in state.watchers:
-            watcher.descendant_failed = True
+            (watcher.aside or _aside(watcher)).descendant_failed = True
     elif state.status == SUCCESS:
         for watcher in state.watchers:
             if state.identifier in watcher.node.collect:
-                _collect(watcher, state)
+                _collect(watcher.aside or _aside(watcher), state)
 
 
 def recount_failures(run: Run) -> None:
@@ -111,17 +128,28 @@ def recount_failures(run: Run) -> None:
     run.failed = False
     for s in run.states:
         for watcher in s.watchers:
-            watcher.descendant_failed = False
+            (watcher.aside or _aside(watcher)).descendant_failed = False
     for s in run.states:
         if s.status in FAILED_STATE_STATUSES and s.status != CANCELLED:
             if latest[s.parent_id, s.identifier, s.parent_output] > s.attempt:
                 continue
             run.failed = True
             for watcher in s.watchers:
-                watcher.descendant_failed = True
+                (watcher.aside or _aside(watcher)).descendant_failed = True
 
 
-def _collect(watcher: State, state: State) -> None:
-    if watcher.collected is None:
-        watcher.collected = {}
-    watcher.collected.setdefault(state.identifier, []).append(state)
+def collected(united: State, identifier: str) -> list[State]:
+    """The succeeded states of node ``identifier`` collected below ``united`` for its merges (empty once released)."""
+    counts = united.aside
+    return (counts.collected or {}).get(identifier, []) if counts is not None else []
+
+
+def _aside(state: State) -> Aside:
+    state.aside = Aside()
+    return state.aside
+
+
+def _collect(counts: Aside, state: State) -> None:
+    if counts.collected is None:
+        counts.collected = {}
+    counts.collected.setdefault(state.identifier, []).append(state)

@@ -20,6 +20,9 @@ dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 def str_map(value: Mapping[str, Any]) -> str:
     """A JSON object of a map of strings (anything else is encoded by :data:`dumps`)."""
     try:
+        if len(value) == 1:  # the common output or input: without a list and a join, 0.1 us less
+            for k, v in value.items():
+                return "{" + encode_basestring(k) + ":" + encode_basestring(v) + "}"
         return "{" + ",".join([encode_basestring(k) + ":" + encode_basestring(v) for k, v in value.items()]) + "}"
     except TypeError:  # a key or value that is not a str
         return dumps(value)
@@ -34,6 +37,7 @@ def int_list(values: Sequence[int]) -> str:
     """A JSON array of ints (a state's path)."""
     if not values:
         return "[]"
-    if all(type(v) is int for v in values):
-        return "[" + ",".join(map(str, values)) + "]"
-    return dumps(values)
+    for v in values:  # a loop, not all() over a generator: 0.2 us less for a path of two
+        if type(v) is not int:
+            return dumps(values)
+    return "[" + ",".join(map(str, values)) + "]"

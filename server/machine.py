@@ -12,11 +12,12 @@ run table (server/runtable.py), which stamps and marks them for the group commit
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from . import fanin
 from .dispatch import Dispatcher
 from .graph import MAX_DELAY_MS, CompiledNode
+from .packed import pack
 from .resolve import ResolutionError, children_of, merge_inputs
 from .retry import retry_delay_ms
 from .runstate import Run, State
@@ -100,12 +101,15 @@ class StateMachine:
             return
         if store_writes:
             self._table.write_store(state.run, store_writes)
-        state.outputs = outputs  # children_of reads them
+        kept: Sequence[dict[str, str]] = outputs
+        if outputs and not state.node.next:
+            kept = pack(outputs)  # read again only by a merge, a read of the run and its row (server/packed.py)
+        state.outputs = kept  # children_of reads them
         try:
             children = children_of(state)
         except ResolutionError as exc:
             error = {"message": str(exc), "type": "ResolutionError"}
-            self._table.transition(state, NEXT_CREATED_ERROR, now, outputs=outputs, error=error)
+            self._table.transition(state, NEXT_CREATED_ERROR, now, outputs=kept, error=error)
             self._close(state, failed=True, now=now)
             return
         if children:  # next nodes are never merges: one watchers tuple serves every child
@@ -115,7 +119,7 @@ class StateMachine:
                 self._spawn(
                     run, child.node, child.inputs, state, child.parent_output, child.path, now, watchers=watchers
                 )
-        self._table.transition(state, SUCCESS, now, outputs=outputs)
+        self._table.transition(state, SUCCESS, now, outputs=kept)
         self._close(state, failed=False, now=now)
 
     def failed(self, state: State, error: dict[str, str], status: StateStatus, now: int) -> None:

@@ -5,6 +5,7 @@ The engine never sees protobuf messages; ``server/wire.py`` converts at the gRPC
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -125,7 +126,8 @@ class StateRow:
     parent_id: str | None
     parent_output: int
     path: tuple[int, ...]
-    outputs: list[dict[str, str]] | None = None
+    # A list of dicts, or for a finished state with no next nodes, their JSON text (server/packed.py).
+    outputs: Sequence[dict[str, str]] | None = None
     error: dict[str, str] | None = None
     pruned_data: str | None = None
     created_at_ms: int = 0

@@ -41,6 +41,7 @@ from exosphere.errors import ConflictError
 from .config import describe_dsn
 from .jsontext import dumps
 from .models import GraphSpec, RunRow, StateRow
+from .packed import outputs_json
 from .pg_rows import (
     CONNECT_REFUSED,
     FIND_RUNS,
@@ -228,7 +229,7 @@ class PostgresStore:
         inserts = {
             (s.run_id, s.seq): (
                 s.run_id, s.seq, s.identifier, s.node_name, s.status, dumps(s.inputs), s.attempt, s.parent_id,
-                s.parent_output, dumps(s.path), None if s.outputs is None else dumps(s.outputs),
+                s.parent_output, dumps(s.path), None if s.outputs is None else outputs_json(s.outputs),
                 None if s.error is None else dumps(s.error), s.pruned_data, s.created_at_ms, s.updated_at_ms,
                 s.run_at_ms, s.runtime_name, s.started_at_ms, s.ran_ms,
             )
@@ -236,7 +237,7 @@ class PostgresStore:
         }  # fmt: skip
         updates = {
             (s.run_id, s.seq): (
-                s.run_id, s.seq, s.status, s.attempt, None if s.outputs is None else dumps(s.outputs),
+                s.run_id, s.seq, s.status, s.attempt, None if s.outputs is None else outputs_json(s.outputs),
                 None if s.error is None else dumps(s.error), s.pruned_data, s.updated_at_ms, s.run_at_ms,
                 s.runtime_name, s.started_at_ms, s.ran_ms,
             )

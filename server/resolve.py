@@ -8,11 +8,12 @@ branch's value, ordered by branch.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import NamedTuple
 
+from . import fanin
 from .graph import CompiledNode
+from .packed import field_values_json
 from .runstate import State
 from .sizes import MAX_OUTPUTS_BYTES
 from .templating import OutputRef, StoreRef
@@ -150,7 +151,7 @@ def merge_inputs(merge: CompiledNode, united: State) -> dict[str, str]:
         if ref.identifier == united.identifier:
             return _json_array(ref.field, [united])
         if ref.identifier in merge.aggregated:
-            states = (united.collected or {}).get(ref.identifier, [])
+            states = fanin.collected(united, ref.identifier)
             states.sort(key=_path_key)
             return _json_array(ref.field, states)
         return _lookup(ref, united, -1, merge, name)
@@ -189,7 +190,7 @@ def _lookup(ref: OutputRef, state: State | None, k: int, node: CompiledNode, nam
 
 
 def _json_array(field_name: str, states: Sequence[State]) -> str:
-    return json.dumps([o[field_name] for s in states for o in (s.outputs or ()) if field_name in o], ensure_ascii=False)
+    return field_values_json(field_name, [s.outputs for s in states])
 
 
 def _path_key(state: State) -> tuple[int, ...]:

@@ -10,7 +10,7 @@ from .graph import CompiledGraph, CompiledNode
 from .models import RunRow, StateRow
 from .status import RunStatus
 
-__all__ = ["Run", "Session", "State"]
+__all__ = ["Aside", "Run", "Session", "State"]
 
 
 @dataclass(slots=True, eq=False)
@@ -29,14 +29,26 @@ class State(StateRow):
     dispatched_at_ms: int = 0
     # The status last counted for /metrics (server/observe.py): a state committed again unchanged counts once.
     counted_status: str = ""
-    # Tracing (server/tracing.py), only when on: the open dispatch span and its W3C traceparent for the runtime.
-    trace_span: Any = None
+    # Tracing (server/tracing.py), only when on: the W3C traceparent of its dispatch span, for the runtime.
     traceparent: str = ""
-    # Set on states that merge nodes wait for: open descendants, whether one failed, merges created.
+    # What few states need (a united state's fan-in counts, a traced state's open span); set on united states.
+    aside: Aside | None = None
+
+
+@dataclass(slots=True, eq=False)
+class Aside:
+    """What few states hold, kept off ``State`` itself, where each field costs every live state 8 bytes.
+
+    A united state (one that merge nodes wait for, server/fanin.py) counts its open descendants, whether one failed,
+    the merges created and the branch states collected for them; a dispatched state, when tracing is on, holds its
+    open span (server/tracing.py).
+    """
+
     open_descendants: int = 0
     descendant_failed: bool = False
     fired: set[str] | None = None
     collected: dict[str, list[State]] | None = None
+    trace_span: Any = None
 
 
 @dataclass(slots=True, eq=False)

@@ -141,7 +141,7 @@ class RunTable:
         status: StateStatus,
         now: int,
         *,
-        outputs: list[dict[str, str]] | None = None,
+        outputs: Sequence[dict[str, str]] | None = None,
         error: dict[str, str] | None = None,
         pruned_data: str | None = None,
         run_at_ms: int | None = None,
@@ -176,6 +176,8 @@ class RunTable:
         state.runtime_name = runtime_name
         state.started_at_ms = state.dispatched_at_ms
         state.ran_ms = max(0, now - state.dispatched_at_ms)
+        # Past: their ints (often one per state each) need not live as long as the run.
+        state.deadline_ms = state.dispatch_id = 0
 
     def undispatched(self, state: State) -> None:
         """QUEUED → CREATED: its runtime went away before answering. The database still holds CREATED."""

@@ -123,6 +123,10 @@ class WriteBatch:
     kv: dict[str, str] = field(default_factory=dict)
     # Set in cluster mode (server/ownership.py); a single scheduler writes unfenced.
     fence: Fence | None = None
+    # The writer promises that a state's inputs never change once it is made, nor its outputs, runtime and times
+    # run once its status is final (the engine's never do): a store may read those after ``prepare``, in its writer
+    # thread, instead of copying them now.
+    stable: bool = False
 
     def __bool__(self) -> bool:
         return bool(self.new_states or self.updated_states or self.runs or self.kv)

@@ -17,7 +17,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from .runstate import Run, Session, State
+from .runstate import Aside, Run, Session, State
 from .status import ResultKind
 
 __all__ = ["Tracing"]
@@ -56,9 +56,12 @@ class Tracing:
 
     def dispatched(self, state: State, session: Session, now_ms: int) -> None:
         """``state`` went to ``session``'s runtime: its span starts, and its traceparent goes with the Execute."""
-        if state.trace_span is not None:  # dispatched before and never answered (its runtime went away)
-            state.trace_span.set_attribute("exosphere.result", "redispatched")
-            state.trace_span.end(end_time=_ns(now_ms))
+        aside = state.aside
+        if aside is None:
+            aside = state.aside = Aside()
+        elif aside.trace_span is not None:  # dispatched before and never answered (its runtime went away)
+            aside.trace_span.set_attribute("exosphere.result", "redispatched")
+            aside.trace_span.end(end_time=_ns(now_ms))
         run = state.run
         parent: Context | None = _PROPAGATOR.extract(run.trace_carrier) if run.trace_carrier else None
         span = self._tracer.start_span(
@@ -79,15 +82,16 @@ class Tracing:
         )
         carrier: dict[str, str] = {}
         _PROPAGATOR.inject(carrier, context=trace.set_span_in_context(span))
-        state.trace_span = span
+        aside.trace_span = span
         state.traceparent = carrier.get("traceparent", "")
 
     def answered(self, state: State, kind: ResultKind, error: dict[str, str] | None, now_ms: int) -> None:
         """The runtime's result for ``state`` came back: its span ends."""
-        span: Any = state.trace_span
-        if span is None:
+        aside = state.aside
+        if aside is None or aside.trace_span is None:
             return
-        state.trace_span = None
+        span: Any = aside.trace_span
+        aside.trace_span = None
         span.set_attribute("exosphere.result", str(kind))
         if kind == ResultKind.ERRORED:
             error = error or {}

@@ -107,7 +107,7 @@ def state_full(s: StateRow) -> dict[str, Any]:
     return {
         **state_brief(s),
         "inputs": s.inputs,
-        "outputs": s.outputs,
+        "outputs": None if s.outputs is None else list(s.outputs),
         "error": s.error,
         "pruned_data": s.pruned_data,
         "parent_id": s.parent_id,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -127,6 +129,27 @@ async def test_ten_thousand_way_fan_out_with_an_aggregating_merge(
     assert merge.inputs["values"] == json.dumps([f"{i}!" for i in range(n)])
     assert merge.inputs["extra"] == json.dumps([str(i) for i in range(n)])
     assert merge.outputs == [{"count": str(n)}]
+
+
+async def test_branch_outputs_kept_as_json_text_read_back_whole_from_the_run_and_the_database(
+    state_manager: StateManager, start_runtime: RuntimeFactory, namespace: str, db_path: Path
+) -> None:
+    await start_runtime([Split, Act, Collect])
+    await state_manager.upsert_graph("packed", merge_graph(namespace, "a,é,\"q\"", "ALL_SUCCESS"))
+    run = await state_manager.trigger("packed")
+    result = await state_manager.wait(run.run_id, timeout=10)
+
+    assert result.status is RunStatus.SUCCESS
+    acts = sorted(states_of(result, "act"), key=lambda s: s.inputs["item"])
+    assert [s.outputs for s in acts] == [[{"text": '"q"'}], [{"text": "a"}], [{"text": "é"}]]
+    (merge,) = states_of(result, "merge")
+    assert json.loads(merge.inputs["values"]) == ["a", "é", '"q"'] and merge.outputs == [{"count": "3"}]
+    again = await state_manager.get_run(run.run_id)
+    assert sorted(str(s.outputs) for s in states_of(again, "act")) == sorted(str(s.outputs) for s in acts)
+    with sqlite3.connect(db_path) as db:
+        stored = db.execute("SELECT outputs FROM states WHERE identifier = 'act' ORDER BY seq").fetchall()
+    assert sorted((json.loads(text) for (text,) in stored), key=str) == sorted((s.outputs for s in acts), key=str)
+    assert ('[{"text":"é"}]',) in stored  # the text written as made: compact, not ASCII-escaped
 
 
 # ---------------------------------------------------------------------------------------------------- unites

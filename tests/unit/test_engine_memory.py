@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 from server.models import FieldSpec, NodeSchema
+from server.packed import PackedOutputs
+from server.runstate import State
 from server.status import RunStatus, StateStatus
 from tests.helpers.engine import NS, Kit, node, schema
 
@@ -67,3 +71,62 @@ async def test_live_states_are_found_by_id_through_their_run(kit: Kit) -> None:
     states[5:7] = []  # a run loaded without some of its states (recovery drops what it cannot run)
     table.runs[run_id].states = states
     assert table.state(f"{run_id}-8") is states[6] and table.state(f"{run_id}-6") is None
+
+
+async def test_a_finished_state_without_next_nodes_keeps_its_outputs_as_the_json_text_of_its_row(kit: Kit) -> None:
+    merge = schema("Merge", inputs=("xs",), outputs=("y",))
+    session = kit.connect(SPLIT, ECHO, merge, credit=2_000)
+    await kit.graph(
+        "g",
+        [
+            node("split", "Split", next_nodes=["e"]),
+            node("e", "Echo", {"x": "${{ split.outputs.x }}"}, next_nodes=["m"]),
+            node("m", "Merge", {"xs": "${{ e.outputs.y }}"}, unites="split"),
+        ],
+    )
+    run_id = await kit.trigger("g", inputs={"x": "go"})
+    [split] = await kit.dispatched(session)
+    count = 1_500  # more branches than a merge decodes in one parse (server/packed.py)
+    kit.answer(session, split, outputs=[{"x": str(i)} for i in range(count)])
+    branches = await kit.dispatched(session)
+    for branch in reversed(branches):  # answered out of order: the merge still reads them in branch order
+        kit.answer(session, branch, outputs=[{"y": f"é{branch.inputs['x']}"}])
+    [m] = await kit.dispatched(session)
+    assert json.loads(m.inputs["xs"]) == [f"é{i}" for i in range(count)]
+    assert isinstance(split.outputs, list)  # its children's inputs are its outputs: kept as they are
+    leaf = branches[7]
+    assert isinstance(leaf.outputs, PackedOutputs) and leaf.outputs == [{"y": "é7"}]
+    _, rows = await kit.run(run_id)
+    [row] = [r for r in rows if r.state_id == leaf.state_id]
+    assert row.outputs == [{"y": "é7"}] and row.status is StateStatus.SUCCESS
+    kit.answer(session, m, outputs=[{"y": "done"}])
+    run, _ = await kit.run(run_id)
+    assert run.status is RunStatus.SUCCESS
+
+
+async def test_only_united_states_hold_fan_in_counts_and_an_answered_state_keeps_no_deadline(kit: Kit) -> None:
+    merge = schema("Merge", inputs=("xs",), outputs=("y",))
+    session = kit.connect(SPLIT, ECHO, merge)
+    await kit.graph(
+        "g",
+        [
+            node("split", "Split", next_nodes=["e"]),
+            node("e", "Echo", {"x": "${{ split.outputs.x }}"}, next_nodes=["m"]),
+            node("m", "Merge", {"xs": "${{ e.outputs.y }}"}, unites="split"),
+        ],
+    )
+    await kit.trigger("g", inputs={"x": "go"})
+    [split] = await kit.dispatched(session)
+    kit.answer(session, split, outputs=[{"x": "a"}, {"x": "b"}])
+    branches = await kit.dispatched(session)
+    assert split.aside is not None and split.aside.open_descendants == 2
+    assert all(b.aside is None for b in branches) and all(b.deadline_ms for b in branches)
+    kit.answer(session, branches[0], outputs=[{"y": "1"}])
+    assert branches[0].deadline_ms == 0 and branches[0].ran_ms == 0 and branches[0].runtime_name
+    assert split.aside.open_descendants == 1 and split.aside.collected == {"e": [branches[0]]}
+    kit.answer(session, branches[1], outputs=[{"y": "2"}])
+    [m] = await kit.dispatched(session)
+    assert json.loads(m.inputs["xs"]) == ["1", "2"] and m.aside is None
+    assert split.aside.collected is None  # released once its merge was made
+    # The record every live state is: 31 fields, within pymalloc's 288-byte size class with its GC header.
+    assert State.__basicsize__ + 16 <= 288

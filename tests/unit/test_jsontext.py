@@ -35,3 +35,10 @@ def test_values_that_are_not_strings_fall_back_to_the_general_encoder() -> None:
     odd: dict[Any, Any] = {"n": 1, 2: "two", "none": None}
     assert str_map(odd) == dumps(odd) == _reference(odd)
     assert int_list((True, 2)) == _reference((True, 2))
+
+
+def test_a_map_of_one_value_that_is_not_a_string_falls_back_too() -> None:
+    odd: list[dict[Any, Any]] = [{"n": 1}, {2: "two"}, {"none": None}]
+    for value in odd:
+        assert str_map(value) == _reference(value)
+    assert str_maps([{"n": 1}]) == _reference([{"n": 1}])

@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import pytest
+
+from server import sqlite_rows
 from server.models import RunRow, StateRow
 from server.sqlite_rows import prepare
 from server.sqlite_store import SqliteStore
@@ -45,3 +48,73 @@ def test_new_and_finished_states_read_back_as_written(tmp_path: Path) -> None:
     assert len(second.done_updates) == 1 and len(second.updates) == 3
     store.commit(second)
     assert store.get_states("r1", -1, 0) == updated
+
+
+@pytest.fixture
+def writer_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Narrow rows made in the writer thread even for a small batch, as for a big one."""
+    monkeypatch.setattr(sqlite_rows, "WRITER_ROWS_FROM", 1)
+
+
+@pytest.mark.usefixtures("writer_rows")
+def test_a_new_state_is_written_as_prepared_though_its_row_is_built_at_commit(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "s.db")
+    run = RunRow(run_id="r1", namespace="ns", graph_name="g", graph_version=1, status=RunStatus.PENDING)
+    fresh = _state(1)
+    prepared = prepare(WriteBatch(new_states=[fresh], runs=[run]))
+    assert prepared.new_inserts.states == [fresh] and not prepared.inserts  # no row made yet: the state, its columns
+    fresh.status, fresh.updated_at_ms, fresh.run_at_ms = StateStatus.SUCCESS, 2_000, 3_000
+    fresh.inputs["item"] = "changed"
+    store.commit(prepared)
+    assert store.get_states("r1", -1, 0) == [_state(1)]
+    assert list(prepared.new_inserts.rows()) == list(prepared.new_inserts.rows())  # made again for a retried commit
+    assert prepared.new_inserts.made is None
+
+
+@pytest.mark.usefixtures("writer_rows")
+def test_inputs_that_never_change_are_written_as_json_in_the_writer_thread_not_copied_at_prepare(
+    tmp_path: Path,
+) -> None:
+    store = SqliteStore(tmp_path / "s.db")
+    run = RunRow(run_id="r1", namespace="ns", graph_name="g", graph_version=1, status=RunStatus.PENDING)
+    fresh = [_state(1), _state(2)]
+    copied = prepare(WriteBatch(new_states=fresh, runs=[run]))
+    kept = prepare(WriteBatch(new_states=fresh, runs=[run], stable=True))
+    assert copied.new_inserts.inputs == ['{"item":"é1"}', '{"item":"é2"}'] and kept.new_inserts.inputs == []
+    assert list(kept.new_inserts.rows()) == list(copied.new_inserts.rows())
+    store.commit(kept)
+    assert store.get_states("r1", -1, 0) == [_state(1), _state(2)]
+
+
+@pytest.mark.usefixtures("writer_rows")
+def test_a_finished_state_of_a_stable_batch_is_updated_with_its_status_as_prepared(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "s.db")
+    run = RunRow(run_id="r1", namespace="ns", graph_name="g", graph_version=1, status=RunStatus.PENDING)
+    store.commit(prepare(WriteBatch(new_states=[_state(1), _state(2)], runs=[run], stable=True)))
+    done = {"status": StateStatus.SUCCESS, "outputs": [{"y": "ü"}], "updated_at_ms": 1_500, "runtime_name": "rt"}
+    finished, requeued = _state(1, **done), _state(2, run_at_ms=9_000, updated_at_ms=1_400)
+    prepared = prepare(WriteBatch(updated_states=[finished, requeued], stable=True))
+    assert prepared.done_rows.states == [finished] and not prepared.done_updates  # its row made at commit
+    assert len(prepared.updates) == 1  # not final: written whole, as prepared
+    # A united state whose merge then fails changes status and time: that is the next batch's update.
+    finished.status, finished.updated_at_ms = StateStatus.NEXT_CREATED_ERROR, 1_600
+    store.commit(prepared)
+    assert store.get_states("r1", -1, 0) == [_state(1, **done), requeued]
+
+
+def test_the_rows_of_a_small_batch_are_made_in_prepare_as_the_writer_thread_would_make_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    done = {"status": StateStatus.SUCCESS, "outputs": [{"y": "ü"}], "updated_at_ms": 1_500, "runtime_name": "rt"}
+    batches = [
+        WriteBatch(new_states=[_state(1), _state(2)], stable=True),
+        WriteBatch(updated_states=[_state(3, **done)], stable=True),
+    ]
+    small = [prepare(b) for b in batches]
+    assert small[0].new_inserts.made is not None and small[1].done_rows.made is not None
+    monkeypatch.setattr(sqlite_rows, "WRITER_ROWS_FROM", 1)
+    big = [prepare(b) for b in batches]
+    assert big[0].new_inserts.made is None and big[1].done_rows.made is None
+    for made, deferred in zip(small, big, strict=True):
+        assert list(made.new_inserts.rows()) == list(deferred.new_inserts.rows())
+        assert list(made.done_rows.rows()) == list(deferred.done_rows.rows())

@@ -33,13 +33,24 @@ from exosphere.errors import ConnectionFailedError, ExosphereError
 from exosphere.v1 import common_pb2
 from exosphere.v1 import scheduler_pb2 as pb
 
-__all__ = ["HEADER", "UNREAD_TRAILER", "Unread", "Watch", "WatchStream", "WatchesUnsupported"]
+__all__ = [
+    "HEADER",
+    "RUN_ID_TRAILER",
+    "UNREAD_TRAILER",
+    "Interrupted",
+    "Unread",
+    "Watch",
+    "WatchStream",
+    "WatchesUnsupported",
+]
 
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 # The header a scheduler opens a Watches stream with (it serves it), and the trailer it ends one with when it read
 # nothing more of it (it is stopping): every request still open on it was not read.
 HEADER = "exosphere-watches"
 UNREAD_TRAILER = "exosphere-watches-unread"
+# The trailer that names the run a request started, on its end when that came before the run's (Interrupted).
+RUN_ID_TRAILER = "exosphere-run-id"
 # What grpc.aio reports in place of a stream's status when a write crossed its end (grpc/grpc#36066).
 _CROSSED_WRITE = "Internal error from Core"
 
@@ -50,6 +61,14 @@ class WatchesUnsupported(Exception):
 
 class Unread(ConnectionFailedError):
     """The scheduler did not read the request (see the module docstring): it did not run and may be made again."""
+
+
+class Interrupted(ConnectionFailedError):
+    """The request's run was started (``run_id``), then its watch ended (the scheduler is stopping): wait for it."""
+
+    def __init__(self, message: str, run_id: str) -> None:
+        super().__init__(message)
+        self.run_id = run_id
 
 
 class Watch:
@@ -230,8 +249,7 @@ class WatchStream:
                 if end.code == grpc.StatusCode.OK.value[0]:
                     watch._finish(None)
                 else:
-                    code = _CODES.get(end.code, grpc.StatusCode.UNKNOWN)
-                    watch._finish(error_from_status(code, end.message, end.trailers.items()))
+                    watch._finish(_end_error(end))
         except grpc.aio.AioRpcError as exc:
             error = _stream_error(exc)
         finally:
@@ -240,6 +258,15 @@ class WatchStream:
             for watch in list(watches.values()):
                 watch._finish(error)
             watches.clear()
+
+
+def _end_error(end: pb.WatchEnd) -> ExosphereError:
+    """What a request's error end stands for: Interrupted when it names the run it started, else the error."""
+    code = _CODES.get(end.code, grpc.StatusCode.UNKNOWN)
+    run_id = end.trailers.get(RUN_ID_TRAILER)
+    if code == grpc.StatusCode.UNAVAILABLE and run_id:
+        return Interrupted(f"{end.message} (run {run_id} was started)", run_id)
+    return error_from_status(code, end.message, end.trailers.items())
 
 
 def _stream_error(exc: grpc.aio.AioRpcError) -> ExosphereError:

@@ -11,7 +11,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from exosphere._channel import Backoff, metadata, open_channel, translate_errors
-from exosphere._watch_stream import Unread, WatchesUnsupported, WatchStream
+from exosphere._watch_stream import Interrupted, Unread, WatchesUnsupported, WatchStream
 from exosphere._watches import OpenWatches, follow
 from exosphere._wire import graph_from_pb, graph_to_pb, run_from_pb, runtime_from_pb, states_from_pb
 from exosphere.config import ClientConfig
@@ -189,6 +189,8 @@ class StateManager:
         if self._stream.supported is not False and self._stream.has_room():
             try:
                 return TriggerResponse(run_id=await self._trigger_watched(request))
+            except Interrupted as exc:  # started, then the scheduler began to stop: the run is there all the same
+                return TriggerResponse(run_id=exc.run_id)
             except (WatchesUnsupported, Unread):
                 pass  # the scheduler did not read it, so it did not run: make it as a call
         async with translate_errors():
@@ -315,27 +317,28 @@ class StateManager:
     ) -> RunModel:
         """Start a run and wait for its outcome in one round trip; with ``states`` the outcome carries its states.
 
-        The run is announced as soon as it is started, so a watch that breaks after that (the scheduler stopping)
-        goes on as ``wait()`` on the run, not as an error.
+        A watch that ends once the run is started (the scheduler stopping: its end names the run) goes on as
+        ``wait()`` on the run, not as an error.
         """
         timeout_s = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
         request = pb.WatchRunRequest(
             run_only=True,
             final_snapshot=states,
-            announce=True,
             trigger=pb.TriggerGraphRequest(
                 namespace=self.namespace, graph_name=graph_name, inputs=dict(inputs or {}), store=dict(store or {})
             ),
         )
-        started: list[str] = []  # the run id, once announced
+        started: list[str] = []  # the run id, from its first event (or its interrupted end)
         try:
             async with asyncio.timeout(timeout_s):
                 try:
                     final = await self._outcome(request, started)
                 except ConnectionFailedError as exc:
-                    if not started:
+                    run_id = exc.run_id if isinstance(exc, Interrupted) else next(iter(started), None)
+                    if run_id is None:  # the run may not have started: say so
                         raise
-                    logger.info("watch of run %s interrupted, watching again: %s", started[0], exc)
+                    logger.info("watch of run %s interrupted, watching again: %s", run_id, exc)
+                    started[:] = [run_id]
                     final = None
                 if final is None and started:
                     run = await self.wait(started[0])

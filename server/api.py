@@ -21,7 +21,7 @@ from .ownership import NotOwnerError
 from .reads import RunReads
 from .sizes import check_store_size, take_by_size
 from .store import RunCursor
-from .watch_streams import WatchStreams
+from .watch_streams import RUN_ID_TRAILER, WatchStreams
 from .wire import (
     graph_spec_from_pb,
     graph_to_pb,
@@ -142,6 +142,7 @@ class SchedulerApi(scheduler_pb2_grpc.SchedulerServiceServicer):
                 t = request.trigger
                 self._auth.check(context, t.namespace)
                 run_id = await self._engine.trigger(_trigger_request(self._engine, t))
+                context.set_trailing_metadata(((RUN_ID_TRAILER, run_id),))
                 if request.announce:
                     yield pb.WatchRunResponse(run=_announced(t, run_id))
             events = self._reads.watch(

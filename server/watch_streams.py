@@ -45,6 +45,9 @@ STOPPING = "the scheduler is stopping; watch again"
 # scheduler ends one with once nothing is open on it: a request still in flight was not read (it may be made again).
 HEADER = "exosphere-watches"
 UNREAD_TRAILER = "exosphere-watches-unread"
+# The trailer WatchRun sets once it has started the run it was asked to: its id (a request ended before the run's
+# end still tells the client which run to wait for).
+RUN_ID_TRAILER = "exosphere-run-id"
 
 WatchHandler = Callable[[pb.WatchRunRequest, Any], AsyncGenerator[pb.WatchRunResponse, None]]
 
@@ -64,10 +67,18 @@ class _Gone(Exception):
 
 
 class _RequestContext:
-    """What a WatchRun handler needs of its call, for one request of a Watches stream."""
+    """What a WatchRun handler needs of its call, for one request of a Watches stream. The handler sets trailing
+    metadata once it has started the run it was asked to (RUN_ID_TRAILER): from then on the request is a watch,
+    ended at once when the scheduler stops, and its end carries those trailers (the run id, to wait on)."""
 
-    def __init__(self, stream: Ctx) -> None:
+    def __init__(self, stream: Ctx, started: Callable[[], None]) -> None:
         self._stream = stream
+        self._started = started
+        self.trailers: tuple[tuple[str, str], ...] = ()
+
+    def set_trailing_metadata(self, trailing_metadata: Sequence[tuple[str, str]]) -> None:
+        self.trailers = tuple(trailing_metadata)
+        self._started()
 
     def invocation_metadata(self) -> Any:
         return self._stream.invocation_metadata()
@@ -111,7 +122,6 @@ class _Stream:
         self._context = context
         self._watch_run = watch_run
         self._stopping = stopping
-        self._request_context = _RequestContext(context)
         self._lock = asyncio.Lock()
         self._answering: dict[int, asyncio.Task[None]] = {}
         self._watching: set[int] = set()  # requests past starting a run: ended at once when the scheduler stops
@@ -164,7 +174,8 @@ class _Stream:
                 if not message.watch.HasField("trigger"):
                     self._watching.add(request_id)
                 self._answering[request_id] = asyncio.create_task(
-                    self._answer(request_id, message.watch), name=f"exosphere-watches-{request_id}"
+                    self._answer(request_id, message.watch, _RequestContext(self._context, self._started(request_id))),
+                    name=f"exosphere-watches-{request_id}",
                 )
                 await asyncio.sleep(0)  # start it (its trigger) before asking the stream for the next message
 
@@ -175,19 +186,29 @@ class _Stream:
             except Exception as exc:  # grpc's ways of saying the call is over (the client left, or cancelled it)
                 raise _Gone from exc
 
-    async def _answer(self, request_id: int, request: pb.WatchRunRequest) -> None:
+    def _started(self, request_id: int) -> Callable[[], None]:
+        """What a request's handler calls once its run is started: from then on it is a watch."""
+
+        def started() -> None:
+            self._watching.add(request_id)
+            task = self._answering.get(request_id)
+            if self._stopping.is_set() and task is not None:  # started during the drain: end it as the others were
+                asyncio.get_running_loop().call_soon(task.cancel)
+
+        return started
+
+    async def _answer(self, request_id: int, request: pb.WatchRunRequest, context: _RequestContext) -> None:
         try:
             end: pb.WatchesResponse | None = None  # after an event marked last, the request is over without one
             try:
-                async with contextlib.aclosing(self._watch_run(request, self._request_context)) as events:
+                async with contextlib.aclosing(self._watch_run(request, context)) as events:
                     async for event in events:
                         await self._write(pb.WatchesResponse(id=request_id, event=event))
                         if event.last:
                             break
-                        if self._stopping.is_set():  # its run is started (and announced): the watch can end
-                            end = _end(request_id, grpc.StatusCode.UNAVAILABLE, STOPPING)
+                        if self._stopping.is_set() and request_id in self._watching:  # its run is started
+                            end = _end(request_id, grpc.StatusCode.UNAVAILABLE, STOPPING, context.trailers)
                             break
-                        self._watching.add(request_id)
                     else:
                         end = _end(request_id, grpc.StatusCode.OK, "")
             except _Ended as ended:
@@ -195,7 +216,7 @@ class _Stream:
             except asyncio.CancelledError:
                 if not self._stopping.is_set() or request_id not in self._watching:
                     raise  # cancelled by the client, or the stream is over: no one to tell
-                end = _end(request_id, grpc.StatusCode.UNAVAILABLE, STOPPING)
+                end = _end(request_id, grpc.StatusCode.UNAVAILABLE, STOPPING, context.trailers)
             if end is not None:
                 await self._write(end)
         except _Gone:  # the stream ended under it: no one to tell

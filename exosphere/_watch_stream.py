@@ -166,12 +166,9 @@ class WatchStream:
                 call, watches = await self._open()
             watch = Watch(self, next(self._ids))
             watches[watch.id] = watch
-            async with self._lock:
-                await call.write(pb.WatchesRequest(id=watch.id, watch=request))
-        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):  # the write: the stream is over, without it
-            assert watch is not None
-            watches.pop(watch.id, None)
-            watch._finish(Unread("the watches stream ended before the request was sent"))
+            if not await self._write(call, pb.WatchesRequest(id=watch.id, watch=request)):  # the stream is over
+                watches.pop(watch.id, None)
+                watch._finish(Unread("the watches stream ended before the request was sent"))
         except BaseException:
             if watch is None:
                 self._slots.release()
@@ -225,12 +222,22 @@ class WatchStream:
 
     async def _send_cancel(self, call: Any, watch: Watch) -> None:
         try:
-            async with self._lock:
-                await call.write(pb.WatchesRequest(id=watch.id, cancel=True))
-        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
-            pass  # the stream is over, and the request with it
+            await self._write(call, pb.WatchesRequest(id=watch.id, cancel=True))  # or the stream is over, and it too
         finally:
             watch._release()
+
+    async def _write(self, call: Any, message: pb.WatchesRequest) -> bool:
+        """Write ``message`` after the writes before it; False when the stream is over. Shielded from its caller's
+        cancel: grpc.aio cancels the whole call when a write is cancelled, which would end every watch on it."""
+        return await asyncio.shield(self._locked_write(call, message))
+
+    async def _locked_write(self, call: Any, message: pb.WatchesRequest) -> bool:
+        async with self._lock:
+            try:
+                await call.write(message)
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                return False
+        return True
 
     async def _read(self, call: Any, watches: dict[int, Watch]) -> None:
         error: BaseException = ConnectionFailedError("the scheduler ended the watches stream; watch again")

@@ -354,16 +354,24 @@ class StateManager:
         self, request: pb.WatchRunRequest, started: list[str] | None = None
     ) -> tuple[RunModel, bool] | None:
         """Follow a new watch until the run is no longer pending (exosphere/_watches.py follow): on the Watches
-        stream, or as a WatchRun call when the scheduler has none, or a trigger the stream did not take (nothing
-        ran; a stopping scheduler still takes calls). A plain watch it did not take raises Unread: watch again."""
+        stream, or as a WatchRun call when the scheduler has none. A trigger the stream did not take (nothing ran)
+        is made as a TriggerGraph call and raises Interrupted with its run id; a plain watch raises Unread: watch
+        again."""
         if self._stream.supported is not False:
             try:
                 return await follow(await self._stream.watch(request), request.final_snapshot, started)
             except WatchesUnsupported:
                 pass
-            except Unread:
-                if not request.HasField("trigger"):
+            except Unread as exc:
+                if not request.HasField("trigger") or started:
                     raise
+                # Its trigger was not read (the scheduler is stopping): start the run with a plain call, which a
+                # draining scheduler still takes, and wait for it like any run whose watch was interrupted.
+                async with translate_errors():
+                    response = await self._api().TriggerGraph(
+                        request.trigger, metadata=self._metadata, timeout=CALL_TIMEOUT_S
+                    )
+                raise Interrupted(str(exc), response.run_id) from None
         call = self._api().WatchRun(request, metadata=self._metadata)
         return await follow(call, request.final_snapshot, started)
 

@@ -92,7 +92,7 @@ class _RequestContext:
     async def abort(
         self, code: grpc.StatusCode, details: str = "", trailing_metadata: Sequence[tuple[str, str]] = ()
     ) -> None:
-        raise _Ended(code, details, trailing_metadata)
+        raise _Ended(code, details, (*self.trailers, *trailing_metadata))  # the run it started, if it did
 
 
 class WatchStreams:
@@ -123,8 +123,11 @@ class _Stream:
         self._watch_run = watch_run
         self._stopping = stopping
         self._lock = asyncio.Lock()
-        self._answering: dict[int, asyncio.Task[None]] = {}
+        self._answering: dict[int, asyncio.Task[None]] = {}  # open requests (what the limit counts), by id
+        self._tasks: set[asyncio.Task[None]] = set()  # every answering task until it is over, its last write too
         self._watching: set[int] = set()  # requests past starting a run: ended at once when the scheduler stops
+        self._stopped: set[int] = set()  # requests ended because it stops: each is cancelled once, never twice
+        self._closing = False  # the stream is ending: what is read now is left unread (nothing of it runs)
 
     async def run(self) -> None:
         # Say so before anything else: the client writes nothing before it knows (exosphere/_watch_stream.py).
@@ -136,26 +139,33 @@ class _Stream:
             if reader.done() and not stopping.done():
                 reader.result()  # a message that did not parse ends the stream here
                 # The client is done asking: answer what it asked, then end (at once if the scheduler stops).
-                while self._answering and not stopping.done():
-                    await asyncio.wait({stopping, *self._answering.values()}, return_when=asyncio.FIRST_COMPLETED)
+                while self._tasks and not stopping.done():
+                    await asyncio.wait({stopping, *self._tasks}, return_when=asyncio.FIRST_COMPLETED)
                 if not stopping.done():
                     return
             # Stopping: every watch ends now; a trigger still starting its run ends once it is announced; requests
             # read meanwhile are answered so too (server/watch_streams.py module docstring).
             for request_id in list(self._watching):
-                self._answering[request_id].cancel()
-            while self._answering:
-                await asyncio.wait(self._answering.values(), return_when=asyncio.FIRST_COMPLETED)
-            # Nothing open: the scheduler has read nothing it did not answer, and says so.
-            await self._context.abort(grpc.StatusCode.UNAVAILABLE, STOPPING, trailing_metadata=((UNREAD_TRAILER, "1"),))
+                self._stop(request_id)
+            while self._tasks:
+                await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+            # Nothing open, and nothing more is taken from here on: whatever else the client sent was not read. The
+            # lock: every write begun (an end, shielded from its task's cancel) goes out before the status.
+            self._closing = True
+            async with self._lock:
+                await self._context.abort(
+                    grpc.StatusCode.UNAVAILABLE, STOPPING, trailing_metadata=((UNREAD_TRAILER, "1"),)
+                )
         finally:
-            tasks = (reader, stopping, *self._answering.values())
+            tasks = (reader, stopping, *self._tasks)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _read(self) -> None:
         while (message := await self._context.read()) is not grpc.aio.EOF:
+            if self._closing:
+                continue
             if isinstance(message, BadRequest):
                 await refuse(self._context, message)
             request_id = message.id
@@ -173,29 +183,44 @@ class _Stream:
             else:
                 if not message.watch.HasField("trigger"):
                     self._watching.add(request_id)
-                self._answering[request_id] = asyncio.create_task(
+                task = self._answering[request_id] = asyncio.create_task(
                     self._answer(request_id, message.watch, _RequestContext(self._context, self._started(request_id))),
                     name=f"exosphere-watches-{request_id}",
                 )
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
                 await asyncio.sleep(0)  # start it (its trigger) before asking the stream for the next message
 
     async def _write(self, message: pb.WatchesResponse) -> None:
+        """Write ``message`` after the writes before it; raises _Gone when the stream is over. A cancel of the caller
+        does not reach the write itself: the message goes out whole, or not at all."""
+        if not await asyncio.shield(self._locked_write(message)):
+            raise _Gone
+
+    async def _locked_write(self, message: pb.WatchesResponse) -> bool:
         async with self._lock:
             try:
                 await self._context.write(message)
-            except Exception as exc:  # grpc's ways of saying the call is over (the client left, or cancelled it)
-                raise _Gone from exc
+            except Exception:  # grpc's ways of saying the call is over (the client left, or cancelled it)
+                return False
+        return True
 
     def _started(self, request_id: int) -> Callable[[], None]:
         """What a request's handler calls once its run is started: from then on it is a watch."""
 
         def started() -> None:
             self._watching.add(request_id)
-            task = self._answering.get(request_id)
-            if self._stopping.is_set() and task is not None:  # started during the drain: end it as the others were
-                asyncio.get_running_loop().call_soon(task.cancel)
+            if self._stopping.is_set():  # started during the drain: end it as the others were
+                asyncio.get_running_loop().call_soon(self._stop, request_id)
 
         return started
+
+    def _stop(self, request_id: int) -> None:
+        """End a request because the scheduler stops (its answering task writes why): once."""
+        task = self._answering.get(request_id)
+        if task is not None and request_id in self._watching and request_id not in self._stopped:
+            self._stopped.add(request_id)
+            task.cancel()
 
     async def _answer(self, request_id: int, request: pb.WatchRunRequest, context: _RequestContext) -> None:
         try:
@@ -203,10 +228,12 @@ class _Stream:
             try:
                 async with contextlib.aclosing(self._watch_run(request, context)) as events:
                     async for event in events:
-                        await self._write(pb.WatchesResponse(id=request_id, event=event))
-                        if event.last:
+                        if event.last:  # its last message: no end follows
+                            await self._write_last(request_id, pb.WatchesResponse(id=request_id, event=event))
                             break
+                        await self._write(pb.WatchesResponse(id=request_id, event=event))
                         if self._stopping.is_set() and request_id in self._watching:  # its run is started
+                            self._stopped.add(request_id)  # ended here, not cancelled as well
                             end = _end(request_id, grpc.StatusCode.UNAVAILABLE, STOPPING, context.trailers)
                             break
                     else:
@@ -214,19 +241,31 @@ class _Stream:
             except _Ended as ended:
                 end = _end(request_id, ended.code, ended.details, ended.trailers)
             except asyncio.CancelledError:
-                if not self._stopping.is_set() or request_id not in self._watching:
+                if request_id not in self._stopped:
                     raise  # cancelled by the client, or the stream is over: no one to tell
                 end = _end(request_id, grpc.StatusCode.UNAVAILABLE, STOPPING, context.trailers)
             if end is not None:
-                await self._write(end)
+                await self._write_last(request_id, end)
         except _Gone:  # the stream ended under it: no one to tell
             pass
         except Exception:  # a bug: WatchRun's handler turns every error into a status, and writes fail as _Gone
             logger.exception("watches request %d failed", request_id)
         finally:
-            self._watching.discard(request_id)
-            if self._answering.get(request_id) is asyncio.current_task():
-                del self._answering[request_id]
+            self._forget(request_id)
+
+    async def _write_last(self, request_id: int, message: pb.WatchesResponse) -> None:
+        """A request's last message. The request stops counting as open once the write is queued, not when its
+        task is over: the client frees its place when it reads the message, and may send another at once. The write
+        is queued (on the lock, in order) before anything can end the stream after it, so it goes out first."""
+        written = asyncio.shield(self._locked_write(message))
+        self._forget(request_id)
+        if not await written:
+            raise _Gone
+
+    def _forget(self, request_id: int) -> None:
+        self._watching.discard(request_id)
+        if self._answering.get(request_id) is asyncio.current_task():
+            del self._answering[request_id]
 
 
 def _end(

@@ -257,6 +257,40 @@ async def test_a_watch_cancelled_before_it_is_written_gives_its_place_back(
     assert states_of(done, "tag")[0].outputs[0]["text"] == "after!"
 
 
+async def test_a_request_cancelled_while_it_is_written_leaves_the_stream_up(
+    app: App, state_manager: StateManager, tag_graph: str
+) -> None:
+    """grpc.aio cancels a whole call when one of its writes is cancelled: a caller's cancel must not reach it."""
+    await state_manager.trigger_and_wait(tag_graph, timeout=20)
+    stream = state_manager._stream
+    gate, writing = asyncio.Event(), asyncio.Event()
+    stream._call = call = _SlowWrites(stream._call, gate, writing)
+    cancelled = asyncio.create_task(state_manager.trigger_and_wait(tag_graph, inputs={"text": "gone"}, timeout=20))
+    await asyncio.wait_for(writing.wait(), 10)  # its request is being written
+    cancelled.cancel()
+    gate.set()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    done = await state_manager.trigger_and_wait(tag_graph, inputs={"text": "after"}, timeout=20)
+    assert states_of(done, "tag")[0].outputs[0]["text"] == "after!"
+    assert stream._call is call and not call.cancelled()  # the same stream, still up
+
+
+class _SlowWrites:
+    """A stream call whose writes wait for ``gate`` (and say so through ``writing``); the rest is the call's own."""
+
+    def __init__(self, call: Any, gate: asyncio.Event, writing: asyncio.Event) -> None:
+        self._call, self._gate, self._writing = call, gate, writing
+
+    async def write(self, message: Any) -> None:
+        self._writing.set()
+        await self._gate.wait()
+        await self._call.write(message)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._call, name)
+
+
 async def test_cancelled_watches_never_put_the_scheduler_over_its_limit(
     state_manager: StateManager, tag_graph: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -280,7 +314,8 @@ async def test_closing_the_client_ends_the_watches_it_kept(
         held = await sm.trigger("hold", inputs={"key": key})
         await assert_eventually(lambda: key in Waiter.started, message="the held run's state started")
         run = app.engine._table.runs[held.run_id]
-        assert len(run.end_watchers) == 1  # the watch trigger() started it with, kept for a wait()
+        # The watch trigger() started it with, kept for a wait().
+        await assert_eventually(lambda: len(run.end_watchers) == 1, message="the kept watch is on the scheduler")
 
     await assert_eventually(lambda: not run.end_watchers, message="the kept watch ended on the scheduler")
     Waiter.release(key)
@@ -298,7 +333,7 @@ async def test_a_wait_survives_a_scheduler_restart_under_its_stream(tmp_path: Pa
     async with contextlib.AsyncExitStack() as stack, RuntimeGroup() as runtimes:
         start: Callable[[ServerConfig], Awaitable[App]] = lambda c: stack.enter_async_context(serving(c))  # noqa: E731
         app = await start(config())
-        runtime = await runtimes.start(Runtime(namespace, "rt", [Waiter, Tag], address=app.address))
+        await runtimes.start(Runtime(namespace, "rt", [Waiter, Tag], address=app.address))
         async with StateManager(namespace, address=app.address) as sm:
             await sm.upsert_graph("hold", [gnode(namespace, "Waiter", "hold", {"key": key, "item": "i"})])
             held = await sm.trigger("hold")
@@ -312,7 +347,7 @@ async def test_a_wait_survives_a_scheduler_restart_under_its_stream(tmp_path: Pa
             assert time.monotonic() - started < 5
             assert not waiting.done()
             restarted = await start(config(app.port))
-            await runtimes.wait_registered(runtime)
+            await _reconnected(restarted, namespace)
             Waiter.release(key)
             done = await waiting
             assert done.status is RunStatus.SUCCESS and done.states[-1].outputs[0]["text"] == "i"
@@ -334,7 +369,7 @@ async def test_during_a_drain_triggers_start_runs_and_a_trigger_and_wait_goes_on
     async with contextlib.AsyncExitStack() as stack, RuntimeGroup() as runtimes:
         start: Callable[[ServerConfig], Awaitable[App]] = lambda c: stack.enter_async_context(serving(c))  # noqa: E731
         app = await start(config())
-        runtime = await runtimes.start(Runtime(namespace, "rt", [Waiter, Tag], address=app.address))
+        await runtimes.start(Runtime(namespace, "rt", [Waiter, Tag], address=app.address))
         async with StateManager(namespace, address=app.address) as sm:
             await sm.upsert_graph("hold", [gnode(namespace, "Waiter", "hold", {"key": "k", "item": "i"})])
             await sm.upsert_graph("tag", [gnode(namespace, "Tag", "tag", {"text": "x", "suffix": "!"})])
@@ -347,13 +382,18 @@ async def test_during_a_drain_triggers_start_runs_and_a_trigger_and_wait_goes_on
             stopping = asyncio.create_task(app.stop())
             await assert_eventually(lambda: app.engine.runtimes.stopping, message="the scheduler is draining")
             during = await sm.trigger("tag")  # started, not refused: the scheduler takes triggers in its drain
+            # A trigger-and-wait made during the drain: its run starts now and is waited for across the restart.
+            during_wait = asyncio.create_task(sm.trigger_and_wait("tag", inputs={"text": "y"}, timeout=30))
+            await assert_eventually(
+                lambda: sum(r.graph_name == "tag" for r in app.engine._table.runs.values()) == 2,
+                message="the trigger-and-wait's run started",
+            )
             await asyncio.wait_for(stopping, 10)
             # Nothing made it wait its 10 s shutdown grace: not the open stream, not the trigger-and-wait on it.
             assert time.monotonic() - started < 5
             assert not in_flight.done()
 
-            await start(config(app.port))
-            await runtimes.wait_registered(runtime)
+            await _reconnected(await start(config(app.port)), namespace)
             for key in keys:
                 Waiter.release(key)
             done = await in_flight  # the same call: once announced, its run is waited for, not lost
@@ -361,6 +401,16 @@ async def test_during_a_drain_triggers_start_runs_and_a_trigger_and_wait_goes_on
             assert (await sm.wait(held.run_id, timeout=20)).status is RunStatus.SUCCESS
             tagged = await sm.wait(during.run_id, timeout=20)
             assert tagged.status is RunStatus.SUCCESS and states_of(tagged, "tag")[0].outputs[0]["text"] == "x!"
+            waited = await during_wait
+            assert waited.status is RunStatus.SUCCESS and states_of(waited, "tag")[0].outputs[0]["text"] == "y!"
+            # Each trigger started one run, none twice.
+            runs, _ = await sm.list_runs("tag")
+            assert sorted(r.run_id for r in runs) == sorted({during.run_id, waited.run_id})
+
+
+async def _reconnected(app: App, namespace: str) -> None:
+    """The runtime is back on the restarted scheduler (its own registered event may still be the old stream's)."""
+    await assert_eventually(lambda: bool(app.engine.runtimes.connected(namespace)), message="the runtime reconnected")
 
 
 class _SilentScheduler:

@@ -19,6 +19,7 @@ from . import fanin
 from .commit import GroupCommit
 from .graph import CompiledGraph, CompiledNode
 from .models import RunRow, StateRow
+from .packed import pack
 from .runstate import Run, Session, State
 from .status import FAILED_STATE_STATUSES, LIVE_STATE_STATUSES, RunStatus, StateStatus
 
@@ -243,7 +244,8 @@ class RunTable:
                 parent_id=row.parent_id,
                 parent_output=row.parent_output,
                 path=row.path,
-                outputs=row.outputs,
+                # Packed as a live leaf's are (server/machine.py): read again only by a merge, a read, its row.
+                outputs=pack(row.outputs) if row.outputs and not node.next else row.outputs,
                 error=row.error,
                 pruned_data=row.pruned_data,
                 created_at_ms=row.created_at_ms,

@@ -6,11 +6,16 @@ import json
 import sqlite3
 from pathlib import Path
 
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
 from server.models import FieldSpec, NodeSchema, RetryPolicySpec
 from server.packed import PackedOutputs
 from server.runstate import State
 from server.sqlite_store import SqliteStore
-from server.status import RunStatus, StateStatus
+from server.status import ResultKind, RunStatus, StateStatus
+from server.tracing import Tracing
 from tests.helpers.engine import NS, Kit, node, schema
 
 SPLIT = schema("Split", outputs=("x",))
@@ -202,3 +207,47 @@ async def test_states_loaded_from_the_store_keep_a_leafs_outputs_packed_as_a_liv
     finally:
         await kit.stop()
         kit.store.close()
+
+
+async def test_a_traced_state_keeps_nothing_of_its_dispatch_span_once_answered(kit: Kit) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    kit.engine.enable_tracing(Tracing(provider))
+    merge = schema("Merge", inputs=("xs",), outputs=("y",))
+    session = kit.connect(SPLIT, ECHO, merge)
+    await kit.graph(
+        "g",
+        [
+            node("split", "Split", next_nodes=["e"]),
+            node("e", "Echo", {"x": "${{ split.outputs.x }}"}, next_nodes=["m"]),
+            node("m", "Merge", {"xs": "${{ e.outputs.y }}"}, unites="split"),
+        ],
+    )
+    run_id = await kit.trigger("g", inputs={"x": "go"})
+    [split] = await kit.dispatched(session)
+    assert split.aside is not None and split.aside.trace_span is not None and split.traceparent
+    kit.answer(session, split, outputs=[{"x": "a"}, {"x": "b"}])
+    branches = await kit.dispatched(session)
+    assert all(b.aside is not None and b.aside.trace_span is not None and b.traceparent for b in branches)
+    # The united state keeps its Aside for its fan-in counts, without the span.
+    assert split.aside is not None and split.aside.open_descendants == 2 and split.aside.trace_span is None
+    assert split.traceparent == ""
+    kit.answer(session, branches[0], outputs=[{"y": "1"}])
+    assert branches[0].aside is None and branches[0].traceparent == ""
+    kit.answer(session, branches[1], ResultKind.REQUEUE, delay_ms=500)
+    assert branches[1].aside is None and branches[1].traceparent == ""
+    kit.advance(500)
+    kit.engine.sweep()
+    [again] = await kit.dispatched(session)  # dispatched again: a span of its own
+    assert again is branches[1] and again.aside is not None and again.aside.trace_span is not None
+    kit.answer(session, again, outputs=[{"y": "2"}])
+    [m] = await kit.dispatched(session)
+    assert again.aside is None and json.loads(m.inputs["xs"]) == ["1", "2"]
+    kit.answer(session, m, outputs=[{"y": "done"}])
+    assert m.aside is None and m.traceparent == ""
+    run, _ = await kit.run(run_id)
+    assert run.status is RunStatus.SUCCESS
+    spans = [s for s in exporter.get_finished_spans() if s.name == "exosphere.state"]
+    results = sorted(str(s.attributes["exosphere.result"]) for s in spans if s.attributes)
+    assert results == ["executed"] * 4 + ["requeue"]

@@ -58,7 +58,9 @@ def writer_rows(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.usefixtures("writer_rows")
-def test_a_new_state_is_written_as_prepared_though_its_row_is_built_at_commit(tmp_path: Path) -> None:
+def test_a_new_state_is_written_as_prepared_though_its_row_is_built_at_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     store = SqliteStore(tmp_path / "s.db")
     run = RunRow(run_id="r1", namespace="ns", graph_name="g", graph_version=1, status=RunStatus.PENDING)
     fresh = _state(1)
@@ -70,6 +72,9 @@ def test_a_new_state_is_written_as_prepared_though_its_row_is_built_at_commit(tm
     assert store.get_states("r1", -1, 0) == [_state(1)]
     assert list(prepared.new_inserts.rows()) == list(prepared.new_inserts.rows())  # made again for a retried commit
     assert prepared.new_inserts.made is None
+    monkeypatch.setattr(sqlite_rows, "WRITER_ROWS_FROM", 16_384)
+    eager = prepare(WriteBatch(new_states=[_state(1)], runs=[run]))  # the rows made in prepare, before any change
+    assert eager.new_inserts.made is not None and list(prepared.new_inserts.rows()) == eager.new_inserts.made
 
 
 @pytest.mark.usefixtures("writer_rows")

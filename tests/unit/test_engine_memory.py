@@ -170,6 +170,9 @@ async def test_states_loaded_from_the_store_keep_a_leafs_outputs_packed_as_a_liv
             with sqlite3.connect(db) as conn:
                 stored = dict(conn.execute("SELECT seq, outputs FROM states WHERE run_id = ?", (run_id,)).fetchall())
             states = kit.engine._table.runs[run_id].states
+            ran = [(r.runtime_name, r.started_at_ms, r.ran_ms) for r in kit.store.get_states(run_id, -1, 0)]
+            assert [(s.runtime_name, s.started_at_ms, s.ran_ms) for s in states] == ran  # who ran it, when, how long
+            assert ran[0][0] == "unit-runtime"
             assert isinstance(states[0].outputs, list) and states[0].identifier == "split"  # read by its children
             leaves: dict[str, object] = {s.state_id: s.outputs for s in states if s.identifier == "e" and s.outputs}
             for state in states:

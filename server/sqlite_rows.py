@@ -168,14 +168,15 @@ def prepare(batch: WriteBatch) -> PreparedRows:
             else:
                 updates.append(_update_params(s))
         done_rows = DoneRows(done_made)
+    # Positional, in field order: keywords cost 0.17 us more a batch (a third of a small batch's whole row cost).
     return PreparedRows(
-        inserts=inserts,
-        new_inserts=new_inserts,
-        updates=updates,
-        done_updates=done_updates,
-        done_rows=done_rows,
-        runs=[_run_params(r) for r in batch.runs],
-        kv=list(batch.kv.items()),
+        inserts,
+        new_inserts,
+        updates,
+        done_updates,
+        done_rows,
+        [_run_params(r) for r in batch.runs],
+        list(batch.kv.items()),
     )
 
 

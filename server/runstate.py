@@ -50,6 +50,16 @@ class Aside:
     collected: dict[str, list[State]] | None = None
     trace_span: Any = None
 
+    def holds_nothing(self) -> bool:
+        """As good as no Aside at all: whoever needs one makes it again (server/fanin.py, server/tracing.py)."""
+        return not (
+            self.open_descendants
+            or self.descendant_failed
+            or self.fired
+            or self.collected
+            or self.trace_span is not None
+        )
+
 
 @dataclass(slots=True, eq=False)
 class Run(RunRow):

@@ -19,6 +19,7 @@ from . import fanin
 from .commit import GroupCommit
 from .graph import CompiledGraph, CompiledNode
 from .models import RunRow, StateRow
+from .packed import pack
 from .runstate import Run, Session, State
 from .status import FAILED_STATE_STATUSES, LIVE_STATE_STATUSES, RunStatus, StateStatus
 
@@ -243,13 +244,17 @@ class RunTable:
                 parent_id=row.parent_id,
                 parent_output=row.parent_output,
                 path=row.path,
-                outputs=row.outputs,
+                # Packed as a live leaf's are (server/machine.py): read again only by a merge, a read, its row.
+                outputs=pack(row.outputs) if row.outputs and not node.next else row.outputs,
                 error=row.error,
                 pruned_data=row.pruned_data,
                 created_at_ms=row.created_at_ms,
                 updated_at_ms=row.updated_at_ms,
                 run_at_ms=row.run_at_ms,
                 seq=row.seq,
+                runtime_name=row.runtime_name,
+                started_at_ms=row.started_at_ms,
+                ran_ms=row.ran_ms,
                 run=run,
                 node=node,
                 parent=parent,

@@ -181,6 +181,33 @@ class Requeuer(BaseNode):
         return self.Outputs(runs=str(len(calls)))
 
 
+class Trial(BaseNode):
+    """Per-branch behaviour chosen by the item, its executions counted per ``key`` and item: ``flaky*`` fails its
+    first execution, ``stuck*`` its first two (one automatic retry is not enough; a manual retry is), ``requeue*``
+    requeues itself once after 20 ms, ``prune*`` prunes; anything else echoes. Outputs ``<item>#<execution>``."""
+
+    executions: ClassVar[dict[tuple[str, str], int]] = defaultdict(int)
+
+    class Inputs(BaseModel):
+        key: str
+        item: str
+
+    class Outputs(BaseModel):
+        text: str
+
+    async def execute(self) -> Outputs:
+        item = self.inputs.item
+        Trial.executions[self.inputs.key, item] += 1
+        n = Trial.executions[self.inputs.key, item]
+        if item.startswith("prune"):
+            raise PruneSignal({"item": item})
+        if item.startswith("requeue") and n == 1:
+            raise ReQueueAfterSignal(timedelta(milliseconds=20))
+        if (item.startswith("flaky") and n == 1) or (item.startswith("stuck") and n <= 2):
+            raise RuntimeError(f"{item} failed, execution {n}")
+        return self.Outputs(text=f"{item}#{n}")
+
+
 class StoreWriter(BaseNode):
     """Writes ``value`` to the run's store under ``cursor``; outputs the value it saw there before."""
 

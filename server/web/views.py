@@ -12,6 +12,7 @@ from starlette.requests import Request
 from exosphere.errors import InvalidArgumentError, NotFoundError
 
 from ..models import GraphSpec, RunRow, StateRow
+from ..packed import as_list
 from ..store import RunCursor
 
 __all__ = ["graph_view", "parse_cursor", "read_json", "run_id_of", "run_view", "state_brief", "state_full", "strings"]
@@ -107,7 +108,7 @@ def state_full(s: StateRow) -> dict[str, Any]:
     return {
         **state_brief(s),
         "inputs": s.inputs,
-        "outputs": None if s.outputs is None else list(s.outputs),
+        "outputs": None if s.outputs is None else as_list(s.outputs),
         "error": s.error,
         "pruned_data": s.pruned_data,
         "parent_id": s.parent_id,

@@ -15,7 +15,7 @@ from server.models import FieldSpec, GraphNodeSpec, GraphSpec, NodeSchema, RunRo
 from server.runstate import Session, State
 from server.secrets import SecretBox
 from server.status import ResultKind
-from server.store import InMemoryStore
+from server.store import InMemoryStore, Store
 
 NS = "unit"
 START_MS = 1_700_000_000_000
@@ -51,10 +51,10 @@ def node(ident: str, node_name: str = "Echo", inputs: dict[str, str] | None = No
 
 
 class Kit:
-    """One engine on one in-memory store; ``restart()`` drops the engine and loads a new one from the store."""
+    """One engine on one store (in memory unless given); ``restart()`` drops the engine and loads a new one from it."""
 
     def __init__(
-        self, store: InMemoryStore | None = None, *, lease_ms: int = 5000, shard_count: int = 1, own_all: bool = True
+        self, store: Store | None = None, *, lease_ms: int = 5000, shard_count: int = 1, own_all: bool = True
     ) -> None:
         self.shard_count, self.own_all = shard_count, own_all
         self.store = store or InMemoryStore()

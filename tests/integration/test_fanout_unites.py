@@ -11,6 +11,9 @@ from typing import Any
 import pytest
 
 from exosphere import GraphNodeModel, RunStatus, StateManager, StateStatus
+from server import sqlite_rows
+from server.packed import PackedOutputs
+from server.store import WriteBatch
 from tests.engine_nodes import Act, Collect, Count, Gate, Nothing, Split, Tag
 from tests.helpers.graphs import gnode, states_of
 from tests.helpers.runtimes import RuntimeFactory
@@ -132,10 +135,29 @@ async def test_ten_thousand_way_fan_out_with_an_aggregating_merge(
 
 
 async def test_branch_outputs_kept_as_json_text_read_back_whole_from_the_run_and_the_database(
-    state_manager: StateManager, start_runtime: RuntimeFactory, namespace: str, db_path: Path
+    state_manager: StateManager,
+    start_runtime: RuntimeFactory,
+    namespace: str,
+    db_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    packed: dict[tuple[str, int], PackedOutputs] = {}  # each finished leaf's outputs as the engine keeps them
+    written: dict[tuple[str, int], object] = {}  # the outputs value each narrow update bound, by (run_id, seq)
+    prepare, write = sqlite_rows.prepare, sqlite_rows.write
+
+    def prepare_seen(batch: WriteBatch) -> sqlite_rows.PreparedRows:
+        packed.update(((s.run_id, s.seq), s.outputs) for s in batch.updated_states if type(s.outputs) is PackedOutputs)
+        return prepare(batch)
+
+    def write_seen(db: sqlite3.Connection, rows: sqlite_rows.PreparedRows) -> None:
+        for row in (*rows.done_updates, *rows.done_rows.rows()):
+            written[str(row[6]), int(row[7])] = row[1]  # type: ignore[call-overload]
+        write(db, rows)
+
+    monkeypatch.setattr(sqlite_rows, "prepare", prepare_seen)
+    monkeypatch.setattr(sqlite_rows, "write", write_seen)
     await start_runtime([Split, Act, Collect])
-    await state_manager.upsert_graph("packed", merge_graph(namespace, "a,é,\"q\"", "ALL_SUCCESS"))
+    await state_manager.upsert_graph("packed", merge_graph(namespace, 'a,é,"q"', "ALL_SUCCESS"))
     run = await state_manager.trigger("packed")
     result = await state_manager.wait(run.run_id, timeout=10)
 
@@ -150,6 +172,17 @@ async def test_branch_outputs_kept_as_json_text_read_back_whole_from_the_run_and
         stored = db.execute("SELECT outputs FROM states WHERE identifier = 'act' ORDER BY seq").fetchall()
     assert sorted((json.loads(text) for (text,) in stored), key=str) == sorted((s.outputs for s in acts), key=str)
     assert ('[{"text":"é"}]',) in stored  # the text written as made: compact, not ASCII-escaped
+    # Through a real commit, each leaf's row (the branches', the merge's) bound the very text the engine keeps as its
+    # outputs, and stores it.
+    leaves = {key: p for key, p in packed.items() if key[0] == run.run_id}
+    assert sorted((p.decoded() for p in leaves.values()), key=str) == sorted(
+        (s.outputs for s in [*acts, merge]), key=str
+    )
+    with sqlite3.connect(db_path) as db:
+        for (run_id, seq), outputs in leaves.items():
+            assert written[run_id, seq] is outputs.json
+            [(text,)] = db.execute("SELECT outputs FROM states WHERE run_id = ? AND seq = ?", (run_id, seq))
+            assert text == outputs.json
 
 
 # ---------------------------------------------------------------------------------------------------- unites

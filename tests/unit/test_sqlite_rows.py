@@ -9,6 +9,7 @@ import pytest
 
 from server import sqlite_rows
 from server.models import RunRow, StateRow
+from server.packed import outputs_json, pack
 from server.sqlite_rows import prepare
 from server.sqlite_store import SqliteStore
 from server.status import RunStatus, StateStatus
@@ -57,7 +58,9 @@ def writer_rows(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.usefixtures("writer_rows")
-def test_a_new_state_is_written_as_prepared_though_its_row_is_built_at_commit(tmp_path: Path) -> None:
+def test_a_new_state_is_written_as_prepared_though_its_row_is_built_at_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     store = SqliteStore(tmp_path / "s.db")
     run = RunRow(run_id="r1", namespace="ns", graph_name="g", graph_version=1, status=RunStatus.PENDING)
     fresh = _state(1)
@@ -69,6 +72,9 @@ def test_a_new_state_is_written_as_prepared_though_its_row_is_built_at_commit(tm
     assert store.get_states("r1", -1, 0) == [_state(1)]
     assert list(prepared.new_inserts.rows()) == list(prepared.new_inserts.rows())  # made again for a retried commit
     assert prepared.new_inserts.made is None
+    monkeypatch.setattr(sqlite_rows, "WRITER_ROWS_FROM", 16_384)
+    eager = prepare(WriteBatch(new_states=[_state(1)], runs=[run]))  # the rows made in prepare, before any change
+    assert eager.new_inserts.made is not None and list(prepared.new_inserts.rows()) == eager.new_inserts.made
 
 
 @pytest.mark.usefixtures("writer_rows")
@@ -118,3 +124,34 @@ def test_the_rows_of_a_small_batch_are_made_in_prepare_as_the_writer_thread_woul
     for made, deferred in zip(small, big, strict=True):
         assert list(made.new_inserts.rows()) == list(deferred.new_inserts.rows())
         assert list(made.done_rows.rows()) == list(deferred.done_rows.rows())
+
+
+def test_a_batch_is_big_by_its_length_and_a_small_one_makes_its_rows_as_the_writer_thread_would(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_rows, "WRITER_ROWS_FROM", 3)
+    done = {"status": StateStatus.SUCCESS, "updated_at_ms": 1_500, "runtime_name": "rt", "ran_ms": 2}
+    packed = pack([{"y": "é"}, {"y": "2"}])
+    finished = [_state(5, outputs=[{"y": "ü"}], **done), _state(6, outputs=packed, **done)]
+    # Three new states, one of them written whole: big by the batch's length, though only two rows are narrow.
+    new = [_state(1), _state(2, run_at_ms=5_000), _state(3, status=StateStatus.SUCCESS, outputs=[{"y": "1"}])]
+    for stable in (True, False):
+        mixed = prepare(WriteBatch(new_states=new, updated_states=finished, stable=stable))
+        assert mixed.new_inserts.made is None and len(mixed.new_inserts) == 2 and len(mixed.inserts) == 1
+        assert len(mixed.done_rows if stable else mixed.done_updates) == 2
+        assert (mixed.done_rows.made is not None) and not (mixed.done_updates if stable else mixed.done_rows)
+        monkeypatch.setattr(sqlite_rows, "WRITER_ROWS_FROM", 1)
+        deferred = prepare(WriteBatch(new_states=new, updated_states=finished, stable=stable))
+        monkeypatch.setattr(sqlite_rows, "WRITER_ROWS_FROM", 3)
+        assert list(mixed.new_inserts.rows()) == list(deferred.new_inserts.rows())
+        assert list(mixed.done_rows.rows()) == list(deferred.done_rows.rows())
+        assert mixed.done_updates == deferred.done_updates and mixed.inserts == deferred.inserts
+    # The packed text goes into the row as it is, not a copy; the list of dicts is written as the same JSON.
+    small = prepare(WriteBatch(updated_states=finished, stable=True))
+    rows = list(small.done_rows.rows())
+    assert rows[1][1] is outputs_json(packed) and rows[0][1] == '[{"y":"ü"}]'
+    store = SqliteStore(tmp_path / "s.db")
+    run = RunRow(run_id="r1", namespace="ns", graph_name="g", graph_version=1, status=RunStatus.PENDING)
+    store.commit(prepare(WriteBatch(new_states=[_state(5), _state(6)], runs=[run], stable=True)))
+    store.commit(small)
+    assert store.get_states("r1", -1, 0) == finished

@@ -19,8 +19,18 @@ from exosphere.errors import (
     error_class,
 )
 
-__all__ = ["MAX_MESSAGE_BYTES", "Backoff", "error_from_status", "metadata", "open_channel", "translate_errors"]
+__all__ = [
+    "CALL_TIMEOUT_S",
+    "MAX_MESSAGE_BYTES",
+    "Backoff",
+    "error_from_status",
+    "metadata",
+    "open_channel",
+    "translate_errors",
+]
 
+# Deadline of one unary call (and of a trigger made on the Watches stream).
+CALL_TIMEOUT_S = 30.0
 # Large fan-outs travel in big messages; the scheduler sets the same limit.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 

@@ -10,9 +10,9 @@ from datetime import timedelta
 from types import TracebackType
 from typing import Any, Self
 
-from exosphere._channel import Backoff, metadata, open_channel, translate_errors
-from exosphere._watch_stream import Interrupted, Unread, WatchesUnsupported, WatchStream
-from exosphere._watches import OpenWatches, follow
+from exosphere._channel import CALL_TIMEOUT_S, Backoff, metadata, open_channel, translate_errors
+from exosphere._watch_stream import Interrupted
+from exosphere._watches import RunWatches, follow
 from exosphere._wire import graph_from_pb, graph_to_pb, run_from_pb, runtime_from_pb, states_from_pb
 from exosphere.config import ClientConfig
 from exosphere.errors import ConnectionFailedError, ExosphereTimeoutError, InvalidArgumentError
@@ -35,8 +35,6 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["StateManager"]
 
-# Deadline of one unary call.
-CALL_TIMEOUT_S = 30.0
 # States per GetRun page: small enough that the scheduler encodes the next page while this one is converted (the
 # scheduler also cuts a page by size).
 STATE_PAGE = 2_000
@@ -70,10 +68,9 @@ class StateManager:
         self._metadata = metadata(self._config)
         self._channel: Any = None
         self._stub: Any = None
-        # Watches go as messages on one stream (exosphere/_watch_stream.py); trigger() keeps the watch it starts
-        # a run with for the wait() that usually follows (exosphere/_watches.py).
-        self._stream = WatchStream(lambda: self._api().Watches(metadata=self._metadata))
-        self._watches = OpenWatches()
+        # Triggers and watches go as messages on one stream; trigger() keeps the watch it starts a run with for
+        # the wait() that usually follows (exosphere/_watches.py).
+        self._runs = RunWatches(self._api, self._metadata)
 
     def _api(self) -> scheduler_pb2_grpc.SchedulerServiceAsyncStub:
         # The channel must be created inside the running loop, so it is made on first use.
@@ -84,8 +81,7 @@ class StateManager:
 
     async def close(self) -> None:
         """Close the channel. Idempotent."""
-        self._watches.cancel_all()
-        await self._stream.close()
+        await self._runs.close()
         if self._channel is not None:
             channel, self._channel, self._stub = self._channel, None, None
             await channel.close()
@@ -185,43 +181,7 @@ class StateManager:
             store=dict(store or {}),
             start_delay_ms=delay_ms,
         )
-        # A plain call when the stream cannot take it now: a trigger never waits for a place on it.
-        if self._stream.supported is not False and self._stream.has_room():
-            try:
-                return TriggerResponse(run_id=await self._trigger_watched(request))
-            except Interrupted as exc:  # started, then the scheduler began to stop: the run is there all the same
-                return TriggerResponse(run_id=exc.run_id)
-            except (WatchesUnsupported, Unread):
-                pass  # the scheduler did not read it, so it did not run: make it as a call
-        async with translate_errors():
-            response = await self._api().TriggerGraph(request, metadata=self._metadata, timeout=CALL_TIMEOUT_S)
-        return TriggerResponse(run_id=response.run_id)
-
-    async def _trigger_watched(self, trigger: pb.TriggerGraphRequest) -> str:
-        # The final snapshot only when it fits in one event: the wait() it is kept for may never come.
-        request = pb.WatchRunRequest(
-            run_only=True, final_snapshot=True, final_snapshot_max_events=1, announce=True, trigger=trigger
-        )
-        watch = None
-        try:
-            async with asyncio.timeout(CALL_TIMEOUT_S):  # as the plain call's deadline, opening the stream included
-                watch = await self._stream.watch(request)
-                first = await watch.read()
-        except TimeoutError:
-            if watch is not None:
-                watch.cancel()
-            raise ExosphereTimeoutError(
-                f"graph {trigger.graph_name!r}: the scheduler did not answer the trigger in {CALL_TIMEOUT_S}s"
-            ) from None
-        except BaseException:
-            if watch is not None:
-                watch.cancel()
-            raise
-        if not isinstance(first, pb.WatchRunResponse):  # grpc.aio.EOF
-            raise ConnectionFailedError(f"graph {trigger.graph_name!r}: the scheduler ended the trigger unanswered")
-        run_id = first.run.run_id
-        self._watches.keep(run_id, watch)
-        return run_id
+        return TriggerResponse(run_id=await self._runs.trigger(request))
 
     async def trigger_many(
         self, graph_name: str, runs: Sequence[Mapping[str, Mapping[str, str]]]
@@ -332,7 +292,7 @@ class StateManager:
         try:
             async with asyncio.timeout(timeout_s):
                 try:
-                    final = await self._outcome(request, started)
+                    final = await self._runs.outcome(request, started)
                 except ConnectionFailedError as exc:
                     run_id = exc.run_id if isinstance(exc, Interrupted) else next(iter(started), None)
                     if run_id is None:  # the run may not have started: say so
@@ -349,31 +309,6 @@ class StateManager:
             raise ExosphereTimeoutError(f"graph {graph_name!r}: the scheduler ended the watch before the run finished")
         run, complete = final
         return run if complete or not states else await self.get_run(run.run_id)
-
-    async def _outcome(
-        self, request: pb.WatchRunRequest, started: list[str] | None = None
-    ) -> tuple[RunModel, bool] | None:
-        """Follow a new watch until the run is no longer pending (exosphere/_watches.py follow): on the Watches
-        stream, or as a WatchRun call when the scheduler has none. A trigger the stream did not take (nothing ran)
-        is made as a TriggerGraph call and raises Interrupted with its run id; a plain watch raises Unread: watch
-        again."""
-        if self._stream.supported is not False:
-            try:
-                return await follow(await self._stream.watch(request), request.final_snapshot, started)
-            except WatchesUnsupported:
-                pass
-            except Unread as exc:
-                if not request.HasField("trigger") or started:
-                    raise
-                # Its trigger was not read (the scheduler is stopping): start the run with a plain call, which a
-                # draining scheduler still takes, and wait for it like any run whose watch was interrupted.
-                async with translate_errors():
-                    response = await self._api().TriggerGraph(
-                        request.trigger, metadata=self._metadata, timeout=CALL_TIMEOUT_S
-                    )
-                raise Interrupted(str(exc), response.run_id) from None
-        call = self._api().WatchRun(request, metadata=self._metadata)
-        return await follow(call, request.final_snapshot, started)
 
     async def watch(self, run_id: str, *, states: bool = True) -> AsyncIterator[tuple[RunModel, list[StateModel]]]:
         """Yield ``(run, changed_states)`` as the run progresses; ends once the run is no longer pending.
@@ -399,7 +334,7 @@ class StateManager:
         timeout_s = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
         request = pb.WatchRunRequest(run_id=run_id, run_only=True, final_snapshot=True)
         backoff = Backoff()
-        kept = self._watches.take(run_id)  # the watch trigger() started this run with, if it did
+        kept = self._runs.kept.take(run_id)  # the watch trigger() started this run with, if it did
         try:
             async with asyncio.timeout(timeout_s):
                 if kept is not None:
@@ -413,7 +348,7 @@ class StateManager:
                         # Its snapshot was left out (more than one event) or it was dropped unread: watch again.
                 while True:
                     try:
-                        final = await self._outcome(request)
+                        final = await self._runs.outcome(request)
                     except ConnectionFailedError as exc:
                         # The run moved to another scheduler replica, or this one went away: watch it again.
                         logger.info("watch of run %s interrupted, watching again: %s", run_id, exc)

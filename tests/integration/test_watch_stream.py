@@ -67,7 +67,7 @@ async def test_triggers_and_waits_go_over_one_stream_and_trigger_then_wait_is_on
         both = await sm.trigger_and_wait(tag_graph, inputs={"text": "d"}, timeout=20)
         outcome = await sm.trigger_and_wait(tag_graph, inputs={"text": "e"}, timeout=20, states=False)
         # Each wait read the watch its trigger kept: no watch was asked for again.
-        assert len(sm._watches) == 0
+        assert len(sm._runs.kept) == 0
 
     assert [d.status for d in done] == [RunStatus.SUCCESS] * 3
     assert [states_of(d, "tag")[0].outputs[0]["text"] for d in done] == ["a!", "b!", "c!"]
@@ -82,16 +82,16 @@ async def test_triggers_and_waits_go_over_one_stream_and_trigger_then_wait_is_on
 async def test_evicted_and_unclaimed_watches_lose_nothing(
     app: App, state_manager: StateManager, tag_graph: str
 ) -> None:
-    state_manager._watches = OpenWatches(limit=2)
+    state_manager._runs.kept = OpenWatches(limit=2)
     runs = [await state_manager.trigger(tag_graph, inputs={"text": t}) for t in ("p", "q", "r")]
-    assert len(state_manager._watches) == 2  # p's watch was cancelled to make room
+    assert len(state_manager._runs.kept) == 2  # p's watch was cancelled to make room
 
     # Waited for out of order, the evicted one included: each through a watch of its own if it has to.
     for run, text in reversed(list(zip(runs, ("p", "q", "r"), strict=True))):
         done = await state_manager.wait(run.run_id, timeout=20)
         assert done.status is RunStatus.SUCCESS
         assert states_of(done, "tag")[0].outputs[0]["text"] == f"{text}!"
-    assert len(state_manager._watches) == 0
+    assert len(state_manager._runs.kept) == 0
     # A second wait on a run whose kept watch was used asks again and gets the same answer.
     again = await state_manager.wait(runs[1].run_id, timeout=20)
     assert states_of(again, "tag")[0].outputs[0]["text"] == "q!"
@@ -103,11 +103,11 @@ async def test_a_kept_watch_that_would_buffer_too_much_is_dropped_and_its_wait_a
     monkeypatch.setattr(_watches, "KEEP_BYTES", 2_000)
     key = uuid.uuid4().hex
     other = await state_manager.trigger("hold", inputs={"key": key})  # a second watch kept open on the stream
-    stream = state_manager._stream
+    stream = state_manager._runs.stream
     call, reader = stream._call, stream._reader
     csv = ",".join(f"{i:04d}" * 100 for i in range(40))  # 40 branches of 400 characters: ~40 KB of final snapshot
     run = await state_manager.trigger("fan", inputs={"csv": csv})
-    kept = state_manager._watches._calls[run.run_id]
+    kept = state_manager._runs.kept._calls[run.run_id]
     # Its last event is over the bound: the watch is dropped, and the stream and its other watches go on.
     await assert_eventually(lambda: kept._ended, message="the kept watch was dropped once it passed KEEP_BYTES")
     assert (stream._call, stream._reader) == (call, reader) and reader is not None and not reader.done()
@@ -127,7 +127,7 @@ async def test_a_refused_trigger_raises_its_error_and_the_stream_goes_on(
         await state_manager.trigger("no-such-graph")
     with pytest.raises(GraphNotFoundError, match="no-such-graph"):
         await state_manager.trigger_and_wait("no-such-graph")
-    assert len(state_manager._watches) == 0
+    assert len(state_manager._runs.kept) == 0
     run = await state_manager.trigger(tag_graph, inputs={"text": "ok"})
     assert states_of(await state_manager.wait(run.run_id, timeout=20), "tag")[0].outputs[0]["text"] == "ok!"
     assert _calls(app, "Watches") == 0  # the same stream throughout: still open
@@ -166,7 +166,7 @@ async def test_a_kept_watch_is_told_of_the_end_alone_not_of_each_commit_before_i
 async def test_more_requests_than_a_stream_holds_wait_for_a_place_in_the_client(
     state_manager: StateManager, tag_graph: str
 ) -> None:
-    slots = state_manager._stream._slots = _Counting(2)  # LIMIT_MAX_WATCHES_PER_STREAM, made small
+    slots = state_manager._runs.stream._slots = _Counting(2)  # LIMIT_MAX_WATCHES_PER_STREAM, made small
     texts = [f"t{i}" for i in range(8)]
     done = await asyncio.gather(
         *(state_manager.trigger_and_wait(tag_graph, inputs={"text": t}, timeout=20) for t in texts)
@@ -243,7 +243,7 @@ async def test_a_watch_cancelled_before_it_is_written_gives_its_place_back(
     state_manager: StateManager, tag_graph: str
 ) -> None:
     await state_manager.trigger_and_wait(tag_graph, timeout=20)  # the stream is open
-    stream = state_manager._stream
+    stream = state_manager._runs.stream
     slots = stream._slots = _Counting(5)
     async with stream._lock:  # holds the stream's writes: the request waits to be written
         waiting = asyncio.create_task(state_manager.trigger_and_wait(tag_graph, timeout=20))
@@ -262,7 +262,7 @@ async def test_a_request_cancelled_while_it_is_written_leaves_the_stream_up(
 ) -> None:
     """grpc.aio cancels a whole call when one of its writes is cancelled: a caller's cancel must not reach it."""
     await state_manager.trigger_and_wait(tag_graph, timeout=20)
-    stream = state_manager._stream
+    stream = state_manager._runs.stream
     gate, writing = asyncio.Event(), asyncio.Event()
     stream._call = call = _SlowWrites(stream._call, gate, writing)
     cancelled = asyncio.create_task(state_manager.trigger_and_wait(tag_graph, inputs={"text": "gone"}, timeout=20))
@@ -296,8 +296,8 @@ async def test_cancelled_watches_never_put_the_scheduler_over_its_limit(
 ) -> None:
     """A cancel gives its place back once written, so a request after it never reaches the scheduler first."""
     monkeypatch.setattr(watch_streams, "MAX_OPEN", 2)
-    state_manager._stream._slots = _Counting(2)
-    state_manager._watches = OpenWatches(limit=1)  # each trigger cancels the watch the one before it kept
+    state_manager._runs.stream._slots = _Counting(2)
+    state_manager._runs.kept = OpenWatches(limit=1)  # each trigger cancels the watch the one before it kept
     key = uuid.uuid4().hex
     runs = [await state_manager.trigger("hold", inputs={"key": f"{key}-{i}"}) for i in range(6)]
     assert len({r.run_id for r in runs}) == 6
@@ -452,7 +452,7 @@ async def test_a_scheduler_without_watches_gets_plain_calls() -> None:
         async with StateManager("ns", address=f"127.0.0.1:{port}") as sm:
             ids = [(await sm.trigger("g")).run_id for _ in range(3)]
             outcome = await sm.wait("run-1", timeout=5)
-            assert sm._stream.supported is False
+            assert sm._runs.stream.supported is False
     finally:
         await server.stop(None)
     assert ids == ["run-1", "run-2", "run-3"]

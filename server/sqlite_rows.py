@@ -62,18 +62,14 @@ WRITER_ROWS_FROM = 16_384
 
 
 @dataclass(slots=True)
-class NewRows:
-    """New states not run yet, for the narrow insert: their rows made in prepare (a small batch), or the states and
-    as columns what may change after prepare, their rows made in the writer thread (a batch of WRITER_ROWS_FROM)."""
+class _Rows:
+    """Rows of one statement: made in prepare (a small batch), or made in the writer thread from the states and, as
+    columns, what may change after prepare (a batch of WRITER_ROWS_FROM)."""
 
-    # The rows, when made in prepare; None when made from the columns below.
+    # The rows, when made in prepare; None when made from the states and columns.
     made: list[tuple[object, ...]] | None = None
     states: Sequence[StateRow] = ()
     statuses: Sequence[StateStatus] = ()
-    # The inputs as JSON text, made in prepare; empty when the batch's inputs never change (made in ``rows``).
-    inputs: Sequence[str] = ()
-    updated_at_ms: Sequence[int] = ()
-    run_at_ms: Sequence[int] = ()
 
     def __len__(self) -> int:
         return len(self.made) if self.made is not None else len(self.states)
@@ -81,6 +77,19 @@ class NewRows:
     def rows(self) -> Iterator[tuple[object, ...]]:
         """The parameters of each row: made in prepare, or made as they are read (again for each commit attempt)."""
         return iter(self.made) if self.made is not None else self._make()
+
+    def _make(self) -> Iterator[tuple[object, ...]]:
+        raise NotImplementedError
+
+
+@dataclass(slots=True)
+class NewRows(_Rows):
+    """New states not run yet, for the narrow insert."""
+
+    # The inputs as JSON text, made in prepare; empty when the batch's inputs never change (made in ``rows``).
+    inputs: Sequence[str] = ()
+    updated_at_ms: Sequence[int] = ()
+    run_at_ms: Sequence[int] = ()
 
     def _make(self) -> Iterator[tuple[object, ...]]:
         texts = self.inputs or map(_inputs_json, self.states)
@@ -91,23 +100,11 @@ class NewRows:
 
 
 @dataclass(slots=True)
-class DoneRows:
-    """Finished states for the narrow update, from a stable batch: their rows made in prepare (a small batch), or the
-    states and as columns what may still change after prepare (a united state that fails its merge changes status
-    and update time), their rows made in the writer thread (a batch of WRITER_ROWS_FROM)."""
+class DoneRows(_Rows):
+    """Finished states for the narrow update, from a stable batch (a united state that fails its merge changes
+    status and update time after prepare: those are the columns)."""
 
-    # The rows, when made in prepare; None when made from the columns below.
-    made: list[tuple[object, ...]] | None = None
-    states: Sequence[StateRow] = ()
-    statuses: Sequence[StateStatus] = ()
     updated_at_ms: Sequence[int] = ()
-
-    def __len__(self) -> int:
-        return len(self.made) if self.made is not None else len(self.states)
-
-    def rows(self) -> Iterator[tuple[object, ...]]:
-        """The parameters of each row: made in prepare, or made as they are read (again for each commit attempt)."""
-        return iter(self.made) if self.made is not None else self._make()
 
     def _make(self) -> Iterator[tuple[object, ...]]:
         for s, status, updated_at_ms in zip(self.states, self.statuses, self.updated_at_ms, strict=True):

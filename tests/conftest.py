@@ -5,6 +5,7 @@ The helpers these are built on (and that tests use directly) are in ``tests/help
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -17,7 +18,7 @@ from server.app import App
 from server.config import ServerConfig
 from tests.helpers.pg import pg_dsn  # noqa: F401  (a fixture: a fresh PostgreSQL database per test)
 from tests.helpers.runtimes import RuntimeFactory, RuntimeGroup
-from tests.helpers.servers import serving
+from tests.helpers.servers import Start, serving
 
 
 @pytest.fixture
@@ -65,3 +66,23 @@ async def start_runtime(namespace: str, server_address: str) -> AsyncIterator[Ru
             return await group.start(Runtime(nodes=nodes, **options))
 
         yield factory
+
+
+@pytest.fixture
+async def start() -> AsyncIterator[Start]:
+    """Start schedulers in this loop (a restart: the same database and port again); each one a test did not stop is
+    stopped at the end, a failed test's too."""
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def started(config: ServerConfig) -> App:
+            return await stack.enter_async_context(serving(config))
+
+        yield started
+
+
+@pytest.fixture
+async def runtimes() -> AsyncIterator[RuntimeGroup]:
+    """Runtimes a test starts (``await runtimes.start(Runtime(...))``), stopped at its end."""
+    async with RuntimeGroup() as group:
+        yield group
+

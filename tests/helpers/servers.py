@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from types import TracebackType
@@ -23,6 +23,9 @@ from typing import Self
 from server.app import App
 from server.config import ServerConfig
 from server.store import Store
+
+# What the ``start`` fixture gives (tests/conftest.py): start a scheduler in the test's loop, stopped at its end.
+Start = Callable[[ServerConfig], Awaitable[App]]
 
 _LISTENING = re.compile(r"exosphere-server listening on ([\d.]+):(\d+)")
 

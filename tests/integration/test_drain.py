@@ -5,11 +5,9 @@ schedulers on one SQLite file, restarted on the same port; a real Python runtime
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -23,7 +21,7 @@ from server.app import App
 from server.config import ServerConfig
 from tests.helpers.raw import RawRuntime, done, node_schema
 from tests.helpers.runtimes import RuntimeGroup
-from tests.helpers.servers import ServerProcess, serving
+from tests.helpers.servers import ServerProcess, Start
 from tests.helpers.waiting import assert_eventually
 
 # The gate the slow node waits at, and how often each state started; reset by the fixture.
@@ -55,12 +53,6 @@ def _config(db_path: Path, drain: str, port: int = 0) -> ServerConfig:
     return ServerConfig(host="127.0.0.1", port=port, db=str(db_path), drain_grace=drain, http_port=-1)
 
 
-@pytest.fixture
-async def runtimes() -> AsyncIterator[RuntimeGroup]:
-    async with RuntimeGroup() as group:
-        yield group
-
-
 async def _hold_three(app: App, namespace: str, runtimes: RuntimeGroup) -> tuple[Any, list[str]]:
     """A Python runtime on ``app`` holding three Slow states (one run each)."""
     from exosphere import Runtime
@@ -71,20 +63,6 @@ async def _hold_three(app: App, namespace: str, runtimes: RuntimeGroup) -> tuple
         run_ids = [(await sm.trigger("g", inputs={"x": str(i)})).run_id for i in range(3)]
     await assert_eventually(lambda: sum(STARTED.values()) == 3, message=lambda: f"started {dict(STARTED)}")
     return runtime, run_ids
-
-
-Start = Callable[[ServerConfig], Awaitable[App]]
-
-
-@pytest.fixture
-async def start() -> AsyncIterator[Start]:
-    """Start schedulers in this loop; each one a test did not stop is stopped at the end (a failed test too)."""
-    async with contextlib.AsyncExitStack() as stack:
-
-        async def started(config: ServerConfig) -> App:
-            return await stack.enter_async_context(serving(config))
-
-        yield started
 
 
 async def test_results_within_the_drain_grace_are_committed_and_the_runtime_comes_back(

@@ -10,10 +10,9 @@ Watches all behave as separate calls did.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,7 +30,7 @@ from server.config import ServerConfig
 from tests.engine_nodes import Split, Tag, Waiter
 from tests.helpers.graphs import gnode, states_of
 from tests.helpers.runtimes import RuntimeFactory, RuntimeGroup
-from tests.helpers.servers import serving
+from tests.helpers.servers import Start
 from tests.helpers.waiting import assert_eventually
 
 SERVICE = "/exosphere.v1.SchedulerService/"
@@ -324,88 +323,86 @@ async def test_closing_the_client_ends_the_watches_it_kept(
     assert done.status is RunStatus.SUCCESS and done.states[0].outputs[0]["text"] == "i"
 
 
-async def test_a_wait_survives_a_scheduler_restart_under_its_stream(tmp_path: Path, namespace: str) -> None:
+async def test_a_wait_survives_a_scheduler_restart_under_its_stream(
+    db_path: Path, namespace: str, start: Start, runtimes: RuntimeGroup
+) -> None:
     key = uuid.uuid4().hex
 
     def config(port: int = 0) -> ServerConfig:
-        return ServerConfig(host="127.0.0.1", port=port, db=str(tmp_path / "x.db"), drain_grace="PT0.1S", http_port=-1)
+        return ServerConfig(host="127.0.0.1", port=port, db=str(db_path), drain_grace="PT0.1S", http_port=-1)
 
-    async with contextlib.AsyncExitStack() as stack, RuntimeGroup() as runtimes:
-        start: Callable[[ServerConfig], Awaitable[App]] = lambda c: stack.enter_async_context(serving(c))  # noqa: E731
-        app = await start(config())
-        await runtimes.start(Runtime(namespace, "rt", [Waiter, Tag], address=app.address))
-        async with StateManager(namespace, address=app.address) as sm:
-            await sm.upsert_graph("hold", [gnode(namespace, "Waiter", "hold", {"key": key, "item": "i"})])
-            held = await sm.trigger("hold")
-            waiting = asyncio.create_task(sm.wait(held.run_id, timeout=30))
-            await assert_eventually(lambda: key in Waiter.started, message="the held state started")
+    app = await start(config())
+    await runtimes.start(Runtime(namespace, "rt", [Waiter, Tag], address=app.address))
+    async with StateManager(namespace, address=app.address) as sm:
+        await sm.upsert_graph("hold", [gnode(namespace, "Waiter", "hold", {"key": key, "item": "i"})])
+        held = await sm.trigger("hold")
+        waiting = asyncio.create_task(sm.wait(held.run_id, timeout=30))
+        await assert_eventually(lambda: key in Waiter.started, message="the held state started")
 
-            # The stream under the kept watch ends at once (a stream outlives runs: the scheduler does not wait the
-            # 10 s shutdown grace for it), and the wait watches again until it can.
-            started = time.monotonic()
-            await app.stop()
-            assert time.monotonic() - started < 5
-            assert not waiting.done()
-            restarted = await start(config(app.port))
-            await _reconnected(restarted, namespace)
-            Waiter.release(key)
-            done = await waiting
-            assert done.status is RunStatus.SUCCESS and done.states[-1].outputs[0]["text"] == "i"
-            # The client goes on over a new stream.
-            await sm.upsert_graph("tag", [gnode(namespace, "Tag", "tag", {"text": "x", "suffix": "!"})])
-            again = await sm.wait((await sm.trigger("tag")).run_id, timeout=20)
-            assert again.status is RunStatus.SUCCESS
-            assert _calls(restarted, "TriggerGraph") == 0
+        # The stream under the kept watch ends at once (a stream outlives runs: the scheduler does not wait the
+        # 10 s shutdown grace for it), and the wait watches again until it can.
+        started = time.monotonic()
+        await app.stop()
+        assert time.monotonic() - started < 5
+        assert not waiting.done()
+        restarted = await start(config(app.port))
+        await _reconnected(restarted, namespace)
+        Waiter.release(key)
+        done = await waiting
+        assert done.status is RunStatus.SUCCESS and done.states[-1].outputs[0]["text"] == "i"
+        # The client goes on over a new stream.
+        await sm.upsert_graph("tag", [gnode(namespace, "Tag", "tag", {"text": "x", "suffix": "!"})])
+        again = await sm.wait((await sm.trigger("tag")).run_id, timeout=20)
+        assert again.status is RunStatus.SUCCESS
+        assert _calls(restarted, "TriggerGraph") == 0
 
 
 async def test_during_a_drain_triggers_start_runs_and_a_trigger_and_wait_goes_on_after_the_restart(
-    tmp_path: Path, namespace: str
+    db_path: Path, namespace: str, start: Start, runtimes: RuntimeGroup
 ) -> None:
     keys = [uuid.uuid4().hex, uuid.uuid4().hex]
 
     def config(port: int = 0) -> ServerConfig:
-        return ServerConfig(host="127.0.0.1", port=port, db=str(tmp_path / "x.db"), drain_grace="PT2S", http_port=-1)
+        return ServerConfig(host="127.0.0.1", port=port, db=str(db_path), drain_grace="PT2S", http_port=-1)
 
-    async with contextlib.AsyncExitStack() as stack, RuntimeGroup() as runtimes:
-        start: Callable[[ServerConfig], Awaitable[App]] = lambda c: stack.enter_async_context(serving(c))  # noqa: E731
-        app = await start(config())
-        await runtimes.start(Runtime(namespace, "rt", [Waiter, Tag], address=app.address))
-        async with StateManager(namespace, address=app.address) as sm:
-            await sm.upsert_graph("hold", [gnode(namespace, "Waiter", "hold", {"key": "k", "item": "i"})])
-            await sm.upsert_graph("tag", [gnode(namespace, "Tag", "tag", {"text": "x", "suffix": "!"})])
-            # A trigger-and-wait in flight when the scheduler is told to stop, and a run the drain holds.
-            in_flight = asyncio.create_task(sm.trigger_and_wait("hold", inputs={"key": keys[0]}, timeout=30))
-            held = await sm.trigger("hold", inputs={"key": keys[1]})
-            await assert_eventually(lambda: all(k in Waiter.started for k in keys), message="both states started")
+    app = await start(config())
+    await runtimes.start(Runtime(namespace, "rt", [Waiter, Tag], address=app.address))
+    async with StateManager(namespace, address=app.address) as sm:
+        await sm.upsert_graph("hold", [gnode(namespace, "Waiter", "hold", {"key": "k", "item": "i"})])
+        await sm.upsert_graph("tag", [gnode(namespace, "Tag", "tag", {"text": "x", "suffix": "!"})])
+        # A trigger-and-wait in flight when the scheduler is told to stop, and a run the drain holds.
+        in_flight = asyncio.create_task(sm.trigger_and_wait("hold", inputs={"key": keys[0]}, timeout=30))
+        held = await sm.trigger("hold", inputs={"key": keys[1]})
+        await assert_eventually(lambda: all(k in Waiter.started for k in keys), message="both states started")
 
-            started = time.monotonic()
-            stopping = asyncio.create_task(app.stop())
-            await assert_eventually(lambda: app.engine.runtimes.stopping, message="the scheduler is draining")
-            during = await sm.trigger("tag")  # started, not refused: the scheduler takes triggers in its drain
-            # A trigger-and-wait made during the drain: its run starts now and is waited for across the restart.
-            during_wait = asyncio.create_task(sm.trigger_and_wait("tag", inputs={"text": "y"}, timeout=30))
-            await assert_eventually(
-                lambda: sum(r.graph_name == "tag" for r in app.engine._table.runs.values()) == 2,
-                message="the trigger-and-wait's run started",
-            )
-            await asyncio.wait_for(stopping, 10)
-            # Nothing made it wait its 10 s shutdown grace: not the open stream, not the trigger-and-wait on it.
-            assert time.monotonic() - started < 5
-            assert not in_flight.done()
+        started = time.monotonic()
+        stopping = asyncio.create_task(app.stop())
+        await assert_eventually(lambda: app.engine.runtimes.stopping, message="the scheduler is draining")
+        during = await sm.trigger("tag")  # started, not refused: the scheduler takes triggers in its drain
+        # A trigger-and-wait made during the drain: its run starts now and is waited for across the restart.
+        during_wait = asyncio.create_task(sm.trigger_and_wait("tag", inputs={"text": "y"}, timeout=30))
+        await assert_eventually(
+            lambda: sum(r.graph_name == "tag" for r in app.engine._table.runs.values()) == 2,
+            message="the trigger-and-wait's run started",
+        )
+        await asyncio.wait_for(stopping, 10)
+        # Nothing made it wait its 10 s shutdown grace: not the open stream, not the trigger-and-wait on it.
+        assert time.monotonic() - started < 5
+        assert not in_flight.done()
 
-            await _reconnected(await start(config(app.port)), namespace)
-            for key in keys:
-                Waiter.release(key)
-            done = await in_flight  # the same call: once announced, its run is waited for, not lost
-            assert done.status is RunStatus.SUCCESS and done.states[-1].outputs[0]["text"] == "i"
-            assert (await sm.wait(held.run_id, timeout=20)).status is RunStatus.SUCCESS
-            tagged = await sm.wait(during.run_id, timeout=20)
-            assert tagged.status is RunStatus.SUCCESS and states_of(tagged, "tag")[0].outputs[0]["text"] == "x!"
-            waited = await during_wait
-            assert waited.status is RunStatus.SUCCESS and states_of(waited, "tag")[0].outputs[0]["text"] == "y!"
-            # Each trigger started one run, none twice.
-            runs, _ = await sm.list_runs("tag")
-            assert sorted(r.run_id for r in runs) == sorted({during.run_id, waited.run_id})
+        await _reconnected(await start(config(app.port)), namespace)
+        for key in keys:
+            Waiter.release(key)
+        done = await in_flight  # the same call: once announced, its run is waited for, not lost
+        assert done.status is RunStatus.SUCCESS and done.states[-1].outputs[0]["text"] == "i"
+        assert (await sm.wait(held.run_id, timeout=20)).status is RunStatus.SUCCESS
+        tagged = await sm.wait(during.run_id, timeout=20)
+        assert tagged.status is RunStatus.SUCCESS and states_of(tagged, "tag")[0].outputs[0]["text"] == "x!"
+        waited = await during_wait
+        assert waited.status is RunStatus.SUCCESS and states_of(waited, "tag")[0].outputs[0]["text"] == "y!"
+        # Each trigger started one run, none twice.
+        runs, _ = await sm.list_runs("tag")
+        assert sorted(r.run_id for r in runs) == sorted({during.run_id, waited.run_id})
 
 
 async def _reconnected(app: App, namespace: str) -> None:

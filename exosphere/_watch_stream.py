@@ -2,7 +2,7 @@
 
 A message each way on an open stream costs about half the round trip of a new call, and trigger() then wait() or
 trigger_and_wait() is a watch. The stream is opened on first use, and nothing is written on it before the
-scheduler's first headers say it serves it (HEADER): grpc.aio reports a write that crosses the end of a refused
+scheduler's first headers say it serves it (WATCHES_HEADER): grpc.aio reports a write that crosses the end of a refused
 stream as INTERNAL, which would hide the UNIMPLEMENTED of a scheduler without Watches (grpc/grpc#36066). That
 scheduler is remembered in ``supported``, and the client makes WatchRun calls instead.
 
@@ -10,8 +10,8 @@ When the stream ends (the scheduler restarted, the network failed) every watch o
 have (ConnectionFailedError, which wait() answers by watching again) and the next watch opens a new stream. A
 request the scheduler never read fails with ``Unread`` instead (a ConnectionFailedError too): it did not run, so a
 trigger may be made again. That is the case of every request still open when a stopping scheduler ends a stream it
-has nothing left to answer on (UNREAD_TRAILER), of a stream it refused before its headers, and of a request whose
-write failed.
+has nothing left to answer on (WATCHES_UNREAD_TRAILER), of a stream it refused before its headers, and of a
+request whose write failed.
 
 At most LIMIT_MAX_WATCHES_PER_STREAM requests are open at once (the scheduler's bound): more wait for a place. A
 cancelled watch gives its place back once its cancel is written, so the scheduler never counts one too many.
@@ -29,14 +29,17 @@ from typing import Any
 import grpc
 
 from exosphere._channel import error_from_status, to_exosphere_error
-from exosphere.errors import ConnectionFailedError, ExosphereError
+from exosphere.errors import (
+    RUN_ID_TRAILER,
+    WATCHES_HEADER,
+    WATCHES_UNREAD_TRAILER,
+    ConnectionFailedError,
+    ExosphereError,
+)
 from exosphere.v1 import common_pb2
 from exosphere.v1 import scheduler_pb2 as pb
 
 __all__ = [
-    "HEADER",
-    "RUN_ID_TRAILER",
-    "UNREAD_TRAILER",
     "Interrupted",
     "Unread",
     "Watch",
@@ -45,12 +48,6 @@ __all__ = [
 ]
 
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
-# The header a scheduler opens a Watches stream with (it serves it), and the trailer it ends one with when it read
-# nothing more of it (it is stopping): every request still open on it was not read.
-HEADER = "exosphere-watches"
-UNREAD_TRAILER = "exosphere-watches-unread"
-# The trailer that names the run a request started, on its end when that came before the run's (Interrupted).
-RUN_ID_TRAILER = "exosphere-run-id"
 # What grpc.aio reports in place of a stream's status when a write crossed its end (grpc/grpc#36066).
 _CROSSED_WRITE = "Internal error from Core"
 
@@ -187,7 +184,7 @@ class WatchStream:
             call = self._open_call()
             try:
                 metadata = await call.initial_metadata()
-                if not any(key == HEADER for key, _ in metadata or ()):
+                if not any(key == WATCHES_HEADER for key, _ in metadata or ()):
                     refusal = await _refusal(call)
                     if isinstance(refusal, WatchesUnsupported):
                         self.supported = False
@@ -278,7 +275,7 @@ def _end_error(end: pb.WatchEnd) -> ExosphereError:
 
 def _stream_error(exc: grpc.aio.AioRpcError) -> ExosphereError:
     """What a stream's end means for the watches still open on it."""
-    if any(key == UNREAD_TRAILER for key, _ in exc.trailing_metadata() or ()):
+    if any(key == WATCHES_UNREAD_TRAILER for key, _ in exc.trailing_metadata() or ()):
         return Unread(f"{exc.details()} (the request was not read)")
     if exc.code() == grpc.StatusCode.INTERNAL and exc.details() == _CROSSED_WRITE:
         # A write crossed the stream's end, and grpc.aio put INTERNAL in place of its status: the stream broke, as
@@ -288,7 +285,7 @@ def _stream_error(exc: grpc.aio.AioRpcError) -> ExosphereError:
 
 
 async def _refusal(call: Any) -> BaseException:
-    """Why a stream opened without HEADER: WatchesUnsupported (UNIMPLEMENTED, or a server that answered without
+    """Why a stream opened without its header: WatchesUnsupported (UNIMPLEMENTED, or a server that answered without
     it), Unread (UNAVAILABLE: nothing was written, so nothing ran), or the error its status stands for."""
     if not call.done():
         return WatchesUnsupported("the server opened the stream without saying it serves Watches")

@@ -53,6 +53,12 @@ __all__ = [
 
 ERROR_TRAILER = "exosphere-error"  # the class name
 SUBJECT_TRAILER_PREFIX = "exosphere-error-"  # + one subject attribute, e.g. exosphere-error-run-id
+# The metadata of a SchedulerService.Watches stream (docs/protocol.md, the appendix), named once for both sides: the
+# header a scheduler opens it with (it serves it), the trailer it ends an idle one with when stopping (what was still
+# in flight was not read), and the trailer naming the run a request started, on an end that came before the run's.
+WATCHES_HEADER = "exosphere-watches"
+WATCHES_UNREAD_TRAILER = "exosphere-watches-unread"
+RUN_ID_TRAILER = "exosphere-run-id"
 
 
 class ExosphereError(Exception):

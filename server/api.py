@@ -7,7 +7,7 @@ from typing import Any
 
 import grpc
 
-from exosphere.errors import GraphNotFoundError, InvalidArgumentError
+from exosphere.errors import RUN_ID_TRAILER, GraphNotFoundError, InvalidArgumentError
 from exosphere.v1 import common_pb2, scheduler_pb2_grpc
 from exosphere.v1 import scheduler_pb2 as pb
 
@@ -21,7 +21,7 @@ from .ownership import NotOwnerError
 from .reads import RunReads
 from .sizes import check_store_size, take_by_size
 from .store import RunCursor
-from .watch_streams import RUN_ID_TRAILER, WatchStreams
+from .watch_streams import WatchStreams
 from .wire import (
     graph_spec_from_pb,
     graph_to_pb,

@@ -13,7 +13,7 @@ A stream outlives any one run, so a stopping scheduler ends it rather than wait 
 - a watch ends with UNAVAILABLE, which the SDK's ``wait()`` answers by watching again (here once restarted, or on
   another replica); a trigger ends so once its run is started and announced, so the client learns its run id;
 - the stream goes on reading meanwhile: a trigger is served as above, a plain watch ended at once;
-- once nothing is open on it, the stream ends UNAVAILABLE with UNREAD_TRAILER: whatever the client sent that was
+- once nothing is open on it, the stream ends UNAVAILABLE with WATCHES_UNREAD_TRAILER: what the client sent that was
   not read did not run, and the SDK makes it again (a trigger as a TriggerGraph call, which a stopping scheduler
   still takes during its drain). A stream opened while stopping is refused so before its header.
 """
@@ -28,6 +28,7 @@ from typing import Any
 
 import grpc
 
+from exosphere.errors import WATCHES_HEADER, WATCHES_UNREAD_TRAILER
 from exosphere.v1 import common_pb2
 from exosphere.v1 import scheduler_pb2 as pb
 
@@ -41,13 +42,6 @@ Ctx = grpc.aio.ServicerContext[Any, Any]
 # Requests one stream may have open at once; more are ended with RESOURCE_EXHAUSTED.
 MAX_OPEN = common_pb2.LIMIT_MAX_WATCHES_PER_STREAM
 STOPPING = "the scheduler is stopping; watch again"
-# The header a Watches stream opens with (the SDK waits for it before its first request), and the trailer a stopping
-# scheduler ends one with once nothing is open on it: a request still in flight was not read (it may be made again).
-HEADER = "exosphere-watches"
-UNREAD_TRAILER = "exosphere-watches-unread"
-# The trailer WatchRun sets once it has started the run it was asked to: its id (a request ended before the run's
-# end still tells the client which run to wait for).
-RUN_ID_TRAILER = "exosphere-run-id"
 
 WatchHandler = Callable[[pb.WatchRunRequest, Any], AsyncGenerator[pb.WatchRunResponse, None]]
 
@@ -108,7 +102,9 @@ class WatchStreams:
 
     async def serve(self, context: Ctx) -> None:
         if self._stopping.is_set():  # before the header: the client has written nothing (it falls back to calls)
-            await context.abort(grpc.StatusCode.UNAVAILABLE, STOPPING, trailing_metadata=((UNREAD_TRAILER, "1"),))
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE, STOPPING, trailing_metadata=((WATCHES_UNREAD_TRAILER, "1"),)
+            )
         try:
             await _Stream(context, self._watch_run, self._stopping).run()
         except asyncio.CancelledError:
@@ -131,7 +127,7 @@ class _Stream:
 
     async def run(self) -> None:
         # Say so before anything else: the client writes nothing before it knows (exosphere/_watch_stream.py).
-        await self._context.send_initial_metadata(((HEADER, "1"),))
+        await self._context.send_initial_metadata(((WATCHES_HEADER, "1"),))
         reader = asyncio.create_task(self._read(), name="exosphere-watches-reader")
         stopping = asyncio.create_task(self._stopping.wait(), name="exosphere-watches-stopping")
         try:
@@ -154,7 +150,7 @@ class _Stream:
             self._closing = True
             async with self._lock:
                 await self._context.abort(
-                    grpc.StatusCode.UNAVAILABLE, STOPPING, trailing_metadata=((UNREAD_TRAILER, "1"),)
+                    grpc.StatusCode.UNAVAILABLE, STOPPING, trailing_metadata=((WATCHES_UNREAD_TRAILER, "1"),)
                 )
         finally:
             tasks = (reader, stopping, *self._tasks)

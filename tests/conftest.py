@@ -85,4 +85,3 @@ async def runtimes() -> AsyncIterator[RuntimeGroup]:
     """Runtimes a test starts (``await runtimes.start(Runtime(...))``), stopped at its end."""
     async with RuntimeGroup() as group:
         yield group
-

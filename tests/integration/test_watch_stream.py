@@ -20,8 +20,8 @@ import grpc
 import pytest
 
 from exosphere import GraphNotFoundError, RunStatus, Runtime, StateManager, StateStatus, _watches
-from exosphere._watch_stream import HEADER
 from exosphere._watches import OpenWatches
+from exosphere.errors import WATCHES_HEADER
 from exosphere.v1 import common_pb2, scheduler_pb2_grpc
 from exosphere.v1 import scheduler_pb2 as pb
 from server import watch_streams
@@ -206,7 +206,7 @@ async def test_the_scheduler_ends_a_request_over_the_streams_limit_and_serves_th
     limit = common_pb2.LIMIT_MAX_WATCHES_PER_STREAM
     async with grpc.aio.insecure_channel(server_address) as channel:
         call = scheduler_pb2_grpc.SchedulerServiceStub(channel).Watches()
-        assert (HEADER, "1") in tuple(await call.initial_metadata())
+        assert (WATCHES_HEADER, "1") in tuple(await call.initial_metadata())
         for request_id in range(1, limit + 2):
             await call.write(pb.WatchesRequest(id=request_id, watch=pb.WatchRunRequest(run_id=held.run_id)))
         refused = None
